@@ -1,0 +1,42 @@
+# couponflow: `make demo` runs the pipeline on the embedded defaults, `make test` tests it.
+# Both create the virtual environment and install everything on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_WORKSPACE ?= var/demo
+DEMO_DAYS ?= 3
+
+.PHONY: install demo test test-fast lint format lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install  ## a fresh workspace, history seeded, the DAG run for $(DEMO_DAYS) days
+	rm -rf $(DEMO_WORKSPACE)
+	$(BIN)/couponflow --workspace $(DEMO_WORKSPACE) demo --days $(DEMO_DAYS)
+
+test: install lint
+	$(BIN)/pytest -q
+
+test-fast: install  ## everything but the end-to-end pipeline runs
+	$(BIN)/pytest -q -m "not e2e"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock: install  ## re-pin every package after a dependency change
+	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new
+	mv constraints.new constraints.txt
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,200 @@
+"""The couponflow command line: create a workspace, run the daily DAG through Airflow, and
+read back what happened.
+
+    couponflow init   [--workspace DIR] [--set key=value ...]
+    couponflow run    DAY [DAY ...]      # `airflow dags test coupon_pipeline DAY` per day
+    couponflow status                    # the runs' summaries and the live release
+    couponflow demo   [--days N]         # init, run N days, print status with a live answer
+
+Room code is imported lazily inside the verbs: the core itself never needs Airflow,
+Feast, GX or BentoML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace
+from couponflow.logs import quiet_libraries
+
+DAG_ID = "coupon_pipeline"
+
+
+def seed_history(ws: Workspace) -> list[str]:
+    """Land, validate, store and featurise the history days before the first DAG run, so
+    the first run already has enough labelled days to train on."""
+    from couponflow.landing import land_simulated_day, load_offline, read_batch
+    from expectations.validate import require_valid
+    from feature_repo.store import materialise_user_features
+
+    start = pd.Timestamp(ws.params["world"]["start_date"])
+    days = [
+        str((start + pd.Timedelta(days=i)).date())
+        for i in range(ws.params["world"]["history_days"])
+    ]
+    for day in days:
+        land_simulated_day(ws, day)
+        require_valid(ws, day)
+        load_offline(ws, day, read_batch(ws.landing_partition(day)))
+        materialise_user_features(ws, day)
+    return days
+
+
+def airflow_env(ws: Workspace) -> dict[str, str]:
+    """Environment for the Airflow CLI: metadata DB and logs inside the workspace, our DAGs,
+    no examples, quiet."""
+    return {
+        **os.environ,
+        HOME_ENV: str(ws.root),
+        "AIRFLOW_HOME": str(ws.root / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GX_ANALYTICS_ENABLED": "false",
+        "FEAST_USAGE": "False",
+        "DVC_NO_ANALYTICS": "1",
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+
+
+def airflow(ws: Workspace, *args: str, log: Path | None = None) -> int:
+    """Run the Airflow CLI for this workspace; output goes to `log` when given."""
+    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
+    if log is None:
+        return subprocess.run(cmd, env=airflow_env(ws)).returncode
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        return subprocess.run(
+            cmd, env=airflow_env(ws), stdout=fh, stderr=subprocess.STDOUT
+        ).returncode
+
+
+def run_days(ws: Workspace, days: list[str]) -> list[dict]:
+    """Run the DAG for each day with `airflow dags test` and return the run summaries."""
+    from couponflow.report import summary_path
+
+    if not (ws.root / "airflow" / "airflow.db").exists():
+        airflow(ws, "db", "migrate", log=ws.root / "logs" / "airflow-db-migrate.log")
+    summaries = []
+    for day in days:
+        started = time.monotonic()
+        log = ws.root / "logs" / f"dag-{day}.log"
+        code = airflow(ws, "dags", "test", DAG_ID, day, log=log)
+        path = summary_path(ws, day)
+        summary = json.loads(path.read_text()) if path.exists() else {"outcome": "no summary"}
+        summary["airflow_exit_code"] = code
+        summary["wall_seconds"] = round(time.monotonic() - started, 1)
+        print(f"{day}: {summary['outcome']} ({summary['wall_seconds']} s, log {log})", flush=True)
+        summaries.append(summary)
+    return summaries
+
+
+def next_days(ws: Workspace, n: int) -> list[str]:
+    """The n dates after the newest one in the offline store."""
+    from couponflow.landing import offline_days
+
+    last = pd.Timestamp(offline_days(ws)[-1])
+    return [str((last + pd.Timedelta(days=i)).date()) for i in range(1, n + 1)]
+
+
+def print_status(ws: Workspace, live: bool) -> None:
+    """What the runs did, the live release, and (with `live`) one answer from its server."""
+    from couponflow.report import summary_path
+
+    for path in sorted(summary_path(ws, "x").parent.glob("*.json")):
+        s = json.loads(path.read_text())
+        steps = s["steps"]
+        print(f"\n== {s['day']}: {s['outcome']}")
+        if steps.get("validate"):
+            print(f"   rows validated: {steps['validate']['rows']}")
+        elif s.get("rejection"):
+            print("   rejected because:\n" + "\n".join(f"     - {r}" for r in s["rejection"]))
+        if steps.get("features"):
+            f = steps["features"]
+            print(f"   features materialised: {f['users']} users x {f['features']} features")
+        if steps.get("train"):
+            t = steps["train"]
+            ev = t["evaluation"]
+            ch = ev["challenger"]
+            print(
+                f"   challenger {ch['version']}: auc {ch['auc']:.3f}, ece {ch['ece']:.3f}, "
+                f"policy value {ch['policy_value_snips']:.3f}/offer"
+            )
+            if ev["champion"]:
+                c = ev["champion"]
+                print(
+                    f"   champion   {c['version']}: auc {c['auc']:.3f}, ece {c['ece']:.3f}, "
+                    f"policy value {c['policy_value_snips']:.3f}/offer"
+                )
+            print(f"   gate: {'PROMOTE' if t['gate']['promote'] else 'REFUSE'}")
+            for check in t["gate"]["checks"]:
+                print(
+                    f"     [{'x' if check['passed'] else ' '}] {check['check']}: {check['detail']}"
+                )
+        if steps.get("build_bento"):
+            print(f"   bento: {steps['build_bento']['bento_tag']}")
+    from serving.release import current_release
+
+    release = current_release(ws)
+    print(f"\nproduction release: {json.dumps(release, indent=2) if release else 'none'}")
+    if live and release:
+        from serving.bento import live_answer
+
+        print("\none live recommendation:")
+        print(json.dumps(live_answer(ws, release["bento_tag"]), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="couponflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, help=f"default: ${HOME_ENV} or var/demo")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p_init = sub.add_parser("init", help="create a workspace and seed its history days")
+    p_init.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p_run = sub.add_parser("run", help="run the DAG for the given days (or the next N)")
+    p_run.add_argument("days", nargs="*")
+    p_run.add_argument("--next", type=int, default=0, metavar="N")
+    p_status = sub.add_parser("status", help="what the runs did and the live release")
+    p_status.add_argument("--live", action="store_true", help="also ask the live bento once")
+    p_demo = sub.add_parser("demo", help="init, run consecutive days, print the status")
+    p_demo.add_argument("--days", type=int, default=3)
+    p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    quiet_libraries()
+    if args.workspace:
+        os.environ[HOME_ENV] = str(args.workspace.resolve())
+    ws = Workspace.from_env()
+    os.environ[HOME_ENV] = str(ws.root)
+    os.environ.setdefault("BENTOML_HOME", str(ws.root / "bentoml"))
+
+    if args.verb in ("init", "demo"):
+        from couponflow.workspace import init_workspace
+
+        overrides = dict(item.split("=", 1) for item in args.set)
+        ws = init_workspace(ws.root, {k: yaml.safe_load(v) for k, v in overrides.items()})
+        from couponflow.landing import offline_days
+
+        if not offline_days(ws):
+            days = seed_history(ws)
+            print(f"workspace {ws.root}: seeded {days[0]} .. {days[-1]}", flush=True)
+    if args.verb == "run":
+        run_days(ws, args.days or next_days(ws, args.next or 1))
+    if args.verb == "demo":
+        run_days(ws, next_days(ws, args.days))
+        print_status(ws, live=True)
+    if args.verb == "status":
+        print_status(ws, live=args.live)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The data contract: every table of the landing zone, its columns, dtypes and rules.
+
+Great Expectations suites, the simulator, the offline store and the tests all derive
+from these definitions, so a column is named and typed in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+COUPON_KINDS = ("percent_off", "amount_off", "threshold_off", "free_shipping")
+CATEGORIES = ("fashion", "electronics", "home", "beauty", "grocery", "sports")
+ALL_CATEGORIES = "all"
+REGIONS = ("north", "south", "east", "west")
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
+DEVICES = ("mobile", "desktop", "tablet")
+SHIPPING_COST = 6.0  # what a free-shipping coupon costs the platform per redeemed order
+
+
+def coupon_cost(kind: np.ndarray, value: np.ndarray, amount: np.ndarray) -> np.ndarray:
+    """What a redeemed coupon costs the platform on an order of `amount` (vectorised)."""
+    kind = np.asarray(kind)
+    value = np.asarray(value, dtype=float)
+    amount = np.asarray(amount, dtype=float)
+    return np.select(
+        [kind == "percent_off", kind == "free_shipping"],
+        [amount * value / 100.0, np.full_like(amount, SHIPPING_COST)],
+        default=np.minimum(value, amount),
+    )
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its pandas dtype and the rules a valid batch obeys."""
+
+    name: str
+    dtype: str
+    nullable: bool = False
+    unique: bool = False
+    min_value: float | None = None
+    max_value: float | None = None
+    allowed: tuple[str, ...] | None = None
+    in_batch_day: bool = False  # timestamps must fall inside the batch's date
+
+
+@dataclass(frozen=True)
+class Table:
+    """A landing-zone table: its key and columns."""
+
+    name: str
+    key: str
+    columns: tuple[Column, ...]
+    references: dict[str, str] = field(default_factory=dict)  # column -> table it points at
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {c.name: c.dtype for c in self.columns}
+
+    def empty(self) -> pd.DataFrame:
+        """An empty frame with the contract's columns and dtypes."""
+        return pd.DataFrame({c.name: pd.Series(dtype=c.dtype) for c in self.columns})
+
+    def conform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Order and cast a frame's columns to the contract (raises if a column is missing)."""
+        return frame[self.column_names].astype(self.dtypes)
+
+
+TS = "datetime64[ns]"
+
+USERS = Table(
+    name="users",
+    key="user_id",
+    columns=(
+        Column("user_id", "int64", unique=True, min_value=0),
+        Column("signup_date", TS),
+        Column("region", "string", allowed=REGIONS),
+        Column("age_band", "string", allowed=AGE_BANDS),
+        Column("device", "string", allowed=DEVICES),
+    ),
+)
+
+COUPONS = Table(
+    name="coupons",
+    key="coupon_id",
+    columns=(
+        Column("coupon_id", "string", unique=True),
+        Column("kind", "string", allowed=COUPON_KINDS),
+        Column("value", "float64", min_value=0, max_value=500),
+        Column("min_spend", "float64", min_value=0, max_value=5000),
+        Column("category", "string", allowed=(*CATEGORIES, ALL_CATEGORIES)),
+        Column("valid_from", TS),
+        Column("valid_to", TS),
+        Column("budget_share", "float64", min_value=0, max_value=1),
+    ),
+)
+
+SESSIONS = Table(
+    name="sessions",
+    key="session_id",
+    columns=(
+        Column("session_id", "string", unique=True),
+        Column("user_id", "int64", min_value=0),
+        Column("ts", TS, in_batch_day=True),
+        Column("category", "string", allowed=CATEGORIES),
+        Column("page_views", "int64", min_value=1, max_value=500),
+    ),
+    references={"user_id": "users"},
+)
+
+OFFERS = Table(
+    name="offers",
+    key="offer_id",
+    columns=(
+        Column("offer_id", "string", unique=True),
+        Column("user_id", "int64", min_value=0),
+        Column("coupon_id", "string", nullable=True),  # null: a "no coupon" control
+        Column("ts", TS, in_batch_day=True),
+        Column("policy_version", "string"),
+        Column("propensity", "float64", min_value=1e-6, max_value=1.0),
+    ),
+    references={"user_id": "users", "coupon_id": "coupons"},
+)
+
+ORDERS = Table(
+    name="orders",
+    key="order_id",
+    columns=(
+        Column("order_id", "string", unique=True),
+        Column("user_id", "int64", min_value=0),
+        Column("ts", TS, in_batch_day=True),
+        Column("amount", "float64", min_value=0.01, max_value=20_000),
+        Column("category", "string", allowed=CATEGORIES),
+        Column("coupon_id", "string", nullable=True),  # null: no coupon redeemed
+        Column("discount", "float64", min_value=0, max_value=5_000),
+    ),
+    references={"user_id": "users", "coupon_id": "coupons"},
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (USERS, COUPONS, SESSIONS, OFFERS, ORDERS)}
+DIMENSIONS = ("users", "coupons")  # full snapshots in every batch
+EVENTS = ("sessions", "offers", "orders")  # the day's facts

@@ -1,0 +1,70 @@
+"""The landing zone and the offline store: parquet partitions by date.
+
+A batch lands as `landing/date=D/<table>.parquet`; once validated it is copied to
+`offline/<table>/date=D/part.parquet`. Writing a partition replaces it whole, so
+re-running a date never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from couponflow.config import Workspace
+from couponflow.contract import TABLES
+
+
+def write_batch(partition: Path, batch: dict[str, pd.DataFrame]) -> None:
+    """Write one day's tables into a partition folder, replacing what was there."""
+    tmp = partition.with_name(partition.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, frame in batch.items():
+        frame.to_parquet(tmp / f"{name}.parquet", index=False)
+    shutil.rmtree(partition, ignore_errors=True)
+    tmp.rename(partition)
+
+
+def read_batch(partition: Path) -> dict[str, pd.DataFrame]:
+    """Read every table of a partition (a missing table reads as absent, not empty)."""
+    return {p.stem: pd.read_parquet(p) for p in sorted(partition.glob("*.parquet"))}
+
+
+def load_offline(ws: Workspace, day: str, batch: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Append a validated batch to the offline store; returns rows written per table."""
+    rows = {}
+    for name in TABLES:
+        target = ws.offline / name / f"date={day}"
+        target.mkdir(parents=True, exist_ok=True)
+        frame = TABLES[name].conform(batch[name])
+        frame.to_parquet(target / "part.parquet.tmp", index=False)
+        (target / "part.parquet.tmp").replace(target / "part.parquet")
+        rows[name] = len(frame)
+    return rows
+
+
+def offline_days(ws: Workspace) -> list[str]:
+    """The dates present in the offline store, oldest first."""
+    return sorted(p.name.removeprefix("date=") for p in (ws.offline / "offers").glob("date=*"))
+
+
+def read_offline(ws: Workspace, table: str, days: list[str]) -> pd.DataFrame:
+    """One table over several dates (absent dates are skipped)."""
+    parts = [ws.offline / table / f"date={d}" / "part.parquet" for d in days]
+    frames = [pd.read_parquet(p) for p in parts if p.exists()]
+    if not frames:
+        return TABLES[table].empty()
+    return TABLES[table].conform(pd.concat(frames, ignore_index=True))
+
+
+def land_simulated_day(ws: Workspace, day: str) -> dict[str, int]:
+    """Deliver `day`'s batch to the landing zone from the simulator, unless a batch for that
+    date is already there (delivered by upstream apps, or a fixed batch re-landed by hand)."""
+    from couponflow.world import World
+
+    partition = ws.landing_partition(day)
+    if not partition.exists():
+        write_batch(partition, World(ws.params["world"]).simulate_day(day))
+    return {p.stem: len(pd.read_parquet(p)) for p in sorted(partition.glob("*.parquet"))}
