@@ -18,19 +18,20 @@ BENTO_NAME = "couponflow"
 MODEL_TAG_ENV = "COUPONFLOW_MODEL_TAG"
 DEFAULT_MODEL_TAG = f"{MODEL_NAME}:latest"
 WORKERS_ENV = "COUPONFLOW_SERVING_WORKERS"
+MODEL_FILES = ("model.pt", "model.json")  # what training writes to ws.models
 CATALOGUE_FILE = "coupons.parquet"  # the coupon catalogue snapshot inside the model
 
 
 def bentoml_home(ws: Workspace) -> Path:
     """The workspace's BentoML store (models, bentos), so deployments never share one."""
-    return ws.root / "bentoml"
+    return ws.root.resolve() / "bentoml"
 
 
 def bentoml_env(ws: Workspace, **extra: str) -> dict[str, str]:
     """The environment of a BentoML child process working for `ws`."""
     return {
         **os.environ,
-        HOME_ENV: str(ws.root),
+        HOME_ENV: str(ws.root.resolve()),
         "BENTOML_HOME": str(bentoml_home(ws)),
         "BENTOML_DO_NOT_TRACK": "True",
         **extra,

@@ -1,0 +1,182 @@
+"""Run a bento as a local HTTP server and stop it without leaving processes behind.
+
+`bentoml serve` becomes a circus arbiter (circusd) whose workers outlive a killed parent:
+the server runs in its own session and stopping it signals every group it created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import psutil
+import yaml
+
+from couponflow.config import Workspace
+from serving import MODEL_TAG_ENV, WORKERS_ENV, bentoml_env, bentoml_home
+
+
+class ServerFailed(RuntimeError):
+    """The server exited or did not become ready in time; the message has its log tail."""
+
+
+class Server:
+    """A running `bentoml serve`; a context manager that stops it on exit.
+
+    circus puts every worker in a session of its own (setsid), so killing the server's
+    process group alone would orphan them: the server remembers each process it has seen
+    and `stop()` signals all their groups.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.log = log
+        self._seen: dict[int, tuple[psutil.Process, int]] = {}  # pid -> (process, pgid)
+        self._watch()
+
+    @property
+    def pgids(self) -> set[int]:
+        """Every process group the server has used: the arbiter's and each worker's."""
+        self._watch()
+        return {pgid for _, pgid in self._seen.values()}
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until /readyz answers 200. A worker accepts connections only once its
+        service (model, catalogue, feature store) is built, so no request meets a cold one."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerFailed(f"server exited with {self.process.returncode}\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    self._watch()
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise ServerFailed(f"not ready after {timeout_s:.0f}s\n{self.tail()}")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the arbiter (it stops its workers gracefully), then SIGKILL every group
+        of the server still alive after `grace_s`."""
+        groups = self.pgids
+        arbiter_gone = self.process.poll() is not None  # then its workers are orphans
+        for pgid in groups if arbiter_gone else {self.process.pid}:
+            _killpg(pgid, signal.SIGTERM)
+        if not self._wait_gone(grace_s):
+            for pgid in groups:
+                _killpg(pgid, signal.SIGKILL)
+            if not self._wait_gone(5.0):
+                raise ServerFailed(f"processes of {self.base_url} survived SIGKILL")
+
+    def _wait_gone(self, timeout_s: float) -> bool:
+        """Whether every process of the server ended within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self._alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def tail(self, lines: int = 30) -> str:
+        """The end of the server's log, for error messages."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _watch(self) -> None:
+        """Remember the server's current processes (workers come and go, and an orphaned
+        worker can no longer be found from the arbiter)."""
+        try:
+            root = psutil.Process(self.process.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                if proc.pid not in self._seen:
+                    self._seen[proc.pid] = (proc, os.getpgid(proc.pid))
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+
+    def _alive(self) -> bool:
+        """Whether any process of the server still runs (a zombie no longer counts:
+        orphans are reaped by init, which in some containers never happens)."""
+        self.process.poll()  # reap our own child
+        for proc, _ in self._seen.values():
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.NoSuchProcess:
+                continue
+        return False
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    """Signal a process group that may already be gone; never our own."""
+    if pgid == os.getpgrp():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def start_server(ws: Workspace, bento_tag: str, port: int) -> Server:
+    """Serve `bento_tag` on 127.0.0.1:`port` for `ws` and wait until it is ready (at most
+    `serving.smoke_timeout_s`); the server is stopped again if it never gets there."""
+    cfg = ws.params["serving"]
+    model_tag = _model_tag(ws, bento_tag)
+    if _listening(port):  # else an old server's /readyz would pass for the new one
+        raise ServerFailed(f"port {port} is already in use")
+    log = bentoml_home(ws) / "logs" / f"serve-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = bentoml_env(
+        ws,
+        **{MODEL_TAG_ENV: model_tag, WORKERS_ENV: str(cfg["workers"])},
+        PYTHONWARNINGS="ignore::DeprecationWarning",  # BentoML's pydantic use, per request
+    )
+    cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag,
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        server.wait_ready(float(cfg["smoke_timeout_s"]))
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _model_tag(ws: Workspace, bento_tag: str) -> str:
+    """The model the bento was built around, from its bento.yaml in the workspace's store
+    (a 1.4 bento references its models rather than carrying copies)."""
+    name, _, version = bento_tag.partition(":")
+    folder = bentoml_home(ws) / "bentos" / name
+    if version in ("", "latest"):
+        version = (folder / "latest").read_text().strip()
+    info = yaml.safe_load((folder / version / "bento.yaml").read_text())
+    (tag,) = {m["tag"] for service in info["services"] for m in service["models"]}
+    return tag
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
