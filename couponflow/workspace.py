@@ -20,7 +20,7 @@ from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, se
 
 GITIGNORE = "\n".join(
     ["/dvc-remote", "/bentoml", "/airflow", "/gx/uncommitted", "/feature_store", "/data/landing"]
-    + ["/data/quarantine", "/logs", ""]
+    + ["/data/quarantine", "/logs", "/releases/champion/*.pt", ""]
 )
 
 

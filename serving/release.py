@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from couponflow.config import Workspace
+from couponflow.workspace import commit
 from serving import MODEL_FILES
 
 
@@ -39,6 +40,7 @@ def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -
     _write_atomic(ws.releases / "production.json", (json.dumps(record, indent=2) + "\n").encode())
     with open(ws.releases / "history.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
+    commit(ws, f"release {version}: {reason}")
     return record
 
 

@@ -186,10 +186,10 @@ def test_smoke_test_fails_when_nothing_answers() -> None:
 
 
 def test_a_release_is_recorded_and_becomes_the_champion(tmp_path) -> None:
+    from couponflow.workspace import init_workspace, run
     from serving.release import current_release, record_release
 
-    ws = Workspace(tmp_path)
-    ws.models.mkdir()
+    ws = init_workspace(tmp_path / "ws")
     assert current_release(ws) is None
     for version in ("v1", "v2"):
         (ws.models / "model.json").write_text(json.dumps({"version": version}))
@@ -206,6 +206,7 @@ def test_a_release_is_recorded_and_becomes_the_champion(tmp_path) -> None:
     assert {"time", "model_tag", "bento_tag", "reason"} <= set(history[0])
     assert (ws.champion / "model.pt").read_bytes() == b"weights v2"
     assert json.loads((ws.champion / "model.json").read_text())["version"] == "v2"
+    assert "release v2: gate passed" in run(["git", "log", "--format=%s"], ws.root)
     with pytest.raises(ValueError, match="not the released"):
         record_release(ws, "couponflow-recommender:v3", "couponflow:v3", "stale weights")
     assert current_release(ws)["model_version"] == "v2"

@@ -1,0 +1,40 @@
+"""Shared fixtures. Every test that touches a tool gets its own workspace under tmp, so
+tests never see the demo's state or ~/bentoml, and Airflow keeps its metadata in tmp."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="couponflow-airflow-")
+os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("FEAST_USAGE", "False")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+TINY_WORLD = {"world.n_users": 400, "world.history_days": 5}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    """The project's params with a tiny world."""
+    from couponflow.config import PROJECT_ROOT, load_params, set_param
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    for key, value in TINY_WORLD.items():
+        set_param(params, key, value)
+    return params

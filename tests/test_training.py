@@ -1,0 +1,74 @@
+"""Training-room logic that needs no tool: labels, the time split and the gate."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from training.dataset import label_offers
+from training.gate import decide
+from training.train import split_days
+
+
+def test_labels_only_count_orders_after_the_offer() -> None:
+    offers = pd.DataFrame(
+        {
+            "offer_id": ["o1", "o2", "o3"],
+            "user_id": [1, 2, 3],
+            "coupon_id": pd.array(["A", None, "B"], dtype="string"),
+            "ts": pd.to_datetime(["2026-01-02 01:00", "2026-01-02 01:00", "2026-01-02 12:00"]),
+            "propensity": [0.5, 0.5, 0.5],
+        }
+    )
+    orders = pd.DataFrame(
+        {
+            "user_id": [1, 2, 3],
+            "ts": pd.to_datetime(["2026-01-02 09:00", "2026-01-02 09:00", "2026-01-02 09:00"]),
+            "amount": [50.0, 30.0, 80.0],
+            "coupon_id": pd.array(["A", None, None], dtype="string"),
+            "discount": [5.0, 0.0, 0.0],
+        }
+    )
+    out = label_offers(offers, orders, margin=0.3).set_index("offer_id")
+    assert out.loc["o1", "purchased"] and out.loc["o1", "redeemed"]
+    assert out.loc["o1", "reward"] == pytest.approx(0.3 * 50 - 5)
+    assert out.loc["o2", "purchased"] and not out.loc["o2", "redeemed"]
+    assert not out.loc["o3", "purchased"]  # the order came before the offer
+    assert out.loc["o3", "reward"] == 0
+
+
+def test_time_split_keeps_the_newest_day_for_evaluation() -> None:
+    table = pd.DataFrame({"day": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"] * 2)})
+    train, stop, evaluate = split_days(table)
+    assert list(train) == [pd.Timestamp("2026-01-02")]
+    assert stop == pd.Timestamp("2026-01-03") and evaluate == pd.Timestamp("2026-01-04")
+
+
+def test_time_split_needs_three_days() -> None:
+    with pytest.raises(ValueError, match="at least 3 days"):
+        split_days(pd.DataFrame({"day": pd.to_datetime(["2026-01-02", "2026-01-03"])}))
+
+
+GATE = {"min_auc": 0.55, "max_auc_regression": 0.02, "max_value_regression": 0.0}
+
+
+def result(version: str, auc: float, value: float) -> dict:
+    return {"version": version, "auc": auc, "policy_value_snips": value}
+
+
+def test_first_model_needs_only_the_floor() -> None:
+    assert decide({"challenger": result("c", 0.6, 1.0), "champion": None}, GATE)["promote"]
+    assert not decide({"challenger": result("c", 0.5, 9.0), "champion": None}, GATE)["promote"]
+
+
+def test_worse_challenger_is_refused_with_the_reason() -> None:
+    evaluation = {"challenger": result("c", 0.70, 1.0), "champion": result("p", 0.70, 1.2)}
+    decision = decide(evaluation, GATE)
+    assert not decision["promote"]
+    failed = [c["check"] for c in decision["checks"] if not c["passed"]]
+    assert failed == ["policy value (SNIPS) no worse than champion's"]
+
+
+def test_small_auc_loss_within_tolerance_passes() -> None:
+    evaluation = {"challenger": result("c", 0.69, 1.3), "champion": result("p", 0.70, 1.2)}
+    assert decide(evaluation, GATE)["promote"]
