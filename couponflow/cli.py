@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from tqdm import tqdm
 
 from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace
 from couponflow.logs import quiet_libraries
@@ -31,21 +32,24 @@ DAG_ID = "coupon_pipeline"
 
 def seed_history(ws: Workspace) -> list[str]:
     """Land, validate, store and featurise the history days before the first DAG run, so
-    the first run already has enough labelled days to train on."""
+    the first run already has enough labelled days to train on. Every day's features go
+    to the offline source (training reads them point-in-time); only the newest day needs
+    materialising into the online store."""
     from couponflow.landing import land_simulated_day, load_offline, read_batch
     from expectations.validate import require_valid
-    from feature_repo.store import materialise_user_features
+    from feature_repo.store import materialise_user_features, publish_user_features
 
     start = pd.Timestamp(ws.params["world"]["start_date"])
-    days = [
-        str((start + pd.Timedelta(days=i)).date())
-        for i in range(ws.params["world"]["history_days"])
-    ]
-    for day in days:
+    n_days = int(ws.params["world"]["history_days"])
+    days = [str((start + pd.Timedelta(days=i)).date()) for i in range(n_days)]
+    for day in tqdm(days, desc="seeding history", unit="day"):
         land_simulated_day(ws, day)
         require_valid(ws, day)
         load_offline(ws, day, read_batch(ws.landing_partition(day)))
-        materialise_user_features(ws, day)
+        if day == days[-1]:
+            materialise_user_features(ws, day)
+        else:
+            publish_user_features(ws, day)
     return days
 
 
