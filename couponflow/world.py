@@ -1,17 +1,24 @@
-"""The simulated marketplace: shoppers with hidden causal traits, a coupon catalogue and
-daily events logged by a known logging policy with exact propensities.
+"""The simulated marketplace: shoppers with hidden causal traits, a coupon catalogue that
+changes over time, and daily events logged by a known logging policy with exact propensities.
 
-Deterministic for a seed: the population and catalogue come from `seed`, each day's events
-from `(seed, day index)`, so any day can be regenerated alone.
+Every causal formula lives here once (`World.outcome` and `World.draw_orders`); the sampler
+draws from it and `couponflow.oracle` takes its exact expectations, so the ground truth is
+the truth of the very process that produced the data. docs/world.md states the model.
+
+Deterministic for a seed: the population, the catalogue and each day's events come from
+their own random streams keyed by `(seed, stream, date)`, so any day can be regenerated alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from couponflow.contract import (
     AGE_BANDS,
@@ -25,16 +32,132 @@ from couponflow.contract import (
     coupon_cost,
 )
 
+SEGMENTS = ("sure_thing", "persuadable", "lost_cause", "sleeping_dog")
+DEFAULT_MIX = {"sure_thing": 0.25, "persuadable": 0.35, "lost_cause": 0.3, "sleeping_dog": 0.1}
+# Per segment: baseline purchase logit, price sensitivity, annoyance at being sent a coupon.
+SEGMENT_BASE = np.array([-1.6, -3.6, -5.0, -2.2])
+SEGMENT_SENSITIVITY = np.array([0.5, 7.0, 0.3, 0.5])
+SEGMENT_ANNOYANCE = np.array([0.0, 0.0, 0.0, 1.2])
+
+BASKET_SPREAD = 0.35  # sd of the log order amount around the shopper's mean basket
+TOP_UP = 0.5  # P(a shopper close to a threshold coupon's min_spend tops the basket up)
+TOP_UP_REACH = 0.3  # "close": the basket is short of min_spend by at most this share of it
+TOP_UP_RANGE = 5.0  # a topped-up basket lands uniformly in [min_spend, min_spend + this]
+CATEGORY_PULL = 0.3  # P(a category coupon steers the order into its category)
+MAX_APPEAL = 0.35  # cap on a coupon's relative value
+MAX_RELEVANCE = 1.2  # cap on how much a category coupon in a liked category counts extra
+SEASON_AMPLITUDE = 0.25  # weekly purchase-logit swing, peaking on Saturdays
+REFERENCE_BASKET = 50.0  # the basket at which the logging heuristic ranks coupons
+OFFER_SECONDS = 6 * 3600  # offers land in [0h, 6h), orders in [6h, 24h)
+
+KIND_CODE = {k: i for i, k in enumerate(COUPON_KINDS)}
+PERCENT, AMOUNT, THRESHOLD, FREE_SHIPPING = (KIND_CODE[k] for k in COUPON_KINDS)
+_KIND_NAMES = np.array([*COUPON_KINDS, ""], dtype=object)  # code -1 (no coupon) -> ""
+_CATEGORY_CODE = {c: i for i, c in enumerate(CATEGORIES)}
+
+# Random streams: each draws for one purpose only, so regenerating a part never shifts another.
+_POPULATION, _CATALOGUE, _ACTIVITY, _LOGGING, _OUTCOME, _DETAIL = range(6)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _ids(prefix: str, n: int) -> pd.arrays.StringArray:
+    """`prefix0, prefix1, ...` built in Arrow (a Python loop costs ~0.4 s per million)."""
+    numbers = pc.cast(pa.array(np.arange(n, dtype=np.int64)), pa.string())
+    joined = pc.binary_join_element_wise(pa.scalar(prefix), numbers, "")
+    return pd.array(joined.to_numpy(zero_copy_only=False), dtype="string")
+
+
+def _labels(names: tuple[str, ...], codes: np.ndarray) -> pd.Series:
+    """String column from integer codes, without building one Python string per row."""
+    return pd.Series(pd.Categorical.from_codes(codes, names)).astype("string")
+
+
+def _draw_categories(rng: np.random.Generator, cdf: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of `cdf` (cumulative probabilities, last column 1)."""
+    u = rng.random(len(cdf))
+    return (u[:, None] > cdf).sum(axis=1).clip(0, cdf.shape[1] - 1)
+
+
+def _season(day: pd.Timestamp) -> float:
+    """The weekly swing in the purchase logit (and in browsing), highest on Saturdays."""
+    return SEASON_AMPLITUDE * float(np.cos(2 * np.pi * (day.dayofweek - 5) / 7))
+
+
+def _mix(cfg: dict[str, float] | None) -> np.ndarray:
+    """Segment shares from a {segment: share} mapping, normalised."""
+    shares = np.array([float((cfg or DEFAULT_MIX).get(s, 0.0)) for s in SEGMENTS])
+    if shares.sum() <= 0:
+        raise ValueError(f"segment mix needs a positive share for one of {SEGMENTS}")
+    return shares / shares.sum()
+
 
 @dataclass
 class Population:
-    """Observable user attributes plus the hidden traits only the simulator (and oracle) see."""
+    """Observable user attributes plus the hidden traits only the simulator and oracle see."""
 
     users: pd.DataFrame
-    base_logit: np.ndarray  # daily purchase propensity without a coupon
-    basket: np.ndarray  # mean order amount
-    sensitivity: np.ndarray  # response to a coupon's relative value (< 0: "sleeping dog")
-    preference: np.ndarray  # (n_users, n_categories) category preference, rows sum to 1
+    segment: np.ndarray  # index into SEGMENTS
+    base_logit: np.ndarray  # daily purchase logit without a coupon
+    basket: np.ndarray  # mean order amount at today's prices
+    sensitivity: np.ndarray  # logit gained per unit of relative price cut
+    annoyance: np.ndarray  # logit lost for being sent any coupon ("sleeping dogs")
+    fatigue: np.ndarray  # decay of coupon response per coupon received in the window
+    preference: np.ndarray  # (n, n_categories) category preference, rows sum to 1
+    preference_cdf: np.ndarray  # its row-wise cumulative sum, for categorical draws
+
+    def __len__(self) -> int:
+        return len(self.segment)
+
+    def head(self, n: int) -> Population:
+        """The first `n` users (those signed up by some day: ids grow with signup)."""
+        if n == len(self):
+            return self
+        parts = {f.name: getattr(self, f.name)[:n] for f in fields(self) if f.name != "users"}
+        return Population(users=self.users.iloc[:n], **parts)
+
+    @staticmethod
+    def concat(parts: list[Population]) -> Population:
+        arrays = {
+            f.name: np.concatenate([getattr(p, f.name) for p in parts])
+            for f in fields(Population)
+            if f.name != "users"
+        }
+        users = pd.concat([p.users for p in parts], ignore_index=True)
+        return Population(users=users, **arrays)
+
+
+@dataclass(frozen=True)
+class DayContext:
+    """What the causal model needs to know about a date besides the user and the coupon."""
+
+    day: pd.Timestamp
+    n_users: int  # users signed up by the end of the day
+    coupons: pd.DataFrame  # the catalogue valid on the day
+    exposure: np.ndarray  # (n_users,) coupons each user was offered in the fatigue window
+    season: float  # weekly purchase-logit shift
+    price: float  # price level (1 before a price shock)
+
+
+@dataclass
+class Outcome:
+    """The outcome distribution of (user, arm) pairs; arm -1 is "no coupon".
+
+    `World.draw_orders` samples from it and `couponflow.oracle` takes its expectations.
+    """
+
+    users: np.ndarray
+    arm: np.ndarray
+    p_purchase: np.ndarray
+    basket: np.ndarray  # mean order amount before any threshold top-up
+    kind: np.ndarray  # KIND_CODE, -1 without a coupon
+    value: np.ndarray
+    min_spend: np.ndarray
+    category: np.ndarray  # category code of a scoped coupon, -1 site-wide or none
+    pull: np.ndarray  # P(the order is steered into the coupon's category)
+    p_match: np.ndarray  # P(the order falls where the coupon applies)
 
 
 class World:
@@ -43,219 +166,412 @@ class World:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.seed = int(cfg["seed"])
-        self.start = pd.Timestamp(cfg["start_date"])
-        self.population = self._make_population(int(cfg["n_users"]))
-        self.coupons = self._make_coupons(int(cfg["n_coupons"]))
+        self.start = pd.Timestamp(cfg["start_date"]).normalize()
+        self.n_users = int(cfg["n_users"])
+        self.margin = float(cfg["margin"])
+        self.mix = _mix(cfg.get("segment_mix"))
+        self.fatigue_window = int(cfg.get("fatigue_window_days", 7))
+        drift = cfg.get("drift") or {}
+        self.new_coupons_per_week = int(drift.get("new_coupons_per_week", 0))
+        self.new_users_per_day = round(float(drift.get("new_users_per_day", 0.0)) * self.n_users)
+        self.new_user_mix = _mix(drift.get("new_user_mix") or cfg.get("segment_mix"))
+        shock_date = drift.get("price_shock_date")
+        self.shock_date = pd.Timestamp(shock_date) if shock_date else None
+        self.price_shock = float(drift.get("price_shock", 0.0))
+        rng = np.random.default_rng([self.seed, _POPULATION])
+        signup = self.start - pd.to_timedelta(rng.integers(1, 720, self.n_users), unit="D")
+        self._population = self._draw_population(rng, self.n_users, 0, signup, self.mix)
+        self._launches: dict[int, pd.DataFrame] = {}
+        self.standing_coupons = self._standing_coupons(int(cfg["n_coupons"]))
+        self._coupon_days: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._context: DayContext | None = None
 
-    # -- the fixed parts -------------------------------------------------------------
-    def _make_population(self, n: int) -> Population:
-        rng = np.random.default_rng([self.seed, 0])
-        signup_days = rng.integers(1, 720, size=n)
+    # -- who shops ------------------------------------------------------------------------
+    def _draw_population(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        first_id: int,
+        signup: pd.DatetimeIndex,
+        mix: np.ndarray,
+    ) -> Population:
+        region = rng.integers(0, len(REGIONS), n)
+        age = rng.choice(len(AGE_BANDS), size=n, p=[0.15, 0.3, 0.25, 0.18, 0.12])
+        device = rng.choice(len(DEVICES), size=n, p=[0.6, 0.3, 0.1])
+        # Segments lean on what can be seen: the young and mobile are more often persuadable,
+        # older shoppers more often sure things, so observable data carries uplift signal.
+        weights = np.tile(mix, (n, 1))
+        weights[:, 1] *= np.where(age <= 1, 1.5, 1.0) * np.where(device == 0, 1.3, 1.0)
+        weights[:, 0] *= np.where(age >= 3, 1.4, 1.0)
+        weights /= weights.sum(axis=1, keepdims=True)
+        segment = _draw_categories(rng, weights.cumsum(axis=1))
+        established = (self.start - signup).days.to_numpy() > 365
+        base = SEGMENT_BASE[segment] + 0.25 * established + rng.normal(0, 0.4, n)
+        sensitivity = SEGMENT_SENSITIVITY[segment] * rng.lognormal(0, 0.3, n)
+        annoyance = SEGMENT_ANNOYANCE[segment] * rng.lognormal(0, 0.3, n)
+        fatigue = rng.lognormal(np.log(0.1), 0.5, n)
+        basket = rng.lognormal(np.log(45) + 0.08 * age, 0.4, n)
+        gamma = rng.standard_gamma(0.4, (n, len(CATEGORIES))) + 1e-12
+        preference = gamma / gamma.sum(axis=1, keepdims=True)
         users = pd.DataFrame(
             {
-                "user_id": np.arange(n, dtype="int64"),
-                "signup_date": self.start - pd.to_timedelta(signup_days, unit="D"),
-                "region": rng.choice(REGIONS, size=n),
-                "age_band": rng.choice(AGE_BANDS, size=n, p=[0.15, 0.3, 0.25, 0.18, 0.12]),
-                "device": rng.choice(DEVICES, size=n, p=[0.6, 0.3, 0.1]),
+                "user_id": np.arange(first_id, first_id + n, dtype="int64"),
+                "signup_date": signup,
+                "region": _labels(REGIONS, region),
+                "age_band": _labels(AGE_BANDS, age),
+                "device": _labels(DEVICES, device),
             }
         )
-        age_idx = users["age_band"].map({a: i for i, a in enumerate(AGE_BANDS)}).to_numpy()
-        # Four uplift types: sure things (high base, ~0 sensitivity), persuadables (low base,
-        # high sensitivity), lost causes (low base, ~0 sensitivity), sleeping dogs (< 0).
-        kind = rng.choice(4, size=n, p=[0.25, 0.35, 0.3, 0.1])
-        base = np.choose(kind, [-1.2, -3.2, -4.5, -2.2]) + rng.normal(0, 0.4, n)
-        sens = np.choose(kind, [0.2, 6.0, 0.3, -3.0]) * rng.lognormal(0, 0.3, n)
-        basket = rng.lognormal(np.log(45) + 0.08 * age_idx, 0.4, n)
-        preference = rng.dirichlet(np.full(len(CATEGORIES), 0.4), size=n)
-        return Population(users, base, basket, sens, preference)
+        return Population(
+            users, segment, base, basket, sensitivity, annoyance, fatigue, preference,
+            preference.cumsum(axis=1),
+        )  # fmt: skip
 
-    def _make_coupons(self, n: int) -> pd.DataFrame:
-        rng = np.random.default_rng([self.seed, 1])
-        kinds = np.array(COUPON_KINDS)[np.arange(n) % len(COUPON_KINDS)]
-        value = np.where(
-            kinds == "percent_off",
-            rng.choice([5, 10, 15, 20], n),
-            np.where(kinds == "free_shipping", SHIPPING_COST, rng.choice([5, 10, 15], n)),
+    def users_on(self, day: pd.Timestamp) -> int:
+        """How many users have signed up by the end of `day` (new ones arrive with drift)."""
+        days = (pd.Timestamp(day).normalize() - self.start).days + 1
+        return self.n_users + self.new_users_per_day * max(days, 0)
+
+    def population_on(self, day: str | pd.Timestamp) -> Population:
+        """The users signed up by the end of `day`, with their hidden traits."""
+        day = pd.Timestamp(day).normalize()
+        n = self.users_on(day)
+        pop = self._population
+        if n > len(pop):
+            have = (len(pop) - self.n_users) // max(self.new_users_per_day, 1)
+            cohorts = [pop]
+            for k in range(have, (day - self.start).days + 1):
+                date = self.start + pd.Timedelta(days=k)
+                cohorts.append(
+                    self._draw_population(
+                        np.random.default_rng([self.seed, _POPULATION, 2, date.toordinal()]),
+                        self.new_users_per_day,
+                        first_id=self.n_users + k * self.new_users_per_day,
+                        signup=pd.DatetimeIndex([date] * self.new_users_per_day),
+                        mix=self.new_user_mix,
+                    )
+                )
+            self._population = pop = Population.concat(cohorts)
+        return pop.head(n)
+
+    # -- what can be offered --------------------------------------------------------------
+    def _draw_coupons(
+        self,
+        rng: np.random.Generator,
+        ids: list[str],
+        valid_from: pd.DatetimeIndex,
+        days: np.ndarray,
+    ) -> pd.DataFrame:
+        n = len(ids)
+        kind = rng.integers(0, len(COUPON_KINDS), n)
+        value = np.select(
+            [kind == PERCENT, kind == AMOUNT, kind == THRESHOLD],
+            [
+                rng.choice([5, 10, 15, 20], n),
+                rng.choice([5, 10, 15], n),
+                rng.choice([10, 15, 20], n),
+            ],
+            default=SHIPPING_COST,
         ).astype(float)
-        min_spend = np.where(kinds == "threshold_off", rng.choice([50, 75, 100], n), 0.0)
-        category = np.where(rng.random(n) < 0.4, ALL_CATEGORIES, rng.choice(CATEGORIES, n))
+        # min_spend >= value for thresholds: the oracle relies on the discount being `value`.
+        min_spend = np.where(kind == THRESHOLD, rng.choice([50.0, 75.0, 100.0], n), 0.0)
+        scoped = rng.random(n) >= 0.4
+        category = np.where(scoped, rng.integers(0, len(CATEGORIES), n), -1)
+        return pd.DataFrame(
+            {
+                "coupon_id": pd.array(ids, dtype="string"),
+                "kind": np.array(COUPON_KINDS)[kind],
+                "value": value,
+                "min_spend": min_spend,
+                "category": np.array([*CATEGORIES, ALL_CATEGORIES])[category],
+                "valid_from": valid_from,
+                "valid_to": valid_from + pd.to_timedelta(days, unit="D"),
+                "budget_share": 0.0,
+            }
+        )
+
+    def _standing_coupons(self, n: int) -> pd.DataFrame:
+        """The catalogue at the start: mostly long-lived coupons, a quarter expiring soon."""
+        rng = np.random.default_rng([self.seed, _CATALOGUE])
         starts = self.start - pd.to_timedelta(rng.integers(0, 30, n), unit="D")
         lifetimes = np.where(rng.random(n) < 0.75, 3650, rng.integers(7, 30, n))
-        return TABLES["coupons"].conform(
-            pd.DataFrame(
-                {
-                    "coupon_id": [f"C{i:03d}" for i in range(n)],
-                    "kind": kinds,
-                    "value": value,
-                    "min_spend": min_spend.astype(float),
-                    "category": category,
-                    "valid_from": starts,
-                    "valid_to": starts + pd.to_timedelta(lifetimes, unit="D"),
-                    "budget_share": np.full(n, 1.0 / n),
-                }
+        ids = [f"C{i:03d}" for i in range(n)]
+        return self._draw_coupons(rng, ids, starts, lifetimes)
+
+    def _promotions(self, week: int) -> pd.DataFrame:
+        """The short promotions launched in `week` (weeks counted from 0001-01-01, a Monday)."""
+        if week not in self._launches:
+            self._launches[week] = self._launch(week)
+        return self._launches[week]
+
+    def _launch(self, week: int) -> pd.DataFrame:
+        rng = np.random.default_rng([self.seed, _CATALOGUE, week])
+        n = self.new_coupons_per_week
+        launch = pd.Timestamp.fromordinal(7 * week + 1) + pd.to_timedelta(
+            np.sort(rng.integers(0, 7, n)), unit="D"
+        )
+        ids = [f"C{d:%Y%m%d}-{i}" for i, d in enumerate(launch)]  # C<launch date>-<i>
+        return self._draw_coupons(rng, ids, launch, rng.integers(7, 29, n))
+
+    def catalogue(self, day: str | pd.Timestamp) -> pd.DataFrame:
+        """Every coupon launched by `day` that may still be valid on it (and the standing ones)."""
+        day = pd.Timestamp(day).normalize()
+        frames = [self.standing_coupons]
+        if self.new_coupons_per_week:
+            week = (day.toordinal() - 1) // 7
+            frames += [self._promotions(w) for w in range(week - 5, week + 1)]
+        return pd.concat(frames, ignore_index=True)
+
+    def active_coupons(self, day: str | pd.Timestamp) -> pd.DataFrame:
+        """The coupons valid on `day`, each with an equal share of the day's budget."""
+        day = pd.Timestamp(day).normalize()
+        c = self.catalogue(day)
+        active = c[(c["valid_from"] <= day) & (c["valid_to"] > day)].reset_index(drop=True)
+        active["budget_share"] = 1.0 / max(len(active), 1)
+        return TABLES["coupons"].conform(active)
+
+    def daily_budget(self, day: str | pd.Timestamp) -> float:
+        """The platform's coupon budget for `day` (expected cost of redeemed coupons)."""
+        return float(self.cfg.get("budget_per_user", 0.05)) * self.users_on(pd.Timestamp(day))
+
+    # -- the causal model -----------------------------------------------------------------
+    def context(self, day: str | pd.Timestamp) -> DayContext:
+        """The day's season, prices, catalogue and every user's recent coupon exposure."""
+        day = pd.Timestamp(day).normalize()
+        if self._context is None or self._context.day != day:
+            self.population_on(day)  # draw the cohorts who joined by then
+            shocked = self.shock_date is not None and day >= self.shock_date
+            self._context = DayContext(
+                day=day,
+                n_users=self.users_on(day),
+                coupons=self.active_coupons(day),
+                exposure=self.exposure(day),
+                season=_season(day),
+                price=1.0 + (self.price_shock if shocked else 0.0),
             )
-        )
+        return self._context
 
-    # -- the causal model ------------------------------------------------------------
-    def active_coupons(self, day: pd.Timestamp) -> pd.DataFrame:
-        c = self.coupons
-        return c[(c["valid_from"] <= day) & (c["valid_to"] > day)].reset_index(drop=True)
+    def outcome(
+        self,
+        ctx: DayContext,
+        users: np.ndarray,
+        arm: np.ndarray,
+        coupons: pd.DataFrame | None = None,
+    ) -> Outcome:
+        """The outcome distribution for each (user, arm) pair on the context's day; `arm`
+        indexes `coupons` (default: the day's catalogue), -1 meaning "no coupon"."""
+        coupons = ctx.coupons if coupons is None else coupons
+        pop = self._population
+        users = np.asarray(users, dtype=np.int64)
+        arm = np.broadcast_to(np.asarray(arm, dtype=np.int64), users.shape)
+        # A sentinel "no coupon" row at the end, so arm -1 indexes it.
+        kind = np.append(coupons["kind"].map(KIND_CODE).to_numpy(np.int64), -1)[arm]
+        value = np.append(coupons["value"].to_numpy(float), 0.0)[arm]
+        min_spend = np.append(coupons["min_spend"].to_numpy(float), 0.0)[arm]
+        category = np.append(coupons["category"].map(_CATEGORY_CODE).fillna(-1), -1)
+        category = category.astype(np.int64)[arm]
+        has = arm >= 0
+        scoped = category >= 0
 
-    def coupon_appeal(self, users: np.ndarray, coupons: pd.DataFrame) -> np.ndarray:
-        """(n_users, n_coupons) relative value of each coupon to each user, in [0, ~0.5]."""
-        pop = self.population
-        basket = pop.basket[users][:, None]
-        kind = coupons["kind"].to_numpy()[None, :]
-        value = coupons["value"].to_numpy()[None, :]
-        min_spend = coupons["min_spend"].to_numpy()[None, :]
-        rel = np.select(
-            [kind == "percent_off", kind == "amount_off", kind == "threshold_off"],
-            [value / 100.0, value / basket, value / np.maximum(basket, min_spend) * 0.8],
-            default=SHIPPING_COST / basket * 0.7,
+        basket = pop.basket[users] * ctx.price
+        relative = np.select(
+            [kind == PERCENT, kind == AMOUNT, kind == THRESHOLD, kind == FREE_SHIPPING],
+            [
+                value / 100.0,
+                value / basket,
+                0.8 * value / np.maximum(basket, min_spend),
+                0.7 * SHIPPING_COST / basket,
+            ],
+            default=0.0,
         )
-        cat_idx = {c: i for i, c in enumerate(CATEGORIES)}
-        match = np.ones((len(users), len(coupons)))
-        for j, cat in enumerate(coupons["category"]):
-            if cat != ALL_CATEGORIES:
-                match[:, j] = pop.preference[users, cat_idx[cat]] * 2.5
-        return np.minimum(rel, 0.6) * np.minimum(match, 1.5)
+        preferred = np.where(scoped, pop.preference[users, np.maximum(category, 0)], 1.0)
+        relevance = np.where(scoped, np.minimum(2.0 * preferred, MAX_RELEVANCE), 1.0)
+        appeal = np.minimum(relative, MAX_APPEAL) * relevance
+        response = np.exp(-pop.fatigue[users] * ctx.exposure[users])
+        sens = pop.sensitivity[users]
+        coupon_effect = sens * appeal * response - pop.annoyance[users]
+        logit = (
+            pop.base_logit[users]
+            + ctx.season
+            - sens * (ctx.price - 1.0)
+            + np.where(has, coupon_effect, 0.0)
+        )
+        pull = np.where(has & scoped, CATEGORY_PULL, 0.0)
+        p_match = np.where(has, np.where(scoped, pull + (1 - pull) * preferred, 1.0), 0.0)
+        return Outcome(
+            users, arm, _sigmoid(logit), basket, kind, value, min_spend, category, pull, p_match
+        )
 
     def purchase_probability(
-        self, users: np.ndarray, appeal: np.ndarray, day: pd.Timestamp
+        self, day: str | pd.Timestamp, users: np.ndarray, arm: np.ndarray
     ) -> np.ndarray:
-        """P(purchase today) given the appeal of the coupon each user holds (0: none)."""
-        weekly = 0.25 * np.cos(2 * np.pi * (day.dayofweek - 5) / 7)
-        logit = (
-            self.population.base_logit[users] + weekly + self.population.sensitivity[users] * appeal
+        """P(purchase on `day`) for users holding arm `arm` of the day's catalogue (-1: none)."""
+        return self.outcome(self.context(day), users, arm).p_purchase
+
+    def draw_orders(self, rng: np.random.Generator, out: Outcome) -> dict[str, np.ndarray]:
+        """Sample who buys and what: category, amount, coupon redeemed and discount (one
+        order at most per pair of `out`)."""
+        buy = np.flatnonzero(rng.random(len(out.users)) < out.p_purchase)
+        users, kind, category = out.users[buy], out.kind[buy], out.category[buy]
+        min_spend = out.min_spend[buy]
+        n = len(buy)
+        pulled = rng.random(n) < out.pull[buy]
+        bought = np.where(
+            pulled, category, _draw_categories(rng, self._population.preference_cdf[users])
         )
-        return 1.0 / (1.0 + np.exp(-logit))
+        amount = out.basket[buy] * np.exp(
+            BASKET_SPREAD * rng.standard_normal(n) - BASKET_SPREAD**2 / 2
+        )
+        matched = (kind >= 0) & ((category < 0) | (bought == category))
+        short = matched & (kind == THRESHOLD) & (amount < min_spend)
+        close = short & (amount >= (1 - TOP_UP_REACH) * min_spend)
+        topped = close & (rng.random(n) < TOP_UP)
+        amount = np.where(topped, min_spend + TOP_UP_RANGE * rng.random(n), amount)
+        amount = np.maximum(np.round(amount, 2), 0.01)
+        redeemed = matched & ~(short & ~topped)
+        discount = np.where(redeemed, coupon_cost(_KIND_NAMES[kind], out.value[buy], amount), 0.0)
+        return {
+            "row": buy,  # which pair of `out` bought
+            "user": users,
+            "arm": np.where(redeemed, out.arm[buy], -1),  # the coupon redeemed, -1: none
+            "category": bought,
+            "amount": amount,
+            "discount": np.round(discount, 2),
+        }
 
-    # -- one day of events -----------------------------------------------------------
-    def day_index(self, day: pd.Timestamp) -> int:
-        return int((day - self.start).days)
+    # -- the logging policy ---------------------------------------------------------------
+    def _rng(self, stream: int, day: pd.Timestamp) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream, day.toordinal()])
 
+    def _activity(self, day: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+        """The day's browsing sessions: (user, category code) per session."""
+        rng = self._rng(_ACTIVITY, day)
+        pop = self.population_on(day)
+        rate = 2 * float(self.cfg["sessions_per_user"]) * _sigmoid(pop.base_logit + 1.5)
+        user = np.repeat(np.arange(len(pop)), rng.poisson(rate * np.exp(_season(day))))
+        return user, _draw_categories(rng, pop.preference_cdf[user])
+
+    def _log_offers(
+        self,
+        day: pd.Timestamp,
+        n: int,
+        coupons: pd.DataFrame,
+        session_user: np.ndarray,
+        session_category: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The logging policy: a uniform slice over {coupons, none} mixed with a heuristic
+        (the coupon worth most at a reference basket in the category the user browsed most
+        today, else the best site-wide one; nothing for a user who did not browse).
+
+        Returns the reached users, their arm (-1: none) and its exact propensity."""
+        rng = self._rng(_LOGGING, day)
+        share = float(self.cfg["random_share"])
+        reached = np.flatnonzero(rng.random(n) < float(self.cfg["offers_per_user"]))
+        m = len(coupons)
+        worth = coupon_cost(
+            coupons["kind"].to_numpy(object),
+            coupons["value"].to_numpy(float),
+            np.full(m, REFERENCE_BASKET),
+        )
+        category = coupons["category"].to_numpy(object)
+        best = np.full(len(CATEGORIES) + 1, -1)  # per category code; the last slot: site-wide
+        for j in np.argsort(-worth, kind="stable")[::-1]:  # the most valuable last, so it wins
+            best[_CATEGORY_CODE.get(category[j], len(CATEGORIES))] = j
+        best[:-1] = np.where(best[:-1] >= 0, best[:-1], best[-1])
+        counts = np.bincount(
+            session_user * len(CATEGORIES) + session_category, minlength=n * len(CATEGORIES)
+        ).reshape(n, len(CATEGORIES))[reached]
+        heuristic = np.where(counts.sum(axis=1) > 0, best[counts.argmax(axis=1)], -1)
+        heuristic = np.where(heuristic >= 0, heuristic, m)  # arm m: "no coupon"
+        explore = rng.random(len(reached)) < share
+        arm = np.where(explore, rng.integers(0, m + 1, len(reached)), heuristic)
+        propensity = share / (m + 1) + (1 - share) * (arm == heuristic)
+        return reached, np.where(arm == m, -1, arm), propensity
+
+    def _coupon_mask(self, day: pd.Timestamp) -> np.ndarray:
+        """Who the logging policy offered a coupon on `day` (cached: exposure reads a window)."""
+        key = day.toordinal()
+        if key in self._coupon_days:
+            self._coupon_days.move_to_end(key)
+        else:
+            n = self.users_on(day)
+            reached, arm, _ = self._log_offers(
+                day, n, self.active_coupons(day), *self._activity(day)
+            )
+            self._remember(key, reached, arm, n)
+        return self._coupon_days[key]
+
+    def _remember(self, key: int, reached: np.ndarray, arm: np.ndarray, n: int) -> None:
+        mask = np.zeros(n, dtype=bool)
+        mask[reached[arm >= 0]] = True
+        self._coupon_days[key] = mask
+        self._coupon_days.move_to_end(key)
+        while len(self._coupon_days) > self.fatigue_window + 1:
+            self._coupon_days.popitem(last=False)
+
+    def exposure(self, day: str | pd.Timestamp) -> np.ndarray:
+        """Per user, on how many of the `fatigue_window_days` before `day` the logging policy
+        offered them a coupon (what wears their response down)."""
+        day = pd.Timestamp(day).normalize()
+        total = np.zeros(self.users_on(day))
+        for k in range(self.fatigue_window, 0, -1):
+            mask = self._coupon_mask(day - pd.Timedelta(days=k))
+            total[: len(mask)] += mask
+        return total
+
+    # -- one day of events ----------------------------------------------------------------
     def simulate_day(self, day: str | pd.Timestamp) -> dict[str, pd.DataFrame]:
         """The landing-zone batch for `day`: user and coupon snapshots and the day's events."""
-        day = pd.Timestamp(day).normalize()
-        rng = np.random.default_rng([self.seed, 2, self.day_index(day) + 10_000])
-        pop = self.population
-        n = len(pop.users)
-        coupons = self.active_coupons(day)
+        ctx = self.context(day)
+        day, n, coupons = ctx.day, ctx.n_users, ctx.coupons
         tag = day.strftime("%Y%m%d")
+        pop = self.population_on(day)
 
-        sessions = self._sessions(rng, day, tag)
-        offered_user, offered_coupon, propensity = self._log_offers(rng, sessions, coupons)
+        session_user, session_category = self._activity(day)
+        reached, arm, propensity = self._log_offers(day, n, coupons, session_user, session_category)
+        self._remember(day.toordinal(), reached, arm, n)
+        held = np.full(n, -1)
+        held[reached] = arm
+        orders = self.draw_orders(self._rng(_OUTCOME, day), self.outcome(ctx, np.arange(n), held))
+
+        rng = self._rng(_DETAIL, day)
+        coupon_ids = np.append(coupons["coupon_id"].to_numpy(object), None)
+        sessions = pd.DataFrame(
+            {
+                "session_id": _ids(f"{tag}-s", len(session_user)),
+                "user_id": session_user.astype("int64"),
+                "ts": day + pd.to_timedelta(rng.integers(0, 86_400, len(session_user)), unit="s"),
+                "category": _labels(CATEGORIES, session_category),
+                "page_views": 1 + rng.poisson(4, len(session_user)),
+            }
+        )
         offers = pd.DataFrame(
             {
-                "offer_id": [f"{tag}-o{i}" for i in range(len(offered_user))],
-                "user_id": offered_user,
-                "coupon_id": pd.array(
-                    [coupons["coupon_id"].iloc[j] if j >= 0 else None for j in offered_coupon],
-                    dtype="string",
-                ),
-                "ts": day + pd.to_timedelta(rng.integers(0, 6 * 3600, len(offered_user)), unit="s"),
+                "offer_id": _ids(f"{tag}-o", len(reached)),
+                "user_id": reached.astype("int64"),
+                "coupon_id": pd.array(coupon_ids[arm], dtype="string"),
+                "ts": day + pd.to_timedelta(rng.integers(0, OFFER_SECONDS, len(reached)), unit="s"),
                 "policy_version": self.cfg["policy_version"],
                 "propensity": propensity,
             }
         )
-
-        # Every user's appeal today: the coupon they were offered, or none.
-        appeal = np.zeros(n)
-        holder = np.full(n, -1)
-        if len(offered_user):
-            full = self.coupon_appeal(offered_user, coupons)
-            has = offered_coupon >= 0
-            appeal[offered_user[has]] = full[np.flatnonzero(has), offered_coupon[has]]
-            holder[offered_user[has]] = offered_coupon[has]
-        buys = rng.random(n) < self.purchase_probability(np.arange(n), appeal, day)
-        orders = self._orders(rng, day, tag, np.flatnonzero(buys), holder, coupons)
+        n_orders = len(orders["user"])
+        order_table = pd.DataFrame(
+            {
+                "order_id": _ids(f"{tag}-r", n_orders),
+                "user_id": orders["user"].astype("int64"),
+                "ts": day
+                + pd.to_timedelta(rng.integers(OFFER_SECONDS, 86_400, n_orders), unit="s"),
+                "amount": orders["amount"],
+                "category": _labels(CATEGORIES, orders["category"]),
+                "coupon_id": pd.array(coupon_ids[orders["arm"]], dtype="string"),
+                "discount": orders["discount"],
+            }
+        )
         return {
             "users": TABLES["users"].conform(pop.users),
-            "coupons": TABLES["coupons"].conform(coupons),
+            "coupons": coupons.copy(),
             "sessions": TABLES["sessions"].conform(sessions),
             "offers": TABLES["offers"].conform(offers),
-            "orders": TABLES["orders"].conform(orders),
+            "orders": TABLES["orders"].conform(order_table),
         }
-
-    def _sessions(self, rng: np.random.Generator, day: pd.Timestamp, tag: str) -> pd.DataFrame:
-        pop = self.population
-        n = len(pop.users)
-        activity = 1.0 / (1.0 + np.exp(-pop.base_logit - 1.5))
-        counts = rng.poisson(self.cfg["sessions_per_user"] * 2 * activity)
-        user = np.repeat(np.arange(n), counts)
-        cum = pop.preference[user].cumsum(axis=1)
-        cat = (rng.random(len(user))[:, None] > cum).sum(axis=1).clip(0, len(CATEGORIES) - 1)
-        return pd.DataFrame(
-            {
-                "session_id": [f"{tag}-s{i}" for i in range(len(user))],
-                "user_id": user.astype("int64"),
-                "ts": day + pd.to_timedelta(rng.integers(0, 86_400, len(user)), unit="s"),
-                "category": np.array(CATEGORIES)[cat],
-                "page_views": 1 + rng.poisson(4, len(user)),
-            }
-        )
-
-    def _log_offers(
-        self, rng: np.random.Generator, sessions: pd.DataFrame, coupons: pd.DataFrame
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The logging policy: a uniform slice over {coupons, none} mixed with a heuristic
-        (the richest coupon in the category the user browsed most today, else site-wide;
-        nothing for a user who did not browse)."""
-        n = len(self.population.users)
-        reached = np.flatnonzero(rng.random(n) < self.cfg["offers_per_user"])
-        n_arms = len(coupons) + 1  # arm index len(coupons) is "no coupon"
-        top_cat = sessions.groupby("user_id")["category"].agg(lambda s: s.value_counts().index[0])
-        user_cat = pd.Series(top_cat).reindex(reached).to_numpy()
-        heuristic = np.full(len(reached), len(coupons))
-        order = np.argsort(-coupons["value"].to_numpy(), kind="stable")
-        for j in order[::-1]:  # richest last, so it wins
-            cat = coupons["category"].iloc[j]
-            hit = (user_cat == cat) if cat != ALL_CATEGORIES else ~pd.isna(user_cat)
-            heuristic[hit & ((heuristic == len(coupons)) | (cat != ALL_CATEGORIES))] = j
-        explore = rng.random(len(reached)) < self.cfg["random_share"]
-        arm = np.where(explore, rng.integers(0, n_arms, len(reached)), heuristic)
-        share = self.cfg["random_share"]
-        propensity = share / n_arms + (1 - share) * (arm == heuristic)
-        arm_coupon = np.where(arm == len(coupons), -1, arm)
-        return reached.astype("int64"), arm_coupon, propensity
-
-    def _orders(
-        self,
-        rng: np.random.Generator,
-        day: pd.Timestamp,
-        tag: str,
-        buyers: np.ndarray,
-        holder: np.ndarray,
-        coupons: pd.DataFrame,
-    ) -> pd.DataFrame:
-        pop = self.population
-        cum = pop.preference[buyers].cumsum(axis=1)
-        cat = (rng.random(len(buyers))[:, None] > cum).sum(axis=1).clip(0, len(CATEGORIES) - 1)
-        category = np.array(CATEGORIES)[cat]
-        amount = pop.basket[buyers] * rng.lognormal(0, 0.3, len(buyers))
-        held = holder[buyers]
-        coupon_id = np.full(len(buyers), None, dtype=object)
-        discount = np.zeros(len(buyers))
-        for i in np.flatnonzero(held >= 0):
-            c = coupons.iloc[held[i]]
-            if c["category"] not in (ALL_CATEGORIES, category[i]):
-                continue
-            if c["kind"] == "threshold_off":
-                if amount[i] < c["min_spend"] and rng.random() < 0.5:
-                    amount[i] = c["min_spend"] + rng.random() * 5  # topped up to qualify
-                if amount[i] < c["min_spend"]:
-                    continue
-            coupon_id[i] = c["coupon_id"]
-            discount[i] = coupon_cost(c["kind"], c["value"], amount[i])
-        return pd.DataFrame(
-            {
-                "order_id": [f"{tag}-r{i}" for i in range(len(buyers))],
-                "user_id": buyers.astype("int64"),
-                "ts": day + pd.to_timedelta(rng.integers(6 * 3600, 86_400, len(buyers)), unit="s"),
-                "amount": np.round(amount, 2),
-                "category": category,
-                "coupon_id": pd.array(coupon_id, dtype="string"),
-                "discount": np.round(discount, 2),
-            }
-        )

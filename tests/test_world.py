@@ -1,41 +1,69 @@
-"""The simulated marketplace: deterministic, inside the contract, honest propensities."""
+"""The simulated marketplace: deterministic, inside the contract, honest propensities, the
+four uplift segments, a catalogue that changes, and the drifts it can be asked for."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from couponflow.contract import TABLES
-from couponflow.world import World
+from couponflow.contract import CATEGORIES, TABLES, coupon_cost
+from couponflow.world import SEGMENTS, World
+
+DAY = "2026-01-05"
 
 
 def test_same_seed_same_day_same_batch(tiny_params) -> None:
-    a = World(tiny_params["world"]).simulate_day("2026-01-05")
-    b = World(tiny_params["world"]).simulate_day("2026-01-05")
+    a = World(tiny_params["world"]).simulate_day(DAY)
+    b = World(tiny_params["world"]).simulate_day(DAY)
     for name in TABLES:
         pd.testing.assert_frame_equal(a[name], b[name])
 
 
+def test_a_day_regenerates_alone(tiny_params) -> None:
+    """Coupon fatigue reads the days before, yet a day simulated after its predecessors equals
+    the same day simulated by a fresh world."""
+    world = World(tiny_params["world"])
+    for day in pd.date_range("2026-01-02", DAY):
+        after_history = world.simulate_day(day)
+    alone = World(tiny_params["world"]).simulate_day(DAY)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(after_history[name], alone[name])
+
+
 def test_other_seed_other_events(tiny_params) -> None:
-    a = World(tiny_params["world"]).simulate_day("2026-01-05")
+    a = World(tiny_params["world"]).simulate_day(DAY)
     tiny_params["world"]["seed"] += 1
-    b = World(tiny_params["world"]).simulate_day("2026-01-05")
+    b = World(tiny_params["world"]).simulate_day(DAY)
     assert not a["offers"]["coupon_id"].equals(b["offers"]["coupon_id"])
 
 
 def test_batch_follows_the_contract(tiny_params) -> None:
-    day = pd.Timestamp("2026-01-05")
+    day = pd.Timestamp(DAY)
     batch = World(tiny_params["world"]).simulate_day(day)
     for name, table in TABLES.items():
         frame = batch[name]
         assert list(frame.columns) == table.column_names
+        assert frame.dtypes.astype(str).to_dict() == table.dtypes
         assert frame[table.key].is_unique
         for col in table.columns:
+            values = frame[col.name].dropna()
             if col.in_batch_day:
-                assert frame[col.name].between(day, day + pd.Timedelta(days=1), "left").all()
+                assert values.between(day, day + pd.Timedelta(days=1), "left").all()
             if not col.nullable:
-                assert frame[col.name].notna().all(), f"{name}.{col.name}"
-    known = set(batch["coupons"]["coupon_id"])
+                assert len(values) == len(frame), f"{name}.{col.name}"
+            if col.min_value is not None:
+                assert (values >= col.min_value).all(), f"{name}.{col.name}"
+            if col.max_value is not None:
+                assert (values <= col.max_value).all(), f"{name}.{col.name}"
+            if col.allowed is not None:
+                assert set(values) <= set(col.allowed), f"{name}.{col.name}"
+    coupons = batch["coupons"]
+    assert ((coupons["valid_from"] <= day) & (coupons["valid_to"] > day)).all()
+    assert coupons["budget_share"].sum() == pytest.approx(1.0)
+    known = set(coupons["coupon_id"])
     assert set(batch["offers"]["coupon_id"].dropna()) <= known
     assert set(batch["orders"]["coupon_id"].dropna()) <= known
 
@@ -43,24 +71,135 @@ def test_batch_follows_the_contract(tiny_params) -> None:
 def test_logged_propensities_match_the_logging_policy(tiny_params) -> None:
     """Over the randomised slice alone every arm has probability share/n_arms; the heuristic
     adds (1 - share) to one arm. Logged values must be exactly one of those two."""
-    world = World(tiny_params["world"])
-    batch = world.simulate_day("2026-01-05")
+    batch = World(tiny_params["world"]).simulate_day(DAY)
     share = tiny_params["world"]["random_share"]
     n_arms = len(batch["coupons"]) + 1
     allowed = {share / n_arms, share / n_arms + 1 - share}
     assert set(np.round(batch["offers"]["propensity"], 12)) <= set(np.round(list(allowed), 12))
-    assert (batch["offers"]["coupon_id"].isna()).any(), "controls must be logged"
 
 
-def test_coupons_raise_purchase_for_persuadables_and_lower_it_for_sleeping_dogs(
-    tiny_params,
-) -> None:
+def test_the_log_holds_enough_controls(tiny_params) -> None:
+    """Controls come from the heuristic (users who did not browse) and from the randomised
+    slice (then with the small propensity, even where the heuristic had a coupon)."""
+    tiny_params["world"]["n_users"] = 3000
+    batch = World(tiny_params["world"]).simulate_day(DAY)
+    offers = batch["offers"]
+    controls = offers["coupon_id"].isna()
+    assert controls.mean() > 0.2
+    share = tiny_params["world"]["random_share"]
+    explored = np.isclose(offers["propensity"], share / (len(batch["coupons"]) + 1))
+    assert (controls & explored).any()
+    assert (controls & ~explored).any()
+
+
+def test_orders_redeem_the_coupon_offered_where_it_applies(tiny_params) -> None:
     world = World(tiny_params["world"])
-    pop = world.population
-    users = np.arange(len(pop.users))
-    day = pd.Timestamp("2026-01-05")
-    appeal = world.coupon_appeal(users, world.active_coupons(day)).max(axis=1)
-    with_coupon = world.purchase_probability(users, appeal, day)
-    without = world.purchase_probability(users, np.zeros(len(users)), day)
-    assert (with_coupon[pop.sensitivity > 1] > without[pop.sensitivity > 1]).all()
-    assert (with_coupon[pop.sensitivity < 0] <= without[pop.sensitivity < 0]).all()
+    batch = world.simulate_day(DAY)
+    coupons = batch["coupons"].set_index("coupon_id")
+    redeemed = batch["orders"].dropna(subset=["coupon_id"])
+    assert len(redeemed) > 0
+    offered = batch["offers"].dropna(subset=["coupon_id"]).set_index("user_id")["coupon_id"]
+    assert (redeemed["coupon_id"].to_numpy() == offered[redeemed["user_id"]].to_numpy()).all()
+    c = coupons.loc[redeemed["coupon_id"]]
+    scope = c["category"].to_numpy()
+    assert ((scope == "all") | (scope == redeemed["category"].to_numpy())).all()
+    assert (redeemed["amount"].to_numpy() >= c["min_spend"].to_numpy()).all()
+    cost = coupon_cost(c["kind"].to_numpy(), c["value"].to_numpy(), redeemed["amount"].to_numpy())
+    np.testing.assert_allclose(redeemed["discount"], cost, atol=0.006)
+    unredeemed = batch["orders"]["coupon_id"].isna()
+    assert (batch["orders"].loc[unredeemed, "discount"] == 0).all()
+
+
+def test_all_four_uplift_segments_are_present(tiny_params) -> None:
+    pop = World(tiny_params["world"]).population_on(DAY)
+    shares = np.bincount(pop.segment, minlength=len(SEGMENTS)) / len(pop)
+    assert (shares > 0.05).all(), dict(zip(SEGMENTS, shares, strict=True))
+
+
+def test_coupons_come_and_go(tiny_params) -> None:
+    world = World(tiny_params["world"])
+    early = set(world.active_coupons("2026-01-02")["coupon_id"])
+    late = set(world.active_coupons("2026-02-15")["coupon_id"])
+    assert early - late, "some coupons expire"
+    assert late - early, "new coupons launch"
+    catalogue = world.catalogue("2026-02-15")
+    assert set(catalogue["kind"]) == {
+        "percent_off",
+        "amount_off",
+        "threshold_off",
+        "free_shipping",
+    }
+    assert {"all"} < set(catalogue["category"])
+    thresholds = catalogue[catalogue["kind"] == "threshold_off"]
+    assert (thresholds["min_spend"] >= thresholds["value"]).all()
+
+
+def test_weekends_sell_more(tiny_params) -> None:
+    world = World(tiny_params["world"])
+    users = np.arange(50)
+    saturday = world.purchase_probability("2026-01-10", users, -1)
+    tuesday = world.purchase_probability("2026-01-06", users, -1)
+    assert (saturday > tuesday).all()
+
+
+def test_fatigue_wears_coupon_response_down(tiny_params) -> None:
+    world = World(tiny_params["world"])
+    ctx = world.context(DAY)
+    assert ctx.exposure.max() >= 2 and ctx.exposure.min() == 0
+    pop = world.population_on(DAY)
+    persuadable = np.flatnonzero(pop.segment == SEGMENTS.index("persuadable"))
+    fresh = replace(ctx, exposure=np.zeros_like(ctx.exposure))
+    tired = replace(ctx, exposure=np.full_like(ctx.exposure, 7.0))
+    best = int(np.argmax(ctx.coupons["value"].where(ctx.coupons["kind"] == "percent_off", 0)))
+    base = world.outcome(fresh, persuadable, -1).p_purchase
+    gain_fresh = world.outcome(fresh, persuadable, best).p_purchase - base
+    gain_tired = world.outcome(tired, persuadable, best).p_purchase - base
+    assert (gain_fresh > gain_tired).all() and (gain_tired > 0).all()
+
+
+def test_new_users_join_with_their_own_mix(tiny_params) -> None:
+    cfg = tiny_params["world"]
+    cfg["drift"] = {**cfg["drift"], "new_users_per_day": 0.05}
+    cfg["drift"]["new_user_mix"] = {"persuadable": 1.0}
+    world = World(cfg)
+    batch = world.simulate_day("2026-01-03")
+    n = cfg["n_users"]
+    assert len(batch["users"]) == n + 3 * 20
+    joined = batch["users"].iloc[n:]
+    assert set(joined["signup_date"]) == set(pd.date_range("2026-01-01", "2026-01-03"))
+    assert joined["user_id"].tolist() == list(range(n, n + 60))
+    pop = world.population_on("2026-01-03")
+    assert (pop.segment[n:] == SEGMENTS.index("persuadable")).all()
+    assert batch["sessions"]["user_id"].max() < len(batch["users"])
+    # the same users, the same traits, however the population was grown
+    again = World(cfg).population_on("2026-01-02")
+    np.testing.assert_array_equal(again.base_logit, pop.base_logit[: n + 40])
+
+
+def test_a_price_shock_hits_the_price_sensitive(tiny_params) -> None:
+    cfg = tiny_params["world"]
+    cfg["drift"] = {**cfg["drift"], "price_shock_date": "2026-01-12", "price_shock": 0.2}
+    world = World(cfg)
+    pop = world.population_on("2026-01-12")
+    users = np.arange(len(pop))
+    before = world.outcome(world.context("2026-01-05"), users, -1)
+    after = world.outcome(world.context("2026-01-12"), users, -1)  # the same weekday
+    np.testing.assert_allclose(after.basket, 1.2 * before.basket)
+    persuadable = pop.segment == SEGMENTS.index("persuadable")
+    assert (after.p_purchase < before.p_purchase).all()
+    odds_drop = np.log(before.p_purchase / (1 - before.p_purchase)) - np.log(
+        after.p_purchase / (1 - after.p_purchase)
+    )
+    np.testing.assert_allclose(odds_drop, 0.2 * pop.sensitivity)
+    assert odds_drop[persuadable].mean() > 5 * odds_drop[~persuadable].mean()
+
+
+def test_sessions_follow_category_preference(tiny_params) -> None:
+    world = World(tiny_params["world"])
+    pop = world.population_on(DAY)
+    sessions = pd.concat(
+        world.simulate_day(d)["sessions"] for d in pd.date_range("2026-01-01", periods=5)
+    )
+    top = pop.preference.argmax(axis=1)[sessions["user_id"].to_numpy()]
+    seen = sessions["category"].map({c: i for i, c in enumerate(CATEGORIES)}).to_numpy()
+    assert (seen == top).mean() > 0.4  # 1/6 if sessions ignored preferences

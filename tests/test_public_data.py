@@ -1,0 +1,142 @@
+"""Real public data in the project's shapes: Hillstrom as a contract batch whose arms measure
+what the published experiment measured, and the Open Bandit logs on which an off-policy
+estimate from the random policy's log meets Thompson Sampling's own click rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.contract import TABLES
+from couponflow.metrics import ips_values
+from couponflow.public_data import (
+    action_distribution,
+    load_hillstrom,
+    load_obd,
+    resolve,
+)
+
+PUBLIC = load_params(PROJECT_ROOT / "params.yaml")["public_data"]
+HILLSTROM = resolve(PUBLIC["hillstrom"]["path"])
+OBD = resolve(PUBLIC["obd"]["path"])
+
+
+def require(path) -> None:
+    if not path.exists():
+        pytest.skip(f"public data set absent: {path}")
+
+
+@pytest.fixture(scope="module")
+def hillstrom():
+    require(HILLSTROM)
+    return load_hillstrom(PUBLIC["hillstrom"])
+
+
+def test_hillstrom_fits_the_contract(hillstrom) -> None:
+    day = hillstrom.day
+    for name, table in TABLES.items():
+        frame = hillstrom.batch[name]
+        assert list(frame.columns) == table.column_names
+        assert frame.dtypes.astype(str).to_dict() == table.dtypes
+        assert frame[table.key].is_unique
+        for col in table.columns:
+            values = frame[col.name].dropna()
+            if not col.nullable:
+                assert len(values) == len(frame), f"{name}.{col.name}"
+            if col.allowed is not None:
+                assert set(values) <= set(col.allowed), f"{name}.{col.name}"
+            if col.min_value is not None:
+                assert (values >= col.min_value).all(), f"{name}.{col.name}"
+            if col.in_batch_day:
+                assert values.between(day, day + pd.Timedelta(days=1), "left").all()
+    offers, orders = hillstrom.batch["offers"], hillstrom.batch["orders"]
+    assert len(offers) == len(hillstrom.batch["users"]) == 64_000
+    assert (offers["propensity"] == 1 / 3).all()
+    assert (orders["ts"] > offers["ts"].max()).all(), "every order follows its offer"
+    assert list(hillstrom.covariates["user_id"]) == list(range(64_000))
+
+
+def test_hillstrom_arms_measure_the_published_experiment(hillstrom) -> None:
+    """Per arm, conversion and spend per customer as published with the data set."""
+    from training.dataset import label_offers
+
+    margin = 0.3
+    labelled = label_offers(hillstrom.batch["offers"], hillstrom.batch["orders"], margin)
+    arm = labelled["coupon_id"].fillna("none")
+    by_arm = labelled.groupby(arm).agg(
+        n=("offer_id", "size"), conversion=("purchased", "mean"), spend=("amount", "mean")
+    )
+    published = {
+        "none": (0.00573, 0.653),
+        "HM-MENS": (0.01253, 1.423),
+        "HM-WOMENS": (0.00884, 1.077),
+    }
+    for name, (conversion, spend) in published.items():
+        assert by_arm.loc[name, "conversion"] == pytest.approx(conversion, abs=5e-6)
+        assert by_arm.loc[name, "spend"] == pytest.approx(spend, abs=5e-4)
+    assert by_arm["n"].between(21_000, 21_500).all()
+
+    # Only converters in an e-mail arm redeem, and the e-mail's configured cost is the discount.
+    value = float(PUBLIC["hillstrom"]["email_value"])
+    redeemed = labelled[labelled["redeemed"]]
+    assert len(redeemed) == int(
+        labelled["purchased"].sum() - (labelled["purchased"] & (arm == "none")).sum()
+    )
+    assert (redeemed["discount"] == np.minimum(value, redeemed["amount"])).all()
+
+    # The same IPS estimator as the pipeline's: the men's e-mail lifts conversion.
+    y = labelled["purchased"].to_numpy(float)
+    prop = labelled["propensity"].to_numpy()
+    mens = ips_values(y, prop, (arm == "HM-MENS").to_numpy(float))["ips"]
+    none = ips_values(y, prop, (arm == "none").to_numpy(float))["ips"]
+    per_row = y * ((arm == "HM-MENS").to_numpy(float) - (arm == "none").to_numpy(float)) / prop
+    se = per_row.std() / np.sqrt(len(per_row))
+    assert mens - none == pytest.approx(0.01253 - 0.00573, abs=1e-4)
+    assert mens - none > 4 * se
+
+
+@pytest.fixture(scope="module")
+def obd():
+    require(OBD)
+    return {policy: load_obd(PUBLIC["obd"], policy) for policy in ("random", "bts")}
+
+
+def test_obd_logs_are_tidy(obd) -> None:
+    for policy, bandit in obd.items():
+        log = bandit.log
+        assert len(log) == 10_000
+        assert list(log.columns[:5]) == ["timestamp", "action", "position", "reward", "propensity"]
+        assert log["action"].between(0, bandit.n_actions - 1).all()
+        assert set(log["position"]) == {1, 2, 3}
+        assert set(log["reward"]) == {0, 1}
+        assert log["propensity"].between(0, 1, "right").all()
+        assert len(bandit.context_columns) == 4 + bandit.n_actions
+        assert bandit.n_actions == 34 and list(bandit.items["item_id"]) == list(range(34))
+        assert (
+            log["timestamp"]
+            .dt.date.between(pd.Timestamp("2019-11-24").date(), pd.Timestamp("2019-11-30").date())
+            .all()
+        ), policy
+    assert np.allclose(obd["random"].log["propensity"], 1 / 34)
+    dist = action_distribution(obd["bts"])
+    assert np.allclose(dist.sum(axis=1), 1.0) and dist.shape == (3, 34)
+
+
+def test_off_policy_estimate_meets_the_logged_truth(obd) -> None:
+    """The click rate of Thompson Sampling, estimated by IPS and SNIPS from the random
+    policy's log, agrees with the rate it logged itself, within the (wide) error bars."""
+    random, bts = obd["random"].log, obd["bts"].log
+    target = action_distribution(obd["bts"])
+    pi = target.to_numpy()[random["position"].to_numpy() - 1, random["action"].to_numpy()]
+    reward = random["reward"].to_numpy(float)
+    estimate = ips_values(reward, random["propensity"].to_numpy(), pi)
+    w = pi / random["propensity"].to_numpy()
+    se_ips = (w * reward).std() / np.sqrt(len(reward))
+    truth = bts["reward"].mean()
+    se_truth = np.sqrt(truth * (1 - truth) / len(bts))
+    margin = 3 * np.hypot(se_ips, se_truth)
+    assert abs(estimate["ips"] - truth) < margin, (estimate, truth, se_ips)
+    assert abs(estimate["snips"] - truth) < margin, (estimate, truth, se_ips)
+    assert estimate["matched"] == len(random)
