@@ -37,7 +37,7 @@ def seed_history(ws: Workspace) -> list[str]:
     materialising into the online store."""
     from couponflow.landing import land_simulated_day, load_offline, read_batch
     from expectations.validate import require_valid
-    from feature_repo.store import materialise_user_features, publish_user_features
+    from feature_repo.store import materialise_user_features, publish_features
 
     start = pd.Timestamp(ws.params["world"]["start_date"])
     n_days = int(ws.params["world"]["history_days"])
@@ -49,7 +49,7 @@ def seed_history(ws: Workspace) -> list[str]:
         if day == days[-1]:
             materialise_user_features(ws, day)
         else:
-            publish_user_features(ws, day)
+            publish_features(ws, day)
     return days
 
 

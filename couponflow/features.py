@@ -1,70 +1,151 @@
-"""The feature definitions: one computation of each user feature, shared by the Feast
-feature views (training and serving read the same materialised values) and the tests.
+"""The feature definitions: one computation of each feature, shared by the Feast feature
+views (training and serving read the same materialised values), the model and the tests.
 
-A user's row for day D summarises events up to the end of D and carries
-`event_timestamp = D + 1 day`, so an offer made on D+1 sees exactly that row.
+Two row kinds, both computed from the offline store as of the end of a day D and stamped
+`event_timestamp = D + 1 day`, so an offer made on D+1 sees exactly those rows and never
+an event of its own day: a user's activity (`USER_FEATURES`) and a coupon's track record
+(`COUPON_FEATURES`). `relative_value` is the one request-time feature: it needs the
+coupon being scored, so Feast's on-demand view and the model's encoding both call it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from couponflow.config import Workspace
-from couponflow.contract import CATEGORIES
+from couponflow.contract import CATEGORIES, COUPON_KINDS
 from couponflow.landing import read_offline
 
-WINDOWS = (7, 30)
+WINDOWS = (1, 7, 30)
+HISTORY_DAYS = max(WINDOWS)
+ACTIVITY = ("sessions", "orders", "spend", "offers", "redemptions", "redemption_rate")
 USER_FEATURES: list[str] = [
-    *[f"sessions_{w}d" for w in WINDOWS],
-    *[f"orders_{w}d" for w in WINDOWS],
-    *[f"spend_{w}d" for w in WINDOWS],
-    "offers_30d",
-    "redemptions_30d",
-    "redemption_rate_30d",
+    *[f"{measure}_{w}d" for w in WINDOWS for measure in ACTIVITY],
     "avg_basket_30d",
     "days_since_last_order",
     "tenure_days",
     *[f"affinity_{c}" for c in CATEGORIES],
+    *[f"{measure}_{k}_30d" for k in COUPON_KINDS for measure in ("offers", "redemption_rate")],
+]
+COUPON_FEATURES: list[str] = [
+    "coupon_offers_30d",
+    "coupon_redemptions_30d",
+    "coupon_redemption_rate_30d",
+    "coupon_spend_per_redemption_30d",
 ]
 MAX_RECENCY_DAYS = 60.0
+MIN_BASKET = 20.0  # a basket below this would make a small coupon look like a huge one
+
+
+def relative_value(kind: Any, value: Any, basket: Any) -> np.ndarray:
+    """A coupon's discount as a share of the user's usual basket (a percent coupon's rate
+    is already one), capped at 1; 0 for "no coupon" (a missing kind). Vectorised.
+
+    Feast's on-demand view `offer_value` and the model's arm encoding both call this, so
+    the value trained on is the value served.
+    """
+    kind = pd.Series(kind, copy=False).astype("string").fillna("").to_numpy(dtype=object)
+    value = pd.Series(value, copy=False).astype("float64").fillna(0.0).to_numpy()
+    basket = pd.Series(basket, copy=False).astype("float64").fillna(0.0).to_numpy()
+    basket = np.maximum(basket, MIN_BASKET)
+    rel = np.where(kind == "percent_off", value / 100.0, value / basket)
+    return np.where(np.isin(kind, COUPON_KINDS), np.minimum(rel, 1.0), 0.0)
+
+
+def day_end(day: str) -> pd.Timestamp:
+    """The moment a day's feature rows become visible: midnight after it (naive UTC)."""
+    return pd.Timestamp(day) + pd.Timedelta(days=1)
+
+
+def _history(day: str) -> list[str]:
+    """The dates the longest window covers, ending with `day`."""
+    end = day_end(day)
+    return [(end - pd.Timedelta(days=i)).strftime("%Y-%m-%d") for i in range(1, HISTORY_DAYS + 1)]
+
+
+def _coupon_kinds(ws: Workspace, days: list[str]) -> pd.Series:
+    """coupon_id -> kind over the catalogue snapshots of `days` (expired coupons too)."""
+    coupons = read_offline(ws, "coupons", days).drop_duplicates("coupon_id", keep="last")
+    return coupons.set_index("coupon_id")["kind"]
+
+
+def _count(frame: pd.DataFrame, by: str | list[str]) -> pd.Series:
+    return frame.groupby(by, observed=True).size()
 
 
 def compute_user_features(ws: Workspace, day: str) -> pd.DataFrame:
     """Every known user's features as of the end of `day` (from the offline store)."""
-    end = pd.Timestamp(day) + pd.Timedelta(days=1)
-    days = [(end - pd.Timedelta(days=i)).strftime("%Y-%m-%d") for i in range(1, max(WINDOWS) + 1)]
+    end, days = day_end(day), _history(day)
     users = read_offline(ws, "users", [day])
     sessions = read_offline(ws, "sessions", days)
     orders = read_offline(ws, "orders", days)
     offers = read_offline(ws, "offers", days)
+    kinds = _coupon_kinds(ws, days)
+    offers = offers[offers["coupon_id"].notna()].assign(kind=lambda f: f["coupon_id"].map(kinds))
+    redeemed = orders[orders["coupon_id"].notna()].assign(kind=lambda f: f["coupon_id"].map(kinds))
 
-    out = pd.DataFrame({"user_id": users["user_id"].to_numpy()}).set_index("user_id")
+    out = pd.DataFrame(index=pd.Index(users["user_id"].to_numpy(), name="user_id"))
     for w in WINDOWS:
         since = end - pd.Timedelta(days=w)
-        s = sessions[sessions["ts"] >= since]
         o = orders[orders["ts"] >= since]
-        out[f"sessions_{w}d"] = s.groupby("user_id").size()
-        out[f"orders_{w}d"] = o.groupby("user_id").size()
+        out[f"sessions_{w}d"] = _count(sessions[sessions["ts"] >= since], "user_id")
+        out[f"orders_{w}d"] = _count(o, "user_id")
         out[f"spend_{w}d"] = o.groupby("user_id")["amount"].sum()
-    out["offers_30d"] = offers[offers["coupon_id"].notna()].groupby("user_id").size()
-    out["redemptions_30d"] = orders[orders["coupon_id"].notna()].groupby("user_id").size()
+        out[f"offers_{w}d"] = _count(offers[offers["ts"] >= since], "user_id")
+        out[f"redemptions_{w}d"] = _count(redeemed[redeemed["ts"] >= since], "user_id")
     out = out.fillna(0.0)
-    out["redemption_rate_30d"] = out["redemptions_30d"] / out["offers_30d"].clip(lower=1)
+    for w in WINDOWS:
+        out[f"redemption_rate_{w}d"] = out[f"redemptions_{w}d"] / out[f"offers_{w}d"].clip(lower=1)
     out["avg_basket_30d"] = out["spend_30d"] / out["orders_30d"].clip(lower=1)
-    last = orders.groupby("user_id")["ts"].max()
-    recency = (end - last).dt.total_seconds() / 86_400
+    recency = (end - orders.groupby("user_id")["ts"].max()).dt.total_seconds() / 86_400
     out["days_since_last_order"] = (
         recency.reindex(out.index).fillna(MAX_RECENCY_DAYS).clip(upper=MAX_RECENCY_DAYS)
     )
     signup = users.set_index("user_id")["signup_date"]
     out["tenure_days"] = ((end - signup).dt.days.reindex(out.index)).astype(float)
-    by_cat = sessions.groupby(["user_id", "category"]).size().unstack(fill_value=0)
-    by_cat = by_cat.reindex(columns=list(CATEGORIES), fill_value=0).reindex(out.index, fill_value=0)
-    share = by_cat.div(by_cat.sum(axis=1).clip(lower=1), axis=0)
+    share = _per_label(_count(sessions, ["user_id", "category"]), CATEGORIES, out.index)
     for c in CATEGORIES:
         out[f"affinity_{c}"] = share[c]
+    offered = _per_label(_count(offers, ["user_id", "kind"]), COUPON_KINDS, out.index, norm=False)
+    used = _per_label(_count(redeemed, ["user_id", "kind"]), COUPON_KINDS, out.index, norm=False)
+    for k in COUPON_KINDS:
+        out[f"offers_{k}_30d"] = offered[k]
+        out[f"redemption_rate_{k}_30d"] = used[k] / offered[k].clip(lower=1)
     out = out[USER_FEATURES].astype("float32").reset_index()
+    out["event_timestamp"] = end
+    return out
+
+
+def _per_label(
+    counts: pd.Series, columns: tuple[str, ...], index: pd.Index, norm: bool = True
+) -> pd.DataFrame:
+    """(user, label) counts as one column per label for every user in `index`; with
+    `norm`, each row divided by its total (a user with no events gets zeros)."""
+    table = counts.unstack(fill_value=0).reindex(columns=list(columns), fill_value=0)
+    table = table.reindex(index, fill_value=0).astype(float)
+    return table.div(table.sum(axis=1).clip(lower=1), axis=0) if norm else table
+
+
+def compute_coupon_stats(ws: Workspace, day: str) -> pd.DataFrame:
+    """Every coupon of `day`'s catalogue with its track record over the last 30 days as of
+    the end of `day`: offers, redemptions, redemption rate, spend per redeemed order."""
+    end, days = day_end(day), _history(day)
+    catalogue = read_offline(ws, "coupons", [day])["coupon_id"]
+    offers = read_offline(ws, "offers", days)
+    orders = read_offline(ws, "orders", days)
+    redeemed = orders[orders["coupon_id"].notna()]
+    out = pd.DataFrame(index=pd.Index(catalogue.to_numpy(dtype=object), name="coupon_id"))
+    out["coupon_offers_30d"] = _count(offers[offers["coupon_id"].notna()], "coupon_id")
+    out["coupon_redemptions_30d"] = _count(redeemed, "coupon_id")
+    out["spend"] = redeemed.groupby("coupon_id")["amount"].sum()
+    out = out.fillna(0.0)
+    redemptions = out["coupon_redemptions_30d"]
+    out["coupon_redemption_rate_30d"] = redemptions / out["coupon_offers_30d"].clip(lower=1)
+    out["coupon_spend_per_redemption_30d"] = out["spend"] / redemptions.clip(lower=1)
+    out = out[COUPON_FEATURES].astype("float32").reset_index()
     out["event_timestamp"] = end
     return out
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from couponflow.contract import ALL_CATEGORIES, CATEGORIES, COUPON_KINDS
-from couponflow.features import USER_FEATURES
+from couponflow.features import COUPON_FEATURES, USER_FEATURES, relative_value
 
 ARM_FEATURES: list[str] = [
     "is_control",
@@ -27,7 +27,7 @@ ARM_FEATURES: list[str] = [
     "category_affinity",
     "relative_value",
 ]
-N_INPUTS = len(USER_FEATURES) + len(ARM_FEATURES)
+N_INPUTS = len(USER_FEATURES) + len(COUPON_FEATURES) + len(ARM_FEATURES)
 _AFFINITY = [USER_FEATURES.index(f"affinity_{c}") for c in CATEGORIES]
 _BASKET = USER_FEATURES.index("avg_basket_30d")
 
@@ -55,15 +55,17 @@ def encode_arms(user_features: np.ndarray, coupons: pd.DataFrame) -> np.ndarray:
     cat_idx = np.array([CATEGORIES.index(c) if c in CATEGORIES else 0 for c in category])
     affinity = user_features[np.arange(n), np.array(_AFFINITY)[cat_idx]]
     out[:, 8] = np.where(control, 0.0, np.where(site_wide, 1.0, affinity))
-    basket = np.maximum(user_features[:, _BASKET], 20.0)
-    rel = np.where(kind == "percent_off", value / 100.0, value / basket)
-    out[:, 9] = np.where(control, 0.0, np.minimum(rel, 1.0))
+    out[:, 9] = relative_value(coupons["kind"], coupons["value"], user_features[:, _BASKET])
     return out
 
 
 def encode(user_features: np.ndarray, coupons: pd.DataFrame) -> np.ndarray:
-    """The network's input rows: squashed user features beside the arm's features."""
-    return np.hstack([np.log1p(np.maximum(user_features, 0)), encode_arms(user_features, coupons)])
+    """The network's input rows: squashed user features and coupon stats (`coupons` must
+    carry COUPON_FEATURES; zeros for "no coupon" or a coupon without a record yet) beside
+    the arm's features."""
+    stats = coupons[COUPON_FEATURES].astype("float64").fillna(0.0).to_numpy(np.float32)
+    counts = np.log1p(np.maximum(np.hstack([user_features, stats]), 0))
+    return np.hstack([counts, encode_arms(user_features, coupons)])
 
 
 class CouponNet(nn.Module):
@@ -94,7 +96,12 @@ def predict(net: CouponNet, inputs: np.ndarray) -> dict[str, np.ndarray]:
 def save_model(net: CouponNet, path: Path, meta: dict[str, Any]) -> None:
     """Save weights with what is needed to rebuild and trust them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "user_features": USER_FEATURES, "arm_features": ARM_FEATURES}
+    meta = {
+        **meta,
+        "user_features": USER_FEATURES,
+        "coupon_features": COUPON_FEATURES,
+        "arm_features": ARM_FEATURES,
+    }
     torch.save({"state_dict": net.state_dict(), "meta": meta}, path)
 
 
@@ -102,7 +109,8 @@ def load_model(path: Path) -> tuple[CouponNet, dict[str, Any]]:
     """Load a saved model for inference; refuses one built on another feature list."""
     blob = torch.load(path, map_location="cpu", weights_only=False)
     meta = blob["meta"]
-    if meta["user_features"] != USER_FEATURES or meta["arm_features"] != ARM_FEATURES:
+    inputs = (meta["user_features"], meta.get("coupon_features"), meta["arm_features"])
+    if inputs != (USER_FEATURES, COUPON_FEATURES, ARM_FEATURES):
         raise ValueError(f"{path} was trained on a different feature list")
     net = CouponNet(hidden=int(meta["hidden"]))
     net.load_state_dict(blob["state_dict"])

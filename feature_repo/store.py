@@ -1,5 +1,6 @@
-"""Feature-store operations the pipeline and the service call: publish a day's features,
-apply the definitions, materialise incrementally, read offline (training) and online.
+"""Feature-store operations the pipeline, training and the service call: publish a day's
+features, apply the definitions, materialise incrementally, read offline (point in time,
+for training and evaluation) and online (for serving).
 
 Kept beside the definitions because it owns Feast; it declares no Feast objects itself.
 """
@@ -10,83 +11,183 @@ import contextlib
 import io
 import logging
 import os
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import yaml
 from feast import FeatureStore, RepoConfig
 
 from couponflow.config import HOME_ENV, Workspace
-from couponflow.features import USER_FEATURES, compute_user_features
+from couponflow.features import (
+    COUPON_FEATURES,
+    USER_FEATURES,
+    compute_coupon_stats,
+    compute_user_features,
+    day_end,
+)
 
 REPO_DIR = Path(__file__).resolve().parent
-FEATURE_REFS = [f"user_activity:{name}" for name in USER_FEATURES]
+# Each batch view and the computation of its rows for a day.
+VIEWS: dict[str, Callable[[Workspace, str], pd.DataFrame]] = {
+    "user_activity": compute_user_features,
+    "coupon_stats": compute_coupon_stats,
+}
+USER_REFS = [f"user_activity:{name}" for name in USER_FEATURES]
+COUPON_REFS = [f"coupon_stats:{name}" for name in COUPON_FEATURES]
+WINDOW = pd.Timedelta(seconds=1)  # materialise [day end - 1 s, day end + 1 s): that day only
 
 logging.getLogger("feast").setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Feast prints a banner and a progress bar per view on materialise, and it and dask
+    warn about pandas and their own deprecations: none of it is ours to act on."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "On demand feature view is an experimental")
+        yield
+
+
 def open_store(ws: Workspace) -> FeatureStore:
     """The workspace's feature store: feature_store.yaml, with the online store chosen
-    by `features.online_store` in params.yaml (sqlite by default, or redis)."""
+    by `features.online_store` in params.yaml (sqlite by default, or redis) and the Feast
+    project by `features.project` (its name prefixes every Redis key)."""
     os.environ[HOME_ENV] = str(ws.root)  # the definitions locate their source through it
     with open(REPO_DIR / "feature_store.yaml") as fh:
         raw = yaml.safe_load(os.path.expandvars(fh.read()))
     settings = ws.params.get("features", {})
+    raw["project"] = settings.get("project", raw["project"])
     if settings.get("online_store", "sqlite") == "redis":
         raw["online_store"] = {
             "type": "redis",
             "connection_string": settings.get("redis", "127.0.0.1:6379"),
             "key_ttl_seconds": 7 * 86_400,
+            "skip_dedup": True,  # rewrite a re-run date like SQLite does; see materialise_day
         }
     ws.feature_store.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(config=RepoConfig(repo_path=REPO_DIR, **raw), repo_path=str(REPO_DIR))
+    with _quiet():
+        return FeatureStore(config=RepoConfig(repo_path=REPO_DIR, **raw), repo_path=str(REPO_DIR))
 
 
 def apply_definitions(store: FeatureStore) -> None:
-    """`feast apply` for our definitions (idempotent)."""
-    from feature_repo.definitions import OBJECTS
+    """`feast apply` for our definitions, reading the workspace open_store set (idempotent)."""
+    from feature_repo.definitions import feast_objects
 
-    store.apply(OBJECTS)
-
-
-def publish_user_features(ws: Workspace, day: str) -> Path:
-    """Compute users' features as of the end of `day` into the offline features folder."""
-    frame = compute_user_features(ws, day)
-    target = ws.features / "user_activity" / f"date={day}"
-    target.mkdir(parents=True, exist_ok=True)
-    frame["event_timestamp"] = frame["event_timestamp"].dt.tz_localize("UTC")
-    frame.to_parquet(target / "part.parquet.tmp", index=False)
-    (target / "part.parquet.tmp").replace(target / "part.parquet")
-    return target
+    with _quiet():
+        store.apply(feast_objects(Workspace.from_env().features))
 
 
-def materialise_day(store: FeatureStore, day: str) -> None:
-    """Load the rows stamped at the end of `day` into the online store; re-running a date
-    rewrites the same rows."""
-    end_of_day = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
-    with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a banner and a bar per view
-        store.materialize(
-            start_date=(end_of_day - pd.Timedelta(seconds=1)).to_pydatetime(),
-            end_date=(end_of_day + pd.Timedelta(seconds=1)).to_pydatetime(),
-            feature_views=["user_activity"],
-        )
+def publish_features(ws: Workspace, day: str) -> dict[str, int]:
+    """Compute every batch view's rows as of the end of `day` into its offline partition
+    (replacing it whole); returns rows written per view."""
+    rows = {}
+    for view, compute in VIEWS.items():
+        frame = compute(ws, day)
+        frame["event_timestamp"] = frame["event_timestamp"].dt.tz_localize("UTC")
+        target = ws.features / view / f"date={day}"
+        target.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(target / "part.parquet.tmp", index=False)
+        (target / "part.parquet.tmp").replace(target / "part.parquet")
+        rows[view] = len(frame)
+    return rows
 
 
-def historical_user_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataFrame:
-    """Point-in-time user features for rows of (user_id, event_timestamp), in input order."""
-    entity_df = entities[["user_id", "event_timestamp"]].copy()
-    entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)
-    entity_df["row"] = np.arange(len(entity_df))
-    frame = store.get_historical_features(
-        entity_df=entity_df, features=store.get_feature_service("recommender")
-    ).to_df()
-    return frame.sort_values("row").reset_index(drop=True)
+def materialise_day(store: FeatureStore, day: str) -> list[str]:
+    """Load the rows stamped at the end of `day` into the online store and return the views
+    written. Re-running a date rewrites the same rows; a view already holding a later
+    day is left alone, so backfilling an old date never rolls the online store back."""
+    end = day_end(day).tz_localize("UTC")
+    fresh = [
+        view
+        for view in VIEWS
+        if (latest := store.get_feature_view(view).most_recent_end_time) is None
+        or pd.Timestamp(latest) <= end + WINDOW
+    ]
+    if fresh:
+        with _quiet():
+            store.materialize(
+                start_date=(end - WINDOW).to_pydatetime(),
+                end_date=(end + WINDOW).to_pydatetime(),
+                feature_views=fresh,
+            )
+    return fresh
+
+
+def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataFrame:
+    """The recommender's features for rows of (user_id, coupon_id, event_timestamp, kind,
+    value), each as it was at its timestamp (point in time), in input order: user activity,
+    the coupon's stats (NaN for a null coupon, "no coupon") and the on-demand
+    `relative_value`, computed by Feast's own on-demand view from the joined rows."""
+    rows = entities[["user_id", "coupon_id", "event_timestamp", "kind", "value"]]
+    rows = rows.reset_index(drop=True).astype({"coupon_id": object})
+    rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    table = pd.concat(
+        [
+            rows,
+            _point_in_time(store, rows[["user_id", "event_timestamp"]], USER_REFS),
+            _point_in_time(store, rows[["coupon_id", "event_timestamp"]], COUPON_REFS),
+        ],
+        axis=1,
+    )
+    offer_value = store.get_on_demand_feature_view("offer_value")
+    inputs = pa.Table.from_pandas(table[["avg_basket_30d", "kind", "value"]], preserve_index=False)
+    with _quiet():
+        derived = offer_value.transform_arrow(inputs)
+    table["relative_value"] = derived.column("relative_value").to_numpy()
+    return table
+
+
+def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> pd.DataFrame:
+    """The features `refs` of each row of (join key, event_timestamp) as they were at that
+    time (NaN for a null key or no row), in row order. Feast is asked once per distinct
+    pair: its file offline store keeps one row per (join keys, timestamp), so a user
+    offered two coupons at the same moment would otherwise lose one of the rows."""
+    key = keys.columns[0]
+    names = [ref.split(":")[1] for ref in refs]
+    distinct = keys.dropna().drop_duplicates().reset_index(drop=True)
+    distinct["pair"] = np.arange(len(distinct))
+    if distinct.empty:
+        return pd.DataFrame(np.nan, index=keys.index, columns=names)
+    with _quiet():
+        joined = store.get_historical_features(entity_df=distinct, features=refs).to_df()
+    pair = keys.merge(distinct, on=[key, "event_timestamp"], how="left")["pair"]
+    return joined.set_index("pair")[names].reindex(pair.fillna(-1)).reset_index(drop=True)
+
+
+def coupon_stats_at(
+    store: FeatureStore, coupons: pd.DataFrame, as_of: pd.Timestamp
+) -> pd.DataFrame:
+    """`coupons` with each coupon's stats as they were at `as_of` (point in time), for
+    judging a policy on a past day with what it would have known."""
+    keys = pd.DataFrame(
+        {
+            "coupon_id": coupons["coupon_id"].astype(object).to_numpy(),
+            "event_timestamp": pd.Timestamp(as_of).tz_localize("UTC"),
+        }
+    )
+    stats = _point_in_time(store, keys, COUPON_REFS).astype("float64")
+    return pd.concat([coupons.reset_index(drop=True), stats], axis=1)
+
+
+def online_coupon_stats(store: FeatureStore, coupons: pd.DataFrame) -> pd.DataFrame:
+    """`coupons` with each coupon's latest stats from the online store. The service reads
+    them once and keeps them with the catalogue: one online read per coupon per request
+    would cost a millisecond each."""
+    rows = [{"coupon_id": str(c)} for c in coupons["coupon_id"]]
+    values = store.get_online_features(features=COUPON_REFS, entity_rows=rows).to_dict()
+    stats = pd.DataFrame({name: values[name] for name in COUPON_FEATURES}, dtype="float64")
+    return pd.concat([coupons.reset_index(drop=True), stats], axis=1)
 
 
 def online_user_features(store: FeatureStore, user_id: int) -> np.ndarray | None:
     """One user's feature vector from the online store, or None if the store has no row."""
-    row = store.get_online_features(features=FEATURE_REFS, entity_rows=[{"user_id": user_id}])
+    row = store.get_online_features(features=USER_REFS, entity_rows=[{"user_id": user_id}])
     values = row.to_dict()
     vector = [values[name][0] for name in USER_FEATURES]
     if any(v is None for v in vector):
@@ -95,10 +196,18 @@ def online_user_features(store: FeatureStore, user_id: int) -> np.ndarray | None
 
 
 def materialise_user_features(ws: Workspace, day: str) -> dict[str, object]:
-    """The pipeline's feature step for `day`: compute, apply definitions, materialise."""
-    path = publish_user_features(ws, day)
+    """The pipeline's feature step for `day`: compute the users' and coupons' rows, apply
+    the definitions, materialise the day."""
+    rows = publish_features(ws, day)
     store = open_store(ws)
     apply_definitions(store)
-    materialise_day(store, day)
-    rows = len(pd.read_parquet(path / "part.parquet"))
-    return {"users": rows, "features": len(USER_FEATURES), "values": rows * len(USER_FEATURES)}
+    online = materialise_day(store, day)
+    return {
+        "users": rows["user_activity"],
+        "coupons": rows["coupon_stats"],
+        "features": len(USER_FEATURES),
+        "coupon_features": len(COUPON_FEATURES),
+        "values": rows["user_activity"] * len(USER_FEATURES)
+        + rows["coupon_stats"] * len(COUPON_FEATURES),
+        "online": online,
+    }

@@ -22,14 +22,16 @@ from couponflow.config import Workspace
 from couponflow.features import default_user_features
 from couponflow.model import load_model
 from couponflow.policy import choose, eligible, lagrangian, score, with_control
-from feature_repo.store import online_user_features, open_store
+from feature_repo.store import online_coupon_stats, online_user_features, open_store
 from serving import CATALOGUE_FILE
 
 
 class Recommender:
     """A loaded model, its coupon catalogue and the workspace's policy knobs.
 
-    `model_dir` holds model.pt and the catalogue snapshot; `as_of` is the snapshot's day
+    `model_dir` holds model.pt and the catalogue snapshot, kept in memory with each
+    coupon's stats read once from the online store (per request only the user's row is
+    read online); `as_of` is the snapshot's day
     and the policy's clock unless a request names another time: the world is simulated,
     so the wall clock says nothing about which coupons are valid, and offline evaluation
     judges eligibility at the catalogue's day too.
@@ -39,13 +41,14 @@ class Recommender:
         torch.set_num_threads(1)  # tiny per-request batches; parallelism comes from workers
         self.net, meta = load_model(model_dir / "model.pt")
         self.model_version: str = meta["version"]
-        self.catalogue = pd.read_parquet(model_dir / CATALOGUE_FILE)
+        store = open_store(ws)
+        self.catalogue = online_coupon_stats(store, pd.read_parquet(model_dir / CATALOGUE_FILE))
         self.as_of = pd.Timestamp(as_of)
         self.margin = float(ws.params["world"]["margin"])
         self.epsilon = float(ws.params["policy"]["epsilon"])
         self.multiplier = float(ws.params["policy"]["cost_multiplier"])
         self.policy_version = f"{self.model_version}-eps{self.epsilon:g}-lambda{self.multiplier:g}"
-        self.user_features = partial(online_user_features, open_store(ws))
+        self.user_features = partial(online_user_features, store)
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()  # requests run on a thread pool; Generator isn't safe
         self.recommend(user_id=-1, k=1)  # warm Feast and torch, or the first shopper waits ~0.5s

@@ -42,11 +42,12 @@ def test_the_run_releases_a_model(pipeline) -> None:
 
 
 def test_the_online_store_answers_for_a_user(pipeline) -> None:
+    from couponflow.features import USER_FEATURES
     from feature_repo.store import online_user_features, open_store
 
     ws, _, _ = pipeline
     vector = online_user_features(open_store(ws), 3)
-    assert vector is not None and vector.shape == (18,)
+    assert vector is not None and vector.shape == (len(USER_FEATURES),)
 
 
 def test_model_and_metrics_are_dvc_tracked(pipeline) -> None:

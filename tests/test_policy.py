@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from couponflow.contract import coupon_cost
-from couponflow.features import USER_FEATURES, default_user_features
+from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
 from couponflow.model import CouponNet
 from couponflow.policy import choose, eligible, greedy_arms, lagrangian, score, with_control
 
@@ -23,6 +23,7 @@ def catalogue() -> pd.DataFrame:
             "valid_from": pd.to_datetime(["2026-01-01", "2026-01-01", "2026-02-01"]),
             "valid_to": pd.to_datetime(["2026-03-01", "2026-01-03", "2026-03-01"]),
             "budget_share": [0.3, 0.3, 0.4],
+            **dict.fromkeys(COUPON_FEATURES, [0.0, 0.0, 0.0]),
         }
     ).astype({"coupon_id": "string", "kind": "string", "category": "string"})
 

@@ -37,7 +37,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
         apply_definitions,
         materialise_day,
         open_store,
-        publish_user_features,
+        publish_features,
     )
 
     root = tmp_path_factory.mktemp("serving") / "ws"
@@ -57,7 +57,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
         store = open_store(ws)
         apply_definitions(store)
         for day in days:
-            publish_user_features(ws, day)
+            publish_features(ws, day)
             materialise_day(store, day)
         meta = {"version": MODEL_VERSION, "hidden": 64}
         save_model(CouponNet(hidden=64), ws.models / "model.pt", meta)

@@ -1,5 +1,7 @@
-"""DVC stage `dataset`: the training table of logged offers, each with its outcome and the
-user's features as of the moment of the offer (a point-in-time join through Feast).
+"""DVC stage `dataset`: the training table of logged offers, each with its outcome, the
+user's features and the offered coupon's stats as of the moment of the offer (a
+point-in-time join through Feast, so no label leaks back from the future), and the
+on-demand `relative_value` Feast computes from them.
 
 Run from the workspace root: `python -m training.dataset`.
 """
@@ -43,7 +45,7 @@ def label_offers(offers: pd.DataFrame, orders: pd.DataFrame, margin: float) -> p
 
 def build(ws: Workspace) -> pd.DataFrame:
     """Every logged offer from the second offline day on (the first has no features yet)."""
-    from feature_repo.store import historical_user_features, open_store
+    from feature_repo.store import historical_features, open_store
 
     days = offline_days(ws)[1:]
     offers = read_offline(ws, "offers", days)
@@ -51,14 +53,12 @@ def build(ws: Workspace) -> pd.DataFrame:
     labelled = label_offers(offers, orders, float(ws.params["world"]["margin"]))
     coupons = read_offline(ws, "coupons", days).drop_duplicates("coupon_id", keep="last")
     labelled = labelled.merge(coupons, on="coupon_id", how="left")
-    features = historical_user_features(
+    features = historical_features(
         open_store(ws), labelled.rename(columns={"ts": "event_timestamp"})
     )
+    keys = ["user_id", "coupon_id", "event_timestamp", "kind", "value"]
     table = pd.concat(
-        [
-            labelled.reset_index(drop=True),
-            features.drop(columns=["user_id", "event_timestamp", "row"]),
-        ],
+        [labelled.reset_index(drop=True), features.drop(columns=keys)],
         axis=1,
     )
     return table.dropna(subset=["sessions_7d"])  # offers whose user had no feature row yet

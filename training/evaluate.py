@@ -20,6 +20,7 @@ from couponflow.landing import read_offline
 from couponflow.metrics import ips_values, prediction_metrics
 from couponflow.model import CouponNet, encode, load_model, predict
 from couponflow.policy import eligible, greedy_arms, score, with_control
+from feature_repo.store import coupon_stats_at, open_store
 
 
 def logged_arm_index(table: pd.DataFrame, arms: pd.DataFrame) -> np.ndarray:
@@ -51,6 +52,7 @@ def evaluate(ws: Workspace) -> dict[str, Any]:
     day = table["day"].max()
     held_out = table[table["day"] == day].reset_index(drop=True)
     coupons = read_offline(ws, "coupons", [str(pd.Timestamp(day).date())])
+    coupons = coupon_stats_at(open_store(ws), coupons, pd.Timestamp(day))  # as the day began
     arms = with_control(eligible(coupons, pd.Timestamp(day)))
     margin = float(ws.params["world"]["margin"])
     multiplier = float(ws.params["policy"]["cost_multiplier"])
