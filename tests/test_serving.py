@@ -17,9 +17,6 @@ from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, se
 from serving.server import Server
 from tests.conftest import free_port
 
-# Feast's materialisation (dask) warns about pandas downcasting; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:Downcasting object dtype:FutureWarning")
-
 MODEL_VERSION = "test-0001"
 N_USERS = 300
 
