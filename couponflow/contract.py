@@ -54,6 +54,13 @@ class Table:
     key: str
     columns: tuple[Column, ...]
     references: dict[str, str] = field(default_factory=dict)  # column -> table it points at
+    # column -> (time, start, end): the row's `time` lies in [start, end) of the row the column
+    # references (a coupon is offered and redeemed only while it is valid)
+    within_validity: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # column -> (table, same): a non-null value occurs in `table` on a row that matches this one
+    # on the `same` columns (a redeemed coupon was offered to that user in the same batch: the
+    # training labels join each redemption to its same-day offer)
+    occurs_in: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def column_names(self) -> list[str]:
@@ -126,6 +133,7 @@ OFFERS = Table(
         Column("propensity", "float64", min_value=1e-6, max_value=1.0),
     ),
     references={"user_id": "users", "coupon_id": "coupons"},
+    within_validity={"coupon_id": ("ts", "valid_from", "valid_to")},
 )
 
 ORDERS = Table(
@@ -141,6 +149,8 @@ ORDERS = Table(
         Column("discount", "float64", min_value=0, max_value=5_000),
     ),
     references={"user_id": "users", "coupon_id": "coupons"},
+    within_validity={"coupon_id": ("ts", "valid_from", "valid_to")},
+    occurs_in={"coupon_id": ("offers", ("user_id",))},
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (USERS, COUPONS, SESSIONS, OFFERS, ORDERS)}

@@ -35,7 +35,11 @@ def write_run_summary(ws: Workspace, day: str, steps: dict[str, Any]) -> dict[st
     summary: dict[str, Any] = {"day": day, "outcome": outcome_of(steps), "steps": steps}
     validation = ws.validation_reports / f"{day}.json"
     if steps.get("validate") is None and validation.exists():
-        summary["rejection"] = json.loads(validation.read_text()).get("failures")
+        report = json.loads(validation.read_text())
+        summary["rejection"] = report.get("failures")
+        summary["data_docs"] = report.get("data_docs_pages")
+    elif steps.get("validate"):
+        summary["validation_warnings"] = steps["validate"].get("warnings", [])
     path = summary_path(ws, day)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))

@@ -51,7 +51,7 @@ def coupon_pipeline():
             outcome = require_valid(_workspace(), ds)
         except QuarantinedBatch as rejected:
             raise AirflowFailException(str(rejected)) from rejected
-        return {"rows": outcome.rows, "report": str(outcome.report_path)}
+        return outcome.brief()  # rows, warnings, notes, report, this run's Data Docs pages
 
     @task
     def load_offline_store(ds: str | None = None) -> dict:

@@ -2,10 +2,18 @@
 
 `validate_batch(ws, day)` reads every parquet file of `ws.landing_partition(day)`, stores one GX
 suite per contract table (see `expectations.suites`; rewritten whenever the contract or the
-row-count params changed) in a file data context at `ws.root / "gx"`, validates each table
-present, renders the run into the Data Docs and writes a JSON summary to
-`ws.validation_reports / f"{day}.json"`. A missing table, a missing or renamed column or a wrong
-dtype is a failure reason like any other, never an exception.
+validation params changed) in a file data context at `ws.root / "gx"`, adds the derived columns
+of the rules across tables, validates each table present against the contract and against the
+trailing window of accepted batches (`expectations.trailing`), renders the run into the Data
+Docs and writes a JSON summary to `ws.validation_reports / f"{day}.json"`. A missing table, a
+missing or renamed column or a wrong dtype is a failure reason like any other, never an
+exception.
+
+A broken CRITICAL rule is a failure: the batch is rejected. A broken WARNING rule (a statistic
+drifting out of its warning band) is a warning: the batch is accepted and the warning travels
+in the outcome, the JSON report, the validate task's XCom and the run summary. Results keep up
+to PARTIAL sample values with the table's key, so the Data Docs page of each table names the
+failing rows.
 
 A failed batch is taken out of the landing zone whole: its partition moves to
 `ws.quarantine_partition(day)` (replacing an older quarantine of that date) with the JSON result
@@ -14,7 +22,8 @@ pick it up. Fixing a batch means landing it again; the re-landed partition is va
 When it passes, the old quarantine folder is kept as evidence but gets a `SUPERSEDED.md` pointing
 at the passing report, so nobody replays it by mistake.
 
-`require_valid` is the Airflow entry point: it raises `QuarantinedBatch` so the run shows red.
+`require_valid` is the Airflow entry point: it raises `QuarantinedBatch` so the run shows red,
+and logs the warnings of a batch it lets through.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,16 +53,28 @@ from great_expectations.data_context.types.resource_identifiers import (
     ValidationResultIdentifier,
 )
 from great_expectations.exceptions import DataContextError
+from great_expectations.expectations.metadata_types import FailureSeverity
 
 from couponflow.config import Workspace
 from couponflow.contract import TABLES, Table
-from expectations.suites import build_suite, suite_parameters
+from expectations import trailing
+from expectations.suites import (
+    CRITICAL,
+    STATISTICS,
+    WARNING,
+    build_suite,
+    derive,
+    suite_parameters,
+)
 
 SOURCE = "landing"  # the GX pandas data source; one dataframe asset per table
 BATCH = "whole_batch"
 SITE = "local_site"  # the Data Docs site GX creates with a file context
-INDEX_LIMIT = 5 * 30  # the Data Docs index links the latest 30 days of table validations
+INDEX_LIMIT = 5 * 7  # the index links a week of table validations (it reads each one)
 EXAMPLES = 3  # offending values quoted per reason
+PARTIAL = 20  # offending values, with their rows' keys, kept per expectation in the result
+STATISTIC_IDS = {s.id: s for s in STATISTICS}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,10 +84,24 @@ class ValidationOutcome:
     day: str
     passed: bool
     rows: dict[str, int]
-    failures: list[str]
+    failures: list[str]  # broken critical rules: any one rejects the batch
     report_path: Path
-    data_docs: Path
+    data_docs: Path  # the Data Docs index
+    warnings: list[str] = field(default_factory=list)  # broken warning rules, batch accepted
+    notes: list[str] = field(default_factory=list)  # e.g. statistics skipped for lack of history
+    pages: dict[str, Path] = field(default_factory=dict)  # this run's Data Docs page per table
+    statistics: dict[str, float] = field(default_factory=dict)  # observed, by statistic id
     quarantine_path: Path | None = None
+
+    def brief(self) -> dict[str, Any]:
+        """What the validate task returns (its XCom) and the run summary shows."""
+        return {
+            "rows": self.rows,
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "report": str(self.report_path),
+            "data_docs": {name: str(page) for name, page in self.pages.items()},
+        }
 
 
 class QuarantinedBatch(Exception):
@@ -74,10 +109,11 @@ class QuarantinedBatch(Exception):
 
     def __init__(self, outcome: ValidationOutcome) -> None:
         self.outcome = outcome
-        listed = "\n".join(f"- {reason}" for reason in outcome.failures)
+        pages = [f"{name}: {page}" for name, page in outcome.pages.items()]
         super().__init__(
             f"batch {outcome.day} failed validation and was quarantined at "
-            f"{outcome.quarantine_path}:\n{listed}"
+            f"{outcome.quarantine_path}:\n{_bullets(outcome.failures)}\n"
+            f"Data Docs of this run:\n{_bullets(pages)}"
         )
 
 
@@ -87,22 +123,23 @@ def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
     if not partition.is_dir():
         raise FileNotFoundError(f"no landing partition for {day} at {partition}")
     batch, failures = _read(partition)
-    context = _context(ws)
-    params = suite_parameters(day, batch)
+    cfg = ws.params["validation"]
+    past = trailing.history(ws, day, int(cfg["trailing_days"]))
+    windows = trailing.windows(past, cfg)
+    context = open_context(ws)
+    suites = {name: store_suite(context, table, cfg) for name, table in TABLES.items()}
+    params = suite_parameters(day, {sid: w.bands for sid, w in windows.items()})
     run_id = RunIdentifier(run_name=f"landing-{day}", run_time=datetime.now(UTC))
     results: dict[str, ExpectationSuiteValidationResult] = {}
+    warnings: list[str] = []
     for name, table in TABLES.items():
-        suite = _sync_suite(context, build_suite(table, ws.params["validation"]))
         if name not in batch:
             continue
-        results[name] = _validation_definition(context, suite).run(
-            batch_parameters={"dataframe": batch[name]},
-            expectation_parameters=params,
-            result_format="SUMMARY",
-            run_id=run_id,
-        )
-        failures += _reasons(table, batch[name], results[name])
-    docs = _data_docs(context, results)
+        results[name] = validate_table(context, suites[name], batch, day, params, run_id)
+        critical, warned = _reasons(table, batch[name], results[name], windows)
+        failures += critical
+        warnings += warned
+    index, pages = _data_docs(context, results)
 
     outcome = ValidationOutcome(
         day=day,
@@ -110,8 +147,13 @@ def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
         rows={name: len(frame) for name, frame in batch.items()},
         failures=failures,
         report_path=ws.validation_reports / f"{day}.json",
-        data_docs=docs,
+        data_docs=index,
+        warnings=warnings,
+        notes=_skipped(windows, past, day, cfg),
+        pages=pages,
+        statistics=_observed(results),
     )
+    trailing.record(ws, day, outcome.statistics if outcome.passed else None)
     if not outcome.passed:
         outcome.quarantine_path = _quarantine(ws, outcome)
     _write_report(outcome, results)
@@ -125,6 +167,8 @@ def require_valid(ws: Workspace, day: str) -> ValidationOutcome:
     outcome = validate_batch(ws, day)
     if not outcome.passed:
         raise QuarantinedBatch(outcome)
+    for warning in outcome.warnings:
+        log.warning("batch %s accepted with a warning: %s", day, warning)
     return outcome
 
 
@@ -150,7 +194,7 @@ def _read(partition: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
 
 
 # -- Great Expectations ----------------------------------------------------------------------
-def _context(ws: Workspace) -> FileDataContext:
+def open_context(ws: Workspace) -> FileDataContext:
     """The workspace's GX file context, quiet (no progress bars, GX logging at WARNING) and
     with a bounded Data Docs index (building it reads every result it links)."""
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -166,11 +210,13 @@ def _context(ws: Workspace) -> FileDataContext:
     return context
 
 
-def _sync_suite(context: FileDataContext, suite: gx.ExpectationSuite) -> gx.ExpectationSuite:
-    """Store `suite` unless the stored one already holds the same rules.
+def store_suite(context: FileDataContext, table: Table, cfg: dict[str, Any]) -> gx.ExpectationSuite:
+    """The suite of `table` (`cfg`: params' `validation`), stored unless the stored one already
+    holds the same rules.
 
     Comparing is ~20x cheaper than `suites.add_or_update`, which rewrites the file every run.
     """
+    suite = build_suite(table, cfg)
     try:
         stored = context.suites.get(suite.name)
     except DataContextError:
@@ -184,6 +230,26 @@ def _rules(suite: gx.ExpectationSuite) -> list[dict[str, Any]]:
     """A suite's expectations as JSON, without the ids the store assigns."""
     rules = [e.configuration.to_json_dict() for e in suite.expectations]
     return [{k: v for k, v in rule.items() if k != "id"} for rule in rules]
+
+
+def validate_table(
+    context: FileDataContext,
+    suite: gx.ExpectationSuite,
+    batch: dict[str, pd.DataFrame],
+    day: str,
+    params: dict[str, Any],
+    run_id: RunIdentifier | None = None,
+) -> ExpectationSuiteValidationResult:
+    """Validate one table of `batch` (the suite's name) against its stored suite, its derived
+    columns added, keeping PARTIAL offending values with their rows' keys."""
+    table = TABLES[suite.name]
+    frame = derive(table, batch, day)
+    return _validation_definition(context, suite).run(
+        batch_parameters={"dataframe": frame},
+        expectation_parameters=params,
+        result_format=_result_format(table, frame),
+        run_id=run_id,
+    )
 
 
 def _validation_definition(
@@ -215,35 +281,75 @@ def _batch_definition(context: FileDataContext, table: str) -> BatchDefinition:
     return asset.add_batch_definition_whole_dataframe(BATCH)
 
 
+def _result_format(table: Table, frame: pd.DataFrame) -> dict[str, Any]:
+    """SUMMARY with PARTIAL offending values, each with its row's key when the key is there."""
+    spec: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": PARTIAL}
+    if table.key in frame:
+        spec["unexpected_index_column_names"] = [table.key]
+    return spec
+
+
 def _data_docs(
     context: FileDataContext, results: dict[str, ExpectationSuiteValidationResult]
-) -> Path:
-    """Render this run's suites and results into the local Data Docs site; return index.html.
+) -> tuple[Path, dict[str, Path]]:
+    """Render this run's suites and results into the local Data Docs site; return index.html and
+    this run's page per table.
 
     Only this run's pages are rendered, and the index links the last INDEX_LIMIT results: a
     full rebuild re-renders, and the index reads, every stored result, slower each day.
+    GX draws the table of failing rows (value, count, key) only from a COMPLETE result's full
+    index list, which for a broken million-row batch would be huge; each result's sample of
+    PARTIAL rows is stored as that list instead, and the page heads it "Sampled" when rows
+    were left out.
     """
     suites = [ExpectationSuiteIdentifier(name=name) for name in TABLES]
-    runs = [
-        ValidationResultIdentifier(
+    runs: dict[str, ValidationResultIdentifier] = {}
+    for name, result in results.items():
+        runs[name] = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite_name),
             run_id=result.meta["run_id"],
             batch_identifier=result.batch_id,
         )
-        for result in results.values()
-    ]
-    url = context.build_data_docs(resource_identifiers=[*suites, *runs])[SITE]
+        if _show_sampled_rows(result, TABLES[name].key):
+            context.validation_results_store.set(runs[name], result)
+    url = context.build_data_docs(resource_identifiers=[*suites, *runs.values()])[SITE]
+    pages = {
+        name: _path(context.get_docs_sites_urls(key, site_name=SITE)[0]["site_url"])
+        for name, key in runs.items()
+    }
+    return _path(url), pages
+
+
+def _show_sampled_rows(result: ExpectationSuiteValidationResult, key: str) -> bool:
+    """Hand each failed expectation's sample of rows, identified by `key`, to the Data Docs
+    renderer (see `_data_docs`); whether any expectation had one."""
+    changed = False
+    for r in result.results:
+        sample = (r.result or {}).get("partial_unexpected_index_list")
+        if sample and isinstance(sample[0], dict) and "unexpected_index_list" not in r.result:
+            r.result["unexpected_index_list"] = sample
+            r.result.setdefault("unexpected_index_column_names", [key])
+            changed = True
+    return changed
+
+
+def _path(url: str | None) -> Path:
     return Path(url2pathname(urlparse(url).path))
 
 
 # -- readable reasons ------------------------------------------------------------------------
 def _reasons(
-    table: Table, frame: pd.DataFrame, result: ExpectationSuiteValidationResult
-) -> list[str]:
-    """One line per broken rule, naming table and column, quoting a few offending values.
+    table: Table,
+    frame: pd.DataFrame,
+    result: ExpectationSuiteValidationResult,
+    windows: dict[str, trailing.Window],
+) -> tuple[list[str], list[str]]:
+    """Failures and warnings: one line per broken rule, naming table and column, quoting a few
+    offending values (or, for a statistic, the band and the window it came from).
 
-    Rules that could not even be evaluated on a missing or mistyped column are left out: the
-    schema or dtype reason already names the cause.
+    Rules that could not even be evaluated on a missing or mistyped column, statistics of an
+    empty table, and a warning band broken together with its critical band are left out: a
+    reason already names the cause.
     """
     failed = [r for r in result.results if not r.success]
     mistyped = {
@@ -251,34 +357,56 @@ def _reasons(
         for r in failed
         if r.expectation_config.type == "expect_column_values_to_be_of_type"
     }
-    reasons: list[str] = []
+    critical_statistics = {
+        (r.expectation_config.meta or {}).get("statistic")
+        for r in failed
+        if r.expectation_config.severity == CRITICAL
+    }
+    reasons: dict[FailureSeverity, list[str]] = {CRITICAL: [], WARNING: []}
     for r in failed:
         config = r.expectation_config
-        column = config.kwargs.get("column")
+        meta = config.meta or {}
+        column = meta.get("column") or config.kwargs.get("column")
         where = f"{table.name}.{column}" if column else table.name
-        violation = (config.meta or {}).get("violation", config.type)
+        violation = meta.get("violation", config.type)
+        statistic = STATISTIC_IDS.get(meta.get("statistic"))
         error = _error(r)
+        out = reasons[config.severity]
         if config.type == "expect_table_columns_to_match_set":
             mismatched = r.result["details"]["mismatched"]
-            reasons += [f"{table.name}.{c}: column missing" for c in mismatched.get("missing", [])]
-            reasons += [
+            out += [f"{table.name}.{c}: column missing" for c in mismatched.get("missing", [])]
+            out += [
                 f"{table.name}.{c}: column not in the contract"
                 for c in mismatched.get("unexpected", [])
             ]
-        elif column is not None and (column not in frame or (error and column in mistyped)):
+        elif column is not None and (
+            column not in frame or (column in mistyped and (error or statistic))
+        ):
             continue
+        elif statistic is not None:
+            if frame.empty or (config.severity == WARNING and statistic.id in critical_statistics):
+                continue
+            observed = r.result.get("observed_value")
+            if observed is None:
+                out.append(f"{where}: {statistic.label} could not be computed")
+                continue
+            lo, hi = config.kwargs["min_value"], config.kwargs["max_value"]
+            out.append(
+                f"{where}: {statistic.label} {observed:.4g} outside the {config.severity.value} "
+                f"band {lo:.4g}..{hi:.4g} ({windows[statistic.id].describe()})"
+            )
         elif error:
-            reasons.append(f"{where}: {config.type} could not be evaluated ({error})")
+            out.append(f"{where}: {config.type} could not be evaluated ({error})")
         elif config.type == "expect_column_values_to_be_of_type":
-            reasons.append(
+            out.append(
                 f"{where}: dtype {frame[column].dtype}, the contract says {table.dtypes[column]}"
             )
         elif config.type == "expect_table_row_count_to_be_between":
-            reasons.append(f"{where}: {_count(r.result['observed_value'], 'row')}, {violation}")
+            out.append(f"{where}: {_count(r.result['observed_value'], 'row')}, {violation}")
         else:
             count = _count(r.result["unexpected_count"], "value")
-            reasons.append(f"{where}: {count} {violation}{_examples(r)}")
-    return reasons
+            out.append(f"{where}: {count} {violation}{_examples(r)}")
+    return reasons[CRITICAL], reasons[WARNING]
 
 
 def _error(result: ExpectationValidationResult) -> str | None:
@@ -299,6 +427,33 @@ def _examples(result: ExpectationValidationResult) -> str:
     return f" (e.g. {', '.join(shown[:EXAMPLES])})" if shown else ""
 
 
+# -- statistics ------------------------------------------------------------------------------
+def _observed(results: dict[str, ExpectationSuiteValidationResult]) -> dict[str, float]:
+    """Each statistic's value in this batch, as GX observed it (tables present only)."""
+    observed: dict[str, float] = {}
+    for result in results.values():
+        for r in result.results:
+            statistic = (r.expectation_config.meta or {}).get("statistic")
+            value = (r.result or {}).get("observed_value")
+            if statistic and value is not None and not pd.isna(value):
+                observed[statistic] = float(value)
+    return observed
+
+
+def _skipped(
+    windows: dict[str, trailing.Window], past: list[dict[str, float]], day: str, cfg: dict
+) -> list[str]:
+    """A note when statistics were left unchecked for lack of accepted history."""
+    missing = [s.id for s in STATISTICS if s.id not in windows]
+    if not missing:
+        return []
+    which = "" if len(missing) == len(STATISTICS) else f" ({', '.join(missing)})"
+    return [
+        f"statistical checks skipped{which}: {cfg['min_trailing_days']} accepted batches needed "
+        f"before {day}, {len(past)} found"
+    ]
+
+
 # -- evidence --------------------------------------------------------------------------------
 def _write_report(
     outcome: ValidationOutcome, results: dict[str, ExpectationSuiteValidationResult]
@@ -310,7 +465,11 @@ def _write_report(
         "validated_at": datetime.now(UTC).isoformat(),
         "rows": outcome.rows,
         "failures": outcome.failures,
+        "warnings": outcome.warnings,
+        "notes": outcome.notes,
+        "statistics": outcome.statistics,
         "data_docs": str(outcome.data_docs),
+        "data_docs_pages": {name: str(page) for name, page in outcome.pages.items()},
         "quarantine": str(outcome.quarantine_path) if outcome.quarantine_path else None,
         "results": {name: result.to_json_dict() for name, result in results.items()},
     }
@@ -327,15 +486,21 @@ def _quarantine(ws: Workspace, outcome: ValidationOutcome) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(ws.landing_partition(outcome.day), target)
-    listed = "\n".join(f"- {reason}" for reason in outcome.failures)
+    warnings = f"Warnings besides:\n\n{_bullets(outcome.warnings)}\n\n" if outcome.warnings else ""
+    pages = _bullets([f"{name}: {page}" for name, page in outcome.pages.items()])
     (target / "REASONS.md").write_text(
         f"# Batch {outcome.day} quarantined\n\n"
         f"It broke the data contract ({_count(len(outcome.failures), 'reason')}):\n\n"
-        f"{listed}\n\n"
-        f"Full result: `validation.json` here; Data Docs: {outcome.data_docs}\n"
+        f"{_bullets(outcome.failures)}\n\n{warnings}"
+        f"Full result: `validation.json` here. Data Docs of this run, one page per table, "
+        f"failing rows sampled by key:\n\n{pages}\n\n"
         f"To fix: land a corrected batch at {ws.landing_partition(outcome.day)} and re-run.\n"
     )
     return target
+
+
+def _bullets(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def _mark_superseded(quarantined: Path, outcome: ValidationOutcome) -> None:

@@ -1,26 +1,53 @@
 """Landing-zone validation with real Great Expectations: a clean simulated day passes, each kind
-of corruption fails with a reason naming table and column and is quarantined whole, and a fixed
-re-landed batch passes."""
+of corruption (hand-made and every fault of `couponflow.faults`) fails with a critical reason
+naming table and column and is quarantined whole, a fixed re-landed batch passes, statistics
+are held to the trailing window of accepted batches (drift warns, a spike quarantines), and a
+month of clean days is neither rejected nor warned about."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import re
 from collections.abc import Callable
+from html import unescape
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
 from couponflow.contract import TABLES
+from couponflow.faults import FAULT_TARGETS, FAULTS
 from couponflow.landing import write_batch
 from couponflow.world import World
-from expectations.suites import build_suite
+from expectations import trailing
+from expectations.suites import (
+    CRITICAL,
+    STATISTICS,
+    WARNING,
+    build_suite,
+    derive,
+    derived_columns,
+)
 from expectations.validate import QuarantinedBatch, require_valid, validate_batch
 
 DAY = "2026-01-03"
 Batch = dict[str, pd.DataFrame]
+
+
+def make_workspace(root: Path, n_users: int) -> Workspace:
+    """A workspace of its own, with the project's params and an `n_users` world."""
+    root.mkdir(parents=True, exist_ok=True)
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    set_param(params, "world.n_users", n_users)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return Workspace(root)
+
+
+def days_from(start: str, n: int) -> list[str]:
+    return [str((pd.Timestamp(start) + pd.Timedelta(days=i)).date()) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +60,11 @@ def clean_batch() -> Batch:
 
 @pytest.fixture
 def ws(tmp_path) -> Workspace:
-    """A workspace of its own, with the project's params and a 300-user world."""
-    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
-    params = load_params(tmp_path / "params.yaml")
-    set_param(params, "world.n_users", 300)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return Workspace(tmp_path)
+    return make_workspace(tmp_path, 300)
 
 
-def land(ws: Workspace, batch: Batch) -> None:
-    write_batch(ws.landing_partition(DAY), batch)
+def land(ws: Workspace, batch: Batch, day: str = DAY) -> None:
+    write_batch(ws.landing_partition(day), batch)
 
 
 def copy(batch: Batch) -> Batch:
@@ -64,6 +86,11 @@ def negative_amounts(b: Batch) -> str:
 def unknown_offer_coupon(b: Batch) -> str:
     b["offers"].loc[0, "coupon_id"] = "C999"
     return "offers.coupon_id"
+
+
+def unknown_session_user(b: Batch) -> str:
+    b["sessions"].loc[0, "user_id"] = 10**9
+    return "sessions.user_id"
 
 
 def missing_column(b: Batch) -> str:
@@ -96,16 +123,35 @@ def missing_table(b: Batch) -> str:
     return "coupons"
 
 
+def redeemed_before_valid(b: Batch) -> str:
+    redeemed = b["orders"]["coupon_id"].dropna().iloc[0]
+    coupons = b["coupons"]
+    coupons.loc[coupons["coupon_id"] == redeemed, "valid_from"] = pd.Timestamp(DAY) + pd.Timedelta(
+        days=1
+    )
+    return "orders.coupon_id"
+
+
+def redeemed_without_offer(b: Batch) -> str:
+    never_offered = min(set(b["users"]["user_id"]) - set(b["offers"]["user_id"]))
+    b["orders"].loc[0, "user_id"] = never_offered
+    b["orders"].loc[0, "coupon_id"] = b["coupons"]["coupon_id"].iloc[0]
+    return "orders.coupon_id"
+
+
 CORRUPTIONS: list[Callable[[Batch], str]] = [
     null_order_users,
     negative_amounts,
     unknown_offer_coupon,
+    unknown_session_user,
     missing_column,
     renamed_column,
     timestamps_outside_day,
     duplicate_order_ids,
     wrong_dtype,
     missing_table,
+    redeemed_before_valid,
+    redeemed_without_offer,
 ]
 
 
@@ -114,18 +160,28 @@ def test_clean_batch_passes(ws: Workspace, clean_batch: Batch) -> None:
     outcome = validate_batch(ws, DAY)
 
     assert outcome.passed, outcome.failures
-    assert outcome.failures == []
+    assert outcome.failures == [] and outcome.warnings == []
     assert outcome.rows == {name: len(frame) for name, frame in clean_batch.items()}
     assert ws.landing_partition(DAY).is_dir()
     assert not ws.quarantine_partition(DAY).exists()
     assert outcome.data_docs.is_file() and outcome.data_docs.name == "index.html"
+    assert set(outcome.pages) == set(TABLES) and all(p.is_file() for p in outcome.pages.values())
+    assert all(DAY in str(page) for page in outcome.pages.values())  # this run's pages
     report = json.loads(outcome.report_path.read_text())
     assert outcome.report_path == ws.validation_reports / f"{DAY}.json"
     assert report["passed"] is True
     assert set(report["results"]) == set(TABLES)
     assert all(result["success"] for result in report["results"].values())
+    assert report["data_docs_pages"] == {name: str(p) for name, p in outcome.pages.items()}
     stored_suites = {p.stem for p in (ws.root / "gx" / "expectations").glob("*.json")}
     assert stored_suites == set(TABLES)
+    # No history yet: the statistics are measured and kept, not judged, and the report says so.
+    assert set(outcome.statistics) == {s.id for s in STATISTICS}
+    assert outcome.notes and "statistical checks skipped" in outcome.notes[0]
+    assert trailing.history(ws, "2026-12-31", 14) == [outcome.statistics]
+    brief = outcome.brief()  # the validate task's XCom
+    assert json.loads(json.dumps(brief)) == brief
+    assert brief["warnings"] == [] and set(brief["data_docs"]) == set(TABLES)
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__)
@@ -143,11 +199,13 @@ def test_corrupted_batch_is_quarantined(
     assert outcome.quarantine_path == quarantined
     assert not ws.landing_partition(DAY).exists()
     assert {p.name for p in quarantined.glob("*.parquet")} == {f"{n}.parquet" for n in batch}
-    assert where in (quarantined / "REASONS.md").read_text()
+    reasons = (quarantined / "REASONS.md").read_text()
+    assert where in reasons and all(str(page) in reasons for page in outcome.pages.values())
     result = json.loads((quarantined / "validation.json").read_text())
     assert result["passed"] is False
     assert result["failures"] == outcome.failures
     assert json.loads(outcome.report_path.read_text()) == result
+    assert trailing.history(ws, "2026-12-31", 14) == []  # a rejected batch leaves no statistics
 
 
 def test_clean_parts_of_a_corrupted_batch_raise_no_reasons(
@@ -157,9 +215,25 @@ def test_clean_parts_of_a_corrupted_batch_raise_no_reasons(
     negative_amounts(batch)
     land(ws, batch)
 
-    failures = validate_batch(ws, DAY).failures
+    outcome = validate_batch(ws, DAY)
 
-    assert failures == ["orders.amount: 3 values not between 0.01 and 20000 (e.g. -5.0)"]
+    assert outcome.failures == ["orders.amount: 3 values not between 0.01 and 20000 (e.g. -5.0)"]
+    assert outcome.warnings == []
+
+
+def test_the_data_docs_page_shows_the_failing_rows(ws: Workspace, clean_batch: Batch) -> None:
+    batch = copy(clean_batch)
+    negative_amounts(batch)
+    land(ws, batch)
+
+    outcome = validate_batch(ws, DAY)
+
+    page = outcome.pages["orders"]
+    assert page.is_file() and DAY in str(page)
+    text = unescape(re.sub(r"<[^>]+>", " ", page.read_text()))
+    bad = batch["orders"].loc[:2, "order_id"].tolist()
+    assert all(order_id in text for order_id in bad), "failing rows are not named by key"
+    assert "order_id" in text and "-5.0" in text
 
 
 def test_fixed_batch_passes_after_quarantine(ws: Workspace, clean_batch: Batch) -> None:
@@ -186,6 +260,7 @@ def test_require_valid_raises_with_the_reasons(ws: Workspace, clean_batch: Batch
         require_valid(ws, DAY)
 
     assert err.value.outcome.quarantine_path == ws.quarantine_partition(DAY)
+    assert str(err.value.outcome.pages["orders"]) in str(err.value)
     land(ws, clean_batch)
     assert require_valid(ws, DAY).passed
 
@@ -199,4 +274,163 @@ def test_nothing_landed_is_an_error_not_a_quarantine(ws: Workspace) -> None:
 def test_suites_cover_every_contract_column(ws: Workspace, name: str) -> None:
     suite = build_suite(TABLES[name], ws.params["validation"])
     columns = {e.column for e in suite.expectations if hasattr(e, "column")}
-    assert columns == set(TABLES[name].column_names)
+    assert columns == set(TABLES[name].column_names) | set(derived_columns(TABLES[name]))
+    severities = {e.severity for e in suite.expectations}
+    has_statistics = any(s.table == name for s in STATISTICS)
+    assert severities == ({CRITICAL, WARNING} if has_statistics else {CRITICAL})
+
+
+def test_statistics_summarise_contract_columns() -> None:
+    for stat in STATISTICS:
+        assert stat.column is None or stat.column in TABLES[stat.table].column_names
+
+
+# -- rules across tables, in pandas --------------------------------------------------------------
+def test_derived_columns_hold_the_offending_values(clean_batch: Batch) -> None:
+    batch = copy(clean_batch)
+    redeemed_without_offer(batch)  # order 0 now redeems the first coupon...
+    redeemed_before_valid(batch)  # ... which is not valid yet
+    unknown_session_user(batch)
+
+    orders = derive(TABLES["orders"], batch, DAY)
+    sessions = derive(TABLES["sessions"], batch, DAY)
+
+    unknown = sessions["user_id not in users.user_id"].dropna()
+    assert unknown.tolist() == [10**9]
+    outside = orders["coupon_id outside its valid_from..valid_to"].dropna()
+    assert len(outside) and outside.nunique() == 1
+    absent = orders["coupon_id not in offers for the same user_id"].dropna()
+    assert absent.index.tolist() == [0]
+    assert orders["user_id not in users.user_id"].isna().all()
+
+
+def test_derived_rules_stay_silent_on_mistyped_columns(clean_batch: Batch) -> None:
+    batch = copy(clean_batch)
+    batch["sessions"]["user_id"] = batch["sessions"]["user_id"].astype(str)  # the dtype rule's
+    batch["orders"]["ts"] = batch["orders"]["ts"].astype(str)
+
+    sessions = derive(TABLES["sessions"], batch, DAY)
+    orders = derive(TABLES["orders"], batch, DAY)
+
+    assert sessions["user_id not in users.user_id"].isna().all()
+    assert orders["coupon_id outside its valid_from..valid_to"].isna().all()
+
+
+# -- the trailing window ------------------------------------------------------------------------
+def test_bands_are_the_wider_of_sigmas_and_tolerance(ws: Workspace) -> None:
+    cfg = ws.params["validation"]
+    calm = [{"orders.mean_basket": 50.0, "orders.redemption_rate": 0.2} for _ in range(7)]
+    noisy = [{"orders.mean_basket": 50.0 + (10 if i % 2 else -10)} for i in range(8)]
+
+    few = trailing.windows(calm[:6], cfg)
+    window = trailing.windows(calm, cfg)["orders.mean_basket"]
+    rate = trailing.windows(calm, cfg)["orders.redemption_rate"]
+    wide = trailing.windows(noisy, cfg)["orders.mean_basket"]
+
+    assert few == {}  # fewer accepted batches than min_trailing_days: nothing is judged
+    t = cfg["tolerance"]
+    assert window.sd == 0 and window.bands[WARNING] == pytest.approx(
+        (50 / (1 + t["mean_basket"]["warning"]), 50 * (1 + t["mean_basket"]["warning"]))
+    )
+    assert rate.bands[CRITICAL] == pytest.approx((0.0, 0.2 + t["redemption_rate"]["critical"]))
+    k = cfg["sigmas"]["critical"]
+    assert wide.bands[CRITICAL][1] == pytest.approx(max(50 + k * wide.sd, 50 * 2))
+
+
+# -- the fault injector and the trailing window, on a world with accepted history ---------------
+HISTORY_USERS = 2000  # big enough for a redemption rate with a tight daily spread
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> tuple[Workspace, str, Batch]:
+    """A workspace whose last `min_trailing_days` days were accepted, and the next day's clean
+    batch (not landed). Tests land that day; rejected batches leave the history unchanged."""
+    ws = make_workspace(tmp_path_factory.mktemp("history"), HISTORY_USERS)
+    world = World(ws.params["world"])
+    *past, day = days_from("2026-01-01", int(ws.params["validation"]["min_trailing_days"]) + 1)
+    for d in past:
+        land(ws, world.simulate_day(d), d)
+        outcome = validate_batch(ws, d)
+        assert outcome.passed and not outcome.warnings, (outcome.failures, outcome.warnings)
+    return ws, day, world.simulate_day(day)
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_every_fault_is_quarantined_as_critical(history, name: str) -> None:
+    ws, day, clean = history
+    land(ws, FAULTS[name](clean, np.random.default_rng(0)), day)
+
+    outcome = validate_batch(ws, day)
+
+    assert not outcome.passed and outcome.quarantine_path == ws.quarantine_partition(day)
+    for target in FAULT_TARGETS[name]:
+        assert any(r.startswith(f"{target}:") for r in outcome.failures), outcome.failures
+    assert not outcome.notes  # the statistics were judged, not skipped
+    if name == "redemption_spike":  # rows valid one by one: the trailing window catches it
+        assert any(
+            r.startswith("orders.coupon_id: redemption rate") and "critical band" in r
+            for r in outcome.failures
+        ), outcome.failures
+
+
+def test_mild_drift_warns_and_the_batch_goes_through(history) -> None:
+    ws, day, clean = history
+    cfg = ws.params["validation"]
+    window = trailing.windows(trailing.history(ws, day, cfg["trailing_days"]), cfg)
+    warn_hi = window["orders.mean_basket"].bands[WARNING][1]
+    critical_hi = window["orders.mean_basket"].bands[CRITICAL][1]
+    drifted = copy(clean)
+    orders = drifted["orders"]
+    orders["amount"] = orders["amount"] * (warn_hi + critical_hi) / 2 / orders["amount"].mean()
+    orders["amount"] = orders["amount"].round(2)
+    land(ws, drifted, day)
+
+    outcome = require_valid(ws, day)
+
+    assert outcome.passed and outcome.failures == []
+    assert len(outcome.warnings) == 1, outcome.warnings
+    assert outcome.warnings[0].startswith("orders.amount: mean basket")
+    assert "warning band" in outcome.warnings[0]
+    assert json.loads(outcome.report_path.read_text())["warnings"] == outcome.warnings
+    assert outcome.brief()["warnings"] == outcome.warnings
+    assert ws.landing_partition(day).is_dir()
+
+
+def test_a_spike_beyond_the_critical_band_is_quarantined(history) -> None:
+    ws, day, clean = history
+    cfg = ws.params["validation"]
+    window = trailing.windows(trailing.history(ws, day, cfg["trailing_days"]), cfg)
+    spiked = copy(clean)
+    orders = spiked["orders"]
+    factor = window["orders.mean_basket"].bands[CRITICAL][1] * 1.2 / orders["amount"].mean()
+    orders["amount"] = (orders["amount"] * factor).round(2)
+    land(ws, spiked, day)
+
+    outcome = validate_batch(ws, day)
+
+    assert not outcome.passed
+    basket = [r for r in outcome.failures + outcome.warnings if "mean basket" in r]
+    assert len(basket) == 1, basket  # the warning band is not reported beside the critical one
+    assert basket[0] in outcome.failures and "critical band" in basket[0]
+    assert basket[0].startswith("orders.amount: mean basket")
+    assert not (ws.validation_reports / "statistics" / f"{day}.json").exists()
+
+
+# -- a month of clean days ------------------------------------------------------------------------
+def test_thirty_clean_days_are_neither_rejected_nor_warned_about(tmp_path) -> None:
+    ws = make_workspace(tmp_path, 400)
+    world = World(ws.params["world"])
+    needed = int(ws.params["validation"]["min_trailing_days"])
+    rejected, warned = {}, {}
+    for i, day in enumerate(days_from("2026-01-01", 30)):
+        land(ws, world.simulate_day(day), day)
+        outcome = validate_batch(ws, day)
+        if not outcome.passed:
+            rejected[day] = outcome.failures
+        if outcome.warnings:
+            warned[day] = outcome.warnings
+        assert bool(outcome.notes) == (i < needed), (day, outcome.notes)
+
+    assert rejected == {}
+    assert warned == {}
+    assert len(trailing.history(ws, "2026-12-31", 100)) == 30

@@ -1,0 +1,160 @@
+"""How fast the orders table validates with its full suite, and how much memory it takes.
+
+    .venv/bin/python benchmarks/bench_validation.py [--rows 100000 1000000] [--broken 0.5]
+
+For each size a valid batch is built (N orders from N users, a catalogue of 20 coupons, one
+offer per redemption) and the orders suite runs on it as the validate task runs it: contract
+rules, the rules across tables (references, validity windows, offered coupons) and the
+statistics against trailing bands. Each size runs in a fresh process, so each peak resident set
+size is that size's alone. "derive" is the pandas part (the derived columns of the rules across
+tables), "gx" the Great Expectations run including it. Figures print; nothing is asserted.
+
+`--broken SHARE` breaks that share of the orders twice (a negative amount, an unknown user) to
+time a rejection: GX then collects the key of every failing row before keeping a sample of them,
+a Python loop over the failing rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from couponflow.config import PROJECT_ROOT, Workspace, load_params
+from couponflow.contract import CATEGORIES, TABLES
+from expectations import trailing
+from expectations.suites import derive, suite_parameters
+from expectations.validate import open_context, store_suite, validate_table
+
+DAY = pd.Timestamp("2026-01-05")
+N_COUPONS = 20
+REDEEMED = 0.25  # share of orders redeeming a coupon, as in the simulated world
+
+
+def _ids(prefix: str, n: int) -> pd.arrays.StringArray:
+    return pd.array(np.char.add(prefix, np.arange(n).astype(str)), dtype="string")
+
+
+def make_batch(n: int, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """A valid batch around `n` orders: users, coupons and offers the orders' rules look up."""
+    rng = np.random.default_rng(seed)
+    users = pd.DataFrame({"user_id": np.arange(n, dtype="int64")})
+    coupons = pd.DataFrame(
+        {
+            "coupon_id": _ids("C", N_COUPONS),
+            "valid_from": DAY - pd.Timedelta(days=10),
+            "valid_to": DAY + pd.Timedelta(days=20),
+        }
+    )
+    user = rng.integers(0, n, n).astype("int64")
+    redeemed = rng.random(n) < REDEEMED
+    coupon = np.where(redeemed, rng.integers(0, N_COUPONS, n), -1)
+    coupon_ids = np.append(coupons["coupon_id"].to_numpy(object), None)
+    amount = np.round(rng.lognormal(np.log(50), 0.5, n), 2) + 0.01
+    orders = pd.DataFrame(
+        {
+            "order_id": _ids("r", n),
+            "user_id": user,
+            "ts": DAY + pd.to_timedelta(rng.integers(6 * 3600, 86_400, n), unit="s"),
+            "amount": amount,
+            "category": pd.array(np.array(CATEGORIES)[rng.integers(0, len(CATEGORIES), n)]),
+            "coupon_id": pd.array(coupon_ids[coupon], dtype="string"),
+            "discount": np.where(redeemed, np.minimum(5.0, amount), 0.0),
+        }
+    )
+    offered = orders[redeemed]
+    offers = pd.DataFrame(
+        {"user_id": offered["user_id"].to_numpy(), "coupon_id": offered["coupon_id"].array}
+    )
+    return {
+        "users": users,
+        "coupons": coupons,
+        "offers": offers,
+        "orders": TABLES["orders"].conform(orders),
+    }
+
+
+def trailing_bands(orders: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Bands from a fortnight of accepted batches like this one (within a few percent)."""
+    today = {
+        "orders.volume": len(orders),
+        "orders.redemption_rate": orders["coupon_id"].notna().mean(),
+        "orders.mean_basket": orders["amount"].mean(),
+    }
+    past = [{k: v * (1 + 0.03 * (-1) ** i) for k, v in today.items()} for i in range(14)]
+    return {sid: w.bands for sid, w in trailing.windows(past, cfg).items()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(n: int, broken: float) -> dict[str, Any]:
+    """One size, in this process: build the batch, then validate the orders table."""
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    day = str(DAY.date())
+    batch = make_batch(n)
+    values = suite_parameters(day, trailing_bands(batch["orders"], params["validation"]))
+    hit = np.random.default_rng(1).random(n) < broken
+    batch["orders"].loc[hit, "amount"] = -1.0
+    batch["orders"].loc[hit, "user_id"] += n  # past the last user
+    baseline = peak_rss_mb()
+    with tempfile.TemporaryDirectory(prefix="bench-validation-") as root:
+        (Path(root) / "params.yaml").write_text(yaml.safe_dump(params))
+        context = open_context(Workspace(Path(root)))
+        suite = store_suite(context, TABLES["orders"], params["validation"])
+        t0 = time.perf_counter()
+        derive(TABLES["orders"], batch, day)
+        t1 = time.perf_counter()
+        result = validate_table(context, suite, batch, day, values)
+        t2 = time.perf_counter()
+    return {
+        "rows": n,
+        "expectations": len(result.results),
+        "failed": [r.expectation_config.type for r in result.results if not r.success],
+        "derive_s": t1 - t0,
+        "gx_s": t2 - t1,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--broken", type=float, default=0.0, help="share of orders to break")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # rows, run in-process
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.broken)))
+        return
+
+    print(
+        f"{'rows':>10} {'rules':>6} {'derive s':>9} {'gx s':>7} {'rows/s':>9} "
+        f"{'peak MB':>8} {'base MB':>8}  failed"
+    )
+    for n in args.rows:
+        cmd = [sys.executable, __file__, "--child", str(n), "--broken", str(args.broken)]
+        env = {**os.environ, "GX_ANALYTICS_ENABLED": "false"}
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        r = json.loads(done.stdout.splitlines()[-1])
+        print(
+            f"{r['rows']:>10,} {r['expectations']:>6} {r['derive_s']:>9.2f} {r['gx_s']:>7.2f} "
+            f"{r['rows'] / r['gx_s']:>9,.0f} {r['peak_rss_mb']:>8.0f} "
+            f"{r['baseline_rss_mb']:>8.0f}  {', '.join(r['failed']) or 'none'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
