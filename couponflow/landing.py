@@ -32,15 +32,20 @@ def read_batch(partition: Path) -> dict[str, pd.DataFrame]:
     return {p.stem: pd.read_parquet(p) for p in sorted(partition.glob("*.parquet"))}
 
 
+def write_partition(frame: pd.DataFrame, folder: Path) -> None:
+    """Replace a date partition's `part.parquet` atomically, so a reader never sees half a
+    file and a re-run leaves exactly one copy of the rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder / "part.parquet.tmp", index=False)
+    (folder / "part.parquet.tmp").replace(folder / "part.parquet")
+
+
 def load_offline(ws: Workspace, day: str, batch: dict[str, pd.DataFrame]) -> dict[str, int]:
     """Append a validated batch to the offline store; returns rows written per table."""
     rows = {}
     for name in TABLES:
-        target = ws.offline / name / f"date={day}"
-        target.mkdir(parents=True, exist_ok=True)
         frame = TABLES[name].conform(batch[name])
-        frame.to_parquet(target / "part.parquet.tmp", index=False)
-        (target / "part.parquet.tmp").replace(target / "part.parquet")
+        write_partition(frame, ws.offline / name / f"date={day}")
         rows[name] = len(frame)
     return rows
 

@@ -29,6 +29,7 @@ from couponflow.features import (
     compute_user_features,
     day_end,
 )
+from couponflow.landing import write_partition
 
 REPO_DIR = Path(__file__).resolve().parent
 # Each batch view and the computation of its rows for a day.
@@ -90,10 +91,7 @@ def publish_features(ws: Workspace, day: str) -> dict[str, int]:
     for view, compute in VIEWS.items():
         frame = compute(ws, day)
         frame["event_timestamp"] = frame["event_timestamp"].dt.tz_localize("UTC")
-        target = ws.features / view / f"date={day}"
-        target.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(target / "part.parquet.tmp", index=False)
-        (target / "part.parquet.tmp").replace(target / "part.parquet")
+        write_partition(frame, ws.features / view / f"date={day}")
         rows[view] = len(frame)
     return rows
 
