@@ -18,6 +18,9 @@ REGIONS = ("north", "south", "east", "west")
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
 DEVICES = ("mobile", "desktop", "tablet")
 SHIPPING_COST = 6.0  # what a free-shipping coupon costs the platform per redeemed order
+# A served policy keeps a small random slice of its decisions as "no coupon" controls and
+# logs them with `<policy_version><HOLDOUT_SUFFIX>`: the A/B readout compares the two slices.
+HOLDOUT_SUFFIX = ":holdout"
 
 
 def coupon_cost(kind: np.ndarray, value: np.ndarray, amount: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from couponflow.contract import (
     CATEGORIES,
     COUPON_KINDS,
     DEVICES,
+    HOLDOUT_SUFFIX,
     REGIONS,
     SHIPPING_COST,
     TABLES,
@@ -458,12 +459,14 @@ class World:
         coupons: pd.DataFrame,
         session_user: np.ndarray,
         session_category: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The logging policy: a uniform slice over {coupons, none} mixed with a heuristic
         (the coupon worth most at a reference basket in the category the user browsed most
-        today, else the best site-wide one; nothing for a user who did not browse).
+        today, else the best site-wide one; nothing for a user who did not browse), and a
+        random holdout slice (`holdout_share` of the reached users) that gets no coupon.
 
-        Returns the reached users, their arm (-1: none) and its exact propensity."""
+        Returns the reached users, their arm (-1: none), its exact propensity over all
+        slices, and whether the decision fell in the holdout slice."""
         rng = self._rng(_LOGGING, day)
         share = float(self.cfg["random_share"])
         reached = np.flatnonzero(rng.random(n) < float(self.cfg["offers_per_user"]))
@@ -485,8 +488,12 @@ class World:
         heuristic = np.where(heuristic >= 0, heuristic, m)  # arm m: "no coupon"
         explore = rng.random(len(reached)) < share
         arm = np.where(explore, rng.integers(0, m + 1, len(reached)), heuristic)
-        propensity = share / (m + 1) + (1 - share) * (arm == heuristic)
-        return reached, np.where(arm == m, -1, arm), propensity
+        holdout_share = float(self.cfg.get("holdout_share", 0.0))
+        holdout = rng.random(len(reached)) < holdout_share  # drawn last: other draws keep
+        arm = np.where(holdout, m, arm)
+        logging = share / (m + 1) + (1 - share) * (arm == heuristic)
+        propensity = (1 - holdout_share) * logging + holdout_share * (arm == m)
+        return reached, np.where(arm == m, -1, arm), propensity, holdout
 
     def _coupon_mask(self, day: pd.Timestamp) -> np.ndarray:
         """Who the logging policy offered a coupon on `day` (cached: exposure reads a window)."""
@@ -495,7 +502,7 @@ class World:
             self._coupon_days.move_to_end(key)
         else:
             n = self.users_on(day)
-            reached, arm, _ = self._log_offers(
+            reached, arm, _, _ = self._log_offers(
                 day, n, self.active_coupons(day), *self._activity(day)
             )
             self._remember(key, reached, arm, n)
@@ -528,7 +535,9 @@ class World:
         pop = self.population_on(day)
 
         session_user, session_category = self._activity(day)
-        reached, arm, propensity = self._log_offers(day, n, coupons, session_user, session_category)
+        reached, arm, propensity, holdout = self._log_offers(
+            day, n, coupons, session_user, session_category
+        )
         self._remember(day.toordinal(), reached, arm, n)
         held = np.full(n, -1)
         held[reached] = arm
@@ -551,7 +560,9 @@ class World:
                 "user_id": reached.astype("int64"),
                 "coupon_id": pd.array(coupon_ids[arm], dtype="string"),
                 "ts": day + pd.to_timedelta(rng.integers(0, OFFER_SECONDS, len(reached)), unit="s"),
-                "policy_version": self.cfg["policy_version"],
+                "policy_version": np.where(
+                    holdout, self.cfg["policy_version"] + HOLDOUT_SUFFIX, self.cfg["policy_version"]
+                ),
                 "propensity": propensity,
             }
         )

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from couponflow.contract import CATEGORIES, TABLES, coupon_cost
+from couponflow.contract import CATEGORIES, HOLDOUT_SUFFIX, TABLES, coupon_cost
 from couponflow.world import SEGMENTS, World
 
 DAY = "2026-01-05"
@@ -70,12 +70,21 @@ def test_batch_follows_the_contract(tiny_params) -> None:
 
 def test_logged_propensities_match_the_logging_policy(tiny_params) -> None:
     """Over the randomised slice alone every arm has probability share/n_arms; the heuristic
-    adds (1 - share) to one arm. Logged values must be exactly one of those two."""
+    adds (1 - share) to one arm; the holdout slice adds its share to "no coupon". Logged
+    values must be exactly one of those, and holdout decisions are tagged as such."""
     batch = World(tiny_params["world"]).simulate_day(DAY)
     share = tiny_params["world"]["random_share"]
+    h = tiny_params["world"]["holdout_share"]
     n_arms = len(batch["coupons"]) + 1
-    allowed = {share / n_arms, share / n_arms + 1 - share}
-    assert set(np.round(batch["offers"]["propensity"], 12)) <= set(np.round(list(allowed), 12))
+    coupon = {(1 - h) * share / n_arms, (1 - h) * (share / n_arms + 1 - share)}
+    offers = batch["offers"]
+    control = offers["coupon_id"].isna()
+    logged = np.round(offers["propensity"], 12)
+    assert set(logged[~control]) <= set(np.round(list(coupon), 12))
+    assert set(logged[control]) <= set(np.round([p + h for p in coupon], 12))
+    holdout = offers["policy_version"].str.endswith(HOLDOUT_SUFFIX)
+    assert holdout.any() and control[holdout].all()
+    assert holdout.mean() == pytest.approx(h, abs=0.03)
 
 
 def test_the_log_holds_enough_controls(tiny_params) -> None:
@@ -86,8 +95,9 @@ def test_the_log_holds_enough_controls(tiny_params) -> None:
     offers = batch["offers"]
     controls = offers["coupon_id"].isna()
     assert controls.mean() > 0.2
-    share = tiny_params["world"]["random_share"]
-    explored = np.isclose(offers["propensity"], share / (len(batch["coupons"]) + 1))
+    h = tiny_params["world"]["holdout_share"]
+    share = tiny_params["world"]["random_share"] * (1 - h)
+    explored = np.isclose(offers["propensity"], share / (len(batch["coupons"]) + 1) + h)
     assert (controls & explored).any()
     assert (controls & ~explored).any()
 
