@@ -25,6 +25,7 @@ from couponflow.world import World
 
 DAY = "2026-01-05"
 EVENTS = ("sessions", "offers", "orders")
+BUDGET_PER_USER = load_params(PROJECT_ROOT / "params.yaml")["policy"]["budget_per_user"]
 
 
 def world_cfg(n_users: int) -> dict[str, Any]:
@@ -66,7 +67,8 @@ def measure(n_users: int, oracle: bool) -> dict[str, float]:
 
         t4 = time.perf_counter()
         judge = Oracle(world)
-        value, _ = judge.policy_value(judge.truth("2026-01-06"))
+        truth = judge.truth("2026-01-06")
+        value, _ = judge.policy_value(truth, budget=BUDGET_PER_USER * len(truth.users))
         result["oracle_s"] = time.perf_counter() - t4
         result["oracle_value"] = value.incremental_profit
     result["peak_rss_mb"] = peak_rss_mb()

@@ -171,14 +171,14 @@ class Oracle:
         return _value(truth, truth.arm_index(coupon_ids))
 
     def policy_value(
-        self, truth: Truth, budget: float | None = None, iterations: int = 60
+        self, truth: Truth, budget: float, iterations: int = 60
     ) -> tuple[PolicyValue, np.ndarray]:
         """The oracle policy: per user the arm maximising true incremental profit minus a
         multiplier times expected cost, the multiplier bisected to the smallest one whose
-        total expected cost fits `budget` (default: the day's budget).
+        total expected cost fits `budget` (the same budget the policy it is compared with had).
 
         Returns its value and each user's arm (0: no coupon)."""
-        budget = self.world.daily_budget(truth.day) if budget is None else float(budget)
+        budget = float(budget)
         if budget < 0:
             raise ValueError(f"budget must be >= 0, got {budget}")
         gain, cost = truth.incremental_profit, truth.cost

@@ -331,10 +331,6 @@ class World:
         active["budget_share"] = 1.0 / max(len(active), 1)
         return TABLES["coupons"].conform(active)
 
-    def daily_budget(self, day: str | pd.Timestamp) -> float:
-        """The platform's coupon budget for `day` (expected cost of redeemed coupons)."""
-        return float(self.cfg.get("budget_per_user", 0.05)) * self.users_on(pd.Timestamp(day))
-
     # -- the causal model -----------------------------------------------------------------
     def context(self, day: str | pd.Timestamp) -> DayContext:
         """The day's season, prices, catalogue and every user's recent coupon exposure."""
