@@ -1,8 +1,14 @@
-"""DVC stage `gate`: promote the challenger only if it clears the absolute thresholds in
-params.yaml and is no worse than the champion on the same held-out day. The decision and
-every reason behind it are written as a DVC metric (metrics/gate.json).
+"""DVC stage `gate`: promote the challenger only when the evidence says it is better.
 
-Run from the workspace root: `python -m training.gate`.
+- Against the champion: its doubly robust policy value must lead the champion's with the
+  lower bound of the paired bootstrap interval (level `evaluation.confidence`) above
+  `gate.min_lift_over_champion`, and prediction may not regress beyond tolerance.
+- With no champion yet: it must beat every baseline, its DR lead over each positive with
+  the interval's lower bound above `gate.min_lift_over_baselines`.
+- Always: a floor on AUC and a ceiling on calibration error.
+
+The decision and every reason behind it are a DVC metric (metrics/gate.json) and go into
+the run report. Run from the workspace root: `python -m training.gate`.
 """
 
 from __future__ import annotations
@@ -14,32 +20,65 @@ from typing import Any
 from couponflow.config import Workspace
 
 
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"check": name, "passed": bool(passed), "detail": detail}
+
+
+def _lead(lead: dict[str, float]) -> str:
+    return f"{lead['value']:+.4f} [{lead['low']:+.4f}, {lead['high']:+.4f}] per decision"
+
+
 def decide(evaluation: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
     """The gate's decision: `promote` and the list of checks with their outcome."""
-    ch, champ = evaluation["challenger"], evaluation["champion"]
+    policies = evaluation["policies"]
+    ch, champ = policies["challenger"], policies.get("champion")
+    leads = evaluation["challenger_lead_dr"]
     checks = [
-        {
-            "check": "auc >= min_auc",
-            "passed": ch["auc"] >= gate["min_auc"],
-            "detail": f"{ch['auc']:.4f} vs {gate['min_auc']}",
-        }
+        _check(
+            "AUC of P(purchase) at least the floor",
+            ch["auc"] >= gate["min_auc"],
+            f"{ch['auc']:.4f} vs floor {gate['min_auc']}",
+        ),
+        _check(
+            "calibration error of P(purchase) within bounds",
+            ch["ece"] <= gate["max_ece"],
+            f"{ch['ece']:.4f} vs ceiling {gate['max_ece']}",
+        ),
     ]
     if champ is not None:
-        auc_floor = champ["auc"] - gate["max_auc_regression"]
-        value_floor = champ["policy_value_snips"] - gate["max_value_regression"]
+        lead = leads["champion"]
         checks += [
-            {
-                "check": "auc no worse than champion's beyond tolerance",
-                "passed": ch["auc"] >= auc_floor,
-                "detail": f"{ch['auc']:.4f} vs champion {champ['auc']:.4f}",
-            },
-            {
-                "check": "policy value (SNIPS) no worse than champion's",
-                "passed": ch["policy_value_snips"] >= value_floor,
-                "detail": f"{ch['policy_value_snips']:.4f} vs champion "
-                f"{champ['policy_value_snips']:.4f}",
-            },
+            _check(
+                "DR policy value beats the champion's with confidence",
+                lead["low"] > gate["min_lift_over_champion"],
+                f"lead {_lead(lead)}; lower bound must exceed {gate['min_lift_over_champion']}",
+            ),
+            _check(
+                "AUC no worse than the champion's beyond tolerance",
+                ch["auc"] >= champ["auc"] - gate["max_auc_regression"],
+                f"{ch['auc']:.4f} vs champion {champ['auc']:.4f} "
+                f"(tolerance {gate['max_auc_regression']})",
+            ),
+            _check(
+                "log loss no worse than the champion's beyond tolerance",
+                ch["log_loss"] <= champ["log_loss"] + gate["max_log_loss_regression"],
+                f"{ch['log_loss']:.4f} vs champion {champ['log_loss']:.4f} "
+                f"(tolerance {gate['max_log_loss_regression']})",
+            ),
         ]
+    else:
+        for name, entry in policies.items():
+            if entry["kind"] != "baseline":
+                continue
+            lead = leads[name]
+            checks.append(
+                _check(
+                    f"first model beats the {name} baseline (DR)",
+                    lead["value"] > 0 and lead["low"] > gate["min_lift_over_baselines"],
+                    f"lead {_lead(lead)}; must be positive with lower bound above "
+                    f"{gate['min_lift_over_baselines']}",
+                )
+            )
     return {
         "promote": all(c["passed"] for c in checks),
         "challenger": ch["version"],
