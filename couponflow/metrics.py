@@ -208,6 +208,14 @@ def off_policy_bootstrap(
     return out
 
 
+def on_policy_value(reward: np.ndarray, n_boot: int = 500, seed: int = 0) -> Bootstrapped:
+    """The logging policy's own mean reward per decision with its bootstrap replicates: on the
+    same log and seed, the other side of a paired comparison with `off_policy_bootstrap`."""
+    ones = np.ones(len(reward))
+    boot = off_policy_bootstrap(reward, ones, {"logged": TargetTerms(ones)}, n_boot, seed)
+    return boot["logged"]["ips"]
+
+
 def off_policy_values(
     reward: np.ndarray,
     propensity: np.ndarray,

@@ -20,6 +20,7 @@ from couponflow.metrics import (
     ips_values,
     off_policy_bootstrap,
     off_policy_values,
+    on_policy_value,
     paired_difference,
     qini_coefficient,
     qini_curve,
@@ -161,6 +162,19 @@ def test_paired_difference_cancels_the_common_noise() -> None:
     )
     no_model = off_policy_values(*args, {"t": TargetTerms(good.prob)}, n_boot=10)
     assert set(no_model["t"]) == {"ips", "snips"}
+
+
+def test_the_logging_policy_evaluated_off_policy_is_its_on_policy_value() -> None:
+    b = bandit(np.random.default_rng(11), 3_000)
+    logged = on_policy_value(b["reward"], n_boot=200, seed=2)
+    assert logged.value == pytest.approx(b["reward"].mean())
+    itself = TargetTerms(b["propensity"])
+    off = off_policy_bootstrap(b["reward"], b["propensity"], {"t": itself}, 200, seed=2)["t"]
+    same = (off["ips"] - logged).interval()
+    assert same.value == pytest.approx(0) and abs(same.low) < 1e-12 and abs(same.high) < 1e-12
+    iv = logged.interval(0.95)
+    se = b["reward"].std() / np.sqrt(len(b["reward"]))
+    assert iv.high - iv.low == pytest.approx(2 * 1.96 * se, rel=0.2)
 
 
 def test_ips_values_are_the_bootstraps_point_estimates() -> None:
