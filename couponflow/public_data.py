@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import OneHotEncoder
 
 from couponflow.config import PROJECT_ROOT
 from couponflow.contract import ALL_CATEGORIES, TABLES, coupon_cost
+from couponflow.metrics import TargetTerms
 
 # Hillstrom has no region, age or device; the contract requires them, so they carry the
 # nearest covariates as codes (the raw ones come back in `HillstromData.covariates`).
@@ -193,3 +197,45 @@ def action_distribution(bandit: BanditLog) -> pd.DataFrame:
     counts = pd.crosstab(bandit.log["position"], bandit.log["action"])
     counts = counts.reindex(columns=range(bandit.n_actions), fill_value=0)
     return counts.div(counts.sum(axis=1), axis=0)
+
+
+def obd_click_model(bandit: BanditLog, folds: int = 5, c: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Cross-fitted click probability of every item at each logged row's position, (rows,
+    items): the reward model of a doubly robust estimate from this log.
+
+    An L2-regularised logistic regression on the user's context (one-hot hashed features and
+    log item affinities), the item, the position and the user's affinity for that item; each
+    fold's rows are scored by a model fitted without them, so no row's own click leaks into
+    its prediction.
+    """
+    log, m = bandit.log, bandit.n_actions
+    n = len(log)
+    hashed = [c for c in bandit.context_columns if c.startswith("user_feature_")]
+    affinity = np.log1p(log[[f"user_item_affinity_{a}" for a in range(m)]].to_numpy(float))
+    user = np.hstack([OneHotEncoder(sparse_output=False).fit_transform(log[hashed]), affinity])
+    position = np.eye(3)[log["position"].to_numpy() - 1]
+
+    def design(rows: np.ndarray, action: np.ndarray) -> np.ndarray:
+        own = affinity[rows, action][:, None]
+        return np.hstack([user[rows], np.eye(m)[action], position[rows], own])
+
+    clicked = log["reward"].to_numpy()
+    logged = design(np.arange(n), log["action"].to_numpy())
+    q = np.zeros((n, m))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(logged, clicked)
+    for fit_rows, rows in split:
+        model = LogisticRegression(C=c, max_iter=1000).fit(logged[fit_rows], clicked[fit_rows])
+        for a in range(m):
+            q[rows, a] = model.predict_proba(design(rows, np.full(len(rows), a)))[:, 1]
+    return q
+
+
+def obd_target_terms(
+    logged: BanditLog, target: BanditLog, q: np.ndarray | None = None
+) -> TargetTerms:
+    """The `target` policy (its average action distribution per position, as
+    `action_distribution` derives it) seen through another policy's log, with reward-model
+    terms when `q` (rows, items) is given."""
+    position = logged.log["position"].to_numpy() - 1
+    pi = action_distribution(target).to_numpy()[position]
+    return TargetTerms.from_probabilities(logged.log["action"].to_numpy(), pi, q)
