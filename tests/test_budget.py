@@ -3,6 +3,8 @@ decisions the service should expect."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,27 +73,31 @@ def test_users_at_their_cap_get_no_coupon_arm() -> None:
     assert (cost[:, 1:] > 0).all() and (cost[:, 0] == 0).all()
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """Three simulated days of a 300-user world, their feature partitions and a model."""
+def simulated_workspace(root: Path, days: int = 3) -> Workspace:
+    """`days` simulated days of a 300-user world in the offline store, their feature
+    partitions and an untrained model."""
     from couponflow.landing import load_offline
     from couponflow.model import save_model
     from couponflow.world import World
     from feature_repo.store import publish_features
 
-    root = tmp_path_factory.mktemp("budget")
     params = load_params(PROJECT_ROOT / "params.yaml")
     set_param(params, "world.n_users", N_USERS)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     ws = Workspace(root)
     world = World(params["world"])
     start = pd.Timestamp(params["world"]["start_date"])
-    for i in range(3):
+    for i in range(days):
         day = str((start + pd.Timedelta(days=i)).date())
         load_offline(ws, day, world.simulate_day(day))
         publish_features(ws, day)
     save_model(CouponNet(), ws.models / "model.pt", {"version": "test"})
     return ws
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return simulated_workspace(tmp_path_factory.mktemp("budget"))
 
 
 def test_the_stage_plans_tomorrow_from_the_newest_features(
