@@ -323,7 +323,7 @@ def _uplift_gains(
         with np.errstate(invalid="ignore", divide="ignore"):
             diff = yt / nt - yc / nc
         out.append(np.where(np.isfinite(diff), diff, 0.0) * k / n)
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.empty((0, len(k)))
 
 
 def _grid(points: int) -> np.ndarray:

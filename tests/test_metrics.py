@@ -244,6 +244,9 @@ def test_uplift_bootstrap_intervals_cover_and_pair() -> None:
     assert better.low > 0
     same = (boot["qini"] - boot["qini"]).interval()
     assert (same.low, same.high) == (0.0, 0.0)
+    point_only = uplift_bootstrap(e["x"], *args, share=0.3, n_boot=0)
+    assert point_only["qini"].value == boot["qini"].value
+    assert np.isnan(point_only["qini"].interval().low)
 
 
 def test_best_arm_view_measures_a_multi_arm_policy() -> None:
