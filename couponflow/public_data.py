@@ -9,7 +9,7 @@ project root; the files are read where they are, never copied into the repositor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,72 @@ def load_hillstrom(cfg: dict[str, Any]) -> HillstromData:
     batch = {name: TABLES[name].conform(frame) for name, frame in frames.items()}
     covariates = raw[HILLSTROM_COVARIATES].assign(user_id=user_id)
     return HillstromData(day, batch, covariates[["user_id", *HILLSTROM_COVARIATES]])
+
+
+# Hillstrom for uplift learners: arm 0 is the control, as everywhere in the project.
+HILLSTROM_ARM_INDEX = {"No E-Mail": 0, "Mens E-Mail": 1, "Womens E-Mail": 2}
+HILLSTROM_USER_INPUTS = [
+    "recency_scaled",  # (months - 1) / 11
+    "log_history",  # log(1 + dollars) / 8
+    "history_segment_scaled",  # the segment's rank / 6
+    "mens",
+    "womens",
+    "newbie",
+    *[f"zip_{z.lower()}" for z in HILLSTROM_REGION],
+    *[f"channel_{c.lower()}" for c in HILLSTROM_DEVICE],
+]
+
+
+@dataclass(frozen=True)
+class HillstromArrays:
+    """The experiment as arrays, a row per customer: pre-period covariates as the user block
+    of the uplift-aware network's inputs, the randomised arm and the two-week outcomes."""
+
+    user: np.ndarray  # (n, len(HILLSTROM_USER_INPUTS)) float32, each column about 0..1
+    arm: np.ndarray  # (n,) HILLSTROM_ARM_INDEX values
+    visit: np.ndarray
+    conversion: np.ndarray
+    spend: np.ndarray
+    propensity: np.ndarray  # 1/3 for every arm, the design's
+
+    n_arms = len(HILLSTROM_ARM_INDEX)
+
+    def __len__(self) -> int:
+        return len(self.arm)
+
+    def subset(self, rows: np.ndarray) -> HillstromArrays:
+        return HillstromArrays(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def inputs(self, arm: np.ndarray | int) -> np.ndarray:
+        """[user block | arm block] rows for `arm` (one per customer, or one for all); the arm
+        block is one-hot over the arms, so its column 0 is `is_control`."""
+        arm = np.broadcast_to(np.asarray(arm), (len(self),))
+        return np.hstack([self.user, np.eye(self.n_arms, dtype=np.float32)[arm]])
+
+
+def hillstrom_arrays(cfg: dict[str, Any]) -> HillstromArrays:
+    """Hillstrom (params `public_data.hillstrom`) encoded for uplift learners."""
+    raw = pd.read_csv(resolve(cfg["path"]))
+    segment_rank = raw["history_segment"].map({s: i for i, s in enumerate(HILLSTROM_AGE_BAND)})
+    columns = [
+        (raw["recency"] - 1) / 11,
+        np.log1p(raw["history"]) / 8,
+        segment_rank / 6,
+        raw["mens"],
+        raw["womens"],
+        raw["newbie"],
+        *[raw["zip_code"] == z for z in HILLSTROM_REGION],
+        *[raw["channel"] == c for c in HILLSTROM_DEVICE],
+    ]
+    user = np.column_stack([np.asarray(c, dtype=np.float32) for c in columns])
+    return HillstromArrays(
+        user=user,
+        arm=raw["segment"].map(HILLSTROM_ARM_INDEX).to_numpy(np.int64),
+        visit=raw["visit"].to_numpy(np.float64),
+        conversion=raw["conversion"].to_numpy(np.float64),
+        spend=raw["spend"].to_numpy(np.float64),
+        propensity=np.full(len(raw), 1.0 / len(HILLSTROM_ARM_INDEX)),
+    )
 
 
 @dataclass
