@@ -1,10 +1,18 @@
-"""Training-room logic that needs no tool: labels, the time split and the gate."""
+"""Training-room logic that needs no tool: labels, the time split, the train stage and the
+gate."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import yaml
 
+from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, load_model
+from training import train
 from training.dataset import label_offers
 from training.gate import decide
 from training.train import split_days
@@ -47,6 +55,45 @@ def test_time_split_keeps_the_newest_day_for_evaluation() -> None:
 def test_time_split_needs_three_days() -> None:
     with pytest.raises(ValueError, match="at least 3 days"):
         split_days(pd.DataFrame({"day": pd.to_datetime(["2026-01-02", "2026-01-03"])}))
+
+
+def test_train_stage_writes_a_reproducible_model_and_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_model import known_effect_log
+
+    days = pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"])
+    table = pd.concat(
+        [known_effect_log(2_000, seed=i).assign(day=d) for i, d in enumerate(days)],
+        ignore_index=True,
+    )
+    (tmp_path / "data" / "training").mkdir(parents=True)
+    table.to_parquet(tmp_path / "data" / "training" / "offers.parquet", index=False)
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    params["model"] = {**params["model"], "epochs": 2, "hidden": 16}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+
+    train.main()
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    net, meta = load_model(tmp_path / "models" / "model.pt")
+    assert meta["version"] == record["version"] and record["version"].startswith("20260104-")
+    assert (record["n_user"], record["n_arm"], record["hidden"]) == (
+        N_USER_INPUTS,
+        N_ARM_INPUTS,
+        16,
+    )
+    assert record["train_rows"] == 2_000 and record["valid_rows"] == 2_000
+    assert record["early_stopping_day"] == "2026-01-03"
+    assert record["evaluation_day"] == "2026-01-04"
+    assert record["device"] in {"cpu", "cuda"} and record["samples_per_second"] > 0
+    assert record["epochs_run"] == len(record["history"]) <= 2
+    assert {"code_commit", "params", "data_days"} <= record.keys()
+
+    train.main()  # same data, same seed: the same model version
+    assert (
+        json.loads((tmp_path / "models" / "model.json").read_text())["version"] == meta["version"]
+    )
 
 
 GATE = {"min_auc": 0.55, "max_auc_regression": 0.02, "max_value_regression": 0.0}

@@ -2,6 +2,9 @@
 logging propensity so the heuristic's choices and the randomised slice both count without
 bias. Early-stops on the last training day; the newest day is kept for evaluation.
 
+The trainer works on arrays (`TrainingArrays`), not on the coupon table, so any data set
+encoded as [user block | arm block] trains the same way (the Hillstrom check does).
+
 Run from the workspace root: `python -m training.train`.
 """
 
@@ -10,6 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,10 @@ from tqdm import tqdm
 
 from couponflow.config import PROJECT_ROOT, Workspace
 from couponflow.features import USER_FEATURES
-from couponflow.model import CouponNet, encode, save_model
+from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, CouponNet, encode, save_model
+
+EVAL_CHUNK = 65_536  # rows per forward pass when scoring the validation day
+TARGETS = ("purchased", "log_amount", "redeemed", "offered", "weight")  # packed in this order
 
 
 def split_days(table: pd.DataFrame) -> tuple[list, pd.Timestamp, pd.Timestamp]:
@@ -32,76 +42,208 @@ def split_days(table: pd.DataFrame) -> tuple[list, pd.Timestamp, pd.Timestamp]:
     return days[:-2], days[-2], days[-1]
 
 
-def tensors(
-    table: pd.DataFrame, max_weight: float, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Inputs, targets and inverse-propensity weights, moved to `device` once."""
-    x = encode(table[USER_FEATURES].to_numpy(np.float32), table)
-    as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)  # noqa: E731
-    return {
-        "x": as_t(x),
-        "purchased": as_t(table["purchased"]),
-        "log_amount": as_t(np.log(table["amount"].clip(lower=1.0))),
-        "redeemed": as_t(table["redeemed"]),
-        "offered": as_t(table["coupon_id"].notna()),
-        "weight": as_t(np.minimum(1.0 / table["propensity"].to_numpy(), max_weight)),
-    }
+def inverse_propensity_weights(propensity: np.ndarray, max_weight: float) -> np.ndarray:
+    """1 / propensity clipped at `max_weight` (a rare arm must not dominate the loss),
+    then scaled to mean 1 so the learning rate means the same whatever the logging policy."""
+    weight = np.minimum(1.0 / np.asarray(propensity, dtype=np.float64), max_weight)
+    return (weight / weight.mean()).astype(np.float32)
 
 
-def loss_fn(out: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
+@dataclass(frozen=True)
+class TrainingArrays:
+    """Encoded inputs (n, n_user + n_arm) and the per-row targets and weights, float32.
+
+    `log_amount` counts only where `purchased`; `redeemed` only where `offered`.
+    """
+
+    x: np.ndarray
+    purchased: np.ndarray
+    log_amount: np.ndarray
+    redeemed: np.ndarray
+    offered: np.ndarray
+    weight: np.ndarray
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = np.asarray(getattr(self, f.name), dtype=np.float32)
+            if len(value) != len(self.x):
+                raise ValueError(f"{f.name} has {len(value)} rows, x has {len(self.x)}")
+            object.__setattr__(self, f.name, value)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, max_inverse_propensity: float) -> TrainingArrays:
+        """Arrays of a training table (training.dataset): one row per logged offer."""
+        return cls(
+            x=encode(table[USER_FEATURES].to_numpy(np.float32), table),
+            purchased=table["purchased"].to_numpy(np.float32),
+            log_amount=np.log(table["amount"].clip(lower=1.0).to_numpy(np.float32)),
+            redeemed=table["redeemed"].to_numpy(np.float32),
+            offered=table["coupon_id"].notna().to_numpy(np.float32),
+            weight=inverse_propensity_weights(
+                table["propensity"].to_numpy(), max_inverse_propensity
+            ),
+        )
+
+    def packed(self) -> torch.Tensor:
+        """One (n, inputs + len(TARGETS)) tensor, inputs then TARGETS, so a batch is a
+        single gather."""
+        return torch.from_numpy(np.hstack([self.x, *(getattr(self, t)[:, None] for t in TARGETS)]))
+
+
+def loss_fn(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Weighted sum of the three heads' losses; amount only where a purchase happened,
-    redemption only where a coupon was offered."""
-    w = b["weight"]
-    purchase = F.binary_cross_entropy_with_logits(out[:, 0].float(), b["purchased"], weight=w)
-    bought = b["purchased"] * w
-    amount = (bought * (out[:, 1].float() - b["log_amount"]) ** 2).sum() / bought.sum().clamp(min=1)
-    offered = b["offered"] * w
-    redeem = F.binary_cross_entropy_with_logits(out[:, 2].float(), b["redeemed"], reduction="none")
+    redemption only where a coupon was offered. `targets` holds the TARGETS columns."""
+    purchased, log_amount, redeemed, offered, w = targets.unbind(1)
+    out = out.float()
+    purchase = F.binary_cross_entropy_with_logits(out[:, 0], purchased, weight=w)
+    bought = purchased * w
+    amount = (bought * (out[:, 1] - log_amount) ** 2).sum() / bought.sum().clamp(min=1)
+    offered = offered * w
+    redeem = F.binary_cross_entropy_with_logits(out[:, 2], redeemed, reduction="none")
     redeem = (offered * redeem).sum() / offered.sum().clamp(min=1)
     return purchase + 0.5 * amount + redeem
 
 
-def fit(table: pd.DataFrame, cfg: dict[str, Any]) -> tuple[CouponNet, dict[str, Any]]:
-    """Train with early stopping; returns the best network (on CPU) and its training log."""
-    torch.manual_seed(int(cfg["seed"]))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def output_prior(data: TrainingArrays) -> np.ndarray:
+    """The base head's starting outputs: the weighted purchase logit, mean log amount and
+    redemption logit of `data`. Starting at the data's level, the base network spends its
+    first steps on who buys rather than on reaching a log amount near 4, so it does not
+    leave the users' main effects to the coupon term."""
+
+    def mean(values: np.ndarray, weight: np.ndarray) -> float:
+        return float((values * weight).sum() / max(weight.sum(), 1e-9))
+
+    def logit(p: float) -> float:
+        p = min(max(p, 1e-4), 1 - 1e-4)
+        return float(np.log(p / (1 - p)))
+
+    w = data.weight
+    return np.array(
+        [
+            logit(mean(data.purchased, w)),
+            mean(data.log_amount, data.purchased * w),
+            logit(mean(data.redeemed, data.offered * w)),
+        ],
+        dtype=np.float32,
+    )
+
+
+def pick_device() -> torch.device:
+    """CUDA when present (the same code then trains with mixed precision), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_threads(cfg: dict[str, Any]) -> int:
+    """Torch threads for CPU training: `threads` from cfg, default 1.
+
+    A batch's matrices (batch_size x hidden) are too small for threads to share well, and
+    on a busy machine extra threads spin against other jobs: on the 2-core development
+    machine with one other busy process, 2 threads trained at ~50k samples/s, 1 at ~450k.
+    """
+    return int(cfg.get("threads") or 1)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads, then give the caller back its own setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _valid_loss(net: CouponNet, valid: torch.Tensor, d: int) -> float:
+    """The validation loss over every row (outputs in chunks, the loss on them all)."""
+    net.eval()
+    with torch.inference_mode():
+        out = torch.cat(
+            [net(valid[i : i + EVAL_CHUNK, :d]) for i in range(0, len(valid), EVAL_CHUNK)]
+        )
+        return float(loss_fn(out, valid[:, d:]))
+
+
+def fit(
+    train: TrainingArrays,
+    valid: TrainingArrays,
+    cfg: dict[str, Any],
+    n_user: int = N_USER_INPUTS,
+    n_arm: int = N_ARM_INPUTS,
+) -> tuple[CouponNet, dict[str, Any]]:
+    """Train a CouponNet(n_user, n_arm, cfg hidden) with Adam, early-stopping on `valid`.
+
+    cfg: seed, hidden, epochs, batch_size, lr, patience, optional threads (CPU). The same
+    data and seed give the same weights on the same device and thread count. Returns the
+    best network (on the CPU, in eval mode) and a log: device, threads, epochs_run,
+    best_epoch, history, seconds and samples_per_second (training rows x epochs over the
+    whole call: packing, copies and validation passes included).
+    """
+    with torch_threads(cpu_threads(cfg)):
+        return _fit(train, valid, cfg, n_user, n_arm)
+
+
+def _fit(
+    train: TrainingArrays, valid: TrainingArrays, cfg: dict[str, Any], n_user: int, n_arm: int
+) -> tuple[CouponNet, dict[str, Any]]:
+    d = n_user + n_arm
+    if train.x.shape[1] != d or valid.x.shape[1] != d:
+        raise ValueError(f"inputs have {train.x.shape[1]} columns, layout says {n_user}+{n_arm}")
+    started = time.perf_counter()
+    device = pick_device()
     use_amp = device.type == "cuda"
-    train_days, stop_day, _ = split_days(table)
-    train = tensors(table[table["day"].isin(train_days)], cfg["max_inverse_propensity"], device)
-    valid = tensors(table[table["day"] == stop_day], cfg["max_inverse_propensity"], device)
-    net = CouponNet(hidden=int(cfg["hidden"])).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
+    seed = int(cfg["seed"])
+    with torch.random.fork_rng(devices=[device] if use_amp else []):
+        torch.manual_seed(seed)
+        net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
+    with torch.no_grad():
+        net.base[-1].bias.copy_(torch.from_numpy(output_prior(train)))
+    net = net.to(device)
+    data, held_out = train.packed().to(device), valid.packed().to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]), foreach=True)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))
-    n, bs = len(train["x"]), int(cfg["batch_size"])
-    best, best_state, history, patience = float("inf"), None, [], int(cfg.get("patience", 2))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n, bs, patience = len(data), int(cfg["batch_size"]), int(cfg.get("patience", 3))
+    best, best_epoch, best_state, history = float("inf"), -1, None, []
     bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False)
     for epoch in bar:
         net.train()
         order = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, bs):
-            idx = order[start : start + bs]
-            batch = {k: v[idx] for k, v in train.items()}
+            batch = data.index_select(0, order[start : start + bs])
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(net(batch["x"]), batch)
+                out = net(batch[:, :d])
+            loss = loss_fn(out, batch[:, d:])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        net.eval()
-        with torch.inference_mode():
-            val_loss = float(loss_fn(net(valid["x"]), valid))
+        val_loss = _valid_loss(net, held_out, d)
         history.append({"epoch": epoch, "valid_loss": val_loss})
         bar.set_postfix(valid_loss=f"{val_loss:.4f}")
         if val_loss < best - 1e-5:
-            best = val_loss
+            best, best_epoch = val_loss, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        elif epoch - min(h["epoch"] for h in history if h["valid_loss"] == best) >= patience:
+        elif epoch - best_epoch >= patience:
             break
+    if best_state is None:
+        raise ValueError("the validation loss was never finite: check the inputs and weights")
     net = net.cpu()
     net.load_state_dict(best_state)
     net.eval()
-    return net, {"device": device.type, "epochs_run": len(history), "history": history}
+    seconds = time.perf_counter() - started
+    return net, {
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "history": history,
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(n * len(history) / seconds),
+    }
 
 
 def code_commit() -> str:
@@ -118,20 +260,29 @@ def code_commit() -> str:
         return "unknown"
 
 
+def model_version(net: CouponNet, last_day: str) -> str:
+    """`<newest data day>-<hash of the weights>`: the same data and seed, the same version."""
+    weights = b"".join(v.numpy().tobytes() for v in net.state_dict().values())
+    return f"{last_day.replace('-', '')}-{hashlib.sha256(weights).hexdigest()[:8]}"
+
+
 def main() -> None:
     ws = Workspace(Path.cwd())
     table = pd.read_parquet(ws.training_set / "offers.parquet")
     cfg = ws.params["model"]
-    net, log = fit(table, cfg)
-    data_days = sorted(str(pd.Timestamp(d).date()) for d in table["day"].unique())
     train_days, stop_day, eval_day = split_days(table)
-    weights = b"".join(v.numpy().tobytes() for v in net.state_dict().values())
-    version = f"{data_days[-1].replace('-', '')}-{hashlib.sha256(weights).hexdigest()[:8]}"
+    max_weight = float(cfg["max_inverse_propensity"])
+    train = TrainingArrays.from_table(table[table["day"].isin(train_days)], max_weight)
+    valid = TrainingArrays.from_table(table[table["day"] == stop_day], max_weight)
+    net, log = fit(train, valid, cfg)
+    data_days = sorted(str(pd.Timestamp(d).date()) for d in table["day"].unique())
+    version = model_version(net, data_days[-1])
     meta = {
         "version": version,
-        "hidden": int(cfg["hidden"]),
+        **net.layout(),
         "data_days": data_days,
-        "train_rows": int(table["day"].isin(train_days).sum()),
+        "train_rows": len(train),
+        "valid_rows": len(valid),
         "early_stopping_day": str(pd.Timestamp(stop_day).date()),
         "evaluation_day": str(pd.Timestamp(eval_day).date()),
         "params": cfg,
@@ -140,7 +291,10 @@ def main() -> None:
     }
     save_model(net, ws.models / "model.pt", meta)
     (ws.models / "model.json").write_text(json.dumps(meta, indent=2))
-    print(f"model {version}: {log['epochs_run']} epochs on {log['device']}")
+    print(
+        f"model {version}: {log['epochs_run']} epochs on {log['device']}, "
+        f"{log['samples_per_second']:,} samples/s"
+    )
 
 
 if __name__ == "__main__":

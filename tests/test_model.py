@@ -1,0 +1,283 @@
+"""The recommender network and its trainer.
+
+Behaviour is checked on a model trained on a synthetic log whose causal effect is known:
+half the shoppers are price sensitive (visible as a high redemption rate), a category
+coupon only moves shoppers who like that category, and the logging policy is uniform with
+exact propensities. Unit tests pin the input layout, the gate on the coupon's effect, the
+weights and early stopping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from couponflow.contract import CATEGORIES, coupon_cost
+from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
+from couponflow.model import (
+    ARM_FEATURES,
+    N_ARM_INPUTS,
+    N_USER_INPUTS,
+    CouponNet,
+    encode,
+    load_model,
+    predict,
+    save_model,
+)
+from couponflow.policy import score, with_control
+from training.train import TrainingArrays, fit, inverse_propensity_weights, model_version
+
+MARGIN = 0.3
+CFG = {
+    "seed": 0,
+    "hidden": 32,
+    "epochs": 40,
+    "batch_size": 512,
+    "lr": 0.005,
+    "patience": 4,
+    "max_inverse_propensity": 20.0,
+}
+CATALOGUE = pd.DataFrame(
+    {
+        "coupon_id": ["A5", "A10", "A15", "HOME10", "ELEC10"],
+        "kind": ["amount_off"] * 5,
+        "value": [5.0, 10.0, 15.0, 10.0, 10.0],
+        "min_spend": [0.0] * 5,
+        "category": ["all", "all", "all", "home", "electronics"],
+        "valid_from": pd.Timestamp("2026-01-01"),
+        "valid_to": pd.Timestamp("2026-03-01"),
+        "budget_share": 0.2,
+        **{f: np.float32(0.0) for f in COUPON_FEATURES},
+    }
+).astype({"coupon_id": "string", "kind": "string", "category": "string"})
+ARMS = with_control(CATALOGUE)
+
+
+def shopper(sensitive: bool, likes: str | None = None, orders: float = 0.0) -> np.ndarray:
+    """One user's feature row: price sensitive or not, optionally loving one category."""
+    row = default_user_features()
+    row[USER_FEATURES.index("offers_30d")] = 4.0
+    row[USER_FEATURES.index("redemption_rate_30d")] = 0.6 if sensitive else 0.05
+    row[USER_FEATURES.index("orders_30d")] = orders
+    row[USER_FEATURES.index("avg_basket_30d")] = 60.0
+    if likes:
+        for c in CATEGORIES:
+            row[USER_FEATURES.index(f"affinity_{c}")] = float(c == likes)
+    return row
+
+
+def known_effect_log(n: int, seed: int) -> pd.DataFrame:
+    """A uniformly randomised coupon log with a known effect.
+
+    logit P(buy) = -3.5 + 0.6 min(orders, 4) + [coupon] sensitivity * value / basket *
+    relevance, sensitivity 10 for the price sensitive and 0.3 otherwise, relevance 1 for a
+    site-wide coupon and min(2 affinity, 1.2) for a category one (where it is redeemed only
+    if the order lands in its category: with probability 0.3 + 0.7 affinity).
+    """
+    rng = np.random.default_rng(seed)
+    users = np.zeros((n, len(USER_FEATURES)), dtype=np.float32)
+    col = {f: i for i, f in enumerate(USER_FEATURES)}
+    sensitive = rng.random(n) < 0.5
+    orders = rng.poisson(np.where(sensitive, 0.3, 2.0))
+    basket = rng.lognormal(np.log(60.0), 0.25, n)
+    affinity = rng.dirichlet(np.full(len(CATEGORIES), 0.5), n)
+    users[:, col["orders_30d"]] = orders
+    users[:, col["offers_30d"]] = 1 + rng.poisson(3, n)
+    users[:, col["redemption_rate_30d"]] = np.where(
+        sensitive, rng.uniform(0.3, 0.9, n), rng.uniform(0.0, 0.15, n)
+    )
+    users[:, col["avg_basket_30d"]] = basket
+    users[:, col["days_since_last_order"]] = 60.0
+    for j, c in enumerate(CATEGORIES):
+        users[:, col[f"affinity_{c}"]] = affinity[:, j]
+
+    arm = rng.integers(0, len(ARMS), n)
+    coupons = ARMS.iloc[arm].reset_index(drop=True)
+    offered = arm > 0
+    value = coupons["value"].fillna(0.0).to_numpy()
+    scoped = coupons["category"].isin(CATEGORIES).to_numpy()
+    cat = [
+        CATEGORIES.index(c) if s else 0 for c, s in zip(coupons["category"], scoped, strict=True)
+    ]
+    liked = affinity[np.arange(n), cat]
+    relevance = np.where(scoped, np.minimum(2 * liked, 1.2), 1.0)
+    effect = np.where(sensitive, 10.0, 0.3) * np.minimum(value / basket, 0.35) * relevance
+    logit = -3.5 + 0.6 * np.minimum(orders, 4) + offered * effect
+    purchased = rng.random(n) < 1 / (1 + np.exp(-logit))
+    amount = np.where(purchased, basket * rng.lognormal(-0.045, 0.3, n), 0.0)
+    applies = ~scoped | (rng.random(n) < 0.3 + 0.7 * liked)
+    redeemed = purchased & offered & applies
+    table = pd.DataFrame(users, columns=USER_FEATURES)
+    table = pd.concat([table, coupons], axis=1)
+    table["purchased"] = purchased
+    table["amount"] = amount
+    table["redeemed"] = redeemed
+    table["discount"] = np.where(redeemed, coupon_cost("amount_off", value, amount), 0.0)
+    table["propensity"] = 1.0 / len(ARMS)
+    return table
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[CouponNet, dict]:
+    train = TrainingArrays.from_table(known_effect_log(60_000, seed=1), 20.0)
+    valid = TrainingArrays.from_table(known_effect_log(15_000, seed=2), 20.0)
+    return fit(train, valid, CFG)
+
+
+def arm(coupon_id: str) -> int:
+    return int(np.flatnonzero(ARMS["coupon_id"].fillna("") == coupon_id)[0])
+
+
+# -- behaviour --------------------------------------------------------------------------
+
+
+def test_purchase_probability_rises_with_the_coupon_value(trained: tuple) -> None:
+    net, _ = trained
+    s = score(net, shopper(sensitive=True)[None, :], ARMS, MARGIN)
+    p = s.p_purchase[0, [0, arm("A5"), arm("A10"), arm("A15")]]
+    assert np.all(np.diff(p) > 0), p
+    assert p[-1] > 2 * p[0]  # true: 0.17 vs 0.03
+
+
+def test_a_category_lover_gets_that_category_coupon(trained: tuple) -> None:
+    net, _ = trained
+    for likes, coupon in [("home", "HOME10"), ("electronics", "ELEC10")]:
+        s = score(net, shopper(sensitive=True, likes=likes)[None, :], ARMS, MARGIN)
+        assert s.incremental_profit[0].argmax() == arm(coupon), (likes, s.incremental_profit)
+        assert s.incremental_profit[0, arm(coupon)] > 0
+
+
+def test_no_coupon_when_every_coupon_loses_money(trained: tuple) -> None:
+    net, _ = trained
+    users = np.stack([shopper(sensitive=False, orders=k) for k in (2.0, 3.0, 4.0)])
+    s = score(net, users, ARMS, MARGIN)
+    assert (s.incremental_profit[:, 1:] < 0).all(), s.incremental_profit
+    assert (s.incremental_profit.argmax(axis=1) == 0).all()
+
+
+def test_same_data_and_seed_give_the_same_model() -> None:
+    train = TrainingArrays.from_table(known_effect_log(4_000, seed=3), 20.0)
+    valid = TrainingArrays.from_table(known_effect_log(1_000, seed=4), 20.0)
+    cfg = {**CFG, "epochs": 3}
+    threads = torch.get_num_threads()
+    first, log = fit(train, valid, cfg)
+    assert torch.get_num_threads() == threads  # the caller's setting is given back
+    again, _ = fit(train, valid, cfg)
+    other, _ = fit(train, valid, {**cfg, "seed": 1})
+    assert model_version(first, "2026-01-09") == model_version(again, "2026-01-09")
+    assert model_version(first, "2026-01-09") != model_version(other, "2026-01-09")
+    assert log["device"] in {"cpu", "cuda"} and log["samples_per_second"] > 0
+
+
+# -- the inputs and the network -----------------------------------------------------------
+
+
+def test_inputs_are_a_user_block_then_an_arm_block() -> None:
+    users = np.stack([shopper(sensitive=True, likes="home")] * len(ARMS))
+    coupons = ARMS.copy()
+    coupons.loc[1:, COUPON_FEATURES] = 3.0  # a coupon's track record
+    x = encode(users, coupons)
+    assert x.shape == (len(ARMS), N_USER_INPUTS + N_ARM_INPUTS) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, :N_USER_INPUTS], np.log1p(users))  # same user in each row
+    is_control = x[:, N_USER_INPUTS]
+    np.testing.assert_array_equal(is_control, [1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(x[0, N_USER_INPUTS + 1 :], 0.0)  # no coupon: nothing else
+    stats = x[1:, N_USER_INPUTS + len(ARM_FEATURES) :]
+    np.testing.assert_allclose(stats, np.log1p(3.0))
+    affinity = x[:, N_USER_INPUTS + ARM_FEATURES.index("category_affinity")]
+    np.testing.assert_array_equal(affinity, [0, 1, 1, 1, 1, 0])  # site-wide counts as liked
+
+
+def test_the_coupon_effect_is_gated_by_is_control() -> None:
+    torch.manual_seed(0)
+    net = CouponNet(n_user=3, n_arm=2, hidden=8)
+    assert torch.all(net.delta[-1].weight == 0)  # untrained: no coupon changes anything
+    torch.nn.init.normal_(net.delta[-1].weight)
+    control = torch.tensor([[0.1, 0.2, 0.3, 1.0, 0.0], [0.1, 0.2, 0.3, 1.0, 5.0]])
+    coupon = control.clone()
+    coupon[:, 3] = 0.0
+    with torch.no_grad():
+        assert torch.equal(net(control)[0], net(control)[1])  # the arm block is ignored
+        base = net.base(control[:, :3])
+        torch.testing.assert_close(net(control), base)
+        torch.testing.assert_close(net(coupon), base + net.delta(coupon))
+
+
+def test_predict_returns_probabilities_and_amounts() -> None:
+    users = np.stack([shopper(sensitive=True)] * len(ARMS))
+    out = predict(CouponNet(), encode(users, ARMS))
+    for p in (out["p_purchase"], out["p_redeem"]):
+        assert ((p > 0) & (p < 1)).all()
+    assert (out["amount"] > 0).all()
+    np.testing.assert_allclose(out["p_purchase"], out["p_purchase"][0])  # no effect yet
+
+
+def test_saved_model_round_trips_and_refuses_another_layout(tmp_path: Path) -> None:
+    net = CouponNet(hidden=16)
+    path = tmp_path / "model.pt"
+    save_model(net, path, {"version": "v1"})
+    loaded, meta = load_model(path)
+    assert meta["version"] == "v1" and meta["hidden"] == 16
+    assert (meta["n_user"], meta["n_arm"]) == (N_USER_INPUTS, N_ARM_INPUTS)
+    x = encode(np.stack([shopper(sensitive=False)] * len(ARMS)), ARMS)
+    np.testing.assert_array_equal(predict(loaded, x)["p_purchase"], predict(net, x)["p_purchase"])
+
+    blob = torch.load(path, weights_only=False)
+    blob["meta"]["user_features"] = USER_FEATURES[:-1]
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="different feature list"):
+        load_model(path)
+    blob["meta"]["user_features"] = USER_FEATURES
+    del blob["meta"]["n_arm"]  # a model from before the user/arm split
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="different feature list"):
+        load_model(path)
+
+
+# -- the trainer ------------------------------------------------------------------------
+
+
+def test_weights_are_clipped_inverse_propensities_with_mean_one() -> None:
+    w = inverse_propensity_weights(np.array([0.5, 0.25, 0.01, 0.01]), max_weight=20.0)
+    assert w.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(w / w[0], [1.0, 2.0, 10.0, 10.0], rtol=1e-6)  # 100 clipped to 20
+    assert inverse_propensity_weights(np.full(3, 1 / 3), 20.0) == pytest.approx(np.ones(3))
+
+
+def test_arrays_from_a_table() -> None:
+    table = known_effect_log(50, seed=5)
+    arrays = TrainingArrays.from_table(table, 20.0)
+    assert arrays.x.shape == (50, N_USER_INPUTS + N_ARM_INPUTS) and len(arrays) == 50
+    np.testing.assert_array_equal(arrays.offered, table["coupon_id"].notna())
+    np.testing.assert_array_equal(arrays.purchased, table["purchased"])
+    bought = table["purchased"].to_numpy()
+    np.testing.assert_allclose(arrays.log_amount[bought], np.log(table["amount"][bought]), 1e-6)
+    assert arrays.weight.dtype == np.float32 and arrays.weight.mean() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="rows"):
+        TrainingArrays(arrays.x, arrays.purchased[:-1], *[np.zeros(50)] * 4)
+
+
+def test_fit_trains_any_layout_and_stops_early() -> None:
+    rng = np.random.default_rng(0)
+
+    def noise(n: int) -> TrainingArrays:
+        """Targets unrelated to the inputs: nothing to learn, so validation stalls."""
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        x[:, 4] = rng.random(n) < 0.5  # is_control of a 4 + 2 layout
+        return TrainingArrays(
+            x, rng.random(n) < 0.3, np.zeros(n), rng.random(n) < 0.1, 1 - x[:, 4], np.ones(n)
+        )
+
+    cfg = {**CFG, "epochs": 50, "patience": 2, "lr": 0.05}
+    net, log = fit(noise(3_000), noise(1_000), cfg, n_user=4, n_arm=2)
+    assert net.layout() == {"n_user": 4, "n_arm": 2, "hidden": CFG["hidden"]}
+    assert log["epochs_run"] < 50
+    assert log["epochs_run"] == log["best_epoch"] + 1 + cfg["patience"]
+    losses = [h["valid_loss"] for h in log["history"]]
+    assert min(losses) == losses[log["best_epoch"]]
+    with pytest.raises(ValueError, match="layout"):
+        fit(noise(100), noise(100), cfg)  # 6 columns are not the coupon layout
