@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.special import ndtr
 
 from couponflow.contract import SHIPPING_COST
+from couponflow.policy import allocate
 from couponflow.world import (
     AMOUNT,
     BASKET_SPREAD,
@@ -170,35 +171,15 @@ class Oracle:
         nothing)."""
         return _value(truth, truth.arm_index(coupon_ids))
 
-    def policy_value(
-        self, truth: Truth, budget: float, iterations: int = 60
-    ) -> tuple[PolicyValue, np.ndarray]:
+    def policy_value(self, truth: Truth, budget: float) -> tuple[PolicyValue, np.ndarray]:
         """The oracle policy: per user the arm maximising true incremental profit minus a
-        multiplier times expected cost, the multiplier bisected to the smallest one whose
-        total expected cost fits `budget` (the same budget the policy it is compared with had).
+        multiplier times expected cost, with the smallest multiplier whose total expected
+        cost fits `budget` (the same budget the policy it is compared with had), found by
+        the policy's own allocation so both are budgeted alike.
 
         Returns its value and each user's arm (0: no coupon)."""
-        budget = float(budget)
-        if budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
-        gain, cost = truth.incremental_profit, truth.cost
-
-        def best(multiplier: float) -> np.ndarray:
-            return (gain - multiplier * cost).argmax(axis=1)  # ties go to arm 0, no coupon
-
-        def spent(choice: np.ndarray) -> float:
-            return float(cost[np.arange(len(choice)), choice].sum())
-
-        lo, hi = 0.0, 1.0
-        choice = best(lo)
-        if spent(choice) > budget:
-            while spent(best(hi)) > budget:
-                lo, hi = hi, hi * 2
-            for _ in range(iterations):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if spent(best(mid)) > budget else (lo, mid)
-            choice, lo = best(hi), hi
-        return replace(_value(truth, choice), multiplier=lo), choice
+        choice, multiplier = allocate(truth.incremental_profit, truth.cost, float(budget))
+        return replace(_value(truth, choice), multiplier=multiplier), choice
 
 
 def _value(truth: Truth, arm: np.ndarray) -> PolicyValue:
