@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import uuid4
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field
 
 from couponflow.config import Workspace
+from couponflow.contract import CATEGORIES
 from serving import DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
 
 if TYPE_CHECKING:
@@ -27,10 +28,17 @@ UserId = Annotated[int, Field(ge=0, strict=True, description="the shopper's user
 SlateSize = Annotated[int, Field(ge=1, le=10, strict=True, description="offers wanted, at most")]
 
 
+WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
+
+
 class RequestContext(BaseModel):
-    """Free-form request context; `now` moves the policy's clock (eligibility)."""
+    """Request context: `category` is the page's (coupons scoped to other categories are
+    not offered), `now` moves the policy's clock (eligibility); other keys are allowed."""
 
     model_config = ConfigDict(extra="allow")
+    category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="the page's category; coupons of other categories are not offered"
+    )
     now: datetime | None = Field(default=None, description="judge coupon validity at this time")
 
 
@@ -52,7 +60,7 @@ class Recommendation(BaseModel):
 
 @bentoml.service(
     name="couponflow-recommender",
-    workers=int(os.environ.get(WORKERS_ENV, "2")),
+    workers=WORKERS,
     traffic={"timeout": 10},
 )
 class CouponRecommender:
@@ -65,7 +73,10 @@ class CouponRecommender:
 
         stored = self.model
         self.recommender: Recommender = Recommender(
-            Path(stored.path), Workspace.from_env(), as_of=stored.info.metadata["catalogue_day"]
+            Path(stored.path),
+            Workspace.from_env(),
+            as_of=stored.info.metadata["catalogue_day"],
+            workers=WORKERS,  # each worker paces its share of the day's budget
         )
 
     @bentoml.api(route="/recommend")
@@ -74,5 +85,6 @@ class CouponRecommender:
     ) -> Recommendation:
         """Up to k coupons for `user_id`; unknown users get the cold-start features."""
         now = context.now if context else None
-        decision = self.recommender.recommend(user_id, k, now)
+        category = context.category if context else None
+        decision = self.recommender.recommend(user_id, k, now, category)
         return Recommendation(request_id=uuid4().hex, user_id=user_id, **decision)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from serving import POLICY_FILE
 from serving.server import Server
 from tests.conftest import free_port
 
@@ -36,6 +37,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
         open_store,
         publish_features,
     )
+    from training.budget import make_plan
 
     root = tmp_path_factory.mktemp("serving") / "ws"
     root.mkdir()
@@ -59,6 +61,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
         meta = {"version": MODEL_VERSION, "hidden": 64}
         save_model(CouponNet(hidden=64), ws.models / "model.pt", meta)
         (ws.models / "model.json").write_text(json.dumps(meta))
+        make_plan(ws).write(ws.models / POLICY_FILE)
         yield ws
 
 
@@ -190,6 +193,7 @@ def test_a_release_is_recorded_and_becomes_the_champion(tmp_path) -> None:
     assert current_release(ws) is None
     for version in ("v1", "v2"):
         (ws.models / "model.json").write_text(json.dumps({"version": version}))
+        (ws.models / POLICY_FILE).write_text("{}")
         (ws.models / "model.pt").write_bytes(f"weights {version}".encode())
         record = record_release(
             ws, f"couponflow-recommender:{version}", f"couponflow:{version}", "gate passed"
