@@ -1,91 +1,482 @@
-"""DVC stage `evaluate`: the challenger and the current champion scored on the same
-held-out day: prediction quality on the logged arm, and the value of the policy each
-induces, estimated off-policy from the logging policy's propensities.
+"""DVC stage `evaluate`: the challenger, the champion and every baseline judged alike on the
+held-out day, each policy budgeted by the same allocation.
 
-Run from the workspace root: `python -m training.evaluate`.
+- Prediction: AUC, log loss and calibration of P(purchase) and P(redeem) on the logged arms.
+- Uplift: Qini curve, Qini coefficient and AUUC of each policy's best coupon over "no
+  coupon", from the log reweighted by its propensities (a randomised comparison).
+- Policy value: IPS, SNIPS and doubly robust estimates with bootstrap intervals, and
+  paired intervals of the challenger's lead over the champion and each baseline.
+- Simulated data only: every policy's true incremental profit on the whole population
+  from the world's oracle, the oracle policy's at the same budget, profit against budget.
+- Segments: offer rate, planned spend and uplift by region, age band and new vs returning.
+- The A/B readout: the served policy's realised lift over its random holdout slice.
+
+Writes metrics/evaluation.json (a DVC metric) and the curves under metrics/plots/ (DVC
+plots); training/report.py turns them into the run report. Run from the workspace root:
+`python -m training.evaluate`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from couponflow.config import Workspace
-from couponflow.features import USER_FEATURES
+from couponflow.contract import HOLDOUT_SUFFIX
+from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.landing import read_offline
-from couponflow.metrics import ips_values, prediction_metrics
+from couponflow.logs import quiet_libraries
+from couponflow.metrics import (
+    TargetTerms,
+    auuc,
+    best_arm_view,
+    calibration_curve,
+    off_policy_values,
+    paired_difference,
+    prediction_metrics,
+    qini_coefficient,
+    qini_curve,
+)
 from couponflow.model import CouponNet, encode, load_model, predict
-from couponflow.policy import eligible, greedy_arms, score, with_control
-from feature_repo.store import coupon_stats_at, open_store
+from couponflow.policy import allocate, eligible, score, user_cap_mask, with_control
+from training.baselines import fit_baselines
+from training.train import split_days
+
+SEGMENTS = ("region", "age_band", "new")
 
 
-def logged_arm_index(table: pd.DataFrame, arms: pd.DataFrame) -> np.ndarray:
-    """Each logged offer's arm position in `arms` (0 for "no coupon", -1 if not offered now)."""
+class Policy(Protocol):
+    """What evaluation needs of a policy: arm values to rank by and their expected cost."""
+
+    name: str
+
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray: ...
+
+    def cost(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray: ...
+
+
+class ModelPolicy:
+    """A trained network behind the shared policy maths: an arm's value is its expected
+    incremental profit, its cost the expected discount (what the service does)."""
+
+    def __init__(self, name: str, net: CouponNet, version: str, margin: float) -> None:
+        self.name, self.net, self.version, self.margin = name, net, version, margin
+
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        return score(self.net, users, arms, self.margin).incremental_profit
+
+    def cost(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        return score(self.net, users, arms, self.margin).expected_cost
+
+    def expected_reward(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        """Expected profit of every arm, margin on spend less the discount: the reward
+        model of the doubly robust estimator."""
+        s = score(self.net, users, arms, self.margin)
+        return s.p_purchase * self.margin * s.amount - s.expected_cost
+
+
+@dataclass
+class Decisions:
+    """Which arm each user gets from one policy under a budget."""
+
+    arms: np.ndarray  # (n,) arm index, 0 = no coupon
+    multiplier: float
+    value: np.ndarray  # (n, m) the policy's own values (capped users' coupons at -inf)
+    cost: np.ndarray  # (n, m) its expected costs
+
+    def chosen(self, matrix: np.ndarray) -> np.ndarray:
+        """Each user's entry of a (n, m) matrix at the chosen arm."""
+        return matrix[np.arange(len(self.arms)), self.arms]
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "offer_rate": float((self.arms > 0).mean()),
+            "multiplier": self.multiplier,
+            "planned_cost": float(self.chosen(self.cost).sum()),
+        }
+
+
+@dataclass
+class Priced:
+    """One policy's values and expected costs of every arm for a set of users, priced
+    once and then decided at any budget."""
+
+    value: np.ndarray  # (n, m), users at their offer cap with coupons at -inf
+    cost: np.ndarray
+
+    def decide(self, budget: float) -> Decisions:
+        """The policy's greedy choices within `budget`."""
+        chosen, multiplier = allocate(self.value, self.cost, budget)
+        return Decisions(chosen, multiplier, self.value, self.cost)
+
+
+def price(policy: Policy, users: np.ndarray, arms: pd.DataFrame, cap: int) -> Priced:
+    """Value and cost every arm for every user; users at their offer cap get no coupon."""
+    value = np.array(policy.value(users, arms), dtype=float)
+    value[user_cap_mask(users, cap), 1:] = -np.inf
+    return Priced(value, policy.cost(users, arms))
+
+
+@dataclass
+class Day:
+    """Who is decided for on the evaluation day, the arms open, and their budget."""
+
+    users: np.ndarray  # (n, len(USER_FEATURES))
+    arms: pd.DataFrame  # with_control(...) with coupon stats as the day began
+    budget: float
+
+
+def logged_arm_index(coupon_ids: pd.Series, arms: pd.DataFrame) -> np.ndarray:
+    """Each logged coupon's position in `arms` (0 for "no coupon"; -1 if not open)."""
     position = {cid: i for i, cid in enumerate(arms["coupon_id"]) if isinstance(cid, str)}
-    return np.array([0 if pd.isna(c) else position.get(c, -1) for c in table["coupon_id"]])
+    return np.array([0 if pd.isna(c) else position.get(c, -1) for c in coupon_ids])
 
 
-def evaluate_model(
-    net: CouponNet, table: pd.DataFrame, arms: pd.DataFrame, margin: float, multiplier: float
-) -> dict[str, Any]:
-    """Prediction metrics and the greedy policy's estimated value on one day's offers."""
-    users = table[USER_FEATURES].to_numpy(np.float32)
-    logged = predict(net, encode(users, table))
-    metrics = prediction_metrics(table["purchased"].to_numpy(), logged["p_purchase"])
-    choice = greedy_arms(score(net, users, arms, margin), multiplier)
-    target = (choice == logged_arm_index(table, arms)).astype(float)
-    value = ips_values(table["reward"].to_numpy(), table["propensity"].to_numpy(), target)
+# -- on the logged decisions of the held-out day -------------------------------------------
+def prediction_report(net: CouponNet, users: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
+    """Prediction quality on the arms actually logged: P(purchase) on every decision,
+    P(redeem) where a coupon was offered, and the calibration curve of P(purchase)."""
+    pred = predict(net, encode(users, table))
+    purchased = table["purchased"].to_numpy()
+    out: dict[str, Any] = prediction_metrics(purchased, pred["p_purchase"])
+    offered = table["coupon_id"].notna().to_numpy()
+    redeemed = table["redeemed"].to_numpy()[offered]
+    out.update(
+        {
+            f"redeem_{k}": v
+            for k, v in prediction_metrics(redeemed, pred["p_redeem"][offered]).items()
+        }
+    )
+    curve = calibration_curve(purchased, pred["p_purchase"])
+    out["calibration"] = {
+        "predicted": curve.mean_predicted,
+        "observed": curve.observed,
+        "count": curve.count,
+    }
+    return out
+
+
+def uplift_report(d: Decisions, logged: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
+    """Qini and AUUC of each user's best coupon by the policy's own values, against "no
+    coupon": rows the log gave that coupon are treated, rows logged without one are the
+    controls, each weighted by its inverse propensity so the comparison is randomised."""
+    best = 1 + d.value[:, 1:].argmax(axis=1)
+    treated, weight = best_arm_view(logged, best, table["propensity"].to_numpy(float))
+    args = (d.value[np.arange(len(best)), best], treated, table["reward"].to_numpy(float), weight)
+    curve = qini_curve(*args)
     return {
-        **metrics,
-        "policy_value_ips": value["ips"],
-        "policy_value_snips": value["snips"],
-        "offer_rate": float((choice > 0).mean()),
+        "qini": float(qini_coefficient(*args)),
+        "auuc": float(auuc(*args)),
+        "curve": {"fraction": curve.share, "incremental": curve.gain},
     }
 
 
-def evaluate(ws: Workspace) -> dict[str, Any]:
+def ope_report(
+    decided: dict[str, Decisions],
+    reward_model: np.ndarray,
+    logged: np.ndarray,
+    table: pd.DataFrame,
+    cfg: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Off-policy values (IPS, SNIPS, DR) of each greedy policy with bootstrap intervals,
+    and the challenger's paired DR lead over every other policy."""
+    reward = table["reward"].to_numpy(float)
+    propensity = table["propensity"].to_numpy(float)
+    targets = {
+        name: TargetTerms.from_actions(logged, d.arms, reward_model) for name, d in decided.items()
+    }
+    boot = {"n_boot": int(cfg["bootstrap"]), "level": float(cfg["confidence"]), "seed": 0}
+    values = off_policy_values(reward, propensity, targets, **boot)
+    leads = {
+        name: paired_difference(
+            reward, propensity, targets["challenger"], targets[name], "dr", **boot
+        ).as_dict()
+        for name in decided
+        if name != "challenger"
+    }
+    return values, leads
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray, level: float) -> dict[str, float]:
+    """Mean of `a` minus mean of `b`, two independent samples, with a normal interval."""
+    diff = float(a.mean() - b.mean())
+    half = norm.ppf((1 + level) / 2) * np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return {"value": diff, "low": diff - half, "high": diff + half}
+
+
+def ab_readout(table: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The served policy's realised profit per decision over its random holdout slice on
+    the day, from the logged outcomes, with an interval."""
+    holdout = table["policy_version"].astype(str).str.endswith(HOLDOUT_SUFFIX).to_numpy()
+    reward = table["reward"].to_numpy(float)
+    versions = sorted(set(table["policy_version"].astype(str).str.removesuffix(HOLDOUT_SUFFIX)))
+    out: dict[str, Any] = {
+        "policy_version": ", ".join(versions),
+        "decisions": int((~holdout).sum()),
+        "holdout": int(holdout.sum()),
+    }
+    if holdout.sum() < 2 or (~holdout).sum() < 2:
+        return {**out, "lift": None, "note": "no holdout slice in the log"}
+    lift = mean_difference(reward[~holdout], reward[holdout], float(cfg["confidence"]))
+    return {
+        **out,
+        "policy_mean": float(reward[~holdout].mean()),
+        "holdout_mean": float(reward[holdout].mean()),
+        "lift": lift,
+    }
+
+
+# -- on everyone known that day ------------------------------------------------------------
+def population(
+    ws: Workspace, day: pd.Timestamp, arms: pd.DataFrame, budget_per_user: float, new_days: int
+) -> tuple[pd.DataFrame, Day]:
+    """Every user known on `day` with features as the day began (a user without a feature
+    row gets the cold-start vector) and the segments they fall in."""
+    users = read_offline(ws, "users", [str(day.date())])
+    before = str((day - pd.Timedelta(days=1)).date())
+    path = ws.features / "user_activity" / f"date={before}" / "part.parquet"
+    known = pd.read_parquet(path).set_index("user_id")[USER_FEATURES]
+    features = known.reindex(users["user_id"]).to_numpy(np.float32)
+    features[np.isnan(features).any(axis=1)] = default_user_features()
+    new = (day - users["signup_date"]).dt.days.to_numpy() < new_days
+    frame = users[["user_id", "region", "age_band"]].assign(new=np.where(new, "new", "returning"))
+    return frame.reset_index(drop=True), Day(features, arms, budget_per_user * len(users))
+
+
+def segment_report(
+    segments: pd.DataFrame, d: Decisions, true_gain: np.ndarray | None
+) -> list[dict[str, Any]]:
+    """Offer rate, planned spend and estimated (and true) uplift per user by segment, so a
+    skewed allocation is visible before it ships."""
+    frame = segments.assign(
+        offered=d.arms > 0,
+        planned_cost=d.chosen(d.cost),
+        estimated_uplift=np.where(d.arms > 0, d.chosen(d.value), 0.0),
+    )
+    if true_gain is not None:
+        frame["true_uplift"] = d.chosen(true_gain)
+    rows = []
+    for column in SEGMENTS:
+        grouped = frame.groupby(column, observed=True)
+        stats = grouped.agg(
+            users=("offered", "size"),
+            offer_rate=("offered", "mean"),
+            planned_cost=("planned_cost", "mean"),
+            estimated_uplift=("estimated_uplift", "mean"),
+            **({"true_uplift": ("true_uplift", "mean")} if true_gain is not None else {}),
+        )
+        for level, values in stats.iterrows():
+            rows.append({"segment": column, "level": str(level), **values.to_dict()})
+    return rows
+
+
+@dataclass
+class GroundTruth:
+    """The oracle's view of the population: true incremental profit and cost per arm."""
+
+    gain: np.ndarray
+    cost: np.ndarray
+    oracle: Any  # couponflow.oracle.Oracle
+    truth: Any  # couponflow.oracle.Truth
+
+
+def simulated_truth(
+    ws: Workspace, day: pd.Timestamp, users: pd.DataFrame, arms: pd.DataFrame
+) -> GroundTruth:
+    """The world's ground truth for these users and arms (simulated data only)."""
+    from couponflow.oracle import Oracle
+    from couponflow.world import World
+
+    oracle = Oracle(World(ws.params["world"]))
+    truth = oracle.truth(day, users["user_id"].to_numpy())
+    column = truth.arm_index(list(arms["coupon_id"]))
+    return GroundTruth(truth.incremental_profit[:, column], truth.cost[:, column], oracle, truth)
+
+
+def oracle_report(
+    truth: GroundTruth, decided: dict[str, Decisions], budget: float, level: float
+) -> dict[str, Any]:
+    """True incremental profit and cost of each policy's choices, the oracle policy's at
+    the same budget and each policy's share of it, and the challenger's lead over every
+    other policy with a bootstrap interval over users."""
+    best, _ = truth.oracle.policy_value(truth.truth, budget)
+    per_user = {name: d.chosen(truth.gain) for name, d in decided.items()}
+    policies = {}
+    for name, d in decided.items():
+        gain = float(per_user[name].sum())
+        policies[name] = {
+            "incremental_profit": gain,
+            "true_cost": float(d.chosen(truth.cost).sum()),
+            "offers": int((d.arms > 0).sum()),
+            "share_of_oracle": gain / best.incremental_profit if best.incremental_profit else None,
+            **d.summary(),
+        }
+    resample = np.random.default_rng(0).integers(0, len(truth.gain), (400, len(truth.gain)))
+    tails = [(1 - level) / 2, (1 + level) / 2]
+    leads = {}
+    for name, gain in per_user.items():
+        if name != "challenger":
+            diff = per_user["challenger"] - gain
+            low, high = np.quantile(diff[resample].sum(axis=1), tails)
+            leads[name] = {"value": float(diff.sum()), "low": float(low), "high": float(high)}
+    return {
+        "budget": budget,
+        "oracle": {
+            "incremental_profit": best.incremental_profit,
+            "cost": best.cost,
+            "offers": best.offers,
+        },
+        "policies": policies,
+        "challenger_lead": leads,
+    }
+
+
+def budget_curve(
+    priced: dict[str, Priced],
+    budget: float,
+    multiples: list[float],
+    truth: GroundTruth | None,
+    reward_model: np.ndarray,
+) -> pd.DataFrame:
+    """Incremental profit against the budget for every policy: true (and the oracle's)
+    on simulated data, else as the challenger's model expects it."""
+    gain = truth.gain if truth else reward_model - reward_model[:, :1]
+    rows = []
+    for k in multiples:
+        for name, p in priced.items():
+            total = p.decide(budget * k).chosen(gain).sum()
+            rows.append({"policy": name, "budget": budget * k, "incremental_profit": total})
+        if truth is not None:
+            best, _ = truth.oracle.policy_value(truth.truth, budget * k)
+            rows.append(
+                {
+                    "policy": "oracle",
+                    "budget": budget * k,
+                    "incremental_profit": best.incremental_profit,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    frame["measure"] = "true" if truth else "estimated by the challenger"
+    return frame
+
+
+# -- the stage ------------------------------------------------------------------------------
+def load_policies(ws: Workspace, margin: float) -> dict[str, ModelPolicy]:
+    """The challenger (models/) and, when there is one, the champion (releases/champion)."""
+    policies = {}
+    for name, path in (("challenger", ws.models), ("champion", ws.champion)):
+        if (path / "model.pt").exists():
+            net, meta = load_model(path / "model.pt")
+            policies[name] = ModelPolicy(name, net, meta["version"], margin)
+    return policies
+
+
+def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """Everything the gate and the report need; returns the metrics and the plot tables."""
+    from feature_repo.store import coupon_stats_at, open_store
+
+    params = ws.params
+    cfg, policy_cfg = params["evaluation"], params["policy"]
+    margin, cap = float(params["world"]["margin"]), int(policy_cfg["max_offers_7d"])
+    budget_per_user = float(policy_cfg["budget_per_user"])
     table = pd.read_parquet(ws.training_set / "offers.parquet")
-    day = table["day"].max()
-    held_out = table[table["day"] == day].reset_index(drop=True)
-    coupons = read_offline(ws, "coupons", [str(pd.Timestamp(day).date())])
-    coupons = coupon_stats_at(open_store(ws), coupons, pd.Timestamp(day))  # as the day began
-    arms = with_control(eligible(coupons, pd.Timestamp(day)))
-    margin = float(ws.params["world"]["margin"])
-    multiplier = float(ws.params["policy"]["cost_multiplier"])
+    _, _, day = split_days(table)
+    day = pd.Timestamp(day)
+    date = str(day.date())
+    coupons = coupon_stats_at(open_store(ws), read_offline(ws, "coupons", [date]), day)
+    arms = with_control(eligible(coupons, day))
+
+    held = table[table["day"] == day].reset_index(drop=True)
+    logged = logged_arm_index(held["coupon_id"], arms)
+    held, logged = held[logged >= 0].reset_index(drop=True), logged[logged >= 0]
+    n_users = len(read_offline(ws, "users", [date]))
+    n_offers = len(read_offline(ws, "offers", [date]))
+    # The day's budget prorated to the decisions logged, as the service would pace it.
+    logged_day = Day(
+        held[USER_FEATURES].to_numpy(np.float32),
+        arms,
+        budget_per_user * n_users * len(held) / max(n_offers, 1),
+    )
+
+    models = load_policies(ws, margin)
+    challenger = models["challenger"]
+    max_weight = float(params["model"]["max_inverse_propensity"])
+    baselines = fit_baselines(table[table["day"] < day], max_weight)
+    policies: dict[str, Policy] = {**models, **{b.name: b for b in baselines}}
+
+    decided = {
+        name: price(p, logged_day.users, arms, cap).decide(logged_day.budget)
+        for name, p in policies.items()
+    }
+    reward_model = challenger.expected_reward(logged_day.users, arms)
+    values, leads = ope_report(decided, reward_model, logged, held, cfg)
+    uplift = {name: uplift_report(d, logged, held) for name, d in decided.items()}
+
+    segments, everyone = population(ws, day, arms, budget_per_user, int(cfg["new_user_days"]))
+    priced = {name: price(p, everyone.users, arms, cap) for name, p in policies.items()}
+    on_everyone = {name: p.decide(everyone.budget) for name, p in priced.items()}
+    truth = simulated_truth(ws, day, segments, arms) if cfg["oracle"] else None
+    everyone_reward = challenger.expected_reward(everyone.users, arms)
 
     report: dict[str, Any] = {
-        "evaluation_day": str(pd.Timestamp(day).date()),
-        "offers": len(held_out),
+        "evaluation_day": date,
+        "confidence": float(cfg["confidence"]),
+        "decisions": len(held),
+        "budget_per_decision": logged_day.budget / max(len(held), 1),
+        "logging_policy": {"reward_per_decision": float(held["reward"].mean())},
+        "policies": {},
+        "challenger_lead_dr": leads,
+        "ab_readout": ab_readout(held, cfg),
+        "segments": segment_report(
+            segments, on_everyone["challenger"], truth.gain if truth else None
+        ),
     }
-    challenger, meta = load_model(ws.models / "model.pt")
-    report["challenger"] = {"version": meta["version"]}
-    report["challenger"].update(evaluate_model(challenger, held_out, arms, margin, multiplier))
-    champion_file = ws.champion / "model.pt"
-    if champion_file.exists():
-        champion, champion_meta = load_model(champion_file)
-        report["champion"] = {"version": champion_meta["version"]}
-        report["champion"].update(evaluate_model(champion, held_out, arms, margin, multiplier))
-    else:
-        report["champion"] = None
-    never = (held_out["coupon_id"].isna()).astype(float)
-    report["baselines"] = {
-        "no_coupon_snips": ips_values(held_out["reward"], held_out["propensity"], never)["snips"],
-        "logging_policy": float(held_out["reward"].mean()),
+    calibration = []
+    for name, policy in policies.items():
+        entry: dict[str, Any] = {"kind": "model" if name in models else "baseline"}
+        if isinstance(policy, ModelPolicy):
+            entry["version"] = policy.version
+            prediction = prediction_report(policy.net, logged_day.users, held)
+            curve = prediction.pop("calibration")
+            calibration.append(pd.DataFrame(curve).assign(model=name))
+            entry.update(prediction)
+        entry.update({k: v for k, v in uplift[name].items() if k != "curve"})
+        entry.update(values[name])
+        entry.update(decided[name].summary())
+        report["policies"][name] = entry
+    if truth is not None:
+        report["oracle"] = oracle_report(
+            truth, on_everyone, everyone.budget, float(cfg["confidence"])
+        )
+    plots = {
+        "qini": pd.concat(
+            [pd.DataFrame(u["curve"]).assign(policy=name) for name, u in uplift.items()]
+        ),
+        "calibration": pd.concat(calibration),
+        "budget": budget_curve(
+            priced, everyone.budget, list(cfg["budget_multiples"]), truth, everyone_reward
+        ),
     }
-    return report
+    return report, plots
 
 
 def main() -> None:
+    quiet_libraries()
     ws = Workspace(Path.cwd())
-    report = evaluate(ws)
+    report, plots = evaluate(ws)
     ws.metrics.mkdir(parents=True, exist_ok=True)
-    (ws.metrics / "evaluation.json").write_text(json.dumps(report, indent=2))
-    c = report["challenger"]
-    print(f"challenger {c['version']}: auc {c['auc']:.3f}, value {c['policy_value_snips']:.3f}")
+    (ws.metrics / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
+    (ws.metrics / "plots").mkdir(exist_ok=True)
+    for name, frame in plots.items():
+        frame.to_csv(ws.metrics / "plots" / f"{name}.csv", index=False)
+    ch = report["policies"]["challenger"]
+    print(f"challenger {ch['version']}: auc {ch['auc']:.3f}, DR {ch['dr']['value']:.3f}/decision")
 
 
 if __name__ == "__main__":

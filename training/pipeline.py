@@ -1,5 +1,6 @@
 """The training pipeline as one call: version the day's data with DVC, `dvc repro` the
-dataset → train → evaluate → gate stages, push to the DVC remote, commit the workspace.
+dataset → train → budget → evaluate → gate → report stages, push to the DVC remote, keep
+the run's report beside its summary, commit the workspace.
 
 `dvc repro` reruns only what changed, so calling this twice for the same data is cheap
 and yields the same model version.
@@ -8,22 +9,31 @@ and yields the same model version.
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from couponflow.config import Workspace
 from couponflow.workspace import commit, dvc
+from training.report import REPORT_DIR
 
 VERSIONED_DATA = ("data/offline", "data/features")
 
 
 def repro(ws: Workspace, day: str) -> dict[str, Any]:
     """Version the data, reproduce the training stages and return the gate's decision with
-    the evaluation behind it."""
+    the evaluation behind it and where the run report is."""
     dvc(ws, "add", "-q", *VERSIONED_DATA)
     dvc(ws, "repro", "-q")
     dvc(ws, "push", "-q")
+    report = ws.root / "reports" / "runs" / day
+    shutil.copytree(ws.root / REPORT_DIR, report, dirs_exist_ok=True)
     sha = commit(ws, f"train on data up to {day}")
-    evaluation = json.loads((ws.metrics / "evaluation.json").read_text())
-    decision = json.loads((ws.metrics / "gate.json").read_text())
-    model = json.loads((ws.models / "model.json").read_text())
-    return {"workspace_commit": sha, "model": model, "evaluation": evaluation, "gate": decision}
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    return {
+        "workspace_commit": sha,
+        "model": read(ws.models / "model.json"),
+        "budget_plan": read(ws.models / "policy.json"),
+        "evaluation": read(ws.metrics / "evaluation.json"),
+        "gate": read(ws.metrics / "gate.json"),
+        "report": str(report / "report.md"),
+    }

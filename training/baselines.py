@@ -1,0 +1,163 @@
+"""The baselines a challenger must beat, each a policy judged by the same evaluation and
+budgeted by the same allocation as the recommender (`couponflow.policy.allocate`):
+
+- `random`: a random eligible coupon for whoever the budget reaches;
+- `most_redeemed`: the coupon redeemed most over the last 30 days, for everyone;
+- `response`: the common approach, ranking coupons by a model of P(redeem) alone;
+- `two_model_uplift`: a two-model (T-learner) gradient-boosting uplift learner, one
+  regressor of profit for offers with a coupon, one for "no coupon" controls.
+
+Each gives a value matrix (users, arms) to rank arms by, arm 0 being "no coupon" at 0,
+and an expected-cost matrix, so the one allocation spends every policy's budget alike.
+The cost comes from one gradient-boosting model of the discount given, shared by all
+four: a baseline should lose on its ranking, not on a worse cost estimate.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+from couponflow.features import USER_FEATURES
+from couponflow.model import encode
+
+GB_PARAMS = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "random_state": 0}
+
+
+def pair_inputs(users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+    """The model inputs of every (user, arm) pair, user-major: row u * m + a."""
+    n, m = len(users), len(arms)
+    tiled = arms.iloc[np.tile(np.arange(m), n)].reset_index(drop=True)
+    return encode(np.repeat(users, m, axis=0), tiled)
+
+
+def sample_weight(table: pd.DataFrame, max_weight: float) -> np.ndarray:
+    """Clipped inverse logging propensities, the weights every learner here trains with."""
+    return np.minimum(1.0 / table["propensity"].to_numpy(dtype=float), max_weight)
+
+
+class Baseline(ABC):
+    """A policy to compare with: fitted on the training days, then scores arms."""
+
+    name: str
+
+    def __init__(self, cost_model: CostModel, seed: int = 0) -> None:
+        self.cost_model = cost_model
+        self.seed = seed
+
+    def fit(self, table: pd.DataFrame, max_weight: float) -> Baseline:  # noqa: B027
+        """Learn from logged offers (default: nothing to learn)."""
+        return self
+
+    @abstractmethod
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        """(users, arms) ranking values; column 0 ("no coupon") is 0."""
+
+    def cost(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        return self.cost_model.predict(users, arms)
+
+
+class CostModel:
+    """Expected discount given, per (user, coupon): a gradient-boosting regressor on the
+    discount of every logged coupon offer (0 when it was not redeemed)."""
+
+    def fit(self, table: pd.DataFrame, max_weight: float) -> CostModel:
+        offered = table[table["coupon_id"].notna()]
+        x = encode(offered[USER_FEATURES].to_numpy(np.float32), offered)
+        self.model = HistGradientBoostingRegressor(**GB_PARAMS).fit(
+            x, offered["discount"].to_numpy(float), sample_weight=sample_weight(offered, max_weight)
+        )
+        return self
+
+    def predict(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        cost = self.model.predict(pair_inputs(users, arms)).reshape(len(users), len(arms))
+        cost = np.maximum(cost, 0.0)
+        cost[:, 0] = 0.0
+        return cost
+
+
+class RandomCoupon(Baseline):
+    name = "random"
+
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        value = 1.0 + rng.random((len(users), len(arms)))
+        value[:, 0] = 0.0
+        return value
+
+
+class MostRedeemed(Baseline):
+    """Everyone's first choice is the coupon with the most redemptions in 30 days; a tiny
+    random jitter orders users so the budget can cut anywhere."""
+
+    name = "most_redeemed"
+
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        redemptions = arms["coupon_redemptions_30d"].fillna(0.0).to_numpy(dtype=float)
+        jitter = np.random.default_rng(self.seed).random((len(users), len(arms)))
+        value = 1.0 + redemptions[None, :] + 1e-3 * jitter
+        value[:, 0] = 0.0
+        return value
+
+
+class ResponseModel(Baseline):
+    """Ranks coupons by P(redeem): what most coupon recommenders do."""
+
+    name = "response"
+
+    def fit(self, table: pd.DataFrame, max_weight: float) -> ResponseModel:
+        offered = table[table["coupon_id"].notna()]
+        x = encode(offered[USER_FEATURES].to_numpy(np.float32), offered)
+        self.model = HistGradientBoostingClassifier(**GB_PARAMS).fit(
+            x, offered["redeemed"].astype(int), sample_weight=sample_weight(offered, max_weight)
+        )
+        return self
+
+    def p_redeem(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        p = self.model.predict_proba(pair_inputs(users, arms))[:, 1]
+        return p.reshape(len(users), len(arms))
+
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        value = self.p_redeem(users, arms)
+        value[:, 0] = 0.0
+        return value
+
+
+class TwoModelUplift(Baseline):
+    """A T-learner: profit with a coupon (user and coupon inputs) minus profit without one
+    (user inputs), each a gradient-boosting regressor; the value is the uplift in profit,
+    already net of the discount."""
+
+    name = "two_model_uplift"
+
+    def fit(self, table: pd.DataFrame, max_weight: float) -> TwoModelUplift:
+        n_user = len(USER_FEATURES)
+        x = encode(table[USER_FEATURES].to_numpy(np.float32), table)
+        treated = table["coupon_id"].notna().to_numpy()
+        reward, weight = table["reward"].to_numpy(float), sample_weight(table, max_weight)
+        self.treated = HistGradientBoostingRegressor(**GB_PARAMS).fit(
+            x[treated], reward[treated], sample_weight=weight[treated]
+        )
+        self.control = HistGradientBoostingRegressor(**GB_PARAMS).fit(
+            x[~treated, :n_user], reward[~treated], sample_weight=weight[~treated]
+        )
+        return self
+
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        n, m = len(users), len(arms)
+        x = pair_inputs(users, arms)
+        with_coupon = self.treated.predict(x).reshape(n, m)
+        without = self.control.predict(x[::m, : len(USER_FEATURES)])
+        value = with_coupon - without[:, None]
+        value[:, 0] = 0.0
+        return value
+
+
+def fit_baselines(table: pd.DataFrame, max_weight: float, seed: int = 0) -> list[Baseline]:
+    """Every baseline, fitted on `table` (the training days' labelled offers)."""
+    cost = CostModel().fit(table, max_weight)
+    kinds = (RandomCoupon, MostRedeemed, ResponseModel, TwoModelUplift)
+    return [kind(cost, seed).fit(table, max_weight) for kind in kinds]
