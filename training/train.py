@@ -131,9 +131,10 @@ def output_prior(data: TrainingArrays) -> np.ndarray:
     )
 
 
-def pick_device() -> torch.device:
-    """CUDA when present (the same code then trains with mixed precision), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(cfg: dict[str, Any]) -> torch.device:
+    """cfg `device` when set, else CUDA when present (the same code then trains with mixed
+    precision), else the CPU."""
+    return torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def cpu_threads(cfg: dict[str, Any]) -> int:
@@ -176,11 +177,11 @@ def fit(
 ) -> tuple[CouponNet, dict[str, Any]]:
     """Train a CouponNet(n_user, n_arm, cfg hidden) with Adam, early-stopping on `valid`.
 
-    cfg: seed, hidden, epochs, batch_size, lr, patience, optional threads (CPU). The same
-    data and seed give the same weights on the same device and thread count. Returns the
-    best network (on the CPU, in eval mode) and a log: device, threads, epochs_run,
-    best_epoch, history, seconds and samples_per_second (training rows x epochs over the
-    whole call: packing, copies and validation passes included).
+    cfg: seed, hidden, epochs, batch_size, lr, patience; optional device and threads (CPU).
+    The same data and seed give the same weights on the same device and thread count.
+    Returns the best network (on the CPU, in eval mode) and a log: device, threads,
+    epochs_run, best_epoch, history, seconds and samples_per_second (training rows x epochs
+    over the whole call: packing, copies and validation passes included).
     """
     with torch_threads(cpu_threads(cfg)):
         return _fit(train, valid, cfg, n_user, n_arm)
@@ -193,10 +194,10 @@ def _fit(
     if train.x.shape[1] != d or valid.x.shape[1] != d:
         raise ValueError(f"inputs have {train.x.shape[1]} columns, layout says {n_user}+{n_arm}")
     started = time.perf_counter()
-    device = pick_device()
+    device = pick_device(cfg)
     use_amp = device.type == "cuda"
     seed = int(cfg["seed"])
-    with torch.random.fork_rng(devices=[device] if use_amp else []):
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator matters
         torch.manual_seed(seed)
         net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
     with torch.no_grad():

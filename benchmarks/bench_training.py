@@ -1,0 +1,135 @@
+"""Training throughput: samples per second end to end (encode a ~1M-row training table into
+arrays, then fit) and the bare forward + backward rate of the network, on the CPU and on a
+GPU when one is present.
+
+The table is shaped like training.dataset's: the simulator's logged offers (labelled by
+`label_offers`, joined to their coupons) over three days, two to train on and one to
+early-stop on, with synthetic user features and coupon stats (gamma draws, as in
+bench_features) standing in for the Feast join, which is not what is measured here. A
+small fit runs first so torch's one-time start-up (well under a second, paid once per
+training run) is not spread over the first configuration.
+
+- end to end: training rows x epochs / (TrainingArrays.from_table of both days + fit);
+- fit: the figure fit logs into model.json (packing, copies, validation passes included);
+- forward + backward: the same steps on contiguous slices of one packed tensor, no
+  shuffling, gathering or validation: the ceiling the data path is measured against.
+
+Figures print; nothing is asserted.
+
+    .venv/bin/python benchmarks/bench_training.py --rows 1000000 --epochs 3 --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.features import COUPON_FEATURES, USER_FEATURES
+from couponflow.model import CouponNet
+from training.dataset import label_offers
+from training.train import TrainingArrays, fit, loss_fn, torch_threads
+
+DAYS = ("2026-01-05", "2026-01-06", "2026-01-07")
+
+
+def training_table(rows: int, seed: int = 0) -> pd.DataFrame:
+    """About `rows` logged offers on the first two days of DAYS, and the third day's."""
+    from couponflow.world import World
+
+    cfg = load_params(PROJECT_ROOT / "params.yaml")["world"]
+    cfg["n_users"] = int(rows / (2 * float(cfg["offers_per_user"])))
+    world = World(cfg)
+    rng = np.random.default_rng(seed)
+    users = pd.DataFrame(
+        rng.gamma(1.0, 5.0, (world.users_on(DAYS[-1]), len(USER_FEATURES))).astype("float32"),
+        columns=USER_FEATURES,
+    )
+    parts = []
+    for day in DAYS:
+        batch = world.simulate_day(day)
+        offers = label_offers(batch["offers"], batch["orders"], world.margin)
+        coupons = batch["coupons"].copy()
+        stats = rng.gamma(1.0, 5.0, (len(coupons), len(COUPON_FEATURES))).astype("float32")
+        coupons[COUPON_FEATURES] = stats
+        offers = offers.merge(coupons, on="coupon_id", how="left")
+        parts.append(
+            pd.concat([offers, users.iloc[offers["user_id"]].reset_index(drop=True)], axis=1)
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def bare_rate(data: torch.Tensor, cfg: dict[str, Any], device: torch.device) -> float:
+    """Samples/s of forward + loss + backward + Adam step alone, one pass over `data`."""
+    torch.manual_seed(0)
+    net = CouponNet(hidden=int(cfg["hidden"])).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]), foreach=True)
+    d, bs = net.n_user + net.n_arm, int(cfg["batch_size"])
+    batches = [data[i : i + bs] for i in range(0, len(data), bs)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    started = time.perf_counter()
+    for batch in batches:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            out = net(batch[:, :d])
+        loss = loss_fn(out, batch[:, d:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    return len(data) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="training rows, about")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs, no early stopping")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="CPU threads")
+    parser.add_argument("--batch-size", type=int, nargs="+", help="default: params.yaml's")
+    args = parser.parse_args()
+    params = load_params(PROJECT_ROOT / "params.yaml")["model"]
+
+    started = time.perf_counter()
+    table = training_table(args.rows)
+    valid_table = table[table["day"] == pd.Timestamp(DAYS[-1])]
+    train_table = table[table["day"] < pd.Timestamp(DAYS[-1])]
+    print(
+        f"table: {len(train_table):,} training + {len(valid_table):,} validation offers "
+        f"(built in {time.perf_counter() - started:.1f} s, not timed); "
+        f"{args.epochs} epochs; torch {torch.__version__}"
+    )
+    print(
+        f"{'device':>6} {'threads':>7} {'batch':>6} {'encode s':>8} {'fit s':>6} "
+        f"{'end to end/s':>12} {'fit/s':>9} {'fwd+bwd/s':>9}"
+    )
+    small = TrainingArrays.from_table(valid_table.head(10_000), 20.0)
+    fit(small, small, {**params, "epochs": 1, "device": "cpu"})  # warm-up, not timed
+    devices = [("cpu", t) for t in args.threads]
+    devices += [("cuda", 1)] if torch.cuda.is_available() else []
+    for device, threads in devices:
+        for bs in args.batch_size or [int(params["batch_size"])]:
+            cfg = {**params, "epochs": args.epochs, "patience": args.epochs, "batch_size": bs}
+            cfg.update(device=device, threads=threads)
+            tick = time.perf_counter()
+            max_weight = float(cfg["max_inverse_propensity"])
+            train = TrainingArrays.from_table(train_table, max_weight)
+            valid = TrainingArrays.from_table(valid_table, max_weight)
+            encode_s = time.perf_counter() - tick
+            _, log = fit(train, valid, cfg)
+            total = encode_s + log["seconds"]
+            with torch_threads(threads):
+                bare = bare_rate(train.packed().to(device), cfg, torch.device(device))
+            print(
+                f"{device:>6} {threads:>7} {bs:>6} {encode_s:>8.2f} {log['seconds']:>6.2f} "
+                f"{len(train) * log['epochs_run'] / total:>12,.0f} "
+                f"{log['samples_per_second']:>9,} {bare:>9,.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
