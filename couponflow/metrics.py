@@ -249,21 +249,6 @@ def paired_difference(
     return (boot["a"][estimator] - boot["b"][estimator]).interval(level)
 
 
-def ips_values(
-    reward: np.ndarray, logged_propensity: np.ndarray, target_propensity: np.ndarray
-) -> dict[str, float]:
-    """IPS and SNIPS point estimates of the target policy's mean reward per decision, and how
-    many logged rows the target could have produced."""
-    boot = off_policy_bootstrap(
-        reward, logged_propensity, {"t": TargetTerms(np.asarray(target_propensity))}, n_boot=0
-    )["t"]
-    return {
-        "ips": boot["ips"].value,
-        "snips": boot["snips"].value,
-        "matched": int((np.asarray(target_propensity) > 0).sum()),
-    }
-
-
 # ---------------------------------------------------------------------------------- uplift
 
 

@@ -17,7 +17,6 @@ from couponflow.metrics import (
     bootstrap_indices,
     calibration_curve,
     calibration_error,
-    ips_values,
     off_policy_bootstrap,
     off_policy_values,
     on_policy_value,
@@ -175,15 +174,6 @@ def test_the_logging_policy_evaluated_off_policy_is_its_on_policy_value() -> Non
     iv = logged.interval(0.95)
     se = b["reward"].std() / np.sqrt(len(b["reward"]))
     assert iv.high - iv.low == pytest.approx(2 * 1.96 * se, rel=0.2)
-
-
-def test_ips_values_are_the_bootstraps_point_estimates() -> None:
-    b = bandit(np.random.default_rng(6), 1_000)
-    terms = TargetTerms.from_probabilities(b["logged"], b["target"])
-    point = ips_values(b["reward"], b["propensity"], terms.prob)
-    full = estimates(b, None, n_boot=10)
-    assert point["ips"] == full["ips"].value and point["snips"] == full["snips"].value
-    assert point["matched"] == 1_000
 
 
 def experiment(rng: np.random.Generator, n: int) -> dict:
