@@ -105,9 +105,9 @@ def obd(n_boot: int, level: float, seed: int) -> dict[str, Any]:
         rel = abs(estimates[name].value - truth.value) / truth.value
         published = PUBLISHED_OBD.get(name)
         ref = f"  (published, full size: {published:.3f})" if published else ""
-        fixed = " (model held fixed)" if name == "dm" else ""
-        print("  " + show(f"{name} from random log{fixed}", estimates[name], level, 100), end="")
-        print(f"  rel. error {rel:.3f}{ref}")
+        fixed = "; the model held fixed" if name == "dm" else ""
+        print("  " + show(f"{name} from random log", estimates[name], level, 100), end="")
+        print(f"  rel. error {rel:.3f}{ref}{fixed}")
         result[name] = estimates[name].interval(level).as_dict() | {"relative_error": rel}
     print(
         f"  timings: load {t1 - t0:.2f}s, click model (5-fold) {t2 - t1:.2f}s, "
