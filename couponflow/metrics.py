@@ -16,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
-ESTIMATORS = ("ips", "snips", "dr")
 # Resampled row indices held at once (16 MiB of int64): 100k rows x 500 resamples runs in
 # blocks of 20 resamples instead of one 400 MB matrix.
 BOOTSTRAP_BLOCK = 1 << 21
