@@ -14,7 +14,7 @@ GATE = {
     "max_log_loss_regression": 0.01,
     "min_lift_over_baselines": -0.05,
 }
-BASELINES = ("random", "most_redeemed", "response", "two_model_uplift")
+BASELINES = ("no_coupon", "random", "most_redeemed", "response", "two_model_uplift")
 
 
 def model(version: str, auc: float = 0.7, log_loss: float = 0.4, ece: float = 0.01) -> dict:

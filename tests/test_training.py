@@ -14,7 +14,6 @@ from couponflow.config import PROJECT_ROOT, load_params
 from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, load_model
 from training import train
 from training.dataset import label_offers
-from training.gate import decide
 from training.train import split_days
 
 
@@ -94,28 +93,3 @@ def test_train_stage_writes_a_reproducible_model_and_its_record(
     assert (
         json.loads((tmp_path / "models" / "model.json").read_text())["version"] == meta["version"]
     )
-
-
-GATE = {"min_auc": 0.55, "max_auc_regression": 0.02, "max_value_regression": 0.0}
-
-
-def result(version: str, auc: float, value: float) -> dict:
-    return {"version": version, "auc": auc, "policy_value_snips": value}
-
-
-def test_first_model_needs_only_the_floor() -> None:
-    assert decide({"challenger": result("c", 0.6, 1.0), "champion": None}, GATE)["promote"]
-    assert not decide({"challenger": result("c", 0.5, 9.0), "champion": None}, GATE)["promote"]
-
-
-def test_worse_challenger_is_refused_with_the_reason() -> None:
-    evaluation = {"challenger": result("c", 0.70, 1.0), "champion": result("p", 0.70, 1.2)}
-    decision = decide(evaluation, GATE)
-    assert not decision["promote"]
-    failed = [c["check"] for c in decision["checks"] if not c["passed"]]
-    assert failed == ["policy value (SNIPS) no worse than champion's"]
-
-
-def test_small_auc_loss_within_tolerance_passes() -> None:
-    evaluation = {"challenger": result("c", 0.69, 1.3), "champion": result("p", 0.70, 1.2)}
-    assert decide(evaluation, GATE)["promote"]

@@ -1,6 +1,7 @@
 """The baselines a challenger must beat, each a policy judged by the same evaluation and
 budgeted by the same allocation as the recommender (`couponflow.policy.allocate`):
 
+- `no_coupon`: nobody gets one (a coupon policy that loses money loses to it);
 - `random`: a random eligible coupon for whoever the budget reaches;
 - `most_redeemed`: the coupon redeemed most over the last 30 days, for everyone;
 - `response`: the common approach, ranking coupons by a model of P(redeem) alone;
@@ -10,7 +11,7 @@ budgeted by the same allocation as the recommender (`couponflow.policy.allocate`
 Each gives a value matrix (users, arms) to rank arms by, arm 0 being "no coupon" at 0,
 and an expected-cost matrix, so the one allocation spends every policy's budget alike.
 The cost comes from one gradient-boosting model of the discount given, shared by all
-four: a baseline should lose on its ranking, not on a worse cost estimate.
+of them: a baseline should lose on its ranking, not on a worse cost estimate.
 """
 
 from __future__ import annotations
@@ -77,6 +78,18 @@ class CostModel:
         cost = np.maximum(cost, 0.0)
         cost[:, 0] = 0.0
         return cost
+
+
+class NoCoupon(Baseline):
+    """Nobody gets a coupon: what every coupon policy must beat, since a coupon that
+    brings in less than it costs loses money."""
+
+    name = "no_coupon"
+
+    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        value = np.full((len(users), len(arms)), -1.0)
+        value[:, 0] = 0.0
+        return value
 
 
 class RandomCoupon(Baseline):
@@ -159,5 +172,5 @@ class TwoModelUplift(Baseline):
 def fit_baselines(table: pd.DataFrame, max_weight: float, seed: int = 0) -> list[Baseline]:
     """Every baseline, fitted on `table` (the training days' labelled offers)."""
     cost = CostModel().fit(table, max_weight)
-    kinds = (RandomCoupon, MostRedeemed, ResponseModel, TwoModelUplift)
+    kinds = (NoCoupon, RandomCoupon, MostRedeemed, ResponseModel, TwoModelUplift)
     return [kind(cost, seed).fit(table, max_weight) for kind in kinds]

@@ -37,8 +37,7 @@ from couponflow.metrics import (
     auuc,
     best_arm_view,
     calibration_curve,
-    off_policy_values,
-    paired_difference,
+    off_policy_bootstrap,
     prediction_metrics,
     qini_coefficient,
     qini_curve,
@@ -191,12 +190,15 @@ def ope_report(
     targets = {
         name: TargetTerms.from_actions(logged, d.arms, reward_model) for name, d in decided.items()
     }
-    boot = {"n_boot": int(cfg["bootstrap"]), "level": float(cfg["confidence"]), "seed": 0}
-    values = off_policy_values(reward, propensity, targets, **boot)
+    level = float(cfg["confidence"])
+    boot = off_policy_bootstrap(reward, propensity, targets, int(cfg["bootstrap"]), seed=0)
+    values = {
+        name: {est: b.interval(level).as_dict() for est, b in by_estimator.items()}
+        for name, by_estimator in boot.items()
+    }
+    # every policy on the same resamples, so the differences are paired
     leads = {
-        name: paired_difference(
-            reward, propensity, targets["challenger"], targets[name], "dr", **boot
-        ).as_dict()
+        name: (boot["challenger"]["dr"] - boot[name]["dr"]).interval(level).as_dict()
         for name in decided
         if name != "challenger"
     }
