@@ -248,6 +248,15 @@ def paired_difference(
     return (boot["a"][estimator] - boot["b"][estimator]).interval(level)
 
 
+def effective_sample_size(weight: np.ndarray) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2 of importance weights: how many
+    equally weighted rows the estimate is really worth. Five rows at weight 60 are worth
+    five, not three hundred, and a bootstrap over them is overconfident."""
+    weight = np.asarray(weight, dtype=float)
+    total = float((weight**2).sum())
+    return float(weight.sum() ** 2 / total) if total > 0 else 0.0
+
+
 # ---------------------------------------------------------------------------------- uplift
 
 

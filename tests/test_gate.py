@@ -9,16 +9,27 @@ from training.gate import decide
 GATE = {
     "min_auc": 0.55,
     "max_ece": 0.05,
+    "min_coupon_evidence": 30,
     "min_lift_over_champion": 0.0,
     "max_auc_regression": 0.02,
     "max_log_loss_regression": 0.01,
-    "min_lift_over_baselines": -0.05,
+    "min_lift_over_baselines": 0.0,
 }
 BASELINES = ("no_coupon", "random", "most_redeemed", "response", "two_model_uplift")
 
 
-def model(version: str, auc: float = 0.7, log_loss: float = 0.4, ece: float = 0.01) -> dict:
-    return {"kind": "model", "version": version, "auc": auc, "log_loss": log_loss, "ece": ece}
+def model(
+    version: str, auc: float = 0.7, log_loss: float = 0.4, ece: float = 0.01, evidence: float = 80
+) -> dict:
+    return {
+        "kind": "model",
+        "version": version,
+        "auc": auc,
+        "log_loss": log_loss,
+        "ece": ece,
+        "offer_rate": 0.2,
+        "coupon_evidence": evidence,
+    }
 
 
 def lead(value: float, half_width: float = 0.1) -> dict:
@@ -54,8 +65,8 @@ def test_first_model_losing_to_one_baseline_is_refused(baseline: str) -> None:
 
 
 def test_a_lead_too_uncertain_over_a_baseline_is_refused() -> None:
-    decision = decide(evaluation(model("c"), random=lead(0.02, 0.5)), GATE)
-    assert failed(decision) == ["first model beats the random baseline (DR)"]
+    decision = decide(evaluation(model("c"), no_coupon=lead(0.02, 0.5)), GATE)
+    assert failed(decision) == ["first model beats the no_coupon baseline (DR)"]
 
 
 def test_challenger_must_beat_the_champion_with_confidence() -> None:
@@ -65,7 +76,7 @@ def test_challenger_must_beat_the_champion_with_confidence() -> None:
     decision = decide(unsure, GATE)
     assert not decision["promote"]
     assert failed(decision) == ["DR policy value beats the champion's with confidence"]
-    assert "lower bound must exceed 0.0" in decision["checks"][2]["detail"]
+    assert "lower bound must exceed 0.0" in decision["checks"][3]["detail"]
 
 
 def test_against_a_champion_baselines_are_not_rechecked() -> None:
@@ -92,6 +103,13 @@ def test_prediction_regressions_are_refused(challenger: dict, reasons: list[str]
     ev = evaluation(challenger, model("p", auc=0.7, log_loss=0.4), champion=lead(0.2))
     decision = decide(ev, GATE)
     assert not decision["promote"] and failed(decision) == reasons
+
+
+def test_coupons_backed_by_too_few_logged_rows_are_refused() -> None:
+    """Five logged rows at weight 60 can make any lead look certain: not enough evidence."""
+    decision = decide(evaluation(model("c", evidence=5.0)), GATE)
+    assert failed(decision) == ["enough logged evidence for the coupons it would offer"]
+    assert "effective sample 5.0" in decision["checks"][2]["detail"]
 
 
 def test_small_auc_loss_within_tolerance_passes() -> None:

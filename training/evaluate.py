@@ -37,6 +37,7 @@ from couponflow.metrics import (
     auuc,
     best_arm_view,
     calibration_curve,
+    effective_sample_size,
     off_policy_bootstrap,
     prediction_metrics,
     qini_coefficient,
@@ -202,6 +203,10 @@ def ope_report(
         for name in decided
         if name != "challenger"
     }
+    for name, d in decided.items():
+        # the logged rows that back this policy's coupon decisions, as equally weighted rows
+        backed = (d.arms == logged) & (d.arms > 0)
+        values[name]["coupon_evidence"] = effective_sample_size(backed / propensity)
     return values, leads
 
 
@@ -328,6 +333,7 @@ def oracle_report(
             low, high = np.quantile(diff[resample].sum(axis=1), tails)
             leads[name] = {"value": float(diff.sum()), "low": float(low), "high": float(high)}
     return {
+        "users": len(truth.gain),
         "budget": budget,
         "oracle": {
             "incremental_profit": best.incremental_profit,

@@ -3,9 +3,11 @@
 - Against the champion: its doubly robust policy value must lead the champion's with the
   lower bound of the paired bootstrap interval (level `evaluation.confidence`) above
   `gate.min_lift_over_champion`, and prediction may not regress beyond tolerance.
-- With no champion yet: it must beat every baseline, its DR lead over each positive with
-  the interval's lower bound above `gate.min_lift_over_baselines`.
-- Always: a floor on AUC and a ceiling on calibration error.
+- With no champion yet: it must beat every baseline (offering nothing included), the lower
+  bound of its paired DR lead over each above `gate.min_lift_over_baselines`.
+- Always: a floor on AUC, a ceiling on calibration error, and enough logged evidence for
+  the coupons it would offer (the effective sample size of the rows behind its estimate;
+  a few heavily weighted rows make an overconfident bootstrap).
 
 The decision and every reason behind it are a DVC metric (metrics/gate.json) and go into
 the run report. Run from the workspace root: `python -m training.gate`.
@@ -45,6 +47,15 @@ def decide(evaluation: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
             f"{ch['ece']:.4f} vs ceiling {gate['max_ece']}",
         ),
     ]
+    if ch["offer_rate"] > 0:
+        checks.append(
+            _check(
+                "enough logged evidence for the coupons it would offer",
+                ch["coupon_evidence"] >= gate["min_coupon_evidence"],
+                f"effective sample {ch['coupon_evidence']:.1f} logged rows vs at least "
+                f"{gate['min_coupon_evidence']}",
+            )
+        )
     if champ is not None:
         lead = leads["champion"]
         checks += [
@@ -74,8 +85,8 @@ def decide(evaluation: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
             checks.append(
                 _check(
                     f"first model beats the {name} baseline (DR)",
-                    lead["value"] > 0 and lead["low"] > gate["min_lift_over_baselines"],
-                    f"lead {_lead(lead)}; must be positive with lower bound above "
+                    lead["low"] > gate["min_lift_over_baselines"],
+                    f"lead {_lead(lead)}; lower bound must exceed "
                     f"{gate['min_lift_over_baselines']}",
                 )
             )
