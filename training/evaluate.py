@@ -424,7 +424,12 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     }
     reward_model = challenger.expected_reward(logged_day.users, arms)
     values, leads = ope_report(decided, reward_model, logged, held, cfg)
-    uplift = {name: uplift_report(d, logged, held) for name, d in decided.items()}
+    # a policy that ranks no coupon above another (offering nothing) has no Qini curve
+    uplift = {
+        name: uplift_report(d, logged, held)
+        for name, d in decided.items()
+        if np.ptp(np.nan_to_num(d.value[:, 1:], neginf=0.0)) > 0
+    }
 
     segments, everyone = population(ws, day, arms, budget_per_user, int(cfg["new_user_days"]))
     priced = {name: price(p, everyone.users, arms, cap) for name, p in policies.items()}
@@ -454,7 +459,7 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
             curve = prediction.pop("calibration")
             calibration.append(pd.DataFrame(curve).assign(model=name))
             entry.update(prediction)
-        entry.update({k: v for k, v in uplift[name].items() if k != "curve"})
+        entry.update({k: v for k, v in uplift.get(name, {}).items() if k != "curve"})
         entry.update(values[name])
         entry.update(decided[name].summary())
         report["policies"][name] = entry

@@ -46,14 +46,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def draw(plots: dict[str, pd.DataFrame], out: Path) -> None:
     """The three figures, one PNG each."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
     for policy, frame in plots["qini"].groupby("policy", sort=False):
         ax.plot(frame["fraction"], frame["incremental"], label=policy)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="share of users targeted (best first)", ylabel="incremental profit")
     _finish(fig, ax, out / "qini.png", FIGURES["qini"])
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig, ax = plt.subplots(figsize=(6.6, 4.6))
     for model, frame in plots["calibration"].groupby("model", sort=False):
         ax.plot(frame["predicted"], frame["observed"], marker="o", label=model)
     top = float(plots["calibration"][["predicted", "observed"]].max().max())
@@ -61,7 +61,7 @@ def draw(plots: dict[str, pd.DataFrame], out: Path) -> None:
     ax.set(xlabel="predicted P(purchase)", ylabel="observed purchase rate")
     _finish(fig, ax, out / "calibration.png", FIGURES["calibration"])
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
     budget = plots["budget"]
     for policy, frame in budget.groupby("policy", sort=False):
         style = {"color": "black", "ls": "--"} if policy == "oracle" else {}
@@ -73,7 +73,7 @@ def draw(plots: dict[str, pd.DataFrame], out: Path) -> None:
 
 def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
