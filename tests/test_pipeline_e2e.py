@@ -5,14 +5,17 @@ BentoML server answering HTTP. Then a corrupted batch, which must stop at valida
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from couponflow.cli import next_days, run_days, seed_history
+from couponflow.config import HOME_ENV
 from couponflow.landing import offline_days, write_batch
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
@@ -23,10 +26,17 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """A workspace with seeded history and one full DAG run. The gate floor is lowered so
-    the release path runs whatever a tiny world's model scores."""
+    """A workspace with seeded history and one full DAG run. The gate's bars are lowered
+    so the release path runs whatever a tiny world's model scores."""
     root = tmp_path_factory.mktemp("e2e") / "ws"
-    overrides = {**TINY_WORLD, "gate.min_auc": 0.0, "serving.port": free_port()}
+    overrides = {
+        **TINY_WORLD,
+        "gate.min_auc": 0.0,
+        "gate.max_ece": 1.0,
+        "gate.min_coupon_evidence": 0,
+        "gate.min_lift_over_baselines": -1e9,
+        "serving.port": free_port(),
+    }
     ws = init_workspace(root, overrides)
     seed_history(ws)
     (day,) = next_days(ws, 1)
@@ -62,6 +72,27 @@ def test_model_and_metrics_are_dvc_tracked(pipeline) -> None:
     assert metrics, "dvc metrics show found nothing"
     assert any((ws.root / "dvc-remote").rglob("*")), "nothing pushed to the DVC remote"
     assert summary["steps"]["train"]["model"]["data_days"][-1] == pipeline[1]
+
+
+def test_the_run_report_judges_every_policy_with_pictures(pipeline) -> None:
+    ws, day, summary = pipeline
+    trained = summary["steps"]["train"]
+    report = Path(trained["report"])
+    assert report.parent == ws.root / "reports" / "runs" / day
+    for picture in ("qini.png", "calibration.png", "budget.png"):
+        assert (report.parent / picture).stat().st_size > 5_000, picture
+    text = report.read_text()
+    for section in ("## The gate", "## Champion, challenger and baselines", "## The truth"):
+        assert section in text
+    evaluation = trained["evaluation"]
+    baselines = {"no_coupon", "random", "most_redeemed", "response", "two_model_uplift"}
+    assert baselines | {"challenger"} == set(evaluation["policies"])
+    assert set(evaluation["oracle"]["policies"]) == set(evaluation["policies"])
+    assert trained["budget_plan"]["daily_budget"] > 0
+    for name, policy in evaluation["policies"].items():
+        assert policy["dr"]["low"] <= policy["dr"]["value"] <= policy["dr"]["high"], name
+    plots = dvc(ws, "plots", "show", "-o", str(ws.root / "dvc_plots"))
+    assert (ws.root / "dvc_plots" / "index.html").exists(), plots
 
 
 def test_a_bento_was_built_and_answered_over_http(pipeline) -> None:
@@ -114,3 +145,37 @@ def test_a_corrupted_batch_is_quarantined_and_nothing_downstream_runs(pipeline) 
     assert (ws.models / "model.json").read_text() == model_before
     for step in ("load_offline_store", "features", "train", "build_bento", "release"):
         assert summary["steps"][step] is None
+
+
+def test_a_challenger_trained_on_shuffled_labels_is_refused(pipeline) -> None:
+    """What the gate is for: a model that learned nothing never replaces the champion."""
+    from couponflow.model import save_model
+    from training.train import TrainingArrays, fit, split_days
+
+    ws, _, _ = pipeline
+    table = pd.read_parquet(ws.training_set / "offers.parquet")
+    train_days, stop_day, _ = split_days(table)
+    labels = ["purchased", "amount", "redeemed", "discount", "reward"]
+    shuffled = table.copy()
+    order = np.random.default_rng(0).permutation(len(table))
+    shuffled[labels] = table[labels].iloc[order].to_numpy()
+    cfg = ws.params["model"]
+    weight = float(cfg["max_inverse_propensity"])
+    net, _ = fit(
+        TrainingArrays.from_table(shuffled[shuffled["day"].isin(train_days)], weight),
+        TrainingArrays.from_table(shuffled[shuffled["day"] == stop_day], weight),
+        cfg,
+    )
+    save_model(net, ws.models / "model.pt", {"version": "shuffled-labels", "hidden": cfg["hidden"]})
+    env = {**os.environ, HOME_ENV: str(ws.root)}
+    for stage in ("training.evaluate", "training.gate"):
+        subprocess.run([sys.executable, "-m", stage], cwd=ws.root, env=env, check=True)
+
+    decision = json.loads((ws.metrics / "gate.json").read_text())
+    assert decision["challenger"] == "shuffled-labels"
+    assert not decision["promote"], decision
+    failed = {c["check"] for c in decision["checks"] if not c["passed"]}
+    assert failed & {
+        "DR policy value beats the champion's with confidence",
+        "AUC no worse than the champion's beyond tolerance",
+    }, failed
