@@ -167,8 +167,16 @@ def print_status(ws: Workspace, live: bool) -> None:
     from serving.release import current_release
 
     release = current_release(ws)
-    print(f"\nproduction release: {json.dumps(release, indent=2) if release else 'none'}")
-    if live and release:
+    if release is None:
+        print(
+            "\nproduction release: none. No challenger has passed the gate and the release "
+            "checks yet (each run's outcome and checks are above, its report under "
+            "reports/runs/): shipping nothing is right for a model the evidence does not "
+            "support. docs/runbook.md explains each refusal."
+        )
+        return
+    print(f"\nproduction release: {json.dumps(release, indent=2)}")
+    if live:
         from serving.bento import live_answer
 
         print("\none live recommendation:")
