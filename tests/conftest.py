@@ -8,6 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="couponflow-airflow-")
@@ -38,3 +39,16 @@ def tiny_params() -> dict:
     for key, value in TINY_WORLD.items():
         set_param(params, key, value)
     return params
+
+
+def value_cost(
+    n: int, m: int, seed: int = 0, mean_return: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random (value, cost) matrices for policy tests: arm 0 ("no coupon") worth 0 at
+    cost 0, coupons costing > 0 and worth `mean_return` times their cost on average."""
+    rng = np.random.default_rng(seed)
+    cost = np.zeros((n, m))
+    cost[:, 1:] = rng.gamma(2.0, 1.0, (n, m - 1))
+    value = np.zeros((n, m))
+    value[:, 1:] = cost[:, 1:] * rng.normal(mean_return, 1.0, (n, m - 1))
+    return value, cost

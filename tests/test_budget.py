@@ -15,20 +15,12 @@ from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.model import CouponNet
 from couponflow.policy import INELIGIBLE, BudgetPlan, best_arms, with_control
 from serving import POLICY_FILE
+from tests.conftest import value_cost
 from tests.test_policy import catalogue
 from training.budget import main, make_plan, plan_budget, population_scores
 
 EPSILON = 0.05
 N_USERS = 300
-
-
-def matrices(n: int = 4_000, m: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    cost = np.zeros((n, m))
-    cost[:, 1:] = rng.gamma(2.0, 1.0, (n, m - 1))
-    value = np.zeros((n, m))
-    value[:, 1:] = cost[:, 1:] * rng.normal(0.5, 1.0, (n, m - 1))
-    return value, cost
 
 
 def unconstrained_spend(value: np.ndarray, cost: np.ndarray) -> float:
@@ -37,7 +29,7 @@ def unconstrained_spend(value: np.ndarray, cost: np.ndarray) -> float:
 
 @pytest.mark.parametrize("decision_share", [1.0, 0.5])
 def test_a_binding_budget_is_planned_to_be_spent(decision_share: float) -> None:
-    value, cost = matrices()
+    value, cost = value_cost(4_000, 6)
     budget = 0.3 * unconstrained_spend(value, cost)
     decisions = decision_share * len(value)
     plan = plan_budget(value, cost, "2026-01-10", budget, decisions, EPSILON)
@@ -48,7 +40,7 @@ def test_a_binding_budget_is_planned_to_be_spent(decision_share: float) -> None:
 
 
 def test_fewer_decisions_mean_a_bigger_budget_each_and_a_lower_multiplier() -> None:
-    value, cost = matrices()
+    value, cost = value_cost(4_000, 6)
     budget = 0.3 * unconstrained_spend(value, cost)
     every = plan_budget(value, cost, "2026-01-10", budget, len(value), EPSILON)
     half = plan_budget(value, cost, "2026-01-10", budget, len(value) / 2, EPSILON)
@@ -57,7 +49,7 @@ def test_fewer_decisions_mean_a_bigger_budget_each_and_a_lower_multiplier() -> N
 
 
 def test_a_loose_budget_plans_the_unconstrained_policy() -> None:
-    value, cost = matrices()
+    value, cost = value_cost(4_000, 6)
     plan = plan_budget(value, cost, "2026-01-10", 1e9, len(value), 0.0)
     assert plan.multiplier == 0.0
     assert plan.planned_offer_rate == pytest.approx((value[:, 1:].max(axis=1) > 0).mean())

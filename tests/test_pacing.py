@@ -19,6 +19,7 @@ from couponflow.policy import (
     lagrangian,
     solve_multiplier,
 )
+from tests.conftest import value_cost
 
 DAY = "2026-01-10"
 EPSILON = 0.05
@@ -26,16 +27,6 @@ EPSILON = 0.05
 
 def plan(multiplier: float, budget: float = 100.0, decisions: float = 1_000.0) -> BudgetPlan:
     return BudgetPlan(DAY, multiplier, budget, decisions, budget / decisions, EPSILON, 0.5, budget)
-
-
-def population(n: int = 20_000, m: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Users' (value, cost) per arm; arm 0 is "no coupon" (0, 0)."""
-    rng = np.random.default_rng(seed)
-    cost = np.zeros((n, m))
-    cost[:, 1:] = rng.gamma(2.0, 1.0, (n, m - 1))
-    value = np.zeros((n, m))
-    value[:, 1:] = cost[:, 1:] * rng.normal(0.8, 1.0, (n, m - 1))
-    return value, cost
 
 
 def simulate_day(
@@ -46,7 +37,7 @@ def simulate_day(
     the budget. `plan_multiplier` None: the right one. `demand`: actual over expected
     decisions. Returns the spend after each decision, the budget and the right multiplier."""
     rng = np.random.default_rng(seed)
-    value, cost = population()
+    value, cost = value_cost(20_000, 6, mean_return=0.8)
     per_decision = cost[np.arange(len(cost)), best_arms(value, cost, 0.0)].mean() / 2.5
     right = solve_multiplier(value, cost, per_decision * len(value), epsilon=EPSILON)
     budget = per_decision * decisions

@@ -22,6 +22,7 @@ from couponflow.policy import (
     user_cap_mask,
     with_control,
 )
+from tests.conftest import value_cost
 
 
 def catalogue() -> pd.DataFrame:
@@ -38,17 +39,6 @@ def catalogue() -> pd.DataFrame:
             **dict.fromkeys(COUPON_FEATURES, [0.0, 0.0, 0.0]),
         }
     ).astype({"coupon_id": "string", "kind": "string", "category": "string"})
-
-
-def matrices(n: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random (value, cost) with arm 0 worth 0 at cost 0 and coupons costing > 0; about
-    two thirds of coupon values positive."""
-    rng = np.random.default_rng(seed)
-    cost = np.zeros((n, m))
-    cost[:, 1:] = rng.gamma(2.0, 1.0, (n, m - 1))
-    value = np.zeros((n, m))
-    value[:, 1:] = cost[:, 1:] * rng.normal(0.5, 1.0, (n, m - 1))
-    return value, cost
 
 
 def spend(value: np.ndarray, cost: np.ndarray, multiplier: float) -> float:
@@ -114,7 +104,7 @@ def test_a_costly_multiplier_turns_every_offer_off() -> None:
 
 
 def test_the_multiplier_is_the_smallest_that_fits_the_budget() -> None:
-    value, cost = matrices(2_000, 6)
+    value, cost = value_cost(2_000, 6)
     unconstrained = spend(value, cost, 0.0)
     for share in (0.2, 0.5, 0.9):
         budget = share * unconstrained
@@ -126,19 +116,19 @@ def test_the_multiplier_is_the_smallest_that_fits_the_budget() -> None:
 
 
 def test_spend_falls_as_the_multiplier_rises() -> None:
-    value, cost = matrices(500, 5, seed=3)
+    value, cost = value_cost(500, 5, seed=3)
     spends = [spend(value, cost, m) for m in np.linspace(0, 5, 50)]
     assert all(a >= b for a, b in zip(spends, spends[1:], strict=False))
 
 
 def test_a_zero_budget_gives_no_coupons() -> None:
-    value, cost = matrices(1_000, 5)
+    value, cost = value_cost(1_000, 5)
     arms, multiplier = allocate(value, cost, 0.0)
     assert (arms == 0).all() and multiplier > 0
 
 
 def test_a_huge_budget_gives_the_unconstrained_best_arm() -> None:
-    value, cost = matrices(1_000, 5)
+    value, cost = value_cost(1_000, 5)
     arms, multiplier = allocate(value, cost, 1e12)
     assert multiplier == 0.0
     np.testing.assert_array_equal(arms, value.argmax(axis=1))
@@ -146,7 +136,7 @@ def test_a_huge_budget_gives_the_unconstrained_best_arm() -> None:
 
 
 def test_ineligible_arms_are_never_allocated() -> None:
-    value, cost = matrices(1_000, 5)
+    value, cost = value_cost(1_000, 5)
     value[:500, 1:] = INELIGIBLE  # e.g. users at their offer cap
     value[500:, 2] = INELIGIBLE  # e.g. a coupon of another category
     arms, _ = allocate(value, cost, 1e12)
@@ -161,13 +151,13 @@ def test_ties_go_to_the_lower_arm() -> None:
 
 
 def test_a_negative_budget_is_refused() -> None:
-    value, cost = matrices(10, 3)
+    value, cost = value_cost(10, 3)
     with pytest.raises(ValueError, match="budget"):
         solve_multiplier(value, cost, -1.0)
 
 
 def test_with_exploration_the_multiplier_fits_what_choose_spends() -> None:
-    value, cost = matrices(400, 5, seed=5)
+    value, cost = value_cost(400, 5, seed=5)
     value[:100, 1:] = INELIGIBLE
     epsilon, budget = 0.2, 0.4 * spend(value, cost, 0.0)
     multiplier = solve_multiplier(value, cost, budget, epsilon=epsilon)
