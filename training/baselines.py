@@ -40,6 +40,15 @@ def sample_weight(table: pd.DataFrame, max_weight: float) -> np.ndarray:
     return np.minimum(1.0 / table["propensity"].to_numpy(dtype=float), max_weight)
 
 
+def offered_rows(
+    table: pd.DataFrame, max_weight: float
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The logged offers that carried a coupon, their model inputs and sample weights."""
+    offered = table[table["coupon_id"].notna()]
+    x = encode(offered[USER_FEATURES].to_numpy(np.float32), offered)
+    return offered, x, sample_weight(offered, max_weight)
+
+
 class Baseline(ABC):
     """A policy to compare with: fitted on the training days, then scores arms."""
 
@@ -66,10 +75,9 @@ class CostModel:
     discount of every logged coupon offer (0 when it was not redeemed)."""
 
     def fit(self, table: pd.DataFrame, max_weight: float) -> CostModel:
-        offered = table[table["coupon_id"].notna()]
-        x = encode(offered[USER_FEATURES].to_numpy(np.float32), offered)
+        offered, x, weight = offered_rows(table, max_weight)
         self.model = HistGradientBoostingRegressor(**GB_PARAMS).fit(
-            x, offered["discount"].to_numpy(float), sample_weight=sample_weight(offered, max_weight)
+            x, offered["discount"].to_numpy(float), sample_weight=weight
         )
         return self
 
@@ -122,10 +130,9 @@ class ResponseModel(Baseline):
     name = "response"
 
     def fit(self, table: pd.DataFrame, max_weight: float) -> ResponseModel:
-        offered = table[table["coupon_id"].notna()]
-        x = encode(offered[USER_FEATURES].to_numpy(np.float32), offered)
+        offered, x, weight = offered_rows(table, max_weight)
         self.model = HistGradientBoostingClassifier(**GB_PARAMS).fit(
-            x, offered["redeemed"].astype(int), sample_weight=sample_weight(offered, max_weight)
+            x, offered["redeemed"].astype(int), sample_weight=weight
         )
         return self
 
