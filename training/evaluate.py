@@ -162,6 +162,14 @@ def prediction_report(net: CouponNet, users: np.ndarray, table: pd.DataFrame) ->
     return out
 
 
+def ranks(d: Decisions) -> bool:
+    """Whether the policy ranks coupons at all (offering nothing does not): only then has
+    it a Qini curve."""
+    coupons = d.value[:, 1:]
+    finite = coupons[np.isfinite(coupons)]  # users at their cap have none
+    return finite.size > 0 and np.ptp(finite) > 0
+
+
 def uplift_report(d: Decisions, logged: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
     """Qini and AUUC of each user's best coupon by the policy's own values, against "no
     coupon": rows the log gave that coupon are treated, rows logged without one are the
@@ -279,7 +287,8 @@ def segment_report(
             **({"true_uplift": ("true_uplift", "mean")} if true_gain is not None else {}),
         )
         for level, values in stats.iterrows():
-            rows.append({"segment": column, "level": str(level), **values.to_dict()})
+            row = {"segment": column, "level": str(level), **values.to_dict()}
+            rows.append({**row, "users": int(row["users"])})
     return rows
 
 
@@ -424,12 +433,7 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     }
     reward_model = challenger.expected_reward(logged_day.users, arms)
     values, leads = ope_report(decided, reward_model, logged, held, cfg)
-    # a policy that ranks no coupon above another (offering nothing) has no Qini curve
-    uplift = {
-        name: uplift_report(d, logged, held)
-        for name, d in decided.items()
-        if np.ptp(np.nan_to_num(d.value[:, 1:], neginf=0.0)) > 0
-    }
+    uplift = {name: uplift_report(d, logged, held) for name, d in decided.items() if ranks(d)}
 
     segments, everyone = population(ws, day, arms, budget_per_user, int(cfg["new_user_days"]))
     priced = {name: price(p, everyone.users, arms, cap) for name, p in policies.items()}
