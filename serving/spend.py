@@ -1,0 +1,143 @@
+"""The day's coupon spend, shared by every worker: `couponflow.policy.SpendStore` backends
+whose check-and-add is atomic across processes, so concurrent requests on any number of
+workers never commit more than the day's budget.
+
+SQLite (a file in the workspace) on one machine; Redis (a Lua script) when workers run on
+several machines. `open_spend` picks one by `serving.spend_store`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from pathlib import Path
+
+import redis
+
+from couponflow.config import Workspace
+from couponflow.policy import DaySpend
+
+SPEND_DB = "spend.db"
+KEY_TTL_S = 3 * 86_400  # a day's counter outlives the day, then Redis forgets it
+
+
+def serving_state(ws: Workspace) -> Path:
+    """The workspace folder of the service's shared state (spend, feedback index)."""
+    folder = ws.root / "serving"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection for one thread: WAL so readers never wait for the writer, autocommit
+    so each transaction is explicit, and a busy timeout so a writer waits its turn."""
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes of the process
+    return conn
+
+
+class SqliteSpend:
+    """The day's spend in a SQLite file: `add` checks and adds in one IMMEDIATE
+    transaction, which takes the database's write lock, so it is atomic across threads
+    and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._conn().execute(
+            "CREATE TABLE IF NOT EXISTS spend "
+            "(day TEXT PRIMARY KEY, cost REAL NOT NULL, decisions INTEGER NOT NULL)"
+        )
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (sqlite3 connections must not be shared mid-transaction)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+        return conn
+
+    def read(self, day: str) -> DaySpend:
+        row = (
+            self._conn()
+            .execute("SELECT cost, decisions FROM spend WHERE day = ?", (day,))
+            .fetchone()
+        )
+        return DaySpend(*row) if row else DaySpend()
+
+    def add(self, day: str, cost: float, limit: float) -> bool:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT cost FROM spend WHERE day = ?", (day,)).fetchone()
+            fits = (row[0] if row else 0.0) + cost <= limit
+            conn.execute(
+                "INSERT INTO spend (day, cost, decisions) VALUES (?, ?, 1) ON CONFLICT(day) "
+                "DO UPDATE SET cost = cost + excluded.cost, decisions = decisions + 1",
+                (day, cost if fits else 0.0),
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return fits
+
+
+# KEYS[1]: the day's hash; ARGV: cost, limit, ttl. Redis runs a script atomically.
+_ADD = """
+local spent = tonumber(redis.call('HGET', KEYS[1], 'cost') or '0')
+local cost = tonumber(ARGV[1])
+local fits = spent + cost <= tonumber(ARGV[2])
+if fits then redis.call('HINCRBYFLOAT', KEYS[1], 'cost', ARGV[1]) end
+redis.call('HINCRBY', KEYS[1], 'decisions', 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return fits and 1 or 0
+"""
+
+
+class RedisSpend:
+    """The day's spend in a Redis hash `<prefix>:spend:<day>`, checked and added by one
+    Lua script (atomic on the server, one round trip)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client, self.prefix = client, prefix
+        self._add = client.register_script(_ADD)
+
+    def key(self, day: str) -> str:
+        return f"{self.prefix}:spend:{day}"
+
+    def read(self, day: str) -> DaySpend:
+        values = self.client.hmget(self.key(day), "cost", "decisions")
+        return DaySpend(float(values[0] or 0.0), int(values[1] or 0))
+
+    def add(self, day: str, cost: float, limit: float) -> bool:
+        return bool(self._add(keys=[self.key(day)], args=[repr(cost), repr(limit), KEY_TTL_S]))
+
+
+def redis_prefix(ws: Workspace) -> str:
+    """Keys of one deployment: the Feast project and the workspace's path, so two
+    workspaces sharing a Redis never share a budget."""
+    project = ws.params.get("features", {}).get("project", "couponflow")
+    where = hashlib.sha1(str(ws.root.resolve()).encode()).hexdigest()[:10]
+    return f"couponflow:{project}:{where}"
+
+
+def redis_client(address: str) -> redis.Redis:
+    """A client for `host:port` that fails fast: a request must never hang on Redis."""
+    host, _, port = address.partition(":")
+    return redis.Redis(
+        host=host, port=int(port or 6379), socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+
+
+def open_spend(ws: Workspace) -> SqliteSpend | RedisSpend:
+    """The workspace's spend store: `serving.spend_store` sqlite (default) or redis (at
+    `features.redis`)."""
+    kind = ws.params.get("serving", {}).get("spend_store", "sqlite")
+    if kind == "sqlite":
+        return SqliteSpend(serving_state(ws) / SPEND_DB)
+    if kind == "redis":
+        address = ws.params.get("features", {}).get("redis", "127.0.0.1:6379")
+        return RedisSpend(redis_client(address), redis_prefix(ws))
+    raise ValueError(f"serving.spend_store must be sqlite or redis, not {kind!r}")

@@ -1,0 +1,131 @@
+"""The shared spend counter: many threads and two processes racing for a small budget never
+commit more than it, on SQLite and on Redis (127.0.0.1:6379, marked `redis`)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+
+from couponflow.config import Workspace
+from serving.spend import RedisSpend, SqliteSpend, open_spend, redis_client, redis_prefix
+
+DAY = "2026-01-07"
+LIMIT = 10.0
+COST = 0.7  # 14 of them fit in LIMIT; the 15th does not
+ATTEMPTS = 40
+Factory = Callable[[], SqliteSpend | RedisSpend]
+
+
+def _race(make: Factory, attempts: int) -> int:
+    """`attempts` adds from 8 threads; how many were accepted."""
+    store = make()
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(lambda _: store.add(DAY, COST, LIMIT), range(attempts)))
+
+
+def _race_in_child(make: Factory, out: multiprocessing.Queue) -> None:
+    out.put(_race(make, ATTEMPTS))
+
+
+def race_two_processes(make: Factory) -> int:
+    """Two processes, each racing 8 threads: accepted adds in total."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding connections
+    out: multiprocessing.Queue = ctx.Queue()
+    children = [ctx.Process(target=_race_in_child, args=(make, out)) for _ in range(2)]
+    for child in children:
+        child.start()
+    accepted = [out.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(timeout=10)
+    return sum(accepted)
+
+
+class SqliteAt:
+    """A picklable factory: each process opens its own connections to the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> SqliteSpend:
+        return SqliteSpend(self.path)
+
+
+class RedisAt:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __call__(self) -> RedisSpend:
+        return RedisSpend(redis_client("127.0.0.1:6379"), self.prefix)
+
+
+@pytest.fixture
+def redis_prefix_clean() -> Iterator[str]:
+    """A unique key prefix, and no key of it left behind."""
+    client = redis_client("127.0.0.1:6379")
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"couponflow-test:{uuid.uuid4().hex}"
+    yield prefix
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    assert not list(client.scan_iter(f"{prefix}:*"))
+
+
+def check_no_overspend(make: Factory, accepted: int) -> None:
+    spent = make().read(DAY)
+    assert accepted == int(LIMIT // COST)  # every fitting add was accepted, none more
+    assert spent.cost == pytest.approx(accepted * COST) and spent.cost <= LIMIT + 1e-9
+    assert spent.decisions == 2 * ATTEMPTS
+
+
+def test_sqlite_threads_and_two_processes_never_overspend(tmp_path: Path) -> None:
+    make = SqliteAt(tmp_path / "spend.db")
+    make()  # the table exists before the children race to create it
+    check_no_overspend(make, race_two_processes(make))
+
+
+def test_sqlite_threads_alone_never_overspend(tmp_path: Path) -> None:
+    make = SqliteAt(tmp_path / "spend.db")
+    accepted = _race(make, 2 * ATTEMPTS)
+    check_no_overspend(make, accepted)
+
+
+def test_a_day_starts_empty_and_days_are_apart(tmp_path: Path) -> None:
+    store = SqliteSpend(tmp_path / "spend.db")
+    assert store.read(DAY).cost == 0.0 and store.read(DAY).decisions == 0
+    assert store.add(DAY, 3.0, 3.0) and not store.add(DAY, 0.5, 3.0)
+    assert store.add("2026-01-08", 3.0, 3.0)
+    assert store.read(DAY).decisions == 2 and store.read("2026-01-08").cost == 3.0
+
+
+@pytest.mark.redis
+def test_redis_threads_and_two_processes_never_overspend(redis_prefix_clean: str) -> None:
+    make = RedisAt(redis_prefix_clean)
+    check_no_overspend(make, race_two_processes(make))
+
+
+def test_open_spend_follows_params(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("serving: {}\n")
+    ws = Workspace(tmp_path)
+    assert isinstance(open_spend(ws), SqliteSpend)
+    assert (tmp_path / "serving" / "spend.db").exists()
+    ws.params["serving"]["spend_store"] = "redis"
+    ws.params["features"] = {"redis": "127.0.0.1:6379", "project": "p1"}
+    store = open_spend(ws)
+    assert isinstance(store, RedisSpend) and store.prefix == redis_prefix(ws)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "params.yaml").write_text("features: {project: p1}\n")
+    assert redis_prefix(ws) != redis_prefix(Workspace(other))  # same project, other place
+    ws.params["serving"]["spend_store"] = "memcached"
+    with pytest.raises(ValueError, match="sqlite or redis"):
+        open_spend(ws)
