@@ -87,7 +87,8 @@ def test_train_stage_writes_a_reproducible_model_and_its_record(
     assert record["evaluation_day"] == "2026-01-04"
     assert record["device"] in {"cpu", "cuda"} and record["samples_per_second"] > 0
     assert record["epochs_run"] == len(record["history"]) <= 2
-    assert {"code_commit", "params", "data_days"} <= record.keys()
+    assert {"code_commit", "params", "data_days", "data_version"} <= record.keys()
+    assert len(record["data_version"]["training_set"]) == 16
 
     train.main()  # same data, same seed: the same model version
     assert (

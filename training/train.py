@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -267,6 +268,20 @@ def model_version(net: CouponNet, last_day: str) -> str:
     return f"{last_day.replace('-', '')}-{hashlib.sha256(weights).hexdigest()[:8]}"
 
 
+def data_version(ws: Workspace) -> dict[str, str]:
+    """What the model learned from: the DVC hashes of the versioned data (`dvc add` runs
+    before `dvc repro`) and a hash of the training table itself, so a model can be traced
+    to its data with `dvc checkout` at the workspace commit that holds those hashes."""
+    version = {}
+    for name in ("offline", "features"):
+        tracked = ws.root / "data" / f"{name}.dvc"
+        if tracked.exists():
+            version[name] = yaml.safe_load(tracked.read_text())["outs"][0]["md5"]
+    table = (ws.training_set / "offers.parquet").read_bytes()
+    version["training_set"] = hashlib.sha256(table).hexdigest()[:16]
+    return version
+
+
 def main() -> None:
     ws = Workspace(Path.cwd())
     table = pd.read_parquet(ws.training_set / "offers.parquet")
@@ -287,6 +302,7 @@ def main() -> None:
         "early_stopping_day": str(pd.Timestamp(stop_day).date()),
         "evaluation_day": str(pd.Timestamp(eval_day).date()),
         "params": cfg,
+        "data_version": data_version(ws),
         "code_commit": code_commit(),
         **log,
     }
