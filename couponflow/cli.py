@@ -5,6 +5,7 @@ read back what happened.
     couponflow run    DAY [DAY ...]      # `airflow dags test coupon_pipeline DAY` per day
     couponflow status                    # the runs' summaries and the live release
     couponflow demo   [--days N]         # init, run N days, print status with a live answer
+    couponflow rollback [--reason TEXT]  # the previous release is production again
 
 Room code is imported lazily inside the verbs: the core itself never needs Airflow,
 Feast, GX or BentoML.
@@ -183,6 +184,21 @@ def print_status(ws: Workspace, live: bool) -> None:
         print(json.dumps(live_answer(ws, release["bento_tag"]), indent=2))
 
 
+def roll_back(ws: Workspace, reason: str) -> None:
+    """Restore the previous release (its record and champion) and say what is live now."""
+    from serving.release import RollbackImpossible, rollback
+
+    started = time.monotonic()
+    try:
+        record = rollback(ws, reason)
+    except RollbackImpossible as impossible:
+        sys.exit(f"rollback refused: {impossible}")
+    print(
+        f"rolled back in {time.monotonic() - started:.1f} s: production is now model "
+        f"{record['model_version']} served by {record['bento_tag']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="couponflow", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, help=f"default: ${HOME_ENV} or var/demo")
@@ -194,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("--next", type=int, default=0, metavar="N")
     p_status = sub.add_parser("status", help="what the runs did and the live release")
     p_status.add_argument("--live", action="store_true", help="also ask the live bento once")
+    p_rollback = sub.add_parser("rollback", help="make the previous release production again")
+    p_rollback.add_argument("--reason", default="manual rollback", help="kept in the history")
     p_demo = sub.add_parser("demo", help="init, run consecutive days, print the status")
     p_demo.add_argument("--days", type=int, default=3)
     p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -223,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         print_status(ws, live=True)
     if args.verb == "status":
         print_status(ws, live=args.live)
+    if args.verb == "rollback":
+        roll_back(ws, args.reason)
 
 
 if __name__ == "__main__":

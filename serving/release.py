@@ -15,7 +15,7 @@ from typing import Any
 
 from couponflow.config import Workspace
 from couponflow.workspace import commit
-from serving import MODEL_FILES
+from serving import MODEL_FILES, bentoml_home
 
 
 def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -> dict[str, Any]:
@@ -27,8 +27,48 @@ def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -
     meta = json.loads((ws.models / "model.json").read_text())
     if meta["version"] != version:
         raise ValueError(f"{ws.models} holds model {meta['version']}, not the released {version}")
+    return _make_production(ws, model_tag, bento_tag, "release", reason, ws.models)
+
+
+def rollback(ws: Workspace, reason: str) -> dict[str, Any]:
+    """Make the release that was live before the current one production again: its record,
+    and its model files (from the workspace's BentoML store, where every released model
+    lives) as the champion, so the next evaluation compares against what shoppers get.
+    Rolling back again goes one release further back. Returns the new record."""
+    if current_release(ws) is None:
+        raise RollbackImpossible("nothing has been released yet")
+    live: list[dict[str, Any]] = []  # the releases a rollback can return to, newest last
+    for record in release_history(ws):
+        if record.get("action", "release") == "rollback":
+            live.pop()
+        else:
+            live.append(record)
+    if len(live) < 2:
+        raise RollbackImpossible(f"no release before {live[-1]['model_version']}")
+    target = live[-2]
+    name, _, version = target["model_tag"].partition(":")
+    stored = bentoml_home(ws) / "models" / name / version
+    missing = [f for f in MODEL_FILES if not (stored / f).exists()]
+    if missing:
+        raise RollbackImpossible(f"{target['model_tag']} lacks {missing} in {stored.parent}")
+    return _make_production(
+        ws, target["model_tag"], target["bento_tag"], "rollback", reason, stored
+    )
+
+
+class RollbackImpossible(RuntimeError):
+    """There is no earlier release to go back to, or its model is gone from the store."""
+
+
+def _make_production(
+    ws: Workspace, model_tag: str, bento_tag: str, action: str, reason: str, files: Path
+) -> dict[str, Any]:
+    """Record `model_tag` (served by `bento_tag`) as production, copy its model files from
+    `files` to the champion, append the history and commit the workspace."""
+    version = model_tag.partition(":")[2]
     record = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "action": action,
         "model_version": version,
         "model_tag": model_tag,
         "bento_tag": bento_tag,
@@ -36,12 +76,18 @@ def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -
     }
     ws.champion.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
-        _write_atomic(ws.champion / name, (ws.models / name).read_bytes())
+        _write_atomic(ws.champion / name, (files / name).read_bytes())
     _write_atomic(ws.releases / "production.json", (json.dumps(record, indent=2) + "\n").encode())
     with open(ws.releases / "history.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
-    commit(ws, f"release {version}: {reason}")
+    commit(ws, f"{action} {version}: {reason}")
     return record
+
+
+def release_history(ws: Workspace) -> list[dict[str, Any]]:
+    """Every release and rollback, oldest first."""
+    path = ws.releases / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def current_release(ws: Workspace) -> dict[str, Any] | None:
