@@ -30,10 +30,10 @@ from couponflow.cli import seed_history
 from couponflow.config import Workspace
 from couponflow.landing import offline_days, read_offline
 from couponflow.logs import quiet_libraries
+from couponflow.model import encode_pairs
 from couponflow.oracle import Truth
 from couponflow.policy import allocate, eligible, with_control
 from couponflow.workspace import init_workspace
-from training.baselines import pair_inputs
 from training.evaluate import population, simulated_truth
 from training.pipeline import repro
 
@@ -50,7 +50,7 @@ def observable_ceiling(ws: Workspace, day: pd.Timestamp, seed: int = 0) -> dict[
     users, everyone = population(ws, day, arms, budget_per_user, 30)
     truth = simulated_truth(ws, day, users, arms)
     n, m = truth.gain.shape
-    x = pair_inputs(everyone.users, arms).reshape(n, m, -1)
+    x = encode_pairs(everyone.users, arms).reshape(n, m, -1)
     learn = np.random.default_rng(seed).random(n) < 0.5
     judge = ~learn
 

@@ -12,6 +12,7 @@ predictions; and a network that has learned nothing about a coupon predicts no e
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +47,6 @@ def _codes(values: pd.Series, labels: tuple[str, ...]) -> np.ndarray:
     return pd.Categorical(values, categories=list(labels)).codes.astype(np.int64)
 
 
-def encode_arms(user_features: np.ndarray, coupons: pd.DataFrame) -> np.ndarray:
-    """ARM_FEATURES for each user row and the coupon in the same row of `coupons`.
-
-    `user_features` is (n, len(USER_FEATURES)); `coupons` has n rows with the coupon
-    columns, a row of NaN/None `coupon_id` meaning "no coupon".
-    """
-    n = len(coupons)
-    control = coupons["coupon_id"].isna().to_numpy()
-    kind = _codes(coupons["kind"], COUPON_KINDS)
-    category = _codes(coupons["category"], CATEGORIES)  # -1: site-wide (or no coupon)
-    out = np.zeros((n, len(ARM_FEATURES)), dtype=np.float32)
-    out[:, 0] = control
-    out[np.flatnonzero(kind >= 0), 1 + kind[kind >= 0]] = 1.0
-    out[:, 5] = coupons["value"].fillna(0).to_numpy(dtype=np.float32) / 20.0
-    out[:, 6] = coupons["min_spend"].fillna(0).to_numpy(dtype=np.float32) / 100.0
-    site_wide = (coupons["category"] == ALL_CATEGORIES).fillna(False).to_numpy(dtype=bool)
-    out[:, 7] = site_wide & ~control
-    affinity = user_features[np.arange(n), _AFFINITY[np.maximum(category, 0)]]
-    out[:, 8] = np.where(control, 0.0, np.where(category >= 0, affinity, 1.0))
-    out[:, 9] = relative_value(coupons["kind"], coupons["value"], user_features[:, _BASKET])
-    return out
-
-
 def _squash(counts: np.ndarray, out: np.ndarray) -> None:
     """Counts, amounts and rates on one scale, written into `out`: log(1 + x), negatives
     read as 0."""
@@ -76,21 +54,96 @@ def _squash(counts: np.ndarray, out: np.ndarray) -> None:
     np.log1p(out, out=out)
 
 
+@dataclass(frozen=True)
+class ArmTable:
+    """The user-independent part of the arm inputs, one row per arm, computed once from a
+    coupons frame (a null `coupon_id` is "no coupon"): scoring many users against one
+    catalogue then only indexes these arrays instead of building a frame per pair."""
+
+    control: np.ndarray  # bool
+    kind: np.ndarray  # code in COUPON_KINDS, -1 for none
+    kind_name: np.ndarray  # object, "" for none (what relative_value reads)
+    value: np.ndarray
+    min_spend: np.ndarray
+    category: np.ndarray  # code in CATEGORIES, -1 for site-wide or none
+    site_wide: np.ndarray  # bool, False for "no coupon"
+    stats: np.ndarray  # (rows, len(COUPON_FEATURES)) squashed, zeros for "no coupon"
+
+    @classmethod
+    def from_frame(cls, coupons: pd.DataFrame, with_stats: bool = True) -> ArmTable:
+        """From the coupon columns and, `with_stats`, COUPON_FEATURES (required then)."""
+        control = coupons["coupon_id"].isna().to_numpy()
+        stats = np.zeros((len(coupons), len(COUPON_FEATURES)), dtype=np.float32)
+        if with_stats:
+            stats = coupons[COUPON_FEATURES].astype("float64").fillna(0.0).to_numpy(np.float32)
+            stats[control] = 0.0
+            _squash(stats, stats)
+        return cls(
+            control=control,
+            kind=_codes(coupons["kind"], COUPON_KINDS),
+            kind_name=coupons["kind"].astype("string").fillna("").to_numpy(dtype=object),
+            value=coupons["value"].fillna(0).to_numpy(dtype=np.float32),
+            min_spend=coupons["min_spend"].fillna(0).to_numpy(dtype=np.float32),
+            category=_codes(coupons["category"], CATEGORIES),
+            site_wide=(coupons["category"] == ALL_CATEGORIES).fillna(False).to_numpy(bool)
+            & ~control,
+            stats=stats,
+        )
+
+    def take(self, rows: np.ndarray) -> ArmTable:
+        """The arms at `rows`, in that order (repeats allowed)."""
+        return ArmTable(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
+def _encode(user_features: np.ndarray, arms: ArmTable) -> np.ndarray:
+    """Inputs of row-aligned users and arms, (n, N_INPUTS) float32."""
+    out = np.zeros((len(arms.control), N_INPUTS), dtype=np.float32)
+    _squash(np.asarray(user_features, dtype=np.float32), out[:, :N_USER_INPUTS])
+    _arm_features(user_features, arms, out[:, N_USER_INPUTS : N_USER_INPUTS + len(ARM_FEATURES)])
+    out[:, N_USER_INPUTS + len(ARM_FEATURES) :] = arms.stats
+    return out
+
+
+def _arm_features(user_features: np.ndarray, arms: ArmTable, block: np.ndarray) -> None:
+    """ARM_FEATURES of row-aligned users and arms, written into `block`."""
+    n = len(arms.control)
+    block[:, 0] = arms.control
+    coupon = np.flatnonzero(arms.kind >= 0)
+    block[coupon, 1 + arms.kind[coupon]] = 1.0
+    block[:, 5] = arms.value / 20.0
+    block[:, 6] = arms.min_spend / 100.0
+    block[:, 7] = arms.site_wide
+    affinity = user_features[np.arange(n), _AFFINITY[np.maximum(arms.category, 0)]]
+    block[:, 8] = np.where(arms.control, 0.0, np.where(arms.category >= 0, affinity, 1.0))
+    block[:, 9] = relative_value(arms.kind_name, arms.value, user_features[:, _BASKET])
+
+
+def encode_arms(user_features: np.ndarray, coupons: pd.DataFrame) -> np.ndarray:
+    """ARM_FEATURES alone, (n, len(ARM_FEATURES)), of row-aligned users and coupons (no
+    coupon stats needed): what Feast's on-demand view is checked against."""
+    block = np.zeros((len(coupons), len(ARM_FEATURES)), dtype=np.float32)
+    _arm_features(user_features, ArmTable.from_frame(coupons, with_stats=False), block)
+    return block
+
+
 def encode(user_features: np.ndarray, coupons: pd.DataFrame) -> np.ndarray:
-    """The network's input rows, (n, N_INPUTS) float32: [user block | arm block].
+    """The network's input rows, (n, N_INPUTS) float32: [user block | arm block], the
+    user in row i of `user_features` paired with the coupon in row i of `coupons`.
 
     `coupons` must carry COUPON_FEATURES (NaN for a coupon without a record yet); "no
     coupon" rows get zeros for them, so the arm block of the control is all zeros except
     `is_control`.
     """
-    arms = encode_arms(user_features, coupons)
-    stats = coupons[COUPON_FEATURES].astype("float64").fillna(0.0).to_numpy(np.float32)
-    stats[arms[:, 0] == 1.0] = 0.0
-    out = np.empty((len(coupons), N_INPUTS), dtype=np.float32)
-    _squash(np.asarray(user_features, dtype=np.float32), out[:, :N_USER_INPUTS])
-    out[:, N_USER_INPUTS : N_USER_INPUTS + len(ARM_FEATURES)] = arms
-    _squash(stats, out[:, N_USER_INPUTS + len(ARM_FEATURES) :])
-    return out
+    return _encode(user_features, ArmTable.from_frame(coupons))
+
+
+def encode_pairs(user_features: np.ndarray, arms: pd.DataFrame | ArmTable) -> np.ndarray:
+    """Inputs of every (user, arm) pair, user-major (row u * m + a): what scoring a
+    catalogue needs, without a frame per pair. Pass an `ArmTable` to reuse one."""
+    table = arms if isinstance(arms, ArmTable) else ArmTable.from_frame(arms)
+    n, m = len(user_features), len(table.control)
+    users = np.repeat(np.asarray(user_features, dtype=np.float32), m, axis=0)
+    return _encode(users, table.take(np.tile(np.arange(m), n)))
 
 
 def _mlp(n_inputs: int, hidden: int) -> nn.Sequential:

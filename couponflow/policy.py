@@ -24,7 +24,7 @@ import pandas as pd
 
 from couponflow.contract import ALL_CATEGORIES, coupon_cost
 from couponflow.features import USER_FEATURES
-from couponflow.model import CouponNet, encode, predict
+from couponflow.model import CouponNet, encode_pairs, predict
 
 INELIGIBLE = -np.inf
 _OFFERS_7D = USER_FEATURES.index("offers_7d")
@@ -72,9 +72,8 @@ def score(net: CouponNet, user_features: np.ndarray, arms: pd.DataFrame, margin:
     `user_features` is (n_users, n_features); `arms` comes from `with_control`.
     """
     n, m = len(user_features), len(arms)
-    users = np.repeat(user_features, m, axis=0)
-    tiled = arms.iloc[np.tile(np.arange(m), n)].reset_index(drop=True)
-    pred = {k: v.reshape(n, m) for k, v in predict(net, encode(users, tiled)).items()}
+    inputs = encode_pairs(user_features, arms)
+    pred = {k: v.reshape(n, m) for k, v in predict(net, inputs).items()}
     kind = arms["kind"].to_numpy()[None, 1:]
     value = arms["value"].to_numpy(dtype=float)[None, 1:]
     cost = np.zeros((n, m))

@@ -281,3 +281,31 @@ def test_fit_trains_any_layout_and_stops_early() -> None:
     assert min(losses) == losses[log["best_epoch"]]
     with pytest.raises(ValueError, match="layout"):
         fit(noise(100), noise(100), cfg)  # 6 columns are not the coupon layout
+
+
+def test_pair_encoding_equals_encoding_each_pair() -> None:
+    """Scoring a catalogue encodes every (user, arm) pair at once; it must give exactly the
+    inputs of encoding each pair's own row, control and coupon stats included."""
+    from couponflow.model import encode, encode_pairs
+
+    rng = np.random.default_rng(3)
+    users = rng.gamma(1.0, 3.0, (5, len(USER_FEATURES))).astype(np.float32)
+    m = 7
+    arms = with_control(
+        pd.DataFrame(
+            {
+                "coupon_id": [f"C{i}" for i in range(m)],
+                "kind": (["percent_off", "amount_off", "threshold_off", "free_shipping"] * 2)[:m],
+                "value": rng.choice([5.0, 10.0, 20.0], m),
+                "min_spend": rng.choice([0.0, 50.0], m),
+                "category": [*CATEGORIES[:5], "all", "all"],
+                "valid_from": pd.Timestamp("2026-01-01"),
+                "valid_to": pd.Timestamp("2026-02-01"),
+                "budget_share": 0.1,
+                **{f: rng.gamma(1.0, 10.0, m) for f in COUPON_FEATURES},
+            }
+        ).astype({"coupon_id": "string", "kind": "string", "category": "string"})
+    )
+    tiled = arms.iloc[np.tile(np.arange(len(arms)), len(users))].reset_index(drop=True)
+    expected = encode(np.repeat(users, len(arms), axis=0), tiled)
+    np.testing.assert_array_equal(encode_pairs(users, arms), expected)

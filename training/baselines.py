@@ -23,16 +23,9 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
 from couponflow.features import USER_FEATURES
-from couponflow.model import encode
+from couponflow.model import encode, encode_pairs
 
 GB_PARAMS = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "random_state": 0}
-
-
-def pair_inputs(users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-    """The model inputs of every (user, arm) pair, user-major: row u * m + a."""
-    n, m = len(users), len(arms)
-    tiled = arms.iloc[np.tile(np.arange(m), n)].reset_index(drop=True)
-    return encode(np.repeat(users, m, axis=0), tiled)
 
 
 def sample_weight(table: pd.DataFrame, max_weight: float) -> np.ndarray:
@@ -82,7 +75,7 @@ class CostModel:
         return self
 
     def predict(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        cost = self.model.predict(pair_inputs(users, arms)).reshape(len(users), len(arms))
+        cost = self.model.predict(encode_pairs(users, arms)).reshape(len(users), len(arms))
         cost = np.maximum(cost, 0.0)
         cost[:, 0] = 0.0
         return cost
@@ -137,7 +130,7 @@ class ResponseModel(Baseline):
         return self
 
     def p_redeem(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        p = self.model.predict_proba(pair_inputs(users, arms))[:, 1]
+        p = self.model.predict_proba(encode_pairs(users, arms))[:, 1]
         return p.reshape(len(users), len(arms))
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
@@ -168,7 +161,7 @@ class TwoModelUplift(Baseline):
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
         n, m = len(users), len(arms)
-        x = pair_inputs(users, arms)
+        x = encode_pairs(users, arms)
         with_coupon = self.treated.predict(x).reshape(n, m)
         without = self.control.predict(x[::m, : len(USER_FEATURES)])
         value = with_coupon - without[:, None]

@@ -1,0 +1,186 @@
+"""Latency of the live endpoint under an open-loop load, on loopback against a real bento.
+
+Builds a workspace (a simulated world with `--coupons` coupons open, its features in the
+online store, the trained model's stand-in: an untrained network of the real shape, whose
+scoring costs the same), packs and serves the bento with the configured workers, then
+sends requests at a constant rate. Latency is measured from each request's *scheduled*
+send time, so a server that falls behind shows it (a closed loop would hide the queue).
+The same load is sent to a trivial endpoint of the same server (`/livez`) so the
+framework's own cost can be told apart from ours.
+
+    python benchmarks/bench_serving.py [--rate 200] [--seconds 20] [--coupons 50 200]
+                                       [--online-store sqlite redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.logs import quiet_libraries
+
+N_USERS = 2_000
+DAYS = 3
+
+
+def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
+    """A small world whose catalogue has `coupons` standing coupons, loaded into the
+    offline and online stores, with a model and its budget plan in ws.models."""
+    import yaml
+
+    from couponflow.landing import load_offline
+    from couponflow.model import CouponNet, save_model
+    from couponflow.workspace import init_workspace
+    from couponflow.world import World
+    from feature_repo.store import apply_definitions, materialise_day, open_store, publish_features
+    from serving import POLICY_FILE
+    from training.budget import make_plan
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    for key, value in {
+        "world.n_users": N_USERS,
+        "world.n_coupons": coupons,
+        "world.drift.new_coupons_per_week": 0,
+        "features.online_store": online_store,
+        "features.project": f"bench{coupons}{online_store}",
+    }.items():
+        set_param(params, key, value)
+    ws = init_workspace(root, {})
+    ws.params_file.write_text(yaml.safe_dump({**params, "code_dir": str(PROJECT_ROOT)}))
+    ws = Workspace(ws.root)
+    world = World(ws.params["world"])
+    start = pd.Timestamp(ws.params["world"]["start_date"])
+    days = [str((start + pd.Timedelta(days=i)).date()) for i in range(DAYS)]
+    for day in days:
+        load_offline(ws, day, world.simulate_day(day))
+    store = open_store(ws)
+    apply_definitions(store)
+    for day in days:
+        publish_features(ws, day)
+    materialise_day(store, days[-1])
+    version = f"bench-{coupons}-{online_store}"
+    save_model(CouponNet(), ws.models / "model.pt", {"version": version})
+    (ws.models / "model.json").write_text(json.dumps({"version": version}))
+    make_plan(ws).write(ws.models / POLICY_FILE)
+    return ws
+
+
+async def open_loop(url: str, bodies: list[dict] | None, rate: float, seconds: float) -> dict:
+    """Send at `rate` per second for `seconds` (GET when `bodies` is None); latency of
+    each from its scheduled time. Returns percentiles in ms, throughput and failures."""
+    n = int(rate * seconds)
+    latencies = np.full(n, np.nan)
+    failures = 0
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            try:
+                if bodies is None:
+                    response = await client.get(url)
+                else:
+                    response = await client.post(url, json=bodies[i % len(bodies)])
+                if response.status_code != 200:
+                    failures += 1
+            except httpx.HTTPError:
+                failures += 1
+            latencies[i] = time.perf_counter() - scheduled
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - start
+    ms = latencies * 1000
+    return {
+        "requests": n,
+        "throughput": n / elapsed,
+        "failures": failures,
+        **{f"p{q}": float(np.nanpercentile(ms, q)) for q in (50, 95, 99)},
+    }
+
+
+def bare_cost_ms(ws: Workspace, samples: int = 300) -> dict[str, float]:
+    """In-process p99 of one online feature lookup, and of scoring every open arm for one
+    user: the work a request cannot avoid."""
+    from couponflow.landing import offline_days, read_offline
+    from couponflow.model import load_model
+    from couponflow.policy import eligible, score, with_control
+    from feature_repo.store import online_coupon_stats, online_user_features, open_store
+
+    store = open_store(ws)
+    net, _ = load_model(ws.models / "model.pt")
+    day = offline_days(ws)[-1]
+    arms = with_control(
+        eligible(online_coupon_stats(store, read_offline(ws, "coupons", [day])), pd.Timestamp(day))
+    )
+    lookups, scorings = [], []
+    for _ in range(samples):
+        user = random.randrange(N_USERS)
+        t0 = time.perf_counter()
+        features = online_user_features(store, user)
+        t1 = time.perf_counter()
+        score(net, features[None, :], arms, 0.3)
+        t2 = time.perf_counter()
+        lookups.append(t1 - t0)
+        scorings.append(t2 - t1)
+    p99 = lambda xs: float(np.percentile(np.array(xs) * 1000, 99))  # noqa: E731
+    return {"lookup_p99": p99(lookups), "scoring_p99": p99(scorings), "arms": len(arms) - 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--coupons", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--online-store", nargs="+", default=["sqlite"])
+    args = parser.parse_args()
+    quiet_libraries()
+    from serving.bento import build_bento, store_model
+    from serving.server import start_server
+    from tests.conftest import free_port
+
+    rows = []
+    for online_store in args.online_store:
+        for coupons in args.coupons:
+            root = Path(tempfile.mkdtemp(prefix="bench-serving-")) / "ws"
+            ws = build_workspace(root, coupons, online_store)
+            bare = bare_cost_ms(ws)
+            bento = build_bento(ws, store_model(ws, ws.models))
+            bodies = [{"user_id": random.randrange(N_USERS), "k": 1} for _ in range(1000)]
+            with start_server(ws, bento, free_port()) as server:
+                asyncio.run(open_loop(f"{server.base_url}/livez", None, args.rate, 2.0))  # warm
+                ours = asyncio.run(
+                    open_loop(f"{server.base_url}/recommend", bodies, args.rate, args.seconds)
+                )
+                trivial = asyncio.run(
+                    open_loop(f"{server.base_url}/livez", None, args.rate, args.seconds)
+                )
+            extra = ours["p99"] - trivial["p99"]
+            bound = 3 * (bare["lookup_p99"] + bare["scoring_p99"])
+            rows.append((online_store, bare["arms"], ours, trivial, bare, extra, bound))
+    print(f"\nopen loop at {args.rate:.0f} req/s for {args.seconds:.0f} s, 2 cores shared with "
+          f"the load generator")  # fmt: skip
+    for store, arms, ours, trivial, bare, extra, bound in rows:
+        print(
+            f"{store:>6} {arms:>4} coupons: /recommend p50 {ours['p50']:.1f} p95 {ours['p95']:.1f}"
+            f" p99 {ours['p99']:.1f} ms ({ours['throughput']:.0f} req/s, {ours['failures']} "
+            f"failed); /livez p99 {trivial['p99']:.1f} ms; lookup p99 {bare['lookup_p99']:.2f}"
+            f" + scoring p99 {bare['scoring_p99']:.2f} ms; ours less trivial {extra:.1f} ms vs"
+            f" 3x bare {bound:.1f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
