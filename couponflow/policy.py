@@ -24,19 +24,39 @@ import pandas as pd
 
 from couponflow.contract import ALL_CATEGORIES, coupon_cost
 from couponflow.features import USER_FEATURES
-from couponflow.model import CouponNet, encode_pairs, predict
+from couponflow.model import ArmTable, CouponNet, encode_pairs, predict
 
 INELIGIBLE = -np.inf
 _OFFERS_7D = USER_FEATURES.index("offers_7d")
 
 
 # -- eligibility ----------------------------------------------------------------------------
-def eligible(coupons: pd.DataFrame, now: pd.Timestamp, category: str | None = None) -> pd.DataFrame:
-    """Coupons valid at `now`; when the request names a `category`, only site-wide coupons
-    and that category's (a fashion coupon is no use on an electronics page)."""
-    ok = (coupons["valid_from"] <= now) & (coupons["valid_to"] > now)
+def open_mask(
+    valid_from: np.ndarray,
+    valid_to: np.ndarray,
+    scope: np.ndarray,
+    now: pd.Timestamp,
+    category: str | None = None,
+) -> np.ndarray:
+    """Which coupons may be offered at `now`: valid then and, when the request names a
+    `category`, site-wide or of that category (a fashion coupon is no use on an
+    electronics page). The one eligibility rule, for frames and prepared arms alike."""
+    moment = np.datetime64(pd.Timestamp(now).to_datetime64(), "ns")
+    ok = (valid_from <= moment) & (valid_to > moment)
     if category is not None:
-        ok &= coupons["category"].isin([ALL_CATEGORIES, category])
+        ok &= np.isin(scope, [ALL_CATEGORIES, category])
+    return ok
+
+
+def eligible(coupons: pd.DataFrame, now: pd.Timestamp, category: str | None = None) -> pd.DataFrame:
+    """The coupons of a catalogue frame that may be offered at `now` (see `open_mask`)."""
+    ok = open_mask(
+        coupons["valid_from"].to_numpy("datetime64[ns]"),
+        coupons["valid_to"].to_numpy("datetime64[ns]"),
+        coupons["category"].astype(object).to_numpy(),
+        now,
+        category,
+    )
     return coupons[ok].reset_index(drop=True)
 
 
@@ -44,6 +64,51 @@ def with_control(coupons: pd.DataFrame) -> pd.DataFrame:
     """The arms for scoring: a "no coupon" row (all null) first, then the coupons."""
     control = pd.DataFrame({c: [None] for c in coupons.columns}).astype(coupons.dtypes)
     return pd.concat([control, coupons], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Arms:
+    """A catalogue prepared once for many decisions: arm 0 is "no coupon", then every
+    coupon. Per request, eligibility is a mask and scoring indexes these arrays, so the
+    live service does no frame work per request (offline code may pass frames instead)."""
+
+    coupon_ids: np.ndarray  # object, None for "no coupon"
+    table: ArmTable
+    valid_from: np.ndarray  # datetime64[ns]
+    valid_to: np.ndarray
+    scope: np.ndarray  # object: a category, "all", or "" for "no coupon"
+
+    @classmethod
+    def of(cls, coupons: pd.DataFrame) -> Arms:
+        """From a catalogue frame with the coupon columns and COUPON_FEATURES."""
+        frame = with_control(coupons)
+        return cls(
+            coupon_ids=frame["coupon_id"]
+            .astype(object)
+            .where(frame["coupon_id"].notna(), None)
+            .to_numpy(),
+            table=ArmTable.from_frame(frame),
+            valid_from=frame["valid_from"].to_numpy("datetime64[ns]"),
+            valid_to=frame["valid_to"].to_numpy("datetime64[ns]"),
+            scope=frame["category"].astype("string").fillna("").to_numpy(dtype=object),
+        )
+
+    def open(self, now: pd.Timestamp, category: str | None = None) -> Arms:
+        """The arms a decision at `now` for a page of `category` may choose: "no coupon"
+        and the eligible coupons."""
+        ok = open_mask(self.valid_from, self.valid_to, self.scope, now, category)
+        ok[0] = True
+        rows = np.flatnonzero(ok)
+        return Arms(
+            self.coupon_ids[rows],
+            self.table.take(rows),
+            self.valid_from[rows],
+            self.valid_to[rows],
+            self.scope[rows],
+        )
+
+    def __len__(self) -> int:
+        return len(self.coupon_ids)
 
 
 def user_cap_mask(user_features: np.ndarray, max_offers_7d: int | None) -> np.ndarray:
@@ -66,16 +131,19 @@ class Scores:
     incremental_profit: np.ndarray
 
 
-def score(net: CouponNet, user_features: np.ndarray, arms: pd.DataFrame, margin: float) -> Scores:
+def score(
+    net: CouponNet, user_features: np.ndarray, arms: pd.DataFrame | Arms, margin: float
+) -> Scores:
     """Expected incremental profit of every arm over "no coupon", net of the coupon's cost.
 
-    `user_features` is (n_users, n_features); `arms` comes from `with_control`.
+    `user_features` is (n_users, n_features); `arms` is a frame from `with_control` or
+    prepared `Arms`.
     """
-    n, m = len(user_features), len(arms)
-    inputs = encode_pairs(user_features, arms)
-    pred = {k: v.reshape(n, m) for k, v in predict(net, inputs).items()}
-    kind = arms["kind"].to_numpy()[None, 1:]
-    value = arms["value"].to_numpy(dtype=float)[None, 1:]
+    table = arms.table if isinstance(arms, Arms) else ArmTable.from_frame(arms)
+    n, m = len(user_features), len(table.control)
+    pred = {k: v.reshape(n, m) for k, v in predict(net, encode_pairs(user_features, table)).items()}
+    kind = table.kind_name[None, 1:]
+    value = table.value.astype(float)[None, 1:]
     cost = np.zeros((n, m))
     cost[:, 1:] = pred["p_redeem"][:, 1:] * coupon_cost(
         np.broadcast_to(kind, (n, m - 1)), np.broadcast_to(value, (n, m - 1)), pred["amount"][:, 1:]

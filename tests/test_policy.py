@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from couponflow.contract import coupon_cost
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
@@ -219,3 +220,27 @@ def test_slate_never_repeats_a_coupon() -> None:
     value = np.array([0.0, 3.0, 2.0, 1.0])
     picks = choose(value, 3, 0.0, np.random.default_rng(0))
     assert [arm for arm, _ in picks] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("now", "category"),
+    [("2026-01-02", None), ("2026-01-02", "fashion"), ("2026-01-02", "home"), ("2026-02-15", None)],
+)
+def test_prepared_arms_decide_exactly_like_frames(now: str, category: str | None) -> None:
+    """The service prepares the catalogue once; offline code passes frames: the open arms
+    and every score must be the same either way."""
+    from couponflow.policy import Arms
+
+    moment = pd.Timestamp(now)
+    frame = with_control(eligible(catalogue(), moment, category))
+    arms = Arms.of(catalogue()).open(moment, category)
+    assert list(arms.coupon_ids) == [None, *frame["coupon_id"].iloc[1:]]
+    users = np.stack([default_user_features()] * 3)
+    users[:, USER_FEATURES.index("avg_basket_30d")] = [20.0, 50.0, 120.0]
+    net = CouponNet()
+    torch.manual_seed(0)
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    a, b = score(net, users, arms, margin=0.3), score(net, users, frame, margin=0.3)
+    for field in ("p_purchase", "amount", "p_redeem", "expected_cost", "incremental_profit"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
