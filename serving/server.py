@@ -148,6 +148,7 @@ def start_server(ws: Workspace, bento_tag: str, port: int) -> Server:
         ws,
         **{MODEL_TAG_ENV: model_tag, WORKERS_ENV: str(cfg["workers"])},
         PYTHONWARNINGS="ignore::DeprecationWarning",  # BentoML's pydantic use, per request
+        BENTOML_HOME=str(_server_home(ws, port)),
     )
     cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag,
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -162,6 +163,19 @@ def start_server(ws: Workspace, bento_tag: str, port: int) -> Server:
         server.stop()
         raise
     return server
+
+
+def _server_home(ws: Workspace, port: int) -> Path:
+    """A BentoML home of the server's own, sharing the workspace's bentos and models:
+    `bentoml serve` empties its home's prometheus_multiproc_dir on start, so a server
+    started beside another (a candidate beside the live one) would wipe its metrics."""
+    home = bentoml_home(ws) / "servers" / str(port)
+    home.mkdir(parents=True, exist_ok=True)
+    for shared in ("bentos", "models"):
+        link = home / shared
+        if not link.is_symlink():
+            link.symlink_to(bentoml_home(ws) / shared, target_is_directory=True)
+    return home
 
 
 def _model_tag(ws: Workspace, bento_tag: str) -> str:
