@@ -8,7 +8,9 @@ Kept free of BentoML so the service module stays a thin adapter that imports qui
 
 from __future__ import annotations
 
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -19,7 +21,7 @@ import pandas as pd
 import torch
 
 from couponflow.config import Workspace
-from couponflow.features import default_user_features
+from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
 from couponflow.model import load_model
 from couponflow.policy import (
     INELIGIBLE,
@@ -37,6 +39,11 @@ from couponflow.policy import (
 from feature_repo.store import online_coupon_stats, online_user_features, open_store
 from serving import CATALOGUE_FILE, POLICY_FILE
 
+logger = logging.getLogger(__name__)
+FEATURE_TIMEOUT_S = 0.1  # default `serving.feature_timeout_s`: then answer without the store
+WARM_UP_TIMEOUT_S = 10.0
+DRIVERS = 3  # inputs named per offer when a request asks for an explanation
+
 
 class Recommender:
     """A loaded model, its coupon catalogue, its budget plan and the workspace's policy knobs.
@@ -50,7 +57,12 @@ class Recommender:
 
     The day's budget is paced over `spend` (default: an in-process counter). An in-process
     counter sees only this worker's requests, so it paces this worker's share of the plan:
-    with `workers` such processes behind a balancer the day stays within its budget.
+    with `workers` such processes behind a balancer the day stays within its budget. The
+    service passes the workspace's shared store (serving.spend), which paces the whole plan.
+
+    A decision never waits more than `serving.feature_timeout_s` for the feature store nor
+    fails with it: a failing or slow store (or spend store) gives a degraded answer, from
+    cold-start features (or with no offer, when the spend cannot be counted).
     """
 
     def __init__(
@@ -65,7 +77,16 @@ class Recommender:
         self.net, meta = load_model(model_dir / "model.pt")
         self.model_version: str = meta["version"]
         store = open_store(ws)
-        self.catalogue = online_coupon_stats(store, pd.read_parquet(model_dir / CATALOGUE_FILE))
+        catalogue = pd.read_parquet(model_dir / CATALOGUE_FILE)
+        try:
+            self.catalogue = online_coupon_stats(store, catalogue)
+            self.stats_missing = False
+        except Exception:  # any failure of the store: serve, degraded, rather than not at all
+            logger.exception("coupon stats unreadable; every answer is degraded")
+            self.catalogue = catalogue.assign(**dict.fromkeys(COUPON_FEATURES, np.nan))
+            self.stats_missing = True
+        serving = ws.params.get("serving", {})
+        self.feature_timeout_s = float(serving.get("feature_timeout_s", FEATURE_TIMEOUT_S))
         self.as_of = pd.Timestamp(as_of)
         self.margin = float(ws.params["world"]["margin"])
         self.max_offers_7d = ws.params["policy"].get("max_offers_7d")
@@ -78,43 +99,61 @@ class Recommender:
             f"{self.model_version}-eps{self.epsilon:g}-lambda{plan.multiplier:.3g}"
         )
         self.user_features = partial(online_user_features, store)
+        # Lookups run here so a hung store costs a request feature_timeout_s, not its thread.
+        self._lookups = ThreadPoolExecutor(4, thread_name_prefix="feature-lookup")
+        self._store_failing = False
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()  # requests run on a thread pool; Generator isn't safe
         self._warm_up()
 
     def recommend(
-        self, user_id: int, k: int, now: datetime | None = None, category: str | None = None
+        self,
+        user_id: int,
+        k: int,
+        now: datetime | None = None,
+        category: str | None = None,
+        explain: bool = False,
     ) -> dict[str, Any]:
         """Up to k offers for a user, each with its expected incremental profit, P(redeem)
         and the propensity of its choice (what off-policy evaluation needs logged).
 
         `category`, the page's category when the request names one, rules out coupons
         scoped to other categories; a user at the 7-day offer cap gets none; the day's
-        pacing prices cost and stops offers the budget cannot pay for.
+        pacing prices cost and stops offers the budget cannot pay for. With `explain`,
+        each offer names the inputs that drove it (`drivers`). Also returns the policy's
+        `day`, the cost committed (`spent`) and why the answer is degraded, if it is.
         """
-        features = self.user_features(user_id)
-        cold_start = features is None
+        features, degraded = self._features(user_id)
+        cold_start = features is None and degraded is None
         if features is None:
             features = default_user_features()
+        degraded = degraded or ("coupon_stats" if self.stats_missing else None)
         clock = self._clock(now)
         day = clock.strftime("%Y-%m-%d")
         arms = with_control(eligible(self.catalogue, clock, category))
         scores = score(self.net, features[None, :], arms, self.margin)
         cost = scores.expected_cost[0]
-        pace = self.pacer.pace(day)
-        value = lagrangian(scores.incremental_profit[0], cost, pace.multiplier)
-        if user_cap_mask(features[None, :], self.max_offers_7d)[0]:
-            value[1:] = INELIGIBLE
-        with self._rng_lock:
-            picks = choose(value, k, self.epsilon, self._rng, cost, pace.allowance)
-        if not self.pacer.record(day, float(sum(cost[arm] for arm, _ in picks))):
-            picks = []  # another request spent the rest of the budget meanwhile
+        picks, spent = [], 0.0
+        try:
+            pace = self.pacer.pace(day)
+            value = lagrangian(scores.incremental_profit[0], cost, pace.multiplier)
+            if user_cap_mask(features[None, :], self.max_offers_7d)[0]:
+                value[1:] = INELIGIBLE
+            with self._rng_lock:
+                picks = choose(value, k, self.epsilon, self._rng, cost, pace.allowance)
+            spent = float(sum(cost[arm] for arm, _ in picks))
+            if not self.pacer.record(day, spent):
+                picks, spent = [], 0.0  # another request spent the rest of the budget meanwhile
+        except Exception:  # the spend store failed: an offer it cannot count is never made
+            logger.exception("spend store failed; answering without offers")
+            picks, spent, degraded = [], 0.0, "spend"
         offers = [
             {
                 "coupon_id": str(arms["coupon_id"].iloc[arm]),
                 "score": float(scores.incremental_profit[0, arm]),
                 "p_redeem": float(scores.p_redeem[0, arm]),
                 "propensity": propensity,
+                "drivers": self._drivers(features, arms, arm) if explain else None,
             }
             for arm, propensity in picks
         ]
@@ -122,14 +161,58 @@ class Recommender:
             "model_version": self.model_version,
             "policy_version": self.policy_version,
             "cold_start": cold_start,
+            "degraded": degraded,
             "offers": offers,
+            "day": day,
+            "spent": spent,
         }
+
+    def _features(self, user_id: int) -> tuple[np.ndarray | None, str | None]:
+        """The user's online features (None: no row), or (None, "features") when the store
+        fails or takes longer than feature_timeout_s."""
+        try:
+            future = self._lookups.submit(self.user_features, user_id)
+            features = future.result(timeout=self.feature_timeout_s)
+        except Exception as exc:  # TimeoutError included
+            if not self._store_failing:  # log the change, not every request while it lasts
+                logger.warning("feature store failing (%r): degraded answers", exc)
+            self._store_failing = True
+            return None, "features"
+        if self._store_failing:
+            logger.warning("feature store answering again")
+        self._store_failing = False
+        return features, None
+
+    def _drivers(self, features: np.ndarray, arms: pd.DataFrame, arm: int) -> list[dict[str, Any]]:
+        """The user inputs that moved this offer's expected incremental profit most: each
+        input in turn set to its cold-start value (a user nobody has seen), the offer
+        rescored in one batch, and the change it makes. A cold-start user has none."""
+        base = default_user_features()
+        changed = np.flatnonzero(features != base)
+        if not changed.size:
+            return []
+        probes = np.repeat(features[None, :], len(changed) + 1, axis=0)
+        probes[np.arange(1, len(changed) + 1), changed] = base[changed]
+        profit = score(self.net, probes, arms.iloc[[0, arm]], self.margin).incremental_profit
+        effect = profit[0, 1] - profit[1:, 1]  # what the input's value adds over cold start
+        return [
+            {
+                "feature": USER_FEATURES[changed[i]],
+                "value": float(features[changed[i]]),
+                "baseline": float(base[changed[i]]),
+                "effect": float(effect[i]),
+            }
+            for i in np.argsort(-np.abs(effect))[:DRIVERS]
+        ]
 
     def _warm_up(self) -> None:
         """Run Feast and torch once, or the first shopper waits ~0.5 s; the decision is
         not counted against the day's budget."""
         features = default_user_features()[None, :]
-        self.user_features(-1)
+        try:  # the first read is slow: warm up on the lookup pool with time to spare
+            self._lookups.submit(self.user_features, -1).result(timeout=WARM_UP_TIMEOUT_S)
+        except Exception:  # the worker still starts, and answers degraded meanwhile
+            logger.exception("feature store failing at start")
         score(self.net, features, with_control(eligible(self.catalogue, self.as_of)), self.margin)
 
     def _clock(self, now: datetime | None) -> pd.Timestamp:

@@ -1,17 +1,22 @@
-"""The BentoML service: `POST /recommend` in front of the live policy.
+"""The BentoML service: `POST /recommend` in front of the live policy, `POST /feedback`
+for the outcomes of its decisions.
 
 A thin adapter: it validates requests (a bad body is a 4xx naming the field), picks the
-model named by $COUPONFLOW_MODEL_TAG and hands the decision to `Recommender`. Heavy
-imports (torch, Feast) wait for a worker's start, because `bentoml build` imports this
-module only to read its API. Readiness and liveness are BentoML's /readyz and /livez.
+model named by $COUPONFLOW_MODEL_TAG, hands the decision to `Recommender`, counts spend in
+the workspace's shared store and lands every decision and outcome (serving.feedback).
+Heavy imports (torch, Feast, prometheus_client) wait for a worker's start, because
+`bentoml build` imports this module only to read its API. Readiness and liveness are
+BentoML's /readyz and /livez, metrics its /metrics (ours: serving.metrics); the API key
+is optional (serving.auth).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import uuid4
 
 import bentoml
@@ -20,12 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from couponflow.config import Workspace
 from couponflow.contract import CATEGORIES
 from serving import DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
+from serving.auth import API_KEY_ENV, ApiKeyMiddleware
 
 if TYPE_CHECKING:
+    from serving.feedback import FeedbackLog
     from serving.recommender import Recommender
 
 UserId = Annotated[int, Field(ge=0, strict=True, description="the shopper's user_id")]
 SlateSize = Annotated[int, Field(ge=1, le=10, strict=True, description="offers wanted, at most")]
+RequestId = Annotated[
+    str, Field(min_length=1, max_length=64, description="request_id of a /recommend answer")
+]
+Amount = Annotated[float, Field(ge=0, le=1e6, description="order amount, if any")]
 
 
 WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
@@ -42,11 +53,24 @@ class RequestContext(BaseModel):
     now: datetime | None = Field(default=None, description="judge coupon validity at this time")
 
 
+class Driver(BaseModel):
+    """An input of the user's that moved the offer's value: `effect` is how much expected
+    incremental profit its `value` adds over the cold-start `baseline`."""
+
+    feature: str
+    value: float
+    baseline: float
+    effect: float
+
+
 class Offer(BaseModel):
     coupon_id: str
     score: float = Field(description="expected incremental profit over no coupon")
     p_redeem: float
     propensity: float = Field(description="probability the policy chose this offer")
+    drivers: list[Driver] | None = Field(
+        default=None, description="with explain: the inputs that drove this offer most"
+    )
 
 
 class Recommendation(BaseModel):
@@ -55,7 +79,17 @@ class Recommendation(BaseModel):
     model_version: str
     policy_version: str
     cold_start: bool = Field(description="the feature store had no row for this user")
+    degraded: bool = Field(
+        description="a store failed: answered from cold-start features, or without offers"
+    )
     offers: list[Offer]
+
+
+class FeedbackAck(BaseModel):
+    request_id: str
+    event: str
+    user_id: int
+    recorded: bool = Field(description="false: this event of this request was already landed")
 
 
 @bentoml.service(
@@ -69,22 +103,86 @@ class CouponRecommender:
     model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, DEFAULT_MODEL_TAG))
 
     def __init__(self) -> None:
+        from serving import metrics
+        from serving.feedback import FeedbackLog
         from serving.recommender import Recommender
+        from serving.spend import open_spend
 
         stored = self.model
+        ws = Workspace.from_env()
         self.recommender: Recommender = Recommender(
             Path(stored.path),
-            Workspace.from_env(),
+            ws,
             as_of=stored.info.metadata["catalogue_day"],
-            workers=WORKERS,  # each worker paces its share of the day's budget
+            spend=open_spend(ws),  # every worker counts against the whole day's budget
         )
+        self.feedback_log: FeedbackLog = FeedbackLog(ws)
+        self.metrics = metrics
 
     @bentoml.api(route="/recommend")
     def recommend(
-        self, user_id: UserId, k: SlateSize = 1, context: RequestContext | None = None
+        self,
+        user_id: UserId,
+        k: SlateSize = 1,
+        context: RequestContext | None = None,
+        explain: bool = False,
     ) -> Recommendation:
-        """Up to k coupons for `user_id`; unknown users get the cold-start features."""
+        """Up to k coupons for `user_id`; unknown users get the cold-start features. With
+        `explain`, each offer names the inputs that drove it."""
+        started = time.perf_counter()
         now = context.now if context else None
         category = context.category if context else None
-        decision = self.recommender.recommend(user_id, k, now, category)
-        return Recommendation(request_id=uuid4().hex, user_id=user_id, **decision)
+        decision = self.recommender.recommend(user_id, k, now, category, explain)
+        answer = Recommendation(
+            request_id=uuid4().hex,
+            user_id=user_id,
+            **{**decision, "degraded": decision["degraded"] is not None},
+        )
+        self.feedback_log.log_decision(
+            {
+                **answer.model_dump(exclude_none=True),
+                "day": decision["day"],
+                "k": k,
+                "category": category,
+                "degraded_reason": decision["degraded"],
+            }
+        )
+        self._count(decision)
+        self.metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        return answer
+
+    @bentoml.api(route="/feedback")
+    def feedback(
+        self,
+        request_id: RequestId,
+        event: Literal["shown", "redeemed", "purchased"],
+        amount: Amount | None = None,
+    ) -> FeedbackAck:
+        """Land an outcome of a decision for the next training run; a repeated event is
+        acknowledged (`recorded: false`) but not landed twice."""
+        from serving.feedback import UnknownRequest
+
+        try:
+            row = self.feedback_log.record_event(request_id, event, amount)
+        except UnknownRequest:
+            raise bentoml.exceptions.NotFound(
+                f"request_id: no decision {request_id!r} was made by this deployment"
+            ) from None
+        self.metrics.FEEDBACK.labels(event, str(row["recorded"]).lower()).inc()
+        return FeedbackAck(
+            request_id=request_id, event=event, user_id=row["user_id"], recorded=row["recorded"]
+        )
+
+    def _count(self, decision: dict[str, Any]) -> None:
+        """The decision's Prometheus counters."""
+        reason = decision["degraded"]
+        kind = "degraded" if reason else "cold_start" if decision["cold_start"] else "known"
+        self.metrics.DECISIONS.labels(kind).inc()
+        if reason:
+            self.metrics.DEGRADED.labels(reason).inc()
+        self.metrics.OFFERS.inc(len(decision["offers"]))
+        self.metrics.BUDGET_SPENT.inc(decision["spent"])
+
+
+if os.environ.get(API_KEY_ENV):
+    CouponRecommender.add_asgi_middleware(ApiKeyMiddleware, key=os.environ[API_KEY_ENV])

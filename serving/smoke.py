@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 
 COLD_USER_ID = 10**9  # beyond any simulated user_id: must be served from default features
-ANSWER_FIELDS = {"request_id", "user_id", "model_version", "policy_version", "cold_start", "offers"}
-OFFER_FIELDS = {"coupon_id", "score", "p_redeem", "propensity"}
+ANSWER_FIELDS = {
+    "request_id", "user_id", "model_version", "policy_version", "cold_start", "degraded", "offers"
+}  # fmt: skip
+OFFER_FIELDS = {"coupon_id", "score", "p_redeem", "propensity", "drivers"}
 
 
 class SmokeTestFailed(RuntimeError):
@@ -20,6 +22,8 @@ def smoke_test(base_url: str, known_user_id: int = 0, timeout_s: float = 10.0) -
     """Check the live service end to end; returns the known user's answer."""
     with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
         known = _recommend(client, {"user_id": known_user_id, "k": 3})
+        if known["degraded"]:
+            raise SmokeTestFailed(f"a degraded answer: a store is failing (server log): {known}")
         if known["cold_start"]:
             raise SmokeTestFailed(f"user {known_user_id} is not in the online feature store")
         cold = _recommend(client, {"user_id": COLD_USER_ID})

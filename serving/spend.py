@@ -23,19 +23,32 @@ KEY_TTL_S = 3 * 86_400  # a day's counter outlives the day, then Redis forgets i
 
 
 def serving_state(ws: Workspace) -> Path:
-    """The workspace folder of the service's shared state (spend, feedback index)."""
+    """The workspace folder of the service's live state (spend, feedback index): ignored by
+    the workspace's git, which commits on every release while workers write here."""
     folder = ws.root / "serving"
     folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / ".gitignore").exists():
+        (folder / ".gitignore").write_text("*\n")
     return folder
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection for one thread: WAL so readers never wait for the writer, autocommit
-    so each transaction is explicit, and a busy timeout so a writer waits its turn."""
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes of the process
-    return conn
+class Connections:
+    """One SQLite connection per thread (a connection must not be shared mid-transaction):
+    WAL so readers never wait for the writer, autocommit so each transaction is explicit,
+    and a busy timeout so a writer waits its turn."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def __call__(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes of the process
+            self._local.conn = conn
+        return conn
 
 
 class SqliteSpend:
@@ -45,18 +58,11 @@ class SqliteSpend:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
+        self._conn = Connections(path)
         self._conn().execute(
             "CREATE TABLE IF NOT EXISTS spend "
             "(day TEXT PRIMARY KEY, cost REAL NOT NULL, decisions INTEGER NOT NULL)"
         )
-
-    def _conn(self) -> sqlite3.Connection:
-        """This thread's connection (sqlite3 connections must not be shared mid-transaction)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path)
-        return conn
 
     def read(self, day: str) -> DaySpend:
         row = (

@@ -3,14 +3,18 @@ context category, the 7-day cap and the day's budget shape what a shopper is off
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from couponflow.config import HOME_ENV, Workspace
+from couponflow.features import USER_FEATURES
 from couponflow.landing import offline_days, read_offline
-from couponflow.policy import BudgetPlan
+from couponflow.policy import BudgetPlan, LocalSpend, SpendStore, eligible, score, with_control
 from serving import CATALOGUE_FILE, POLICY_FILE
 from serving.recommender import Recommender
 from tests.test_budget import N_USERS, simulated_workspace
@@ -36,14 +40,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 def model_dir(ws: Workspace, plan: BudgetPlan, tmp_path: Path) -> Path:
     """What the service loads: the weights, the plan and the newest catalogue."""
     folder = tmp_path / "model"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "model.pt").write_bytes((ws.models / "model.pt").read_bytes())
     plan.write(folder / POLICY_FILE)
     read_offline(ws, "coupons", offline_days(ws)[-1:]).to_parquet(folder / CATALOGUE_FILE)
     return folder
 
 
-def recommender(ws: Workspace, plan: BudgetPlan, tmp_path: Path, **kw: int) -> Recommender:
+def recommender(
+    ws: Workspace, plan: BudgetPlan, tmp_path: Path, **kw: int | SpendStore
+) -> Recommender:
     return Recommender(model_dir(ws, plan, tmp_path), ws, offline_days(ws)[-1], **kw)
 
 
@@ -89,3 +95,89 @@ def test_the_days_budget_is_never_overspent(workspace: Workspace, tmp_path: Path
     assert spent.decisions == N_USERS
     assert 0.8 < spent.cost <= 1.0  # this worker's half of the day's budget, spent
     assert 0 < len(offers) < N_USERS  # exploration offers stopped when the money ran out
+
+
+def test_two_workers_sharing_a_spend_store_never_overspend_the_day(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    from serving.spend import SqliteSpend
+
+    tight = replace(EXPLORE_ALL, daily_budget=2.0, expected_decisions=N_USERS)
+    shared = tmp_path / "spend.db"
+    recs = [
+        recommender(workspace, tight, tmp_path / str(i), spend=SqliteSpend(shared))
+        for i in range(2)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda u: recs[u % 2].recommend(u, 3), range(N_USERS)))
+    spent = SqliteSpend(shared).read(offline_days(workspace)[-1])
+    assert spent.decisions == N_USERS
+    assert 1.6 < spent.cost <= 2.0  # the whole day's budget, not a share, and never more
+    assert sum(a["spent"] for a in answers) == pytest.approx(spent.cost)
+
+
+def test_a_failing_or_slow_feature_store_gives_a_fast_degraded_answer(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    rec = recommender(workspace, EXPLORE_ALL, tmp_path)
+    assert rec.recommend(1, 3)["degraded"] is None
+
+    def down(user_id: int) -> None:
+        raise ConnectionError("feature store unreachable")
+
+    def hung(user_id: int) -> None:
+        time.sleep(5)
+
+    for broken in (down, hung):
+        rec.user_features = broken
+        started = time.perf_counter()
+        answer = rec.recommend(1, 3)
+        assert time.perf_counter() - started < rec.feature_timeout_s + 0.5
+        assert answer["degraded"] == "features" and answer["cold_start"] is False
+        assert answer["offers"]  # cold-start features still make offers
+
+
+def test_a_failing_spend_store_makes_no_offer(workspace: Workspace, tmp_path: Path) -> None:
+    class Broken(LocalSpend):
+        def add(self, day: str, cost: float, limit: float) -> bool:
+            raise ConnectionError("spend store unreachable")
+
+    rec = recommender(workspace, EXPLORE_ALL, tmp_path, spend=Broken())
+    answer = rec.recommend(1, 3)
+    assert answer["degraded"] == "spend" and answer["offers"] == [] and answer["spent"] == 0.0
+
+
+def test_explain_names_the_inputs_that_drove_each_offer(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    rec = recommender(workspace, EXPLORE_ALL, tmp_path)
+    offers = [o for user in range(20) for o in rec.recommend(user, 3, explain=True)["offers"]]
+    assert offers
+    for offer in offers:
+        drivers = offer["drivers"]
+        assert 0 < len(drivers) <= 3 and {d["feature"] for d in drivers} <= set(USER_FEATURES)
+        effects = [abs(d["effect"]) for d in drivers]
+        assert effects == sorted(effects, reverse=True)
+        assert all(d["value"] != d["baseline"] for d in drivers)
+    cold = rec.recommend(10**9, 3, explain=True)["offers"]
+    assert all(offer["drivers"] == [] for offer in cold)  # nothing differs from cold start
+    assert all(o["drivers"] is None for o in rec.recommend(1, 3)["offers"])
+
+
+def test_a_driver_effect_is_the_profit_its_value_adds(workspace: Workspace, tmp_path: Path) -> None:
+    """Honest: resetting the top driver to its baseline changes the score by its effect."""
+    rec = recommender(workspace, EXPLORE_ALL, tmp_path)
+    user, offer = next(
+        (u, answer["offers"][0])
+        for u in range(N_USERS)
+        if (answer := rec.recommend(u, 1, explain=True))["offers"]
+    )
+    top = offer["drivers"][0]
+    features = rec.user_features(user)
+    arms = with_control(eligible(rec.catalogue, rec.as_of))
+    arm = int(np.flatnonzero(arms["coupon_id"].eq(offer["coupon_id"]).fillna(False))[0])
+    reset, at = features.copy(), USER_FEATURES.index(top["feature"])
+    reset[at] = top["baseline"]
+    full = score(rec.net, features[None, :], arms, rec.margin).incremental_profit[0, arm]
+    without = score(rec.net, reset[None, :], arms, rec.margin).incremental_profit[0, arm]
+    assert full - without == pytest.approx(top["effect"], rel=1e-4, abs=1e-6)

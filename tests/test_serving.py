@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 
 import httpx
 import pandas as pd
@@ -14,7 +18,11 @@ import pytest
 import yaml
 
 from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.features import USER_FEATURES
+from couponflow.landing import offline_days
+from couponflow.policy import BudgetPlan
 from serving import POLICY_FILE
+from serving.client import CouponflowClient
 from serving.server import Server
 from tests.conftest import free_port
 
@@ -106,14 +114,15 @@ def test_a_known_user_gets_scored_offers(server: Server) -> None:
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     bodies = [a.json() for a in answers]
     for user, body in enumerate(bodies):
-        assert body["user_id"] == user and not body["cold_start"]
+        assert body["user_id"] == user and not body["cold_start"] and not body["degraded"]
         assert body["model_version"] == MODEL_VERSION
         assert body["policy_version"].startswith(MODEL_VERSION)
         assert len(body["offers"]) <= 3 and body["request_id"]
     offers = [offer for body in bodies for offer in body["offers"]]
     assert offers, "epsilon 1 should have offered something in 10 tries"
     for offer in offers:
-        assert set(offer) == {"coupon_id", "score", "p_redeem", "propensity"}
+        assert set(offer) == {"coupon_id", "score", "p_redeem", "propensity", "drivers"}
+        assert offer["drivers"] is None  # only when explain is asked
         assert offer["coupon_id"].startswith("C")
         assert 0.0 < offer["propensity"] <= 1.0 and 0.0 <= offer["p_redeem"] <= 1.0
 
@@ -163,9 +172,18 @@ def test_smoke_test_passes_and_stop_leaves_no_process(
     assert answer["model_version"] == MODEL_VERSION
     workers = int(workspace.params["serving"]["workers"])
     assert len(groups) >= 1 + workers  # circus gives every worker a session of its own
-    for pgid in groups:
-        with pytest.raises(ProcessLookupError):
-            os.killpg(pgid, 0)
+    deadline = time.monotonic() + 5.0  # a worker stopped mid-start may be a zombie briefly
+    while (alive := [g for g in groups if group_exists(g)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive
+
+
+def group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_busy_port_is_refused_rather_than_mistaken_for_ready(
@@ -211,3 +229,184 @@ def test_a_release_is_recorded_and_becomes_the_champion(tmp_path) -> None:
     with pytest.raises(ValueError, match="not the released"):
         record_release(ws, "couponflow-recommender:v3", "couponflow:v3", "stale weights")
     assert current_release(ws)["model_version"] == "v2"
+
+
+# -- spend, explanations, feedback, metrics, the client ---------------------------------------
+def noon_after(workspace: Workspace, days: int) -> datetime:
+    """Noon `days` after the catalogue's day: a day of its own for the budget, so a test
+    spending it leaves the other tests' day alone."""
+    return datetime.fromisoformat(offline_days(workspace)[-1]) + timedelta(days=days, hours=12)
+
+
+def test_explain_names_the_inputs_behind_each_offer(server: Server, workspace: Workspace) -> None:
+    with CouponflowClient(server.base_url, timeout_s=10) as client:
+        answers = [
+            client.recommend(user, 3, explain=True, now=noon_after(workspace, 1))
+            for user in range(10)
+        ]
+    offers = [offer for answer in answers for offer in answer.offers]
+    assert offers
+    for offer in offers:
+        assert offer.drivers and len(offer.drivers) <= 3
+        assert {d.feature for d in offer.drivers} <= set(USER_FEATURES)
+
+
+def test_parallel_requests_on_every_worker_never_overspend_the_day(
+    server: Server, workspace: Workspace
+) -> None:
+    from serving.spend import SqliteSpend
+
+    now = noon_after(workspace, 2)
+    body = {"user_id": 0, "k": 10, "context": {"now": now.isoformat()}}
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda u: recommend(server, {**body, "user_id": u}), range(150)))
+    assert all(a.status_code == 200 for a in answers)
+    budget = BudgetPlan.read(workspace.models / POLICY_FILE).daily_budget
+    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(now.strftime("%Y-%m-%d"))
+    assert spent.decisions == 150
+    assert 0.5 * budget < spent.cost <= budget  # spent, and never more
+    assert [a.json()["offers"] for a in answers[-20:]].count([]) > 10  # the money ran out
+
+
+def test_feedback_lands_once_and_joins_its_decision(server: Server, workspace: Workspace) -> None:
+    from serving.feedback import read_feedback
+
+    now = noon_after(workspace, 3)
+    with CouponflowClient(server.base_url, timeout_s=10) as client:
+        answer = next(
+            a for u in range(50) if (a := client.recommend(u, 3, now=now)).offers
+        )  # the day's budget is fresh: an offer comes soon
+        first = client.feedback(answer.request_id, "shown")
+        again = client.feedback(answer.request_id, "shown")
+        bought = client.feedback(answer.request_id, "purchased", amount=42.5)
+    assert first.recorded and not again.recorded and bought.recorded
+    assert first.user_id == answer.user_id
+    day = now.strftime("%Y-%m-%d")
+    events = [
+        e for e in read_feedback(workspace, day, "events") if e["request_id"] == answer.request_id
+    ]
+    assert sorted(e["event"] for e in events) == ["purchased", "shown"]
+    assert {e["amount"] for e in events} == {None, 42.5}
+    assert all(e["coupon_ids"] == [o.coupon_id for o in answer.offers] for e in events)
+    (decision,) = [
+        d
+        for d in read_feedback(workspace, day, "decisions")
+        if d["request_id"] == answer.request_id
+    ]
+    assert decision["user_id"] == answer.user_id
+    assert decision["policy_version"] == answer.policy_version
+    assert [o["propensity"] for o in decision["offers"]] == [o.propensity for o in answer.offers]
+
+
+def test_feedback_refuses_unknown_requests_and_bad_fields(server: Server) -> None:
+    from serving.client import UnknownRequest
+
+    with (
+        CouponflowClient(server.base_url, timeout_s=10) as client,
+        pytest.raises(UnknownRequest, match="request_id"),
+    ):
+        client.feedback("no-such-request", "shown")
+    for body, field in [
+        ({"request_id": "x", "event": "clicked"}, "event"),
+        ({"request_id": "x", "event": "purchased", "amount": -1}, "amount"),
+        ({"event": "shown"}, "request_id"),
+    ]:
+        answer = httpx.post(f"{server.base_url}/feedback", json=body, timeout=10)
+        assert 400 <= answer.status_code < 500
+        assert field in {str(part) for error in answer.json()["detail"] for part in error["loc"]}
+
+
+def test_metrics_count_decisions_latency_offers_and_spend(
+    server: Server, workspace: Workspace
+) -> None:
+    fresh_day = {"now": noon_after(workspace, 4).isoformat()}  # a budget to spend
+    for user in range(5):
+        recommend(server, {"user_id": user, "k": 3, "context": fresh_day})
+    recommend(server, {"user_id": 10**9})
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    assert metric(text, 'couponflow_decisions_total{kind="known"}') >= 1
+    assert metric(text, 'couponflow_decisions_total{kind="cold_start"}') >= 1
+    assert metric(text, "couponflow_decision_seconds_count") >= 2
+    assert metric(text, "couponflow_offers_total") >= 1
+    assert metric(text, "couponflow_budget_spent_total") > 0
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample of the Prometheus text `text` (summed over workers)."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+    assert values, f"{name} not in /metrics"
+    return sum(values)
+
+
+def test_the_client_reports_health_and_clear_errors(server: Server) -> None:
+    from serving.client import BadRequest, Unavailable
+
+    with CouponflowClient(server.base_url, timeout_s=10) as client:
+        assert client.health().live and client.health().ready
+        with pytest.raises(BadRequest, match="k"):
+            client.recommend(1, k=0)
+    with CouponflowClient(f"http://127.0.0.1:{free_port()}", timeout_s=1) as dead:
+        assert not dead.health().live and not dead.health().ready
+        with pytest.raises(Unavailable):
+            dead.recommend(1)
+
+
+# -- a guarded server whose feature store is down ---------------------------------------------
+API_KEY = "test-key-0123"
+
+
+@pytest.fixture(scope="module")
+def guarded_degraded(
+    workspace: Workspace, bento: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The same bento behind an API key, in a workspace whose online store is a Redis
+    nobody listens on (the feature store unreachable from the start)."""
+    from serving.auth import API_KEY_ENV
+    from serving.server import start_server
+
+    root = tmp_path_factory.mktemp("degraded") / "ws"
+    root.mkdir()
+    params = load_params(workspace.params_file)
+    set_param(params, "features.online_store", "redis")
+    set_param(params, "features.redis", f"127.0.0.1:{free_port()}")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "bentoml").symlink_to(workspace.root / "bentoml")
+    shutil.copytree(workspace.feature_store, root / "feature_store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(API_KEY_ENV, API_KEY)
+        with start_server(Workspace(root), bento[1], free_port()) as running:
+            yield running
+
+
+def test_an_unreachable_feature_store_gives_fast_degraded_answers(
+    guarded_degraded: Server,
+) -> None:
+    with CouponflowClient(guarded_degraded.base_url, api_key=API_KEY, timeout_s=10) as client:
+        assert client.health().ready  # it serves rather than refusing to start
+        started = time.perf_counter()
+        answers = [client.recommend(user, 3) for user in range(5)]
+        took = (time.perf_counter() - started) / len(answers)
+    assert all(a.degraded and not a.cold_start for a in answers)
+    assert took < 0.5  # the lookup gives up after serving.feature_timeout_s
+    text = httpx.get(f"{guarded_degraded.base_url}/metrics", timeout=10).text
+    assert metric(text, 'couponflow_degraded_answers_total{reason="features"}') >= 5
+
+
+def test_with_an_api_key_only_callers_presenting_it_are_answered(
+    guarded_degraded: Server,
+) -> None:
+    from serving.client import Unauthorized
+
+    url = guarded_degraded.base_url
+    body = {"user_id": 1}
+    assert httpx.post(f"{url}/recommend", json=body, timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.post(f"{url}/recommend", json=body, headers=wrong, timeout=10).status_code == 401
+    assert httpx.post(f"{url}/feedback", json={}, timeout=10).status_code == 401
+    for headers in ({"Authorization": f"Bearer {API_KEY}"}, {"x-api-key": API_KEY}):
+        answer = httpx.post(f"{url}/recommend", json=body, headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+    for probe in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{url}{probe}", timeout=10).status_code == 200
+    with CouponflowClient(url, timeout_s=10) as keyless, pytest.raises(Unauthorized):
+        keyless.recommend(1)

@@ -118,6 +118,7 @@ def test_open_spend_follows_params(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     assert isinstance(open_spend(ws), SqliteSpend)
     assert (tmp_path / "serving" / "spend.db").exists()
+    assert (tmp_path / "serving" / ".gitignore").read_text() == "*\n"  # live state, not history
     ws.params["serving"]["spend_store"] = "redis"
     ws.params["features"] = {"redis": "127.0.0.1:6379", "project": "p1"}
     store = open_spend(ws)

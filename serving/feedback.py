@@ -1,0 +1,121 @@
+"""The feedback loop's landing zone: every decision the service makes and every outcome a
+downstream app reports about it, as JSON lines the next DAG run can read and join.
+
+`data/landing/feedback/date=D/` holds `decisions-<pid>.jsonl` and `events-<pid>.jsonl`
+(D is the policy's day of the decision; one file per worker process, each line appended by
+one write, so readers never see half a line and workers never interleave). An index in the
+workspace (`serving/feedback.db`, SQLite) remembers each request id's decision, so an
+event can be checked against it, and each (request id, event) pair, so a repeated event
+is acknowledged without being written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from couponflow.config import Workspace
+from serving.spend import Connections, serving_state
+
+FEEDBACK_DB = "feedback.db"
+EVENTS = ("shown", "redeemed", "purchased")
+
+
+class UnknownRequest(LookupError):
+    """Feedback named a request id this deployment never answered."""
+
+
+def feedback_area(ws: Workspace) -> Path:
+    """Where decisions and outcome events land, by date."""
+    return ws.landing / "feedback"
+
+
+class FeedbackLog:
+    """Decisions and outcome events of one workspace, safe across threads and processes."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.area = feedback_area(ws)
+        self.conn = Connections(serving_state(ws) / FEEDBACK_DB)
+        self.conn().executescript(
+            "CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, day TEXT NOT "
+            "NULL, user_id INTEGER NOT NULL, policy_version TEXT NOT NULL, offers TEXT NOT NULL);"
+            "CREATE TABLE IF NOT EXISTS events (request_id TEXT NOT NULL, event TEXT NOT NULL, "
+            "PRIMARY KEY (request_id, event));"
+        )
+
+    def log_decision(self, decision: dict[str, Any]) -> None:
+        """Land a decision (request_id, day, user_id, policy_version, offers, ...) and
+        index it for the feedback that will name its request id."""
+        offers = json.dumps([offer["coupon_id"] for offer in decision["offers"]])
+        self.conn().execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (decision["request_id"], decision["day"], decision["user_id"],
+             decision["policy_version"], offers),
+        )  # fmt: skip
+        self._append(decision["day"], "decisions", {"time": _now(), **decision})
+
+    def record_event(self, request_id: str, event: str, amount: float | None) -> dict[str, Any]:
+        """Land one outcome of a decision, once: returns the event with its decision's user,
+        day and coupons, and `recorded` (False when the same event was already landed)."""
+        found = (
+            self.conn()
+            .execute(
+                "SELECT day, user_id, policy_version, offers FROM decisions WHERE request_id = ?",
+                (request_id,),
+            )
+            .fetchone()
+        )
+        if found is None:
+            raise UnknownRequest(request_id)
+        day, user_id, policy_version, offers = found
+        row = {
+            "time": _now(),
+            "request_id": request_id,
+            "event": event,
+            "amount": amount,
+            "day": day,
+            "user_id": user_id,
+            "policy_version": policy_version,
+            "coupon_ids": json.loads(offers),
+        }
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO events VALUES (?, ?)", (request_id, event)
+            ).rowcount
+            if inserted:
+                self._append(day, "events", row)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return {**row, "recorded": bool(inserted)}
+
+    def _append(self, day: str, kind: str, row: dict[str, Any]) -> None:
+        """Append one JSON line with a single write to this process's file of the day."""
+        folder = self.area / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(row, separators=(",", ":")) + "\n").encode()
+        fd = os.open(folder / f"{kind}-{os.getpid()}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def read_feedback(ws: Workspace, day: str, kind: str) -> list[dict[str, Any]]:
+    """Every landed `kind` (decisions or events) row of `day`, for the DAG and tests."""
+    folder = feedback_area(ws) / f"date={day}"
+    return [
+        json.loads(line)
+        for path in sorted(folder.glob(f"{kind}-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
