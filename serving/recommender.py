@@ -147,13 +147,14 @@ class Recommender:
         except Exception:  # the spend store failed: an offer it cannot count is never made
             logger.exception("spend store failed; answering without offers")
             picks, spent, degraded = [], 0.0, "spend"
+        drivers = self._drivers(features, arms, [arm for arm, _ in picks]) if explain else {}
         offers = [
             {
                 "coupon_id": str(arms["coupon_id"].iloc[arm]),
                 "score": float(scores.incremental_profit[0, arm]),
                 "p_redeem": float(scores.p_redeem[0, arm]),
                 "propensity": propensity,
-                "drivers": self._drivers(features, arms, arm) if explain else None,
+                "drivers": drivers.get(arm),
             }
             for arm, propensity in picks
         ]
@@ -183,27 +184,33 @@ class Recommender:
         self._store_failing = False
         return features, None
 
-    def _drivers(self, features: np.ndarray, arms: pd.DataFrame, arm: int) -> list[dict[str, Any]]:
-        """The user inputs that moved this offer's expected incremental profit most: each
-        input in turn set to its cold-start value (a user nobody has seen), the offer
-        rescored in one batch, and the change it makes. A cold-start user has none."""
+    def _drivers(
+        self, features: np.ndarray, arms: pd.DataFrame, offered: list[int]
+    ) -> dict[int, list[dict[str, Any]]]:
+        """Per offered arm, the user inputs that moved its expected incremental profit
+        most: each input in turn set to its cold-start value (a user nobody has seen), the
+        offers rescored in one batch, and the change each input makes. A cold-start user
+        has none."""
         base = default_user_features()
         changed = np.flatnonzero(features != base)
         if not changed.size:
-            return []
+            return {arm: [] for arm in offered}
         probes = np.repeat(features[None, :], len(changed) + 1, axis=0)
         probes[np.arange(1, len(changed) + 1), changed] = base[changed]
-        profit = score(self.net, probes, arms.iloc[[0, arm]], self.margin).incremental_profit
-        effect = profit[0, 1] - profit[1:, 1]  # what the input's value adds over cold start
-        return [
-            {
-                "feature": USER_FEATURES[changed[i]],
-                "value": float(features[changed[i]]),
-                "baseline": float(base[changed[i]]),
-                "effect": float(effect[i]),
-            }
-            for i in np.argsort(-np.abs(effect))[:DRIVERS]
-        ]
+        profit = score(self.net, probes, arms.iloc[[0, *offered]], self.margin).incremental_profit
+        effects = profit[0, 1:] - profit[1:, 1:]  # (inputs, offers): what each value adds
+        return {
+            arm: [
+                {
+                    "feature": USER_FEATURES[changed[i]],
+                    "value": float(features[changed[i]]),
+                    "baseline": float(base[changed[i]]),
+                    "effect": float(effect[i]),
+                }
+                for i in np.argsort(-np.abs(effect))[:DRIVERS]
+            ]
+            for arm, effect in zip(offered, effects.T, strict=True)
+        }
 
     def _warm_up(self) -> None:
         """Run Feast and torch once, or the first shopper waits ~0.5 s; the decision is
