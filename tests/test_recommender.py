@@ -4,12 +4,14 @@ context category, the 7-day cap and the day's budget shape what a shopper is off
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from couponflow.config import HOME_ENV, Workspace
 from couponflow.features import USER_FEATURES
@@ -97,23 +99,49 @@ def test_the_days_budget_is_never_overspent(workspace: Workspace, tmp_path: Path
     assert 0 < len(offers) < N_USERS  # exploration offers stopped when the money ran out
 
 
-def test_two_workers_sharing_a_spend_store_never_overspend_the_day(
+def share_a_budget(workspace: Workspace, tmp_path: Path, stores: list[SpendStore]) -> None:
+    """Two recommenders (two workers) over one spend store, 8 threads at once: together
+    they spend the whole day's budget, never more."""
+    tight = replace(EXPLORE_ALL, daily_budget=2.0, expected_decisions=N_USERS)
+    recs = [
+        recommender(workspace, tight, tmp_path / str(i), spend=store)
+        for i, store in enumerate(stores)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda u: recs[u % 2].recommend(u, 3), range(N_USERS)))
+    spent = stores[0].read(offline_days(workspace)[-1])
+    assert spent.decisions == N_USERS
+    assert 1.6 < spent.cost <= 2.0  # the whole day's budget, not a share, and never more
+    assert sum(a["spent"] for a in answers) == pytest.approx(spent.cost)
+
+
+def test_two_workers_sharing_a_sqlite_spend_never_overspend_the_day(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     from serving.spend import SqliteSpend
 
-    tight = replace(EXPLORE_ALL, daily_budget=2.0, expected_decisions=N_USERS)
-    shared = tmp_path / "spend.db"
-    recs = [
-        recommender(workspace, tight, tmp_path / str(i), spend=SqliteSpend(shared))
-        for i in range(2)
-    ]
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda u: recs[u % 2].recommend(u, 3), range(N_USERS)))
-    spent = SqliteSpend(shared).read(offline_days(workspace)[-1])
-    assert spent.decisions == N_USERS
-    assert 1.6 < spent.cost <= 2.0  # the whole day's budget, not a share, and never more
-    assert sum(a["spent"] for a in answers) == pytest.approx(spent.cost)
+    share_a_budget(workspace, tmp_path, [SqliteSpend(tmp_path / "spend.db") for _ in range(2)])
+
+
+@pytest.mark.redis
+def test_two_workers_sharing_a_redis_spend_never_overspend_the_day(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    from serving.spend import RedisSpend, redis_client
+
+    client = redis_client("127.0.0.1:6379")
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"couponflow-test:{uuid.uuid4().hex}"
+    try:
+        share_a_budget(workspace, tmp_path, [RedisSpend(client, prefix) for _ in range(2)])
+    finally:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    assert not list(client.scan_iter(f"{prefix}:*"))
 
 
 def test_a_failing_or_slow_feature_store_gives_a_fast_degraded_answer(
