@@ -4,7 +4,9 @@ reads. Training joins these views point in time and the service reads the same v
 online, so a model is served exactly the features it learnt.
 
 Feature names and computations come from couponflow.features; each batch view's source is
-a workspace's parquet features folder (one partition per date).
+a workspace's parquet features folder (one partition per date). `user_activity` also takes
+pushes (`user_activity_push`): the service's feedback updates a user's counters online
+between two materialisations.
 """
 
 import inspect
@@ -20,6 +22,7 @@ from feast import (
     Field,
     FileSource,
     OnDemandFeatureView,
+    PushSource,
     RequestSource,
     ValueType,
 )
@@ -28,6 +31,7 @@ from feast.types import Float32, Float64, String
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 
 TTL = timedelta(days=7)  # a row older than this is missing, not stale truth
+USER_PUSH_SOURCE = "user_activity_push"
 
 user = Entity(
     name="user",
@@ -66,10 +70,15 @@ def feast_objects(features_dir: Path) -> list[Any]:
         entities=[user],
         ttl=TTL,
         schema=[Field(name=name, dtype=Float32) for name in USER_FEATURES],
-        source=FileSource(
-            name="user_activity_source",
-            path=str(features_dir / "user_activity"),
-            timestamp_field="event_timestamp",
+        # Batch rows from the day's parquet; the service pushes a user's fresh counters
+        # between materialisations (materialisation and training read the batch source).
+        source=PushSource(
+            name=USER_PUSH_SOURCE,
+            batch_source=FileSource(
+                name="user_activity_source",
+                path=str(features_dir / "user_activity"),
+                timestamp_field="event_timestamp",
+            ),
         ),
         online=True,
         description="Browsing, ordering and coupon response over 1, 7 and 30 days, as of day end",
@@ -105,6 +114,7 @@ def feast_objects(features_dir: Path) -> list[Any]:
         user,
         coupon,
         offer_request,
+        user_activity.stream_source,
         user_activity.batch_source,
         coupon_stats.batch_source,
         user_activity,

@@ -193,6 +193,22 @@ def online_user_features(store: FeatureStore, user_id: int) -> np.ndarray | None
     return np.asarray(vector, dtype=np.float32)
 
 
+def push_user_features(
+    store: FeatureStore, user_id: int, features: np.ndarray, at: pd.Timestamp
+) -> None:
+    """Write one user's whole feature row to the online store through the push source, as
+    of `at` (naive UTC); the next materialisation replaces it with the day's batch row."""
+    from feast.data_source import PushMode
+
+    from feature_repo.definitions import USER_PUSH_SOURCE
+
+    row = pd.DataFrame([np.asarray(features, dtype=np.float32)], columns=USER_FEATURES)
+    row.insert(0, "user_id", np.int64(user_id))
+    row["event_timestamp"] = pd.Timestamp(at).tz_localize("UTC")
+    with _quiet():
+        store.push(USER_PUSH_SOURCE, row, to=PushMode.ONLINE)
+
+
 def materialise_user_features(ws: Workspace, day: str) -> dict[str, object]:
     """The pipeline's feature step for `day`: compute the users' and coupons' rows, apply
     the definitions, materialise the day."""

@@ -80,6 +80,7 @@ class FeedbackAck:
     event: str
     user_id: int
     recorded: bool  # False: a repeat of an event already recorded
+    pushed: bool  # the user's fresh counters reached the online store
 
 
 @dataclass(frozen=True)

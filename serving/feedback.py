@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from couponflow.config import Workspace
+from couponflow.contract import COUPON_KINDS
+from couponflow.features import USER_FEATURES, WINDOWS
 from serving.spend import Connections, serving_state
 
 FEEDBACK_DB = "feedback.db"
@@ -41,42 +46,53 @@ class FeedbackLog:
         self.conn = Connections(serving_state(ws) / FEEDBACK_DB)
         self.conn().executescript(
             "CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, day TEXT NOT "
-            "NULL, user_id INTEGER NOT NULL, policy_version TEXT NOT NULL, offers TEXT NOT NULL);"
+            "NULL, at TEXT NOT NULL, user_id INTEGER NOT NULL, policy_version TEXT NOT NULL, "
+            "offers TEXT NOT NULL);"
             "CREATE TABLE IF NOT EXISTS events (request_id TEXT NOT NULL, event TEXT NOT NULL, "
             "PRIMARY KEY (request_id, event));"
         )
 
     def log_decision(self, decision: dict[str, Any]) -> None:
-        """Land a decision (request_id, day, user_id, policy_version, offers, ...) and
+        """Land a decision (request_id, day, at, user_id, policy_version, offers, ...) and
         index it for the feedback that will name its request id."""
         offers = json.dumps([offer["coupon_id"] for offer in decision["offers"]])
         self.conn().execute(
-            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
-            (decision["request_id"], decision["day"], decision["user_id"],
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+            (decision["request_id"], decision["day"], decision["at"], decision["user_id"],
              decision["policy_version"], offers),
         )  # fmt: skip
         self._append(decision["day"], "decisions", {"time": _now(), **decision})
 
-    def record_event(self, request_id: str, event: str, amount: float | None) -> dict[str, Any]:
+    def record_event(
+        self,
+        request_id: str,
+        event: str,
+        amount: float | None,
+        on_recorded: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Land one outcome of a decision, once: returns the event with its decision's user,
-        day and coupons, and `recorded` (False when the same event was already landed)."""
+        day, time (`at`) and coupons, and `recorded` (False when the same event was already
+        landed). `on_recorded(event)` runs for a new event while the workspace's feedback
+        lock is held, so updates it makes per user are never interleaved across workers."""
         found = (
             self.conn()
             .execute(
-                "SELECT day, user_id, policy_version, offers FROM decisions WHERE request_id = ?",
+                "SELECT day, at, user_id, policy_version, offers FROM decisions "
+                "WHERE request_id = ?",
                 (request_id,),
             )
             .fetchone()
         )
         if found is None:
             raise UnknownRequest(request_id)
-        day, user_id, policy_version, offers = found
+        day, at, user_id, policy_version, offers = found
         row = {
             "time": _now(),
             "request_id": request_id,
             "event": event,
             "amount": amount,
             "day": day,
+            "at": at,
             "user_id": user_id,
             "policy_version": policy_version,
             "coupon_ids": json.loads(offers),
@@ -89,6 +105,8 @@ class FeedbackLog:
             ).rowcount
             if inserted:
                 self._append(day, "events", row)
+                if on_recorded is not None:
+                    on_recorded(row)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -115,6 +133,46 @@ def read_feedback(ws: Workspace, day: str, kind: str) -> list[dict[str, Any]]:
         for path in sorted(folder.glob(f"{kind}-*.jsonl"))
         for line in path.read_text().splitlines()
     ]
+
+
+def fresh_counters(
+    features: np.ndarray, event: str, kinds: list[str], amount: float | None
+) -> np.ndarray:
+    """A user's feature row after one outcome, updated as couponflow.features computes it
+    from the day's events: `shown` counts the decision's offers (`kinds`, one per coupon)
+    in every window, `redeemed` one redemption (by kind only when a single coupon was
+    offered: otherwise which one is unknown), `purchased` an order of `amount`; rates,
+    the average basket and the recency follow."""
+    out = np.asarray(features, dtype=np.float64).copy()
+    at = {name: i for i, name in enumerate(USER_FEATURES)}
+
+    def add(name: str, value: float) -> None:
+        out[at[name]] += value
+
+    used = {k: out[at[f"redemption_rate_{k}_30d"]] * max(out[at[f"offers_{k}_30d"]], 1.0)
+            for k in COUPON_KINDS}  # fmt: skip
+    for w in WINDOWS:
+        if event == "shown":
+            add(f"offers_{w}d", len(kinds))
+        elif event == "redeemed":
+            add(f"redemptions_{w}d", 1.0)
+        elif event == "purchased":
+            add(f"orders_{w}d", 1.0)
+            add(f"spend_{w}d", amount or 0.0)
+        out[at[f"redemption_rate_{w}d"]] = out[at[f"redemptions_{w}d"]] / max(
+            out[at[f"offers_{w}d"]], 1.0
+        )
+    if event == "shown":
+        for kind in kinds:
+            add(f"offers_{kind}_30d", 1.0)
+    elif event == "redeemed" and len(kinds) == 1:
+        used[kinds[0]] += 1.0
+    for k in COUPON_KINDS:
+        out[at[f"redemption_rate_{k}_30d"]] = used[k] / max(out[at[f"offers_{k}_30d"]], 1.0)
+    if event == "purchased":
+        out[at["avg_basket_30d"]] = out[at["spend_30d"]] / max(out[at["orders_30d"]], 1.0)
+        out[at["days_since_last_order"]] = 0.0
+    return out.astype(np.float32)
 
 
 def _now() -> str:

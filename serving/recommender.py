@@ -36,8 +36,14 @@ from couponflow.policy import (
     user_cap_mask,
     with_control,
 )
-from feature_repo.store import online_coupon_stats, online_user_features, open_store
+from feature_repo.store import (
+    online_coupon_stats,
+    online_user_features,
+    open_store,
+    push_user_features,
+)
 from serving import CATALOGUE_FILE, POLICY_FILE
+from serving.feedback import fresh_counters
 
 logger = logging.getLogger(__name__)
 FEATURE_TIMEOUT_S = 0.1  # default `serving.feature_timeout_s`: then answer without the store
@@ -98,6 +104,10 @@ class Recommender:
         self.policy_version = (
             f"{self.model_version}-eps{self.epsilon:g}-lambda{plan.multiplier:.3g}"
         )
+        self.kinds: dict[str, str] = dict(
+            zip(catalogue["coupon_id"], catalogue["kind"], strict=True)
+        )
+        self.store = store
         self.user_features = partial(online_user_features, store)
         # Lookups run here so a hung store costs a request feature_timeout_s, not its thread.
         self._lookups = ThreadPoolExecutor(4, thread_name_prefix="feature-lookup")
@@ -121,7 +131,8 @@ class Recommender:
         scoped to other categories; a user at the 7-day offer cap gets none; the day's
         pacing prices cost and stops offers the budget cannot pay for. With `explain`,
         each offer names the inputs that drove it (`drivers`). Also returns the policy's
-        `day`, the cost committed (`spent`) and why the answer is degraded, if it is.
+        `day` and time (`at`), the cost committed (`spent`) and why the answer is
+        degraded, if it is.
         """
         features, degraded = self._features(user_id)
         cold_start = features is None and degraded is None
@@ -165,8 +176,21 @@ class Recommender:
             "degraded": degraded,
             "offers": offers,
             "day": day,
+            "at": clock.isoformat(),
             "spent": spent,
         }
+
+    def push_outcome(self, event: dict[str, Any]) -> bool:
+        """Push the user's counters after a feedback `event` (user_id, event, coupon_ids,
+        amount, at) to the online store, so their next request already sees them; False
+        when the store has no row for the user (a cold start has nothing to update)."""
+        features = self.user_features(event["user_id"])
+        if features is None:
+            return False
+        kinds = [self.kinds[c] for c in event["coupon_ids"] if c in self.kinds]
+        fresh = fresh_counters(features, event["event"], kinds, event["amount"])
+        push_user_features(self.store, event["user_id"], fresh, pd.Timestamp(event["at"]))
+        return True
 
     def _features(self, user_id: int) -> tuple[np.ndarray | None, str | None]:
         """The user's online features (None: no row), or (None, "features") when the store

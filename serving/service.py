@@ -12,6 +12,7 @@ is optional (serving.auth).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import datetime
@@ -40,6 +41,7 @@ Amount = Annotated[float, Field(ge=0, le=1e6, description="order amount, if any"
 
 
 WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
+logger = logging.getLogger(__name__)
 
 
 class RequestContext(BaseModel):
@@ -90,6 +92,7 @@ class FeedbackAck(BaseModel):
     event: str
     user_id: int
     recorded: bool = Field(description="false: this event of this request was already landed")
+    pushed: bool = Field(description="the user's fresh counters reached the online store")
 
 
 @bentoml.service(
@@ -142,6 +145,7 @@ class CouponRecommender:
             {
                 **answer.model_dump(exclude_none=True),
                 "day": decision["day"],
+                "at": decision["at"],
                 "k": k,
                 "category": category,
                 "degraded_reason": decision["degraded"],
@@ -158,19 +162,33 @@ class CouponRecommender:
         event: Literal["shown", "redeemed", "purchased"],
         amount: Amount | None = None,
     ) -> FeedbackAck:
-        """Land an outcome of a decision for the next training run; a repeated event is
-        acknowledged (`recorded: false`) but not landed twice."""
+        """Land an outcome of a decision for the next training run and push the user's fresh
+        counters online; a repeated event is acknowledged (`recorded: false`) but neither
+        landed nor counted twice."""
         from serving.feedback import UnknownRequest
 
+        pushed: list[bool] = []
+
+        def push(row: dict[str, Any]) -> None:
+            try:
+                pushed.append(self.recommender.push_outcome(row))
+            except Exception:  # the event is landed all the same; the next day corrects it
+                logger.exception("pushing fresh counters of user %s failed", row["user_id"])
+                pushed.append(False)
+
         try:
-            row = self.feedback_log.record_event(request_id, event, amount)
+            row = self.feedback_log.record_event(request_id, event, amount, push)
         except UnknownRequest:
             raise bentoml.exceptions.NotFound(
                 f"request_id: no decision {request_id!r} was made by this deployment"
             ) from None
         self.metrics.FEEDBACK.labels(event, str(row["recorded"]).lower()).inc()
         return FeedbackAck(
-            request_id=request_id, event=event, user_id=row["user_id"], recorded=row["recorded"]
+            request_id=request_id,
+            event=event,
+            user_id=row["user_id"],
+            recorded=row["recorded"],
+            pushed=any(pushed),
         )
 
     def _count(self, decision: dict[str, Any]) -> None:

@@ -9,10 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from couponflow.config import Workspace
-from serving.feedback import EVENTS, FeedbackLog, UnknownRequest, feedback_area, read_feedback
+from serving.feedback import (
+    EVENTS,
+    FeedbackLog,
+    UnknownRequest,
+    feedback_area,
+    fresh_counters,
+    read_feedback,
+)
 
 DAY = "2026-01-05"
 
@@ -21,6 +29,7 @@ def decision(request_id: str, user_id: int = 7) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "day": DAY,
+        "at": f"{DAY}T10:00:00",
         "user_id": user_id,
         "policy_version": "v1-eps0.05-lambda0.1",
         "offers": [{"coupon_id": "C001", "propensity": 0.96}],
@@ -68,3 +77,27 @@ def test_decisions_land_by_day_and_unknown_requests_are_refused(tmp_path: Path) 
         log.record_event("b", "shown", None)
     row = log.record_event("a", "purchased", 19.9)
     assert row["recorded"] and row["amount"] == 19.9 and row["user_id"] == 3
+
+
+def test_fresh_counters_follow_each_outcome() -> None:
+    from couponflow.features import USER_FEATURES, default_user_features
+
+    def f(row: np.ndarray, name: str) -> float:
+        return float(row[USER_FEATURES.index(name)])
+
+    start = default_user_features()
+    shown = fresh_counters(start, "shown", ["percent_off", "amount_off"], None)
+    assert [f(shown, f"offers_{w}d") for w in (1, 7, 30)] == [2.0, 2.0, 2.0]
+    assert f(shown, "offers_percent_off_30d") == f(shown, "offers_amount_off_30d") == 1.0
+    assert f(shown, "redemption_rate_7d") == 0.0
+    redeemed = fresh_counters(shown, "redeemed", ["percent_off", "amount_off"], None)
+    assert f(redeemed, "redemptions_30d") == 1.0 and f(redeemed, "redemption_rate_30d") == 0.5
+    assert f(redeemed, "redemption_rate_percent_off_30d") == 0.0  # which coupon is unknown
+    one = fresh_counters(fresh_counters(start, "shown", ["free_shipping"], None), "redeemed",
+                         ["free_shipping"], None)  # fmt: skip
+    assert f(one, "redemption_rate_free_shipping_30d") == 1.0
+    bought = fresh_counters(redeemed, "purchased", [], 80.0)
+    bought = fresh_counters(bought, "purchased", [], 20.0)
+    assert f(bought, "orders_1d") == 2.0 and f(bought, "spend_30d") == 100.0
+    assert f(bought, "avg_basket_30d") == 50.0 and f(bought, "days_since_last_order") == 0.0
+    assert f(bought, "redemption_rate_30d") == 0.5  # untouched by a purchase

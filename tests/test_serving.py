@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -172,10 +173,18 @@ def test_smoke_test_passes_and_stop_leaves_no_process(
     assert answer["model_version"] == MODEL_VERSION
     workers = int(workspace.params["serving"]["workers"])
     assert len(groups) >= 1 + workers  # circus gives every worker a session of its own
-    deadline = time.monotonic() + 5.0  # a worker stopped mid-start may be a zombie briefly
+    deadline = time.monotonic() + 15.0  # a stopped worker may be a zombie until init reaps it
     while (alive := [g for g in groups if group_exists(g)]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not alive
+    assert not alive, [p.info for p in psutil.process_iter(["pid", "status", "cmdline"])
+                       if _pgid(p.info["pid"]) in alive]  # fmt: skip
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def group_exists(pgid: int) -> bool:
@@ -269,18 +278,27 @@ def test_parallel_requests_on_every_worker_never_overspend_the_day(
 
 
 def test_feedback_lands_once_and_joins_its_decision(server: Server, workspace: Workspace) -> None:
+    from feature_repo.store import online_user_features, open_store
     from serving.feedback import read_feedback
 
     now = noon_after(workspace, 3)
+    store = open_store(workspace)
     with CouponflowClient(server.base_url, timeout_s=10) as client:
         answer = next(
             a for u in range(50) if (a := client.recommend(u, 3, now=now)).offers
         )  # the day's budget is fresh: an offer comes soon
+        before = online_user_features(store, answer.user_id)
         first = client.feedback(answer.request_id, "shown")
         again = client.feedback(answer.request_id, "shown")
         bought = client.feedback(answer.request_id, "purchased", amount=42.5)
+        after = online_user_features(store, answer.user_id)
     assert first.recorded and not again.recorded and bought.recorded
+    assert first.pushed and not again.pushed and bought.pushed
     assert first.user_id == answer.user_id
+    # The online store already counts the offers shown (once) and the order.
+    for name, added in [("offers_7d", len(answer.offers)), ("orders_1d", 1), ("spend_30d", 42.5)]:
+        at = USER_FEATURES.index(name)
+        assert after[at] == pytest.approx(before[at] + added), name
     day = now.strftime("%Y-%m-%d")
     events = [
         e for e in read_feedback(workspace, day, "events") if e["request_id"] == answer.request_id
