@@ -98,7 +98,10 @@ class Arms:
         and the eligible coupons."""
         ok = open_mask(self.valid_from, self.valid_to, self.scope, now, category)
         ok[0] = True
-        rows = np.flatnonzero(ok)
+        return self.take(np.flatnonzero(ok))
+
+    def take(self, rows: np.ndarray) -> Arms:
+        """The arms at `rows`, in that order (keep row 0 first: "no coupon")."""
         return Arms(
             self.coupon_ids[rows],
             self.table.take(rows),

@@ -25,16 +25,15 @@ from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_fea
 from couponflow.model import load_model
 from couponflow.policy import (
     INELIGIBLE,
+    Arms,
     BudgetPlan,
     LocalSpend,
     Pacer,
     SpendStore,
     choose,
-    eligible,
     lagrangian,
     score,
     user_cap_mask,
-    with_control,
 )
 from feature_repo.store import (
     online_coupon_stats,
@@ -91,6 +90,7 @@ class Recommender:
             logger.exception("coupon stats unreadable; every answer is degraded")
             self.catalogue = catalogue.assign(**dict.fromkeys(COUPON_FEATURES, np.nan))
             self.stats_missing = True
+        self.arms = Arms.of(self.catalogue)  # prepared once: per request a mask and an index
         serving = ws.params.get("serving", {})
         self.feature_timeout_s = float(serving.get("feature_timeout_s", FEATURE_TIMEOUT_S))
         self.as_of = pd.Timestamp(as_of)
@@ -141,7 +141,7 @@ class Recommender:
         degraded = degraded or ("coupon_stats" if self.stats_missing else None)
         clock = self._clock(now)
         day = clock.strftime("%Y-%m-%d")
-        arms = with_control(eligible(self.catalogue, clock, category))
+        arms = self.arms.open(clock, category)
         scores = score(self.net, features[None, :], arms, self.margin)
         cost = scores.expected_cost[0]
         picks, spent = [], 0.0
@@ -161,7 +161,7 @@ class Recommender:
         drivers = self._drivers(features, arms, [arm for arm, _ in picks]) if explain else {}
         offers = [
             {
-                "coupon_id": str(arms["coupon_id"].iloc[arm]),
+                "coupon_id": str(arms.coupon_ids[arm]),
                 "score": float(scores.incremental_profit[0, arm]),
                 "p_redeem": float(scores.p_redeem[0, arm]),
                 "propensity": propensity,
@@ -209,7 +209,7 @@ class Recommender:
         return features, None
 
     def _drivers(
-        self, features: np.ndarray, arms: pd.DataFrame, offered: list[int]
+        self, features: np.ndarray, arms: Arms, offered: list[int]
     ) -> dict[int, list[dict[str, Any]]]:
         """Per offered arm, the user inputs that moved its expected incremental profit
         most: each input in turn set to its cold-start value (a user nobody has seen), the
@@ -221,7 +221,8 @@ class Recommender:
             return {arm: [] for arm in offered}
         probes = np.repeat(features[None, :], len(changed) + 1, axis=0)
         probes[np.arange(1, len(changed) + 1), changed] = base[changed]
-        profit = score(self.net, probes, arms.iloc[[0, *offered]], self.margin).incremental_profit
+        rescored = arms.take(np.array([0, *offered]))
+        profit = score(self.net, probes, rescored, self.margin).incremental_profit
         effects = profit[0, 1:] - profit[1:, 1:]  # (inputs, offers): what each value adds
         return {
             arm: [
@@ -244,7 +245,7 @@ class Recommender:
             self._lookups.submit(self.user_features, -1).result(timeout=WARM_UP_TIMEOUT_S)
         except Exception:  # the worker still starts, and answers degraded meanwhile
             logger.exception("feature store failing at start")
-        score(self.net, features, with_control(eligible(self.catalogue, self.as_of)), self.margin)
+        score(self.net, features, self.arms.open(self.as_of), self.margin)
 
     def _clock(self, now: datetime | None) -> pd.Timestamp:
         """The moment eligibility is judged at, naive UTC like the catalogue's columns."""
