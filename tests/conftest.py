@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,26 @@ def value_cost(
     value = np.zeros((n, m))
     value[:, 1:] = cost[:, 1:] * rng.normal(mean_return, 1.0, (n, m - 1))
     return value, cost
+
+
+@pytest.fixture
+def redis_prefix_clean() -> Iterator[str]:
+    """A unique Redis key prefix on 127.0.0.1:6379 (skips when no Redis answers), and no key
+    of it left behind."""
+    import uuid
+
+    import redis
+
+    from serving.spend import redis_client
+
+    client = redis_client("127.0.0.1:6379")
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"couponflow-test:{uuid.uuid4().hex}"
+    yield prefix
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    assert not list(client.scan_iter(f"{prefix}:*"))

@@ -4,14 +4,12 @@ context category, the 7-day cap and the day's budget shape what a shopper is off
 from __future__ import annotations
 
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
 from couponflow.config import HOME_ENV, Workspace
 from couponflow.features import USER_FEATURES
@@ -125,23 +123,12 @@ def test_two_workers_sharing_a_sqlite_spend_never_overspend_the_day(
 
 @pytest.mark.redis
 def test_two_workers_sharing_a_redis_spend_never_overspend_the_day(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace, tmp_path: Path, redis_prefix_clean: str
 ) -> None:
     from serving.spend import RedisSpend, redis_client
 
     client = redis_client("127.0.0.1:6379")
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    prefix = f"couponflow-test:{uuid.uuid4().hex}"
-    try:
-        share_a_budget(workspace, tmp_path, [RedisSpend(client, prefix) for _ in range(2)])
-    finally:
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-    assert not list(client.scan_iter(f"{prefix}:*"))
+    share_a_budget(workspace, tmp_path, [RedisSpend(client, redis_prefix_clean) for _ in range(2)])
 
 
 def test_a_failing_or_slow_feature_store_gives_a_fast_degraded_answer(

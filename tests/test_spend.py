@@ -4,13 +4,11 @@ commit more than it, on SQLite and on Redis (127.0.0.1:6379, marked `redis`)."""
 from __future__ import annotations
 
 import multiprocessing
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
 from couponflow.config import Workspace
 from serving.spend import RedisSpend, SqliteSpend, open_spend, redis_client, redis_prefix
@@ -62,22 +60,6 @@ class RedisAt:
 
     def __call__(self) -> RedisSpend:
         return RedisSpend(redis_client("127.0.0.1:6379"), self.prefix)
-
-
-@pytest.fixture
-def redis_prefix_clean() -> Iterator[str]:
-    """A unique key prefix, and no key of it left behind."""
-    client = redis_client("127.0.0.1:6379")
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    prefix = f"couponflow-test:{uuid.uuid4().hex}"
-    yield prefix
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    assert not list(client.scan_iter(f"{prefix}:*"))
 
 
 def check_no_overspend(make: Factory, accepted: int) -> None:
