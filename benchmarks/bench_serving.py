@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.config import Workspace
 from couponflow.logs import quiet_libraries
 
 N_USERS = 2_000
@@ -35,40 +35,27 @@ DAYS = 3
 
 
 def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
-    """A small world whose catalogue has `coupons` standing coupons, loaded into the
-    offline and online stores, with a model and its budget plan in ws.models."""
-    import yaml
-
-    from couponflow.landing import load_offline
+    """A small world whose catalogue has `coupons` standing coupons, seeded through the
+    pipeline's own path (land, validate, offline store, features), with a model and its
+    budget plan in ws.models."""
+    from couponflow.cli import seed_history
     from couponflow.model import CouponNet, save_model
     from couponflow.workspace import init_workspace
-    from couponflow.world import World
-    from feature_repo.store import apply_definitions, materialise_day, open_store, publish_features
     from serving import POLICY_FILE
     from training.budget import make_plan
 
-    params = load_params(PROJECT_ROOT / "params.yaml")
-    for key, value in {
-        "world.n_users": N_USERS,
-        "world.n_coupons": coupons,
-        "world.drift.new_coupons_per_week": 0,
-        "features.online_store": online_store,
-        "features.project": f"bench{coupons}{online_store}",
-    }.items():
-        set_param(params, key, value)
-    ws = init_workspace(root, {})
-    ws.params_file.write_text(yaml.safe_dump({**params, "code_dir": str(PROJECT_ROOT)}))
-    ws = Workspace(ws.root)
-    world = World(ws.params["world"])
-    start = pd.Timestamp(ws.params["world"]["start_date"])
-    days = [str((start + pd.Timedelta(days=i)).date()) for i in range(DAYS)]
-    for day in days:
-        load_offline(ws, day, world.simulate_day(day))
-    store = open_store(ws)
-    apply_definitions(store)
-    for day in days:
-        publish_features(ws, day)
-    materialise_day(store, days[-1])
+    ws = init_workspace(
+        root,
+        {
+            "world.n_users": N_USERS,
+            "world.n_coupons": coupons,
+            "world.history_days": DAYS,
+            "world.drift.new_coupons_per_week": 0,
+            "features.online_store": online_store,
+            "features.project": f"bench{coupons}{online_store}",
+        },
+    )
+    seed_history(ws)
     version = f"bench-{coupons}-{online_store}"
     save_model(CouponNet(), ws.models / "model.pt", {"version": version})
     (ws.models / "model.json").write_text(json.dumps({"version": version}))
