@@ -59,8 +59,11 @@ class Baseline(ABC):
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
         """(users, arms) ranking values; column 0 ("no coupon") is 0."""
 
-    def cost(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        return self.cost_model.predict(users, arms)
+    def value_and_cost(
+        self, users: np.ndarray, arms: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Its ranking values and the shared cost model's expected costs."""
+        return self.value(users, arms), self.cost_model.predict(users, arms)
 
 
 class CostModel:

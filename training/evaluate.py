@@ -56,9 +56,9 @@ class Policy(Protocol):
 
     name: str
 
-    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray: ...
-
-    def cost(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray: ...
+    def value_and_cost(
+        self, users: np.ndarray, arms: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class ModelPolicy:
@@ -68,11 +68,12 @@ class ModelPolicy:
     def __init__(self, name: str, net: CouponNet, version: str, margin: float) -> None:
         self.name, self.net, self.version, self.margin = name, net, version, margin
 
-    def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        return score(self.net, users, arms, self.margin).incremental_profit
-
-    def cost(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        return score(self.net, users, arms, self.margin).expected_cost
+    def value_and_cost(
+        self, users: np.ndarray, arms: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Both from one scoring of the network."""
+        s = score(self.net, users, arms, self.margin)
+        return s.incremental_profit, s.expected_cost
 
     def expected_reward(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
         """Expected profit of every arm, margin on spend less the discount: the reward
@@ -118,9 +119,10 @@ class Priced:
 
 def price(policy: Policy, users: np.ndarray, arms: pd.DataFrame, cap: int) -> Priced:
     """Value and cost every arm for every user; users at their offer cap get no coupon."""
-    value = np.array(policy.value(users, arms), dtype=float)
+    value, cost = policy.value_and_cost(users, arms)
+    value = np.array(value, dtype=float)
     value[user_cap_mask(users, cap), 1:] = -np.inf
-    return Priced(value, policy.cost(users, arms))
+    return Priced(value, cost)
 
 
 @dataclass
