@@ -110,9 +110,6 @@ class Arms:
             self.scope[rows],
         )
 
-    def __len__(self) -> int:
-        return len(self.coupon_ids)
-
 
 def user_cap_mask(user_features: np.ndarray, max_offers_7d: int | None) -> np.ndarray:
     """Users already offered `max_offers_7d` coupons or more in 7 days (None: no cap): they
