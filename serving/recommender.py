@@ -77,6 +77,7 @@ class Recommender:
         as_of: str,
         workers: int = 1,
         spend: SpendStore | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         torch.set_num_threads(1)  # tiny per-request batches; parallelism comes from workers
         self.net, meta = load_model(model_dir / "model.pt")
@@ -112,7 +113,7 @@ class Recommender:
         # Lookups run here so a hung store costs a request feature_timeout_s, not its thread.
         self._lookups = ThreadPoolExecutor(4, thread_name_prefix="feature-lookup")
         self._store_failing = False
-        self._rng = np.random.default_rng()
+        self._rng = rng or np.random.default_rng()  # exploration; seeded for reproducible runs
         self._rng_lock = threading.Lock()  # requests run on a thread pool; Generator isn't safe
         self._warm_up()
 
