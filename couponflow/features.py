@@ -47,12 +47,25 @@ def relative_value(kind: Any, value: Any, basket: Any) -> np.ndarray:
     Feast's on-demand view `offer_value` and the model's arm encoding both call this, so
     the value trained on is the value served.
     """
-    kind = pd.Series(kind, copy=False).astype("string").fillna("").to_numpy(dtype=object)
-    value = pd.Series(value, copy=False).astype("float64").fillna(0.0).to_numpy()
-    basket = pd.Series(basket, copy=False).astype("float64").fillna(0.0).to_numpy()
+    kind, value, basket = _text(kind), _numbers(value), _numbers(basket)
     basket = np.maximum(basket, MIN_BASKET)
     rel = np.where(kind == "percent_off", value / 100.0, value / basket)
     return np.where(np.isin(kind, COUPON_KINDS), np.minimum(rel, 1.0), 0.0)
+
+
+def _text(values: Any) -> np.ndarray:
+    """Strings as an object array, "" for missing; a numpy object array (what scoring
+    passes, per request) is taken as it is: pandas would cost more than the maths."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return values
+    return pd.Series(values, copy=False).astype("string").fillna("").to_numpy(dtype=object)
+
+
+def _numbers(values: Any) -> np.ndarray:
+    """Floats, 0 for missing; numpy input skips pandas (see `_text`)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return np.nan_to_num(values.astype("float64", copy=False), nan=0.0)
+    return pd.Series(values, copy=False).astype("float64").fillna(0.0).to_numpy()
 
 
 def day_end(day: str) -> pd.Timestamp:

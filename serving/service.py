@@ -41,6 +41,11 @@ Amount = Annotated[float, Field(ge=0, le=1e6, description="order amount, if any"
 
 
 WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
+# Requests run on a thread pool, and OpenMP gives each new thread a team of one thread per
+# core unless told otherwise (torch.set_num_threads holds only for the thread calling
+# it): spinning teams oversubscribed the cores and throughput fell 4x under concurrency.
+# Must be set before torch loads, which waits for the worker's start (__init__).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 logger = logging.getLogger(__name__)
 
 
