@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -127,12 +126,6 @@ def bare_cost_ms(ws: Workspace, samples: int = 300) -> dict[str, float]:
     return {"lookup_p99": p99(lookups), "scoring_p99": p99(scorings), "arms": len(arms) - 1}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
@@ -142,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     from serving.bento import build_bento, store_model
-    from serving.server import start_server
+    from serving.server import free_port, start_server
 
     rows = []
     for online_store in args.online_store:

@@ -6,6 +6,8 @@ read back what happened.
     couponflow status                    # the runs' summaries and the live release
     couponflow demo   [--days N]         # init, run N days, print status with a live answer
     couponflow rollback [--reason TEXT]  # the previous release is production again
+    couponflow serve                     # the production release behind the front door
+    couponflow stop                      # stop the front door and every bento server
 
 Room code is imported lazily inside the verbs: the core itself never needs Airflow,
 Feast, GX or BentoML.
@@ -177,6 +179,14 @@ def print_status(ws: Workspace, live: bool) -> None:
         )
         return
     print(f"\nproduction release: {json.dumps(release, indent=2)}")
+    from serving.deployment import deployment_record, front_door
+
+    record = deployment_record(ws)
+    for slot in ("live", "standby"):
+        if record[slot]:
+            print(f"{slot} server: {record[slot]['bento_tag']} on port {record[slot]['port']}")
+    if record["router"]:
+        print(f"front door: {front_door(ws)}")
     if live:
         from serving.bento import live_answer
 
@@ -185,18 +195,38 @@ def print_status(ws: Workspace, live: bool) -> None:
 
 
 def roll_back(ws: Workspace, reason: str) -> None:
-    """Restore the previous release (its record and champion) and say what is live now."""
-    from serving.release import RollbackImpossible, rollback
+    """Restore the previous release (traffic first, then its record and champion) and say
+    what is live now."""
+    from serving.deployment import CandidateRefused, roll_back
+    from serving.release import RollbackImpossible
 
     started = time.monotonic()
     try:
-        record = rollback(ws, reason)
-    except RollbackImpossible as impossible:
+        record = roll_back(ws, reason)
+    except (RollbackImpossible, CandidateRefused) as impossible:
         sys.exit(f"rollback refused: {impossible}")
     print(
         f"rolled back in {time.monotonic() - started:.1f} s: production is now model "
         f"{record['model_version']} served by {record['bento_tag']}"
     )
+
+
+def serve(ws: Workspace) -> None:
+    """Put the production release behind the front door (it keeps running: `stop`)."""
+    from serving.deployment import CandidateRefused, front_door, serve_production
+
+    try:
+        record = serve_production(ws)
+    except CandidateRefused as refused:
+        sys.exit(f"not serving: {refused}")
+    print(f"{record['live']['bento_tag']} live at {front_door(ws)}; `couponflow stop` stops it")
+
+
+def stop(ws: Workspace) -> None:
+    from serving.deployment import stop_deployment
+
+    stopped = stop_deployment(ws)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,8 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     p_status.add_argument("--live", action="store_true", help="also ask the live bento once")
     p_rollback = sub.add_parser("rollback", help="make the previous release production again")
     p_rollback.add_argument("--reason", default="manual rollback", help="kept in the history")
+    sub.add_parser("serve", help="serve the production release behind the front door")
+    sub.add_parser("stop", help="stop the front door and every bento server")
     p_demo = sub.add_parser("demo", help="init, run consecutive days, print the status")
     p_demo.add_argument("--days", type=int, default=3)
+    p_demo.add_argument(
+        "--keep-serving", action="store_true", help="leave a released model's servers running"
+    )
     p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
@@ -239,10 +274,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.verb == "demo":
         run_days(ws, next_days(ws, args.days))
         print_status(ws, live=True)
+        if not args.keep_serving:
+            stop(ws)  # a demo leaves no server behind; `couponflow serve` starts it again
     if args.verb == "status":
         print_status(ws, live=args.live)
     if args.verb == "rollback":
         roll_back(ws, args.reason)
+    if args.verb == "serve":
+        serve(ws)
+    if args.verb == "stop":
+        stop(ws)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,20 @@ def outcome_of(steps: dict[str, Any]) -> str:
             return f"{step} failed"
     if not steps["train"]["gate"]["promote"]:
         return "refused by gate"
-    for step in ("build_bento", "smoke_test", "release"):
+    for step in ("build_bento", "check_candidate", "release"):
         if steps.get(step) is None:
             return f"{step} failed; the live release is unchanged"
     return "released"
 
 
-def write_run_summary(ws: Workspace, day: str, steps: dict[str, Any]) -> dict[str, Any]:
+def write_run_summary(
+    ws: Workspace, day: str, steps: dict[str, Any], refusal: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write reports/runs/<day>.json from the steps' results (None where a step did not
-    finish) and return it."""
+    finish) and, when a candidate was refused, why; return it."""
     summary: dict[str, Any] = {"day": day, "outcome": outcome_of(steps), "steps": steps}
+    if refusal is not None:
+        summary["candidate_refused"] = refusal
     validation = ws.validation_reports / f"{day}.json"
     if steps.get("validate") is None and validation.exists():
         report = json.loads(validation.read_text())

@@ -2,7 +2,8 @@
 
 land → validate (GX; a failing batch is quarantined and the run fails here) → offline
 store → features (Feast apply + materialise) → train (dvc repro: dataset, train, evaluate,
-gate) → gate (a refusal skips the release, visibly) → bento → smoke test → release.
+gate) → gate (a refusal skips the release, visibly) → bento → the candidate served beside
+the live release and checked (golden requests, latency) → traffic switched to it.
 Every task is idempotent for its date and calls one function of a project room; the
 workspace is named by $COUPONFLOW_HOME. `summary` always runs and writes what happened.
 """
@@ -86,16 +87,24 @@ def coupon_pipeline():
         return {"model_tag": model_tag, "bento_tag": build_bento(ws, model_tag)}
 
     @task
-    def smoke_test(built: dict) -> dict:
-        from serving.bento import serve_and_check
+    def check_candidate(built: dict) -> dict:
+        """Serve the bento beside the live release and check it there; a refusal fails
+        this task with the reason, and shoppers never reach the candidate."""
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return serve_and_check(_workspace(), built["bento_tag"])
+        from serving.deployment import CandidateRefused, start_candidate
+
+        try:
+            return start_candidate(_workspace(), built["model_tag"], built["bento_tag"])
+        except CandidateRefused as refused:
+            raise AirflowFailException(str(refused)) from refused
 
     @task
-    def release(built: dict, checked: dict) -> dict:
-        from serving.release import record_release
+    def release(checked: dict) -> dict:
+        """Switch traffic to the checked candidate and record the release."""
+        from serving.deployment import switch_to_candidate
 
-        return record_release(_workspace(), built["model_tag"], built["bento_tag"], "gate passed")
+        return switch_to_candidate(_workspace(), checked["bento_tag"], "gate passed")
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def summary(ds: str | None = None) -> dict:
@@ -107,7 +116,7 @@ def coupon_pipeline():
 
         ti = get_current_context()["ti"]
         pulled = {name: ti.xcom_pull(task_ids=name) for name in TASK_IDS}
-        written = write_run_summary(_workspace(), ds, pulled)
+        written = write_run_summary(_workspace(), ds, pulled, refusal=_refusal(pulled))
         if written["outcome"] not in ("released", "refused by gate"):
             raise AirflowFailException(f"{ds}: {written['outcome']}")
         return written
@@ -119,8 +128,8 @@ def coupon_pipeline():
     trained = train()
     promoted = gate(trained)
     built = build_bento(trained)
-    checked = smoke_test(built)
-    released = release(built, checked)
+    checked = check_candidate(built)
+    released = release(checked)
     landed >> validated >> loaded >> materialised >> trained
     promoted >> built
     released >> summary()
@@ -134,8 +143,21 @@ TASK_IDS = [
     "train",
     "gate",
     "build_bento",
-    "smoke_test",
+    "check_candidate",
     "release",
 ]
+
+
+def _refusal(pulled: dict) -> dict | None:
+    """Why the candidate was refused, when a built bento never took traffic."""
+    if pulled["build_bento"] is None or pulled["check_candidate"] is not None:
+        return None
+    from serving.deployment import deployment_record
+
+    refusal = deployment_record(_workspace()).get("last_refusal")
+    return (
+        refusal if refusal and refusal["bento_tag"] == pulled["build_bento"]["bento_tag"] else None
+    )
+
 
 coupon_pipeline()

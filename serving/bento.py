@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ from serving import (
     MODEL_TAG_ENV,
     bentoml_env,
 )
-from serving.server import start_server
-from serving.smoke import smoke_test
+from serving.server import free_port, start_server
 
 BENTOFILE = Path(__file__).resolve().parent / "bentofile.yaml"
 
@@ -72,20 +70,11 @@ def build_bento(ws: Workspace, model_tag: str) -> str:
     return out.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
-def serve_and_check(ws: Workspace, bento_tag: str) -> dict[str, Any]:
-    """Start the bento on `serving.port`, smoke-test it and stop it: the release check.
-    Returns the bento tag, seconds to readiness and the live answer."""
-    started = time.monotonic()
-    with start_server(ws, bento_tag, int(ws.params["serving"]["port"])) as server:
-        ready_s = round(time.monotonic() - started, 1)
-        answer = smoke_test(server.base_url)
-    return {"bento_tag": bento_tag, "ready_s": ready_s, "answer": answer}
-
-
 def live_answer(ws: Workspace, bento_tag: str, user_id: int = 0) -> dict[str, Any]:
-    """One real answer of `bento_tag` for `user_id` (the server runs only for it)."""
+    """One real answer of `bento_tag` for `user_id` (the server runs only for it, on a
+    port of its own: serving.port belongs to the front door)."""
     body = {"user_id": user_id, "k": int(ws.params["policy"]["k"])}
-    with start_server(ws, bento_tag, int(ws.params["serving"]["port"])) as server:
+    with start_server(ws, bento_tag, free_port()) as server:
         response = httpx.post(f"{server.base_url}/recommend", json=body, timeout=10)
     response.raise_for_status()
     return response.json()

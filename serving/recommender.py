@@ -29,6 +29,7 @@ from couponflow.policy import (
     BudgetPlan,
     LocalSpend,
     Pacer,
+    Scores,
     SpendStore,
     choose,
     lagrangian,
@@ -113,6 +114,7 @@ class Recommender:
         # Lookups run here so a hung store costs a request feature_timeout_s, not its thread.
         self._lookups = ThreadPoolExecutor(4, thread_name_prefix="feature-lookup")
         self._store_failing = False
+        self._model_failing = False
         self._rng = rng or np.random.default_rng()  # exploration; seeded for reproducible runs
         self._rng_lock = threading.Lock()  # requests run on a thread pool; Generator isn't safe
         self._warm_up()
@@ -144,21 +146,15 @@ class Recommender:
         day = clock.strftime("%Y-%m-%d")
         arms = self.arms.open(clock, category)
         scores = score(self.net, features[None, :], arms, self.margin)
-        cost = scores.expected_cost[0]
-        picks, spent = [], 0.0
-        try:
-            pace = self.pacer.pace(day)
-            value = lagrangian(scores.incremental_profit[0], cost, pace.multiplier)
-            if user_cap_mask(features[None, :], self.max_offers_7d)[0]:
-                value[1:] = INELIGIBLE
-            with self._rng_lock:
-                picks = choose(value, k, self.epsilon, self._rng, cost, pace.allowance)
-            spent = float(sum(cost[arm] for arm, _ in picks))
-            if not self.pacer.record(day, spent):
-                picks, spent = [], 0.0  # another request spent the rest of the budget meanwhile
-        except Exception:  # the spend store failed: an offer it cannot count is never made
-            logger.exception("spend store failed; answering without offers")
-            picks, spent, degraded = [], 0.0, "spend"
+        picks: list[tuple[int, float]] = []
+        spent = 0.0
+        if not np.isfinite([scores.incremental_profit[0], scores.expected_cost[0]]).all():
+            if not self._model_failing:  # log the fault once, not every request
+                logger.error("model %s gives non-finite scores: no offers", self.model_version)
+            self._model_failing = True
+            degraded = "model"  # a decision it cannot price is never made
+        else:
+            picks, spent, degraded = self._choose(scores, features, day, k, degraded)
         drivers = self._drivers(features, arms, [arm for arm, _ in picks]) if explain else {}
         offers = [
             {
@@ -180,6 +176,28 @@ class Recommender:
             "at": clock.isoformat(),
             "spent": spent,
         }
+
+    def _choose(
+        self, scores: Scores, features: np.ndarray, day: str, k: int, degraded: str | None
+    ) -> tuple[list[tuple[int, float]], float, str | None]:
+        """The exploring choice within the day's pacing: (arm, propensity) picks, the cost
+        committed, and why the answer is degraded (`degraded` unless the spend store fails:
+        then no offer, since one it cannot count is never made)."""
+        cost = scores.expected_cost[0]
+        try:
+            pace = self.pacer.pace(day)
+            value = lagrangian(scores.incremental_profit[0], cost, pace.multiplier)
+            if user_cap_mask(features[None, :], self.max_offers_7d)[0]:
+                value[1:] = INELIGIBLE
+            with self._rng_lock:
+                picks = choose(value, k, self.epsilon, self._rng, cost, pace.allowance)
+            spent = float(sum(cost[arm] for arm, _ in picks))
+            if not self.pacer.record(day, spent):
+                return [], 0.0, degraded  # another request spent the rest of the budget
+            return picks, spent, degraded
+        except Exception:
+            logger.exception("spend store failed; answering without offers")
+            return [], 0.0, "spend"
 
     def push_outcome(self, event: dict[str, Any]) -> bool:
         """Push the user's counters after a feedback `event` (user_id, event, coupon_ids,

@@ -30,11 +30,10 @@ def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -
     return _make_production(ws, model_tag, bento_tag, "release", reason, ws.models)
 
 
-def rollback(ws: Workspace, reason: str) -> dict[str, Any]:
-    """Make the release that was live before the current one production again: its record,
-    and its model files (from the workspace's BentoML store, where every released model
-    lives) as the champion, so the next evaluation compares against what shoppers get.
-    Rolling back again goes one release further back. Returns the new record."""
+def rollback_target(ws: Workspace) -> dict[str, Any]:
+    """The release a rollback returns to: the one live before the current one (a release
+    already rolled back from is never returned to). RollbackImpossible when there is none
+    or its model is gone from the workspace's BentoML store."""
     if current_release(ws) is None:
         raise RollbackImpossible("nothing has been released yet")
     live: list[dict[str, Any]] = []  # the releases a rollback can return to, newest last
@@ -46,14 +45,28 @@ def rollback(ws: Workspace, reason: str) -> dict[str, Any]:
     if len(live) < 2:
         raise RollbackImpossible(f"no release before {live[-1]['model_version']}")
     target = live[-2]
-    name, _, version = target["model_tag"].partition(":")
-    stored = bentoml_home(ws) / "models" / name / version
+    stored = _stored(ws, target)
     missing = [f for f in MODEL_FILES if not (stored / f).exists()]
     if missing:
         raise RollbackImpossible(f"{target['model_tag']} lacks {missing} in {stored.parent}")
+    return target
+
+
+def rollback(ws: Workspace, reason: str) -> dict[str, Any]:
+    """Record the `rollback_target` as production again, with its model files (from the
+    workspace's BentoML store, where every released model lives) as the champion, so the
+    next evaluation compares against what shoppers get. Rolling back again goes one
+    release further back. Returns the new record; serving.deployment moves the traffic."""
+    target = rollback_target(ws)
     return _make_production(
-        ws, target["model_tag"], target["bento_tag"], "rollback", reason, stored
+        ws, target["model_tag"], target["bento_tag"], "rollback", reason, _stored(ws, target)
     )
+
+
+def _stored(ws: Workspace, release: dict[str, Any]) -> Path:
+    """Where the workspace's BentoML store keeps a release's model files."""
+    name, _, version = release["model_tag"].partition(":")
+    return bentoml_home(ws) / "models" / name / version
 
 
 class RollbackImpossible(RuntimeError):

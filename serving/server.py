@@ -36,12 +36,46 @@ class Server:
     and `stop()` signals all their groups.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-        self.process = process
+    def __init__(
+        self, arbiter_pid: int, base_url: str, log: Path, child: subprocess.Popen | None = None
+    ) -> None:
+        self.pid = arbiter_pid
         self.base_url = base_url
         self.log = log
+        self._child = child  # ours to reap, when this process started the server
         self._seen: dict[int, tuple[psutil.Process, int]] = {}  # pid -> (process, pgid)
+        self._arbiter: psutil.Process | None = None
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self._arbiter = psutil.Process(arbiter_pid)
         self._watch()
+
+    @classmethod
+    def attach(cls, handle: dict[str, object]) -> Server:
+        """The server a `handle()` describes, started by another process (a DAG task) and
+        still running or not: so the next task, a rollback or `couponflow stop` can check,
+        switch to or stop it. Groups recorded in the handle are signalled on stop too."""
+        server = cls(int(handle["pid"]), str(handle["url"]), Path(str(handle["log"])))
+        groups = {int(g) for g in handle.get("pgids", [])}  # type: ignore[union-attr]
+        for proc in psutil.process_iter(["pid", "cmdline"]):  # orphans of a dead arbiter
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                pgid = os.getpgid(proc.pid)
+                # a recorded group number may have been reused: only bento processes count
+                if pgid in groups and "bentoml" in " ".join(proc.info["cmdline"] or []):
+                    server._seen.setdefault(proc.pid, (proc, pgid))
+        return server
+
+    def handle(self) -> dict[str, object]:
+        """What `attach` needs, as JSON-ready values."""
+        return {"pid": self.pid, "url": self.base_url, "log": str(self.log),
+                "pgids": sorted(self.pgids)}  # fmt: skip
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def running(self) -> bool:
+        """Whether the arbiter still runs."""
+        return not self._exited()
 
     @property
     def pgids(self) -> set[int]:
@@ -54,8 +88,8 @@ class Server:
         service (model, catalogue, feature store) is built, so no request meets a cold one."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerFailed(f"server exited with {self.process.returncode}\n{self.tail()}")
+            if self._exited():
+                raise ServerFailed(f"server exited\n{self.tail()}")
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     self._watch()
@@ -69,8 +103,8 @@ class Server:
         """SIGTERM the arbiter (it stops its workers gracefully), then SIGKILL every group
         of the server still alive after `grace_s`."""
         groups = self.pgids
-        arbiter_gone = self.process.poll() is not None  # then its workers are orphans
-        for pgid in groups if arbiter_gone else {self.process.pid}:
+        arbiter_gone = self._exited()  # then its workers are orphans
+        for pgid in groups if arbiter_gone else {self.pid}:  # the arbiter leads its session
             _killpg(pgid, signal.SIGTERM)
         if not self._wait_gone(grace_s):
             for pgid in groups:
@@ -95,18 +129,26 @@ class Server:
     def _watch(self) -> None:
         """Remember the server's current processes (workers come and go, and an orphaned
         worker can no longer be found from the arbiter)."""
+        if self._arbiter is None or self._exited():
+            return
         try:
-            root = psutil.Process(self.process.pid)
-            for proc in [root, *root.children(recursive=True)]:
+            for proc in [self._arbiter, *self._arbiter.children(recursive=True)]:
                 if proc.pid not in self._seen:
                     self._seen[proc.pid] = (proc, os.getpgid(proc.pid))
         except (psutil.NoSuchProcess, ProcessLookupError):
             pass
 
+    def _exited(self) -> bool:
+        """Whether the arbiter has ended (a zombie counts as ended)."""
+        if self._child is not None:
+            return self._child.poll() is not None
+        return not _running(self._arbiter)
+
     def _alive(self) -> bool:
         """Whether any process of the server still runs (a zombie no longer counts:
         orphans are reaped by init, which in some containers never happens)."""
-        self.process.poll()  # reap our own child
+        if self._child is not None:
+            self._child.poll()  # reap our own child
         for proc, _ in self._seen.values():
             try:
                 if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
@@ -125,6 +167,14 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _running(proc: psutil.Process | None) -> bool:
+    """Whether a process runs (a zombie does not)."""
+    try:
+        return proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
@@ -156,7 +206,7 @@ def start_server(ws: Workspace, bento_tag: str, port: int) -> Server:
         process = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    server = Server(process.pid, f"http://127.0.0.1:{port}", log, child=process)
     try:
         server.wait_ready(float(cfg["smoke_timeout_s"]))
     except BaseException:
@@ -188,6 +238,13 @@ def _model_tag(ws: Workspace, bento_tag: str) -> str:
     info = yaml.safe_load((folder / version / "bento.yaml").read_text())
     (tag,) = {m["tag"] for service in info["services"] for m in service["models"]}
     return tag
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _listening(port: int) -> bool:

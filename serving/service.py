@@ -54,6 +54,11 @@ class RequestContext(BaseModel):
     not offered), `now` moves the policy's clock (eligibility); other keys are allowed."""
 
     model_config = ConfigDict(extra="allow")
+    channel: str | None = Field(
+        default=None,
+        max_length=64,
+        description='where the offer is shown (checkout, app_home, crm; "golden": a check)',
+    )
     category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
         default=None, description="the page's category; coupons of other categories are not offered"
     )
@@ -87,7 +92,8 @@ class Recommendation(BaseModel):
     policy_version: str
     cold_start: bool = Field(description="the feature store had no row for this user")
     degraded: bool = Field(
-        description="a store failed: answered from cold-start features, or without offers"
+        description="a store or the model failed: answered from cold-start features, or "
+        "without offers"
     )
     offers: list[Offer]
 
@@ -152,6 +158,7 @@ class CouponRecommender:
                 "day": decision["day"],
                 "at": decision["at"],
                 "k": k,
+                "channel": context.channel if context else None,
                 "category": category,
                 "degraded_reason": decision["degraded"],
             }

@@ -4,7 +4,6 @@ tests never see the demo's state or ~/bentoml, and Airflow keeps its metadata in
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +21,6 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 TINY_WORLD = {"world.n_users": 400, "world.history_days": 5}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

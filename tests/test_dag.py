@@ -33,7 +33,7 @@ def test_pipeline_tasks_and_edges(dagbag) -> None:
         "train",
         "gate",
         "build_bento",
-        "smoke_test",
+        "check_candidate",
         "release",
         "summary",
     ]

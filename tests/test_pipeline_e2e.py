@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +20,8 @@ from couponflow.config import HOME_ENV
 from couponflow.landing import offline_days, write_batch
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
-from tests.conftest import TINY_WORLD, free_port
+from serving.server import free_port
+from tests.conftest import TINY_WORLD
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +43,10 @@ def pipeline(tmp_path_factory):
     seed_history(ws)
     (day,) = next_days(ws, 1)
     (summary,) = run_days(ws, [day])
-    return ws, day, summary
+    yield ws, day, summary
+    from serving.deployment import stop_deployment
+
+    stop_deployment(ws)  # the release left its servers and the front door running
 
 
 def test_the_run_releases_a_model(pipeline) -> None:
@@ -105,7 +110,7 @@ def test_a_bento_was_built_and_answered_over_http(pipeline) -> None:
         [str(bentoml), "get", bento_tag], env=bentoml_env(ws), capture_output=True, text=True
     )
     assert listed.returncode == 0, listed.stderr
-    answer = summary["steps"]["smoke_test"]["answer"]
+    answer = summary["steps"]["check_candidate"]["checks"]["answer"]
     assert answer["model_version"] == summary["steps"]["train"]["model"]["version"]
     assert "offers" in answer
 
@@ -116,6 +121,8 @@ def test_the_release_is_recorded(pipeline) -> None:
     ws, _, summary = pipeline
     release = current_release(ws)
     assert release["bento_tag"] == summary["steps"]["build_bento"]["bento_tag"]
+    answer = httpx.post(f"{summary['steps']['release']['url']}/recommend", json={"user_id": 0})
+    assert answer.json()["model_version"] == release["model_version"]  # through the front door
     assert (ws.champion / "model.pt").exists()
 
 

@@ -24,8 +24,7 @@ from couponflow.landing import offline_days
 from couponflow.policy import BudgetPlan
 from serving import POLICY_FILE
 from serving.client import CouponflowClient
-from serving.server import Server
-from tests.conftest import free_port
+from serving.server import Server, free_port
 
 MODEL_VERSION = "test-0001"
 N_USERS = 300
