@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_WORKSPACE ?= var/demo
 DEMO_DAYS ?= 3
 
-.PHONY: install demo test test-fast lint format lock clean
+.PHONY: install demo test test-fast lint check-docker format lock clean
 
 install: $(VENV)/.installed
 
@@ -26,15 +26,27 @@ test: install lint
 test-fast: install  ## everything but the end-to-end pipeline runs
 	$(BIN)/pytest -q -m "not e2e"
 
-lint: install
+lint: install  ## ruff, and no committed secrets (tools/check_secrets.py)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/check_secrets.py
+
+# The deployment files without a Docker daemon or cluster: Debian's docker-compose (1.29)
+# validates the compose file, kubectl renders the kustomization offline, and the tests
+# hold the manifests to their invariants. No image is built.
+check-docker: install
+	@command -v docker-compose >/dev/null || { echo "check-docker needs docker-compose: apt-get install docker-compose"; exit 1; }
+	docker-compose --env-file docker/.env.example -f docker/compose.yaml --profile serve config -q
+	@command -v kubectl >/dev/null || { echo "check-docker needs kubectl"; exit 1; }
+	kubectl kustomize docker/k8s > /dev/null
+	$(BIN)/pytest -q tests/test_deploy_manifests.py
 
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-lock: install  ## re-pin every package after a dependency change
+lock: install  ## re-pin every package after a dependency change (the images' extra too)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,deploy]'
 	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new
 	mv constraints.new constraints.txt
 
