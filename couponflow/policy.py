@@ -254,6 +254,25 @@ def choose(
     return picks
 
 
+def choose_or_hold_out(
+    value: np.ndarray,
+    k: int,
+    epsilon: float,
+    rng: np.random.Generator,
+    holdout_share: float,
+    cost: np.ndarray | None = None,
+    allowance: float = math.inf,
+) -> tuple[list[tuple[int, float]], bool]:
+    """The served decision: with probability `holdout_share` a random holdout (no coupon
+    whatever the scores: the control slice the A/B readout compares the policy with), else
+    `choose`, whose propensities then include the share not held out. Returns (picks,
+    held out)."""
+    if rng.random() < holdout_share:
+        return [], True
+    picks = choose(value, k, epsilon, rng, cost, allowance)
+    return [(arm, (1 - holdout_share) * p) for arm, p in picks], False
+
+
 # -- the day's plan and online pacing -------------------------------------------------------
 @dataclass(frozen=True)
 class BudgetPlan:

@@ -73,6 +73,17 @@ def coupon_pipeline():
 
         return repro(_workspace(), ds)
 
+    @task
+    def served_readout(ds: str | None = None) -> dict:
+        """Yesterday's served decisions against their random holdout, from the feedback
+        downstream apps reported: what the live policy actually earned."""
+        from datetime import date
+
+        from training.served import served_readout
+
+        yesterday = (date.fromisoformat(ds) - timedelta(days=1)).isoformat()
+        return served_readout(_workspace(), yesterday)
+
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def gate(trained: dict) -> bool:
         """Continue to the release only if the gate promoted the challenger."""
@@ -132,11 +143,14 @@ def coupon_pipeline():
     released = release(checked)
     landed >> validated >> loaded >> materialised >> trained
     promoted >> built
-    released >> summary()
+    done = summary()
+    released >> done
+    served_readout() >> done
 
 
 TASK_IDS = [
     "land",
+    "served_readout",
     "validate",
     "load_offline_store",
     "features",

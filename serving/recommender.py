@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from couponflow.config import Workspace
+from couponflow.contract import HOLDOUT_SUFFIX
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
 from couponflow.model import load_model
 from couponflow.policy import (
@@ -31,7 +32,7 @@ from couponflow.policy import (
     Pacer,
     Scores,
     SpendStore,
-    choose,
+    choose_or_hold_out,
     lagrangian,
     score,
     user_cap_mask,
@@ -100,6 +101,7 @@ class Recommender:
         self.max_offers_7d = ws.params["policy"].get("max_offers_7d")
         plan = BudgetPlan.read(model_dir / POLICY_FILE)
         self.epsilon = plan.epsilon  # the exploration the plan's spend was planned with
+        self.holdout_share = float(ws.params["policy"].get("holdout_share", 0.0))
         # A shared store counts every worker's spend against the whole plan; the in-process
         # default counts this worker's alone, against its share.
         self.pacer = Pacer(plan, spend) if spend else Pacer(plan.split(workers), LocalSpend())
@@ -147,14 +149,14 @@ class Recommender:
         arms = self.arms.open(clock, category)
         scores = score(self.net, features[None, :], arms, self.margin)
         picks: list[tuple[int, float]] = []
-        spent = 0.0
+        spent, held_out = 0.0, False
         if not np.isfinite([scores.incremental_profit[0], scores.expected_cost[0]]).all():
             if not self._model_failing:  # log the fault once, not every request
                 logger.error("model %s gives non-finite scores: no offers", self.model_version)
             self._model_failing = True
             degraded = "model"  # a decision it cannot price is never made
         else:
-            picks, spent, degraded = self._choose(scores, features, day, k, degraded)
+            picks, spent, degraded, held_out = self._choose(scores, features, day, k, degraded)
         drivers = self._drivers(features, arms, [arm for arm, _ in picks]) if explain else {}
         offers = [
             {
@@ -168,7 +170,8 @@ class Recommender:
         ]
         return {
             "model_version": self.model_version,
-            "policy_version": self.policy_version,
+            # the holdout slice is logged as a policy of its own, as the A/B readout reads it
+            "policy_version": self.policy_version + (HOLDOUT_SUFFIX if held_out else ""),
             "cold_start": cold_start,
             "degraded": degraded,
             "offers": offers,
@@ -179,10 +182,11 @@ class Recommender:
 
     def _choose(
         self, scores: Scores, features: np.ndarray, day: str, k: int, degraded: str | None
-    ) -> tuple[list[tuple[int, float]], float, str | None]:
-        """The exploring choice within the day's pacing: (arm, propensity) picks, the cost
-        committed, and why the answer is degraded (`degraded` unless the spend store fails:
-        then no offer, since one it cannot count is never made)."""
+    ) -> tuple[list[tuple[int, float]], float, str | None, bool]:
+        """The served choice within the day's pacing: (arm, propensity) picks, the cost
+        committed, why the answer is degraded (`degraded` unless the spend store fails:
+        then no offer, since one it cannot count is never made) and whether the request
+        fell in the random holdout slice."""
         cost = scores.expected_cost[0]
         try:
             pace = self.pacer.pace(day)
@@ -190,14 +194,16 @@ class Recommender:
             if user_cap_mask(features[None, :], self.max_offers_7d)[0]:
                 value[1:] = INELIGIBLE
             with self._rng_lock:
-                picks = choose(value, k, self.epsilon, self._rng, cost, pace.allowance)
+                picks, held_out = choose_or_hold_out(
+                    value, k, self.epsilon, self._rng, self.holdout_share, cost, pace.allowance
+                )
             spent = float(sum(cost[arm] for arm, _ in picks))
             if not self.pacer.record(day, spent):
-                return [], 0.0, degraded  # another request spent the rest of the budget
-            return picks, spent, degraded
+                return [], 0.0, degraded, False  # another request spent the rest meanwhile
+            return picks, spent, degraded, held_out
         except Exception:
             logger.exception("spend store failed; answering without offers")
-            return [], 0.0, "spend"
+            return [], 0.0, "spend", False
 
     def push_outcome(self, event: dict[str, Any]) -> bool:
         """Push the user's counters after a feedback `event` (user_id, event, coupon_ids,

@@ -75,6 +75,7 @@ def simulated_workspace(root: Path, days: int = 3) -> Workspace:
 
     params = load_params(PROJECT_ROOT / "params.yaml")
     set_param(params, "world.n_users", N_USERS)
+    set_param(params, "policy.holdout_share", 0.0)  # every decision the policy's own
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     ws = Workspace(root)
     world = World(params["world"])

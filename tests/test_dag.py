@@ -37,7 +37,8 @@ def test_pipeline_tasks_and_edges(dagbag) -> None:
         "release",
         "summary",
     ]
-    assert set(dag.task_ids) == set(chain)
+    assert set(dag.task_ids) == {*chain, "served_readout"}
+    assert ("served_readout", "summary") in edges  # beside the chain: it reads feedback
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert (upstream, downstream) in edges, f"missing edge {upstream} -> {downstream}"
 

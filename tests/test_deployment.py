@@ -17,7 +17,7 @@ import yaml
 
 from couponflow.config import Workspace
 from serving.server import Server, free_port
-from tests.test_serving import bento, workspace  # noqa: F401  (fixtures: a served world)
+from tests.test_serving import bento, noon_after, workspace  # noqa: F401  (a served world)
 
 
 def make_model(ws: Workspace, version: str, broken: bool = False) -> tuple[str, str]:
@@ -48,9 +48,11 @@ def deployment(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Workspa
     init_workspace(workspace.root)
     params = yaml.safe_load(workspace.params_file.read_text())
     params["serving"]["port"] = free_port()
+    params["policy"]["holdout_share"] = 0.3  # a holdout slice big enough to read out
     workspace.params_file.write_text(yaml.safe_dump(params))
-    yield workspace
-    stop_deployment(workspace)
+    ws = Workspace(workspace.root)  # params are read once per Workspace: a fresh one
+    yield ws
+    stop_deployment(ws)
 
 
 def version_at(ws: Workspace) -> str:
@@ -152,6 +154,39 @@ def test_rollback_switches_to_the_warm_standby(deployment: Workspace) -> None:
     live = deployment_record(deployment)["live"]
     assert live["server"]["pid"] == standby["server"]["pid"]  # no new server was started
     print(f"rollback to the standby took {took:.2f} s")
+
+
+def test_the_served_policy_is_read_out_against_its_holdout(deployment: Workspace) -> None:
+    """Shoppers through the front door, outcomes reported as a downstream app would, and
+    the next run's readout of that day from the feedback logs."""
+    from couponflow.contract import HOLDOUT_SUFFIX
+    from serving.deployment import front_door
+    from training.served import served_readout
+
+    at = noon_after(deployment, 1)  # a day of its own: its budget and its decisions
+    answers = []
+    with httpx.Client(base_url=front_door(deployment), timeout=10) as client:
+        for user in range(120):
+            context = {"channel": "checkout", "now": at.isoformat()}
+            body = {"user_id": user % 300, "k": 1, "context": context}
+            answers.append(client.post("/recommend", json=body).json())
+        for i, answer in enumerate(answers):
+            event = {"request_id": answer["request_id"], "event": "purchased", "amount": 40.0}
+            if i % 3 == 0:
+                assert client.post("/feedback", json=event).status_code == 200
+            if i % 6 == 0 and answer["offers"]:
+                redeemed = {"request_id": answer["request_id"], "event": "redeemed"}
+                assert client.post("/feedback", json=redeemed).status_code == 200
+    held = [a for a in answers if a["policy_version"].endswith(HOLDOUT_SUFFIX)]
+    assert held and all(a["offers"] == [] for a in held)
+    assert 0.15 < len(held) / len(answers) < 0.45  # holdout_share 0.3
+    for offer in (o for a in answers if a not in held for o in a["offers"]):
+        assert offer["propensity"] <= 0.7 + 1e-9  # the share not held out, times the choice's
+
+    readout = served_readout(deployment, at.date().isoformat())
+    assert readout["feedback_decisions"] == len(answers)
+    assert readout["holdout"] == len(held) and readout["redeemed"] > 0
+    assert readout["lift"]["low"] <= readout["lift"]["value"] <= readout["lift"]["high"]
 
 
 def test_stopping_leaves_no_server_and_the_front_door_closed(deployment: Workspace) -> None:

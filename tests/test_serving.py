@@ -34,7 +34,8 @@ N_USERS = 300
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """Four days of a 300-user world in the offline and online stores, and a model.
 
-    Exploration is total (epsilon 1) so an untrained model still makes offers to check.
+    Exploration is total (epsilon 1) so an untrained model still makes offers to check,
+    and nobody is held out.
     """
     from couponflow.landing import load_offline
     from couponflow.model import CouponNet, save_model
@@ -52,6 +53,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     params = load_params(PROJECT_ROOT / "params.yaml")
     set_param(params, "world.n_users", N_USERS)
     set_param(params, "policy.epsilon", 1.0)
+    set_param(params, "policy.holdout_share", 0.0)  # every decision the policy's own
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(HOME_ENV, str(root))

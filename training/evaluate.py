@@ -25,15 +25,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from couponflow.config import Workspace
-from couponflow.contract import HOLDOUT_SUFFIX
 from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.landing import read_offline
 from couponflow.logs import quiet_libraries
 from couponflow.metrics import (
     TargetTerms,
+    ab_readout,
     auuc,
     best_arm_view,
     calibration_curve,
@@ -218,35 +217,6 @@ def ope_report(
         backed = (d.arms == logged) & (d.arms > 0)
         values[name]["coupon_evidence"] = effective_sample_size(backed / propensity)
     return values, leads
-
-
-def mean_difference(a: np.ndarray, b: np.ndarray, level: float) -> dict[str, float]:
-    """Mean of `a` minus mean of `b`, two independent samples, with a normal interval."""
-    diff = float(a.mean() - b.mean())
-    half = norm.ppf((1 + level) / 2) * np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    return {"value": diff, "low": diff - half, "high": diff + half}
-
-
-def ab_readout(table: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The served policy's realised profit per decision over its random holdout slice on
-    the day, from the logged outcomes, with an interval."""
-    holdout = table["policy_version"].astype(str).str.endswith(HOLDOUT_SUFFIX).to_numpy()
-    reward = table["reward"].to_numpy(float)
-    versions = sorted(set(table["policy_version"].astype(str).str.removesuffix(HOLDOUT_SUFFIX)))
-    out: dict[str, Any] = {
-        "policy_version": ", ".join(versions),
-        "decisions": int((~holdout).sum()),
-        "holdout": int(holdout.sum()),
-    }
-    if holdout.sum() < 2 or (~holdout).sum() < 2:
-        return {**out, "lift": None, "note": "no holdout slice in the log"}
-    lift = mean_difference(reward[~holdout], reward[holdout], float(cfg["confidence"]))
-    return {
-        **out,
-        "policy_mean": float(reward[~holdout].mean()),
-        "holdout_mean": float(reward[holdout].mean()),
-        "lift": lift,
-    }
 
 
 # -- on everyone known that day ------------------------------------------------------------
@@ -451,7 +421,7 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
         "logging_policy": {"reward_per_decision": float(held["reward"].mean())},
         "policies": {},
         "challenger_lead_dr": leads,
-        "ab_readout": ab_readout(held, cfg),
+        "ab_readout": ab_readout(held, float(cfg["confidence"])),
         "segments": segment_report(
             segments, on_everyone["challenger"], truth.gain if truth else None
         ),
