@@ -13,82 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import httpx
-import pandas as pd
 import psutil
 import pytest
 import yaml
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.config import Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
 from couponflow.landing import offline_days
 from couponflow.policy import BudgetPlan
 from serving import POLICY_FILE
 from serving.client import CouponflowClient
 from serving.server import Server
-from tests.conftest import free_port
-
-MODEL_VERSION = "test-0001"
-N_USERS = 300
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    """Four days of a 300-user world in the offline and online stores, and a model.
-
-    Exploration is total (epsilon 1) so an untrained model still makes offers to check.
-    """
-    from couponflow.landing import load_offline
-    from couponflow.model import CouponNet, save_model
-    from couponflow.world import World
-    from feature_repo.store import (
-        apply_definitions,
-        materialise_day,
-        open_store,
-        publish_features,
-    )
-    from training.budget import make_plan
-
-    root = tmp_path_factory.mktemp("serving") / "ws"
-    root.mkdir()
-    params = load_params(PROJECT_ROOT / "params.yaml")
-    set_param(params, "world.n_users", N_USERS)
-    set_param(params, "policy.epsilon", 1.0)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(HOME_ENV, str(root))
-        ws = Workspace(root)
-        world = World(params["world"])
-        start = pd.Timestamp(params["world"]["start_date"])
-        days = [(start + pd.Timedelta(days=i)).strftime("%Y-%m-%d") for i in range(4)]
-        for day in days:
-            load_offline(ws, day, world.simulate_day(day))
-        store = open_store(ws)
-        apply_definitions(store)
-        for day in days:
-            publish_features(ws, day)
-            materialise_day(store, day)
-        meta = {"version": MODEL_VERSION, "hidden": 64}
-        save_model(CouponNet(hidden=64), ws.models / "model.pt", meta)
-        (ws.models / "model.json").write_text(json.dumps(meta))
-        make_plan(ws).write(ws.models / POLICY_FILE)
-        yield ws
-
-
-@pytest.fixture(scope="session")
-def bento(workspace: Workspace) -> tuple[str, str]:
-    """(model tag, bento tag) in the workspace's own BentoML store."""
-    from serving.bento import build_bento, store_model
-
-    model_tag = store_model(workspace, workspace.models)
-    return model_tag, build_bento(workspace, model_tag)
-
-
-@pytest.fixture(scope="session")
-def server(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
-    from serving.server import start_server
-
-    with start_server(workspace, bento[1], free_port()) as running:
-        yield running
+from tests.conftest import MODEL_VERSION, free_port
 
 
 def recommend(server: Server, body: dict) -> httpx.Response:
