@@ -125,6 +125,7 @@ class CouponRecommender:
             spend=open_spend(ws),  # every worker counts against the whole day's budget
         )
         self.feedback_log: FeedbackLog = FeedbackLog(ws)
+        self._log_failing = False
         self.metrics = metrics
 
     @bentoml.api(route="/recommend")
@@ -140,22 +141,38 @@ class CouponRecommender:
         started = time.perf_counter()
         now = context.now if context else None
         category = context.category if context else None
+        request_id = uuid4().hex
         decision = self.recommender.recommend(user_id, k, now, category, explain)
         answer = Recommendation(
-            request_id=uuid4().hex,
+            request_id=request_id,
             user_id=user_id,
             **{**decision, "degraded": decision["degraded"] is not None},
         )
-        self.feedback_log.log_decision(
-            {
-                **answer.model_dump(exclude_none=True),
-                "day": decision["day"],
-                "at": decision["at"],
-                "k": k,
-                "category": category,
-                "degraded_reason": decision["degraded"],
-            }
-        )
+        try:
+            self.feedback_log.log_decision(
+                {
+                    **answer.model_dump(exclude_none=True),
+                    "day": decision["day"],
+                    "at": decision["at"],
+                    "k": k,
+                    "category": category,
+                    "degraded_reason": decision["degraded"],
+                    "spent": decision["spent"],  # reconciles with the spend store
+                }
+            )
+            if self._log_failing:
+                logger.warning("decision log writable again")
+            self._log_failing = False
+        except Exception:
+            # An offer whose decision is not logged could never be joined to its outcome
+            # nor evaluated: answer without offers, and give the day its spend back.
+            if not self._log_failing:  # log the change, not every request while it lasts
+                logger.exception("decision log failing: answers without offers")
+            self._log_failing = True
+            decision = self.recommender.withdraw(decision, "decision_log")
+            answer = Recommendation(
+                request_id=request_id, user_id=user_id, **{**decision, "degraded": True}
+            )
         self._count(decision)
         self.metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return answer
@@ -172,17 +189,14 @@ class CouponRecommender:
         landed nor counted twice."""
         from serving.feedback import UnknownRequest
 
-        pushed: list[bool] = []
-
-        def push(row: dict[str, Any]) -> None:
-            try:
-                pushed.append(self.recommender.push_outcome(row))
-            except Exception:  # the event is landed all the same; the next day corrects it
-                logger.exception("pushing fresh counters of user %s failed", row["user_id"])
-                pushed.append(False)
-
+        pushed: list[bool] = []  # bounded by serving.feature_timeout_s; a failure lands too
         try:
-            row = self.feedback_log.record_event(request_id, event, amount, push)
+            row = self.feedback_log.record_event(
+                request_id,
+                event,
+                amount,
+                lambda row: pushed.append(self.recommender.push_outcome(row)),
+            )
         except UnknownRequest:
             raise bentoml.exceptions.NotFound(
                 f"request_id: no decision {request_id!r} was made by this deployment"

@@ -1,0 +1,98 @@
+"""The service under faults, against a real BentoML server (conftest's tiny workspace): the
+decision log and the online store failing. Only the faults are injected on purpose; BentoML,
+Feast and the stores are real."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from couponflow.config import Workspace
+from couponflow.landing import offline_days
+from serving.server import Server
+from tests.conftest import MODEL_VERSION
+from tests.test_serving import metric, noon_after, recommend
+
+
+# -- the decision log failing ------------------------------------------------------------------
+def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_back(
+    server: Server, workspace: Workspace
+) -> None:
+    from serving.feedback import feedback_area
+    from serving.spend import SqliteSpend
+
+    now = noon_after(workspace, 11)
+    day = now.strftime("%Y-%m-%d")
+    blocker = feedback_area(workspace) / f"date={day}"  # a file where the day's folder goes
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder\n")
+    body = {"k": 3, "context": {"now": now.isoformat()}}
+    try:
+        answers = [recommend(server, {**body, "user_id": user}) for user in range(20)]
+    finally:
+        blocker.unlink()
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert all(a.json()["degraded"] and a.json()["offers"] == [] for a in answers)
+    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(day)
+    assert spent.decisions == 20  # each was decided (epsilon 1 offers) ...
+    assert spent.cost == pytest.approx(0.0, abs=1e-9)  # ... and its spend given back
+    unknown = httpx.post(
+        f"{server.base_url}/feedback",
+        json={"request_id": answers[0].json()["request_id"], "event": "shown"},
+        timeout=10,
+    )
+    assert unknown.status_code == 404  # never indexed: no outcome joins an unlogged decision
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    assert metric(text, 'couponflow_degraded_answers_total{reason="decision_log"}') >= 20
+    healed = [recommend(server, {**body, "user_id": user}) for user in range(20, 30)]
+    assert not any(a.json()["degraded"] for a in healed)
+    assert any(a.json()["offers"] for a in healed)  # the same day's budget was left to spend
+    assert 1 <= server.log.read_text().count("decision log failing") <= 2  # once per worker
+
+
+# -- the online store hanging under feedback ---------------------------------------------------
+def test_a_hung_online_store_bounds_feedback_and_the_event_still_lands(
+    workspace: Workspace, bento: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.recommender
+    from serving import bentoml_home
+    from serving.feedback import FeedbackLog, read_feedback
+    from serving.recommender import Recommender
+
+    stored = bentoml_home(workspace) / "models" / "couponflow-recommender" / MODEL_VERSION
+    rec = Recommender(stored, workspace, as_of=offline_days(workspace)[-1])
+    rec.feature_timeout_s = 0.5  # the deadline under test; roomy for a busy machine
+    log = FeedbackLog(workspace)
+    user, now = 299, noon_after(workspace, 12)  # a user no other test pushes to
+    decision = rec.recommend(user, 3, now)
+    request_id = uuid4().hex
+    log.log_decision({**decision, "request_id": request_id, "user_id": user})
+
+    def record(event: str) -> tuple[dict[str, Any], list[bool], float]:
+        pushed: list[bool] = []
+        started = time.perf_counter()
+        row = log.record_event(
+            request_id, event, 10.0, lambda r: pushed.append(rec.push_outcome(r))
+        )
+        return row, pushed, time.perf_counter() - started
+
+    row, pushed, _ = record("shown")
+    assert row["recorded"] and pushed == [True]  # a healthy store takes the push
+
+    def hung(*args: object) -> None:
+        time.sleep(3.0)
+
+    monkeypatch.setattr(serving.recommender, "push_user_features", hung)  # the write hangs
+    row, pushed, took = record("redeemed")
+    assert row["recorded"] and pushed == [False] and took < rec.feature_timeout_s + 1.0
+    monkeypatch.undo()
+    rec.user_features = hung  # the read hangs
+    row, pushed, took = record("purchased")
+    assert row["recorded"] and pushed == [False] and took < rec.feature_timeout_s + 1.0
+    landed = [e["event"] for e in read_feedback(workspace, now.strftime("%Y-%m-%d"), "events")
+              if e["request_id"] == request_id]  # fmt: skip
+    assert sorted(landed) == ["purchased", "redeemed", "shown"]
