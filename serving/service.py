@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import uuid4
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from couponflow.config import Workspace
 from couponflow.contract import CATEGORIES
@@ -32,12 +32,14 @@ if TYPE_CHECKING:
     from serving.feedback import FeedbackLog
     from serving.recommender import Recommender
 
-UserId = Annotated[int, Field(ge=0, strict=True, description="the shopper's user_id")]
+INT64_MAX = 2**63 - 1  # Feast's entity keys and the decision index store user ids as int64
+UserId = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True, description="the shopper's user_id")]
 SlateSize = Annotated[int, Field(ge=1, le=10, strict=True, description="offers wanted, at most")]
 RequestId = Annotated[
     str, Field(min_length=1, max_length=64, description="request_id of a /recommend answer")
 ]
 Amount = Annotated[float, Field(ge=0, le=1e6, description="order amount, if any")]
+CLOCK_YEARS = (1970, 2200)  # a request's `now` must fall in these years
 
 
 WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
@@ -57,7 +59,19 @@ class RequestContext(BaseModel):
     category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
         default=None, description="the page's category; coupons of other categories are not offered"
     )
-    now: datetime | None = Field(default=None, description="judge coupon validity at this time")
+    now: datetime | None = Field(
+        default=None,
+        description=f"judge coupon validity at this time (years {CLOCK_YEARS[0]}-{CLOCK_YEARS[1]})",
+    )
+
+    @field_validator("now")
+    @classmethod
+    def _within_the_policy_clock(cls, now: datetime | None) -> datetime | None:
+        """pandas, which judges eligibility, holds 1677-2262 only; the bound keeps a day's
+        offset inside that range, so a far-off clock is a 4xx naming `now`, not a 500."""
+        if now is not None and not CLOCK_YEARS[0] <= now.year <= CLOCK_YEARS[1]:
+            raise ValueError(f"now must fall in the years {CLOCK_YEARS[0]} to {CLOCK_YEARS[1]}")
+        return now
 
 
 class Driver(BaseModel):

@@ -1,6 +1,6 @@
-"""The service under faults, against a real BentoML server (conftest's tiny workspace): the
-decision log and the online store failing. Only the faults are injected on purpose; BentoML,
-Feast and the stores are real."""
+"""The service under faults, against a real BentoML server (conftest's tiny workspace): its
+OpenAPI schema fuzzed, the decision log and the online store failing. Only the faults are
+injected on purpose; BentoML, Feast and the stores are real."""
 
 from __future__ import annotations
 
@@ -10,12 +10,57 @@ from uuid import uuid4
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
 
 from couponflow.config import Workspace
 from couponflow.landing import offline_days
 from serving.server import Server
 from tests.conftest import MODEL_VERSION
 from tests.test_serving import metric, noon_after, recommend
+
+FUZZ_EXAMPLES = 40  # per endpoint and mode: ~160 requests, a few seconds
+WHOLE_BODY_ERRORS = {"json_invalid", "model_type", "model_attributes_type"}  # no field to name
+
+
+# -- the schema, fuzzed ------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/recommend", "/feedback"])
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_fuzzing_the_live_schema_finds_no_server_error(
+    server: Server, path: str, mode: str
+) -> None:
+    """Bodies made from the schema the server publishes (/docs.json), valid and invalid:
+    never a 5xx, and a refusal names the field at fault."""
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{server.base_url}/docs.json", timeout=10)
+    operation = schema[path]["POST"]
+    body_schema = operation.definition.raw["requestBody"]["content"]["application/json"]
+    fields = list(body_schema["schema"].get("properties", {}))
+    assert "request_id" in fields or "user_id" in fields, body_schema
+
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        derandomize=True,  # the same bodies every run
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure reports at once
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(GenerationMode(mode)))
+    def no_server_error(case: Any) -> None:
+        answer = case.call(base_url=server.base_url, timeout=10)
+        body = f"{case.body!r} -> {answer.status_code} {answer.text[:300]}"
+        assert answer.status_code < 500, body
+        if answer.status_code in (400, 422):
+            for error in answer.json()["detail"]:  # the field at fault, or the whole body
+                assert error["loc"][:1] in ([field] for field in fields) or (
+                    not error["loc"] and error["type"] in WHOLE_BODY_ERRORS
+                ), body
+        if answer.status_code == 404:
+            assert "request_id" in answer.text, body
+
+    no_server_error()
 
 
 # -- the decision log failing ------------------------------------------------------------------
