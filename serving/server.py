@@ -147,7 +147,6 @@ def start_server(ws: Workspace, bento_tag: str, port: int) -> Server:
     env = bentoml_env(
         ws,
         **{MODEL_TAG_ENV: model_tag, WORKERS_ENV: str(cfg["workers"])},
-        PYTHONWARNINGS="ignore::DeprecationWarning",  # BentoML's pydantic use, per request
         BENTOML_HOME=str(_server_home(ws, port)),
     )
     cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag,

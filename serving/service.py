@@ -15,17 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import uuid4
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from couponflow.config import Workspace
 from couponflow.contract import CATEGORIES
-from serving import DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
+from serving import ACCESS_LOG_ENV, DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
 from serving.auth import API_KEY_ENV, ApiKeyMiddleware
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
 # Must be set before torch loads, which waits for the worker's start (__init__).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 logger = logging.getLogger(__name__)
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"  # logs each failed request
 
 
 class RequestContext(BaseModel):
@@ -114,10 +116,44 @@ class FeedbackAck(BaseModel):
     pushed: bool = Field(description="the user's fresh counters reached the online store")
 
 
+class RefusedRequestFilter(logging.Filter):
+    """Drops BentoML's ERROR traceback for a request refused with a 4xx (a body failing
+    validation, a request id never answered): the caller got the reason, and one line per
+    bad request would let any client flood the log. Faults of the service stay logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            return exc.title != "Input"  # BentoML's model of the request body
+        if isinstance(exc, bentoml.exceptions.BentoMLException):
+            return exc.error_code >= 500
+        return True
+
+
+def quiet_server_log() -> None:
+    """No per-request noise in a worker's log at INFO:
+
+    - BentoML 1.4 reads `model_fields` off each request's model instance, deprecated since
+      Pydantic 2.11. PYTHONWARNINGS could not silence it: importing Feast puts `once`
+      filters for every DeprecationWarning in front, so each worker printed it anew. This
+      filter, aimed at that message from that module, goes in front once Feast is loaded.
+    - BentoML logs every refused request with a traceback (RefusedRequestFilter).
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message="Accessing the 'model_fields' attribute on the instance is deprecated",
+        category=DeprecationWarning,
+        module="_bentoml_impl.server.app",
+    )
+    logging.getLogger(BENTOML_REQUEST_LOGGER).addFilter(RefusedRequestFilter())
+
+
 @bentoml.service(
     name="couponflow-recommender",
     workers=WORKERS,
     traffic={"timeout": 10},
+    # BentoML's access log is a line per request: off unless asked for.
+    logging={"access": {"enabled": os.environ.get(ACCESS_LOG_ENV, "") == "1"}},
 )
 class CouponRecommender:
     """Coupon offers for one shopper at a time, from the released model."""
@@ -141,6 +177,7 @@ class CouponRecommender:
         self.feedback_log: FeedbackLog = FeedbackLog(ws)
         self._log_failing = False
         self.metrics = metrics
+        quiet_server_log()
 
     @bentoml.api(route="/recommend")
     def recommend(

@@ -141,3 +141,20 @@ def test_a_hung_online_store_bounds_feedback_and_the_event_still_lands(
     landed = [e["event"] for e in read_feedback(workspace, now.strftime("%Y-%m-%d"), "events")
               if e["request_id"] == request_id]  # fmt: skip
     assert sorted(landed) == ["purchased", "redeemed", "shown"]
+
+
+# -- the server log ----------------------------------------------------------------------------
+def test_the_server_log_stays_quiet_at_info(server: Server) -> None:
+    """Requests good and bad add nothing to the log: no access line, no deprecation warning
+    from BentoML's request handling, no traceback for a refused body."""
+    before = server.log.read_text()
+    for body in ({"user_id": 3}, {"user_id": "abc"}, {"user_id": 1, "k": 0}):
+        recommend(server, body)
+    httpx.post(
+        f"{server.base_url}/feedback", json={"request_id": "x", "event": "shown"}, timeout=10
+    )
+    time.sleep(0.5)  # the workers' lines reach the file through the arbiter
+    added = server.log.read_text()[len(before) :]
+    assert added == "", added
+    whole = server.log.read_text()
+    assert "PydanticDeprecatedSince211" not in whole and "path=/recommend" not in whole
