@@ -1,10 +1,16 @@
 """The service under faults, against a real BentoML server (conftest's tiny workspace): its
-OpenAPI schema fuzzed, the decision log and the online store failing. Only the faults are
-injected on purpose; BentoML, Feast and the stores are real."""
+OpenAPI schema fuzzed, a worker killed mid-load, the decision log and the online store
+failing. Only the faults are injected on purpose; BentoML, Feast and the stores are real."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
@@ -15,11 +21,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from couponflow.config import Workspace
 from couponflow.landing import offline_days
 from serving.server import Server
-from tests.conftest import MODEL_VERSION
-from tests.test_serving import metric, noon_after, recommend
+from tests.conftest import MODEL_VERSION, free_port
+from tests.test_serving import group_exists, metric, noon_after, recommend
 
 FUZZ_EXAMPLES = 40  # per endpoint and mode: ~160 requests, a few seconds
 WHOLE_BODY_ERRORS = {"json_invalid", "model_type", "model_attributes_type"}  # no field to name
+CLIENT_TIMEOUT_S = 5.0  # longer than any answer of a healthy worker (traffic timeout is 10 s)
+RESTART_BOUND_S = 90.0  # circus restarts a dead worker, which loads the model and Feast again
 
 
 # -- the schema, fuzzed ------------------------------------------------------------------------
@@ -61,6 +69,108 @@ def test_fuzzing_the_live_schema_finds_no_server_error(
             assert "request_id" in answer.text, body
 
     no_server_error()
+
+
+# -- a worker killed mid-load ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One request of the stream: when it started and ended, and its status or error."""
+
+    started: float
+    ended: float
+    status: int | None
+    error: str | None
+
+
+def stream(url: str, body: dict, stop: threading.Event, calls: list[Call]) -> None:
+    """POST `body` to `url` until `stop`, each with a bounded client timeout."""
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status, error = client.post(url, json=body).status_code, None
+            except httpx.HTTPError as exc:
+                status, error = None, type(exc).__name__
+            calls.append(Call(started, time.monotonic(), status, error))
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> float:
+    """Poll `condition` until true; when it became true (monotonic), or fail."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f}s"
+        time.sleep(0.1)
+    return time.monotonic()
+
+
+def ready(server: Server) -> bool:
+    try:
+        return httpx.get(f"{server.base_url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_a_worker_killed_mid_load_loses_few_requests_cleanly_and_comes_back(
+    workspace: Workspace, bento: tuple[str, str]
+) -> None:
+    from serving.feedback import feedback_area
+    from serving.server import start_server
+
+    now = noon_after(workspace, 10)  # a day of its own: its decisions land per worker pid
+    landed = feedback_area(workspace) / f"date={now:%Y-%m-%d}"
+    body = {"user_id": 7, "k": 3, "context": {"now": now.isoformat()}}
+    threads = 4
+    calls: list[Call] = []
+    stop = threading.Event()
+    with start_server(workspace, bento[1], free_port()) as server:
+        workers = server.workers()
+        assert len(workers) == int(workspace.params["serving"]["workers"]) == 2
+        url = f"{server.base_url}/recommend"
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in range(threads):
+                pool.submit(stream, url, body, stop, calls)
+            try:
+                time.sleep(2.0)
+                victim = workers[0]
+                killed_at = time.monotonic()
+                os.kill(victim.pid, signal.SIGKILL)
+                back_at = wait_for(lambda: replaced(server, victim.pid), RESTART_BOUND_S)
+                (replacement,) = {w.pid for w in server.workers()} - {w.pid for w in workers}
+                # Serving again: its own decisions land. The streams' kept-alive connections
+                # all sit on the surviving worker now, so new connections go looking.
+                new_log = landed / f"decisions-{replacement}.jsonl"
+                wait_for(lambda: recommend(server, body) and new_log.exists(), RESTART_BOUND_S)
+                assert ready(server)
+            finally:
+                stop.set()  # else the pool waits for the streams forever
+        after = [recommend(server, body) for _ in range(20)]
+        groups = server.pgids
+    assert all(a.status_code == 200 for a in after), [a.text for a in after]
+    assert all(c.ended - c.started < CLIENT_TIMEOUT_S + 1.0 for c in calls)  # none hung
+    failed = [c for c in calls if c.status != 200]
+    assert all(c.error not in ("ReadTimeout", "PoolTimeout") for c in failed), failed
+    assert all(c.error or c.status >= 500 for c in failed), failed  # clean: reset or 5xx
+    assert len(failed) <= 2 * threads, failed  # only what was in flight on the dead worker
+    while_down = [c for c in calls if killed_at < c.started and c.ended < back_at]
+    assert sum(c.status == 200 for c in while_down) >= 10  # the other worker kept answering
+    assert calls[-1].status == 200
+    assert wait_gone(groups)  # the replacement worker was stopped with the server too
+
+
+def replaced(server: Server, pid: int) -> bool:
+    """Whether the server runs its full set of workers again, none of them `pid`."""
+    workers = server.workers()
+    return len(workers) == 2 and pid not in {w.pid for w in workers}
+
+
+def wait_gone(groups: set[int]) -> bool:
+    """Whether every process group in `groups` ends within 15 s (init reaps zombies late)."""
+    deadline = time.monotonic() + 15.0
+    while any(group_exists(g) for g in groups):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 # -- the decision log failing ------------------------------------------------------------------
