@@ -24,7 +24,7 @@ from couponflow.policy import BudgetPlan
 from serving import POLICY_FILE
 from serving.client import CouponflowClient
 from serving.server import Server
-from tests.conftest import MODEL_VERSION, free_port
+from tests.conftest import MODEL_VERSION, N_USERS, free_port
 
 
 def recommend(server: Server, body: dict) -> httpx.Response:
@@ -199,18 +199,31 @@ def test_explain_names_the_inputs_behind_each_offer(server: Server, workspace: W
 def test_parallel_requests_on_every_worker_never_overspend_the_day(
     server: Server, workspace: Workspace
 ) -> None:
+    """240 requests for slates of 10 from 32 connections at once, on a day whose budget pays
+    for far fewer: both workers race for it through the shared store, and neither the store
+    nor the landed decisions count more than the budget."""
+    from serving.feedback import feedback_area, read_feedback
     from serving.spend import SqliteSpend
 
+    requests, connections = 240, 32
     now = noon_after(workspace, 2)
+    day = now.strftime("%Y-%m-%d")
     body = {"user_id": 0, "k": 10, "context": {"now": now.isoformat()}}
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda u: recommend(server, {**body, "user_id": u}), range(150)))
-    assert all(a.status_code == 200 for a in answers)
+    with ThreadPoolExecutor(connections) as pool:
+        answers = list(
+            pool.map(lambda u: recommend(server, {**body, "user_id": u % N_USERS}), range(requests))
+        )
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.is_error]
     budget = BudgetPlan.read(workspace.models / POLICY_FILE).daily_budget
-    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(now.strftime("%Y-%m-%d"))
-    assert spent.decisions == 150
+    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(day)
+    assert spent.decisions == requests
     assert 0.5 * budget < spent.cost <= budget  # spent, and never more
-    assert [a.json()["offers"] for a in answers[-20:]].count([]) > 10  # the money ran out
+    decisions = read_feedback(workspace, day, "decisions")
+    assert len(decisions) == requests
+    by_worker = list((feedback_area(workspace) / f"date={day}").glob("decisions-*.jsonl"))
+    assert len(by_worker) == int(workspace.params["serving"]["workers"]) == 2  # both served
+    assert sum(d["spent"] for d in decisions) == pytest.approx(spent.cost)
+    assert sum(not a.json()["offers"] for a in answers[-40:]) > 20  # the money ran out
 
 
 def test_feedback_lands_once_and_joins_its_decision(server: Server, workspace: Workspace) -> None:
