@@ -328,6 +328,11 @@ class SpendStore(Protocol):
         spend stays within `limit`; whether the cost was added."""
         ...
 
+    def refund(self, day: str, cost: float) -> None:
+        """Take back `cost` that an accepted `add` committed on `day`, when its offers were
+        never made after all; the decision stays counted."""
+        ...
+
 
 class LocalSpend:
     """A thread-safe in-process SpendStore (one worker's view of the day)."""
@@ -346,6 +351,11 @@ class LocalSpend:
             fits = now.cost + cost <= limit
             self._days[day] = DaySpend(now.cost + (cost if fits else 0.0), now.decisions + 1)
             return fits
+
+    def refund(self, day: str, cost: float) -> None:
+        with self._lock:
+            now = self._days.get(day, DaySpend())
+            self._days[day] = DaySpend(max(0.0, now.cost - cost), now.decisions)
 
 
 @dataclass(frozen=True)
@@ -398,3 +408,7 @@ class Pacer:
         """Count a decision that costs `cost`; False if the budget ran out meanwhile (another
         decision spent it first), in which case its offers must not be made."""
         return self.store.add(day, cost, self.plan.daily_budget)
+
+    def refund(self, day: str, cost: float) -> None:
+        """Give back a recorded decision's `cost` whose offers were withdrawn."""
+        self.store.refund(day, cost)

@@ -18,6 +18,7 @@ BENTO_NAME = "couponflow"
 MODEL_TAG_ENV = "COUPONFLOW_MODEL_TAG"
 DEFAULT_MODEL_TAG = f"{MODEL_NAME}:latest"
 WORKERS_ENV = "COUPONFLOW_SERVING_WORKERS"
+ACCESS_LOG_ENV = "COUPONFLOW_ACCESS_LOG"  # 1: BentoML logs every request
 POLICY_FILE = "policy.json"  # the budget plan (training/budget.py)
 MODEL_FILES = ("model.pt", "model.json", POLICY_FILE)  # what training writes to ws.models
 CATALOGUE_FILE = "coupons.parquet"  # the coupon catalogue snapshot inside the model

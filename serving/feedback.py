@@ -54,14 +54,23 @@ class FeedbackLog:
 
     def log_decision(self, decision: dict[str, Any]) -> None:
         """Land a decision (request_id, day, at, user_id, policy_version, offers, ...) and
-        index it for the feedback that will name its request id."""
+        index it for the feedback that will name its request id: both or neither, so
+        feedback is never accepted for a decision that did not land. Raises if it could not.
+        """
         offers = json.dumps([offer["coupon_id"] for offer in decision["offers"]])
-        self.conn().execute(
-            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
-            (decision["request_id"], decision["day"], decision["at"], decision["user_id"],
-             decision["policy_version"], offers),
-        )  # fmt: skip
-        self._append(decision["day"], "decisions", {"time": _now(), **decision})
+        conn = self.conn()
+        conn.execute("BEGIN")
+        try:
+            conn.execute(
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+                (decision["request_id"], decision["day"], decision["at"], decision["user_id"],
+                 decision["policy_version"], offers),
+            )  # fmt: skip
+            self._append(decision["day"], "decisions", {"time": _now(), **decision})
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def record_event(
         self,

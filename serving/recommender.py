@@ -205,10 +205,35 @@ class Recommender:
             logger.exception("spend store failed; answering without offers")
             return [], 0.0, "spend", False
 
+    def withdraw(self, decision: dict[str, Any], reason: str) -> dict[str, Any]:
+        """`decision` without its offers, degraded for `reason`, and its committed spend
+        given back to the day's budget: for an answer that cannot stand as decided (its
+        decision could not be logged, so no outcome of it could ever be joined to it). If
+        the refund fails too the cost stays counted: the day underspends, never overspends.
+        """
+        if decision["spent"]:
+            try:
+                self.pacer.refund(decision["day"], decision["spent"])
+            except Exception:
+                logger.exception("refunding %.4f of %s failed", decision["spent"], decision["day"])
+        return {**decision, "offers": [], "spent": 0.0, "degraded": reason}
+
     def push_outcome(self, event: dict[str, Any]) -> bool:
         """Push the user's counters after a feedback `event` (user_id, event, coupon_ids,
-        amount, at) to the online store, so their next request already sees them; False
-        when the store has no row for the user (a cold start has nothing to update)."""
+        amount, at) to the online store, so their next request already sees them. Waits at
+        most `feature_timeout_s`, like a read (feedback holds the workspace's feedback lock
+        meanwhile); False when the store has no row for the user (a cold start has nothing
+        to update), fails or is late. A late push may still land: the day's next
+        materialisation replaces the row either way."""
+        try:
+            future = self._lookups.submit(self._push, event)
+            return future.result(timeout=self.feature_timeout_s)
+        except Exception as exc:  # TimeoutError included; the event is landed all the same
+            logger.warning("pushing fresh counters of user %s failed: %r", event["user_id"], exc)
+            return False
+
+    def _push(self, event: dict[str, Any]) -> bool:
+        """The read-modify-write of one push (see push_outcome), on the lookup pool."""
         features = self.user_features(event["user_id"])
         if features is None:
             return False

@@ -23,6 +23,8 @@ import yaml
 from couponflow.config import Workspace
 from serving import MODEL_TAG_ENV, WORKERS_ENV, bentoml_env, bentoml_home
 
+WORKER_MODULE = "_bentoml_impl.worker.service"  # what circus runs per worker
+
 
 class ServerFailed(RuntimeError):
     """The server exited or did not become ready in time; the message has its log tail."""
@@ -82,6 +84,11 @@ class Server:
         """Every process group the server has used: the arbiter's and each worker's."""
         self._watch()
         return {pgid for _, pgid in self._seen.values()}
+
+    def workers(self) -> list[psutil.Process]:
+        """The live worker processes (circus replaces a dead one under a new pid)."""
+        self._watch()
+        return [proc for proc, _ in self._seen.values() if _is_live_worker(proc)]
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until /readyz answers 200. A worker accepts connections only once its
@@ -177,6 +184,14 @@ def _running(proc: psutil.Process | None) -> bool:
         return False
 
 
+def _is_live_worker(proc: psutil.Process) -> bool:
+    """Whether `proc` is a running BentoML service worker (not the arbiter, not a zombie)."""
+    try:
+        return _running(proc) and WORKER_MODULE in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     """Signal a process group that may already be gone; never our own."""
     if pgid == os.getpgrp():
@@ -197,7 +212,6 @@ def start_server(ws: Workspace, bento_tag: str, port: int) -> Server:
     env = bentoml_env(
         ws,
         **{MODEL_TAG_ENV: model_tag, WORKERS_ENV: str(cfg["workers"])},
-        PYTHONWARNINGS="ignore::DeprecationWarning",  # BentoML's pydantic use, per request
         BENTOML_HOME=str(_server_home(ws, port)),
     )
     cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag,

@@ -15,29 +15,32 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import uuid4
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from couponflow.config import Workspace
 from couponflow.contract import CATEGORIES
-from serving import DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
+from serving import ACCESS_LOG_ENV, DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
 from serving.auth import API_KEY_ENV, ApiKeyMiddleware
 
 if TYPE_CHECKING:
     from serving.feedback import FeedbackLog
     from serving.recommender import Recommender
 
-UserId = Annotated[int, Field(ge=0, strict=True, description="the shopper's user_id")]
+INT64_MAX = 2**63 - 1  # Feast's entity keys and the decision index store user ids as int64
+UserId = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True, description="the shopper's user_id")]
 SlateSize = Annotated[int, Field(ge=1, le=10, strict=True, description="offers wanted, at most")]
 RequestId = Annotated[
     str, Field(min_length=1, max_length=64, description="request_id of a /recommend answer")
 ]
 Amount = Annotated[float, Field(ge=0, le=1e6, description="order amount, if any")]
+CLOCK_YEARS = (1970, 2200)  # a request's `now` must fall in these years
 
 
 WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
@@ -47,6 +50,7 @@ WORKERS = int(os.environ.get(WORKERS_ENV, "2"))
 # Must be set before torch loads, which waits for the worker's start (__init__).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 logger = logging.getLogger(__name__)
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"  # logs each failed request
 
 
 class RequestContext(BaseModel):
@@ -62,7 +66,19 @@ class RequestContext(BaseModel):
     category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
         default=None, description="the page's category; coupons of other categories are not offered"
     )
-    now: datetime | None = Field(default=None, description="judge coupon validity at this time")
+    now: datetime | None = Field(
+        default=None,
+        description=f"judge coupon validity at this time (years {CLOCK_YEARS[0]}-{CLOCK_YEARS[1]})",
+    )
+
+    @field_validator("now")
+    @classmethod
+    def _within_the_policy_clock(cls, now: datetime | None) -> datetime | None:
+        """pandas, which judges eligibility, holds 1677-2262 only; the bound keeps a day's
+        offset inside that range, so a far-off clock is a 4xx naming `now`, not a 500."""
+        if now is not None and not CLOCK_YEARS[0] <= now.year <= CLOCK_YEARS[1]:
+            raise ValueError(f"now must fall in the years {CLOCK_YEARS[0]} to {CLOCK_YEARS[1]}")
+        return now
 
 
 class Driver(BaseModel):
@@ -106,10 +122,44 @@ class FeedbackAck(BaseModel):
     pushed: bool = Field(description="the user's fresh counters reached the online store")
 
 
+class RefusedRequestFilter(logging.Filter):
+    """Drops BentoML's ERROR traceback for a request refused with a 4xx (a body failing
+    validation, a request id never answered): the caller got the reason, and one line per
+    bad request would let any client flood the log. Faults of the service stay logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            return exc.title != "Input"  # BentoML's model of the request body
+        if isinstance(exc, bentoml.exceptions.BentoMLException):
+            return exc.error_code >= 500
+        return True
+
+
+def quiet_server_log() -> None:
+    """No per-request noise in a worker's log at INFO:
+
+    - BentoML 1.4 reads `model_fields` off each request's model instance, deprecated since
+      Pydantic 2.11. PYTHONWARNINGS could not silence it: importing Feast puts `once`
+      filters for every DeprecationWarning in front, so each worker printed it anew. This
+      filter, aimed at that message from that module, goes in front once Feast is loaded.
+    - BentoML logs every refused request with a traceback (RefusedRequestFilter).
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message="Accessing the 'model_fields' attribute on the instance is deprecated",
+        category=DeprecationWarning,
+        module="_bentoml_impl.server.app",
+    )
+    logging.getLogger(BENTOML_REQUEST_LOGGER).addFilter(RefusedRequestFilter())
+
+
 @bentoml.service(
     name="couponflow-recommender",
     workers=WORKERS,
     traffic={"timeout": 10},
+    # BentoML's access log is a line per request: off unless asked for.
+    logging={"access": {"enabled": os.environ.get(ACCESS_LOG_ENV, "") == "1"}},
 )
 class CouponRecommender:
     """Coupon offers for one shopper at a time, from the released model."""
@@ -131,7 +181,9 @@ class CouponRecommender:
             spend=open_spend(ws),  # every worker counts against the whole day's budget
         )
         self.feedback_log: FeedbackLog = FeedbackLog(ws)
+        self._log_failing = False
         self.metrics = metrics
+        quiet_server_log()
 
     @bentoml.api(route="/recommend")
     def recommend(
@@ -146,23 +198,39 @@ class CouponRecommender:
         started = time.perf_counter()
         now = context.now if context else None
         category = context.category if context else None
+        request_id = uuid4().hex
         decision = self.recommender.recommend(user_id, k, now, category, explain)
         answer = Recommendation(
-            request_id=uuid4().hex,
+            request_id=request_id,
             user_id=user_id,
             **{**decision, "degraded": decision["degraded"] is not None},
         )
-        self.feedback_log.log_decision(
-            {
-                **answer.model_dump(exclude_none=True),
-                "day": decision["day"],
-                "at": decision["at"],
-                "k": k,
-                "channel": context.channel if context else None,
-                "category": category,
-                "degraded_reason": decision["degraded"],
-            }
-        )
+        try:
+            self.feedback_log.log_decision(
+                {
+                    **answer.model_dump(exclude_none=True),
+                    "day": decision["day"],
+                    "at": decision["at"],
+                    "k": k,
+                    "channel": context.channel if context else None,
+                    "category": category,
+                    "degraded_reason": decision["degraded"],
+                    "spent": decision["spent"],  # reconciles with the spend store
+                }
+            )
+            if self._log_failing:
+                logger.warning("decision log writable again")
+            self._log_failing = False
+        except Exception:
+            # An offer whose decision is not logged could never be joined to its outcome
+            # nor evaluated: answer without offers, and give the day its spend back.
+            if not self._log_failing:  # log the change, not every request while it lasts
+                logger.exception("decision log failing: answers without offers")
+            self._log_failing = True
+            decision = self.recommender.withdraw(decision, "decision_log")
+            answer = Recommendation(
+                request_id=request_id, user_id=user_id, **{**decision, "degraded": True}
+            )
         self._count(decision)
         self.metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return answer
@@ -179,17 +247,14 @@ class CouponRecommender:
         landed nor counted twice."""
         from serving.feedback import UnknownRequest
 
-        pushed: list[bool] = []
-
-        def push(row: dict[str, Any]) -> None:
-            try:
-                pushed.append(self.recommender.push_outcome(row))
-            except Exception:  # the event is landed all the same; the next day corrects it
-                logger.exception("pushing fresh counters of user %s failed", row["user_id"])
-                pushed.append(False)
-
+        pushed: list[bool] = []  # bounded by serving.feature_timeout_s; a failure lands too
         try:
-            row = self.feedback_log.record_event(request_id, event, amount, push)
+            row = self.feedback_log.record_event(
+                request_id,
+                event,
+                amount,
+                lambda row: pushed.append(self.recommender.push_outcome(row)),
+            )
         except UnknownRequest:
             raise bentoml.exceptions.NotFound(
                 f"request_id: no decision {request_id!r} was made by this deployment"

@@ -89,6 +89,11 @@ class SqliteSpend:
         conn.execute("COMMIT")
         return fits
 
+    def refund(self, day: str, cost: float) -> None:
+        self._conn().execute(
+            "UPDATE spend SET cost = MAX(0.0, cost - ?) WHERE day = ?", (cost, day)
+        )
+
 
 # KEYS[1]: the day's hash; ARGV: cost, limit, ttl. Redis runs a script atomically.
 _ADD = """
@@ -101,6 +106,16 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return fits and 1 or 0
 """
 
+# KEYS[1]: the day's hash; ARGV: cost. Never below zero, never a key the day did not have.
+_REFUND = """
+local spent = tonumber(redis.call('HGET', KEYS[1], 'cost') or '0')
+local cost = tonumber(ARGV[1])
+if spent <= 0 then return 0 end
+if spent - cost <= 0 then redis.call('HSET', KEYS[1], 'cost', '0')
+else redis.call('HINCRBYFLOAT', KEYS[1], 'cost', -cost) end
+return 1
+"""
+
 
 class RedisSpend:
     """The day's spend in a Redis hash `<prefix>:spend:<day>`, checked and added by one
@@ -109,6 +124,7 @@ class RedisSpend:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client, self.prefix = client, prefix
         self._add = client.register_script(_ADD)
+        self._refund = client.register_script(_REFUND)
 
     def key(self, day: str) -> str:
         return f"{self.prefix}:spend:{day}"
@@ -119,6 +135,9 @@ class RedisSpend:
 
     def add(self, day: str, cost: float, limit: float) -> bool:
         return bool(self._add(keys=[self.key(day)], args=[repr(cost), repr(limit), KEY_TTL_S]))
+
+    def refund(self, day: str, cost: float) -> None:
+        self._refund(keys=[self.key(day)], args=[repr(cost)])
 
 
 def redis_prefix(ws: Workspace) -> str:

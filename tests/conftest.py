@@ -3,13 +3,19 @@ tests never see the demo's state or ~/bentoml, and Airflow keeps its metadata in
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+
+from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from serving import POLICY_FILE
+from serving.server import Server, free_port
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="couponflow-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
@@ -26,8 +32,6 @@ TINY_WORLD = {"world.n_users": 400, "world.history_days": 5}
 @pytest.fixture
 def tiny_params() -> dict:
     """The project's params with a tiny world."""
-    from couponflow.config import PROJECT_ROOT, load_params, set_param
-
     params = load_params(PROJECT_ROOT / "params.yaml")
     for key, value in TINY_WORLD.items():
         set_param(params, key, value)
@@ -68,3 +72,72 @@ def redis_prefix_clean() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     assert not list(client.scan_iter(f"{prefix}:*"))
+
+
+# -- a real BentoML server over a tiny workspace (tests/test_serving*.py) ----------------------
+MODEL_VERSION = "test-0001"
+N_USERS = 300
+
+
+def served_workspace(root: Path, **overrides: object) -> Workspace:
+    """Four days of a 300-user world in the offline and online stores, and a model, as a
+    full workspace (git + DVC: releases commit). Exploration is total (epsilon 1) so an
+    untrained model still makes offers to check, and nobody is held out unless
+    `overrides` (dotted params) say otherwise."""
+    from couponflow.landing import load_offline
+    from couponflow.model import CouponNet, save_model
+    from couponflow.workspace import init_workspace
+    from couponflow.world import World
+    from feature_repo.store import (
+        apply_definitions,
+        materialise_day,
+        open_store,
+        publish_features,
+    )
+    from training.budget import make_plan
+
+    params = {"world.n_users": N_USERS, "policy.epsilon": 1.0, "policy.holdout_share": 0.0}
+    ws = init_workspace(root, {**params, **overrides})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(ws.root))
+        world = World(ws.params["world"])
+        start = pd.Timestamp(ws.params["world"]["start_date"])
+        days = [(start + pd.Timedelta(days=i)).strftime("%Y-%m-%d") for i in range(4)]
+        for day in days:
+            load_offline(ws, day, world.simulate_day(day))
+        store = open_store(ws)
+        apply_definitions(store)
+        for day in days:
+            publish_features(ws, day)
+            materialise_day(store, day)
+    meta = {"version": MODEL_VERSION, "hidden": 64}
+    save_model(CouponNet(hidden=64), ws.models / "model.pt", meta)
+    (ws.models / "model.json").write_text(json.dumps(meta))
+    make_plan(ws).write(ws.models / POLICY_FILE)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """The served world of the serving tests, named by $COUPONFLOW_HOME while they run."""
+    ws = served_workspace(tmp_path_factory.mktemp("serving") / "ws")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(ws.root))
+        yield ws
+
+
+@pytest.fixture(scope="session")
+def bento(workspace: Workspace) -> tuple[str, str]:
+    """(model tag, bento tag) in the workspace's own BentoML store."""
+    from serving.bento import build_bento, store_model
+
+    model_tag = store_model(workspace, workspace.models)
+    return model_tag, build_bento(workspace, model_tag)
+
+
+@pytest.fixture(scope="session")
+def server(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
+    from serving.server import start_server
+
+    with start_server(workspace, bento[1], free_port()) as running:
+        yield running

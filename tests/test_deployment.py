@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import torch
-import yaml
 
 from couponflow.config import Workspace
 from serving.server import Server, free_port
-from tests.test_serving import bento, noon_after, workspace  # noqa: F401  (a served world)
+from tests.conftest import served_workspace
+from tests.test_serving import noon_after
 
 
 def make_model(ws: Workspace, version: str, broken: bool = False) -> tuple[str, str]:
@@ -39,20 +39,27 @@ def make_model(ws: Workspace, version: str, broken: bool = False) -> tuple[str, 
 
 
 @pytest.fixture(scope="module")
-def deployment(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Workspace]:  # noqa: F811
-    """The served world, made a full workspace (releases are git commits), with a front
-    door of its own; everything stopped at the end."""
-    from couponflow.workspace import init_workspace
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """A served world of its own (its releases and front door must not meet the other
+    serving tests'), with a holdout slice big enough to read out; everything stopped at
+    the end."""
     from serving.deployment import stop_deployment
 
-    init_workspace(workspace.root)
-    params = yaml.safe_load(workspace.params_file.read_text())
-    params["serving"]["port"] = free_port()
-    params["policy"]["holdout_share"] = 0.3  # a holdout slice big enough to read out
-    workspace.params_file.write_text(yaml.safe_dump(params))
-    ws = Workspace(workspace.root)  # params are read once per Workspace: a fresh one
+    ws = served_workspace(
+        tmp_path_factory.mktemp("deployment") / "ws",
+        **{"serving.port": free_port(), "policy.holdout_share": 0.3},
+    )
     yield ws
     stop_deployment(ws)
+
+
+@pytest.fixture(scope="module")
+def bento(deployment: Workspace) -> tuple[str, str]:
+    """(model tag, bento tag) of the first release."""
+    from serving.bento import build_bento, store_model
+
+    model_tag = store_model(deployment, deployment.models)
+    return model_tag, build_bento(deployment, model_tag)
 
 
 def version_at(ws: Workspace) -> str:
@@ -64,7 +71,7 @@ def version_at(ws: Workspace) -> str:
 
 def test_a_checked_candidate_takes_traffic_only_when_switched(
     deployment: Workspace,
-    bento: tuple[str, str],  # noqa: F811
+    bento: tuple[str, str],
 ) -> None:
     from serving.deployment import deployment_record, front_door, start_candidate
     from serving.deployment import switch_to_candidate as switch

@@ -13,83 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import httpx
-import pandas as pd
 import psutil
 import pytest
 import yaml
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.config import Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
 from couponflow.landing import offline_days
 from couponflow.policy import BudgetPlan
 from serving import POLICY_FILE
 from serving.client import CouponflowClient
 from serving.server import Server, free_port
-
-MODEL_VERSION = "test-0001"
-N_USERS = 300
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    """Four days of a 300-user world in the offline and online stores, and a model.
-
-    Exploration is total (epsilon 1) so an untrained model still makes offers to check,
-    and nobody is held out.
-    """
-    from couponflow.landing import load_offline
-    from couponflow.model import CouponNet, save_model
-    from couponflow.world import World
-    from feature_repo.store import (
-        apply_definitions,
-        materialise_day,
-        open_store,
-        publish_features,
-    )
-    from training.budget import make_plan
-
-    root = tmp_path_factory.mktemp("serving") / "ws"
-    root.mkdir()
-    params = load_params(PROJECT_ROOT / "params.yaml")
-    set_param(params, "world.n_users", N_USERS)
-    set_param(params, "policy.epsilon", 1.0)
-    set_param(params, "policy.holdout_share", 0.0)  # every decision the policy's own
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(HOME_ENV, str(root))
-        ws = Workspace(root)
-        world = World(params["world"])
-        start = pd.Timestamp(params["world"]["start_date"])
-        days = [(start + pd.Timedelta(days=i)).strftime("%Y-%m-%d") for i in range(4)]
-        for day in days:
-            load_offline(ws, day, world.simulate_day(day))
-        store = open_store(ws)
-        apply_definitions(store)
-        for day in days:
-            publish_features(ws, day)
-            materialise_day(store, day)
-        meta = {"version": MODEL_VERSION, "hidden": 64}
-        save_model(CouponNet(hidden=64), ws.models / "model.pt", meta)
-        (ws.models / "model.json").write_text(json.dumps(meta))
-        make_plan(ws).write(ws.models / POLICY_FILE)
-        yield ws
-
-
-@pytest.fixture(scope="session")
-def bento(workspace: Workspace) -> tuple[str, str]:
-    """(model tag, bento tag) in the workspace's own BentoML store."""
-    from serving.bento import build_bento, store_model
-
-    model_tag = store_model(workspace, workspace.models)
-    return model_tag, build_bento(workspace, model_tag)
-
-
-@pytest.fixture(scope="session")
-def server(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
-    from serving.server import start_server
-
-    with start_server(workspace, bento[1], free_port()) as running:
-        yield running
+from tests.conftest import MODEL_VERSION, N_USERS
 
 
 def recommend(server: Server, body: dict) -> httpx.Response:
@@ -264,18 +199,31 @@ def test_explain_names_the_inputs_behind_each_offer(server: Server, workspace: W
 def test_parallel_requests_on_every_worker_never_overspend_the_day(
     server: Server, workspace: Workspace
 ) -> None:
+    """240 requests for slates of 10 from 32 connections at once, on a day whose budget pays
+    for far fewer: both workers race for it through the shared store, and neither the store
+    nor the landed decisions count more than the budget."""
+    from serving.feedback import feedback_area, read_feedback
     from serving.spend import SqliteSpend
 
+    requests, connections = 240, 32
     now = noon_after(workspace, 2)
+    day = now.strftime("%Y-%m-%d")
     body = {"user_id": 0, "k": 10, "context": {"now": now.isoformat()}}
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda u: recommend(server, {**body, "user_id": u}), range(150)))
-    assert all(a.status_code == 200 for a in answers)
+    with ThreadPoolExecutor(connections) as pool:
+        answers = list(
+            pool.map(lambda u: recommend(server, {**body, "user_id": u % N_USERS}), range(requests))
+        )
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.is_error]
     budget = BudgetPlan.read(workspace.models / POLICY_FILE).daily_budget
-    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(now.strftime("%Y-%m-%d"))
-    assert spent.decisions == 150
+    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(day)
+    assert spent.decisions == requests
     assert 0.5 * budget < spent.cost <= budget  # spent, and never more
-    assert [a.json()["offers"] for a in answers[-20:]].count([]) > 10  # the money ran out
+    decisions = read_feedback(workspace, day, "decisions")
+    assert len(decisions) == requests
+    by_worker = list((feedback_area(workspace) / f"date={day}").glob("decisions-*.jsonl"))
+    assert len(by_worker) == int(workspace.params["serving"]["workers"]) == 2  # both served
+    assert sum(d["spent"] for d in decisions) == pytest.approx(spent.cost)
+    assert sum(not a.json()["offers"] for a in answers[-40:]) > 20  # the money ran out
 
 
 def test_feedback_lands_once_and_joins_its_decision(server: Server, workspace: Workspace) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from couponflow.config import Workspace
+from couponflow.policy import DaySpend, LocalSpend, SpendStore
 from serving.spend import RedisSpend, SqliteSpend, open_spend, redis_client, redis_prefix
 
 DAY = "2026-01-07"
@@ -87,6 +88,27 @@ def test_a_day_starts_empty_and_days_are_apart(tmp_path: Path) -> None:
     assert store.add(DAY, 3.0, 3.0) and not store.add(DAY, 0.5, 3.0)
     assert store.add("2026-01-08", 3.0, 3.0)
     assert store.read(DAY).decisions == 2 and store.read("2026-01-08").cost == 3.0
+
+
+def check_refund(store: SpendStore) -> None:
+    """A refund frees the budget an accepted add took, keeps the decision counted and never
+    takes a day below zero."""
+    assert store.add(DAY, 3.0, 3.0) and not store.add(DAY, 1.0, 3.0)
+    store.refund(DAY, 3.0)
+    assert store.read(DAY) == DaySpend(0.0, 2)
+    assert store.add(DAY, 3.0, 3.0)  # the budget is free again
+    store.refund("2026-01-08", 1.0)  # a day nothing was added to stays empty
+    assert store.read("2026-01-08").cost == 0.0
+
+
+def test_a_refund_frees_the_budget_it_took(tmp_path: Path) -> None:
+    check_refund(LocalSpend())
+    check_refund(SqliteSpend(tmp_path / "spend.db"))
+
+
+@pytest.mark.redis
+def test_a_redis_refund_frees_the_budget_it_took(redis_prefix_clean: str) -> None:
+    check_refund(RedisAt(redis_prefix_clean)())
 
 
 @pytest.mark.redis
