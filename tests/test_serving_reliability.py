@@ -4,6 +4,7 @@ failing. Only the faults are injected on purpose; BentoML, Feast and the stores 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -15,14 +16,15 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import psutil
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from couponflow.config import Workspace
 from couponflow.landing import offline_days
-from serving.server import Server
-from tests.conftest import MODEL_VERSION, free_port
-from tests.test_serving import group_exists, metric, noon_after, recommend
+from serving.server import Server, free_port
+from tests.conftest import MODEL_VERSION
+from tests.test_serving import metric, noon_after, recommend
 
 FUZZ_EXAMPLES = 40  # per endpoint and mode: ~160 requests, a few seconds
 WHOLE_BODY_ERRORS = {"json_invalid", "model_type", "model_attributes_type"}  # no field to name
@@ -164,9 +166,19 @@ def replaced(server: Server, pid: int) -> bool:
 
 
 def wait_gone(groups: set[int]) -> bool:
-    """Whether every process group in `groups` ends within 15 s (init reaps zombies late)."""
+    """Whether every process of the groups in `groups` ends within 15 s. A zombie has
+    ended: a SIGKILLed orphan waits for init to reap it, which some containers' init does
+    late or never."""
+
+    def running_in_groups() -> bool:
+        for proc in psutil.process_iter(["pid", "status"]):
+            with contextlib.suppress(ProcessLookupError, psutil.Error):
+                if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) in groups:
+                    return True
+        return False
+
     deadline = time.monotonic() + 15.0
-    while any(group_exists(g) for g in groups):
+    while running_in_groups():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
