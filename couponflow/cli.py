@@ -148,6 +148,18 @@ def print_training(trained: dict) -> None:
     print(f"   report: {trained['report']}")
 
 
+def _served(readout: dict) -> str:
+    """The A/B readout of a day's served decisions, in a line."""
+    if readout.get("lift") is None:
+        return readout.get("note", "no readout")
+    lift = readout["lift"]
+    return (
+        f"{readout['decisions']} decisions, {readout['holdout']} held out; profit per decision"
+        f" {readout['policy_mean']:.3f} vs {readout['holdout_mean']:.3f}, lift "
+        f"{lift['value']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]"
+    )
+
+
 def print_status(ws: Workspace, live: bool) -> None:
     """What the runs did, the live release, and (with `live`) one answer from its server."""
     from couponflow.report import summary_path
@@ -167,6 +179,10 @@ def print_status(ws: Workspace, live: bool) -> None:
             print_training(steps["train"])
         if steps.get("build_bento"):
             print(f"   bento: {steps['build_bento']['bento_tag']}")
+        if s.get("candidate_refused"):
+            print(f"   candidate refused: {s['candidate_refused']['reason']}")
+        if served := steps.get("served_readout"):
+            print(f"   served on {served['day']}: {_served(served)}")
     from serving.release import current_release
 
     release = current_release(ws)
