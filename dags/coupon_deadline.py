@@ -3,7 +3,8 @@
 Every day at the deadline it reads the day's run summary: unless the chain (coupon_ingest →
 coupon_features → coupon_retrain) ended in a release or a gate refusal, it sends a
 `model_late` alert (couponflow.alerts) and goes red. The deadline is a cron expression,
-$COUPONFLOW_MODEL_DEADLINE (default 06:00 UTC), for the run whose logical date is that day.
+$COUPONFLOW_MODEL_DEADLINE (default 06:00 UTC; "none": only when triggered), for the run
+whose logical date is that day.
 
 A check task rather than Airflow 3.3's DeadlineAlert: under `airflow dags test` (how
 `couponflow run` and `make demo` drive the DAGs) a DAG with a DeadlineAlert crashes when its
@@ -23,7 +24,7 @@ DEADLINE = os.environ.get("COUPONFLOW_MODEL_DEADLINE", "0 6 * * *")
 
 @dag(
     dag_id="coupon_model_deadline",
-    schedule=DEADLINE,
+    schedule=None if DEADLINE == "none" else DEADLINE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     default_args={"owner": "ml-platform", "retries": 0},
