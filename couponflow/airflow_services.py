@@ -104,6 +104,25 @@ class AirflowServices:
         raise TimeoutError(f"the api-server did not answer within {timeout} s")
 
 
+def api_client(base_url: str, user: str, password: str) -> httpx.Client:
+    """A REST API v2 client with a JWT from the simple auth manager's token endpoint."""
+    token = httpx.post(
+        f"{base_url}/auth/token", json={"username": user, "password": password}, timeout=30
+    )
+    token.raise_for_status()
+    bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return httpx.Client(base_url=base_url, headers=bearer, timeout=30)
+
+
+def unpause_couponflow(api: httpx.Client) -> list[str]:
+    """Unpause the DAGs tagged couponflow (`airflow dags test` registered them paused), so
+    a triggered ingestion carries on through the Assets."""
+    dags = api.get("/api/v2/dags", params={"tags": "couponflow", "paused": True}).json()["dags"]
+    for found in dags:
+        api.patch(f"/api/v2/dags/{found['dag_id']}", json={"is_paused": False}).raise_for_status()
+    return [found["dag_id"] for found in dags]
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
@@ -126,10 +145,14 @@ def run_ui(ws: Workspace, port: int, user: str, password: str) -> None:
     if airflow(ws, "db", "migrate", log=ws.root / "logs" / "airflow-db-migrate.log"):
         sys.exit("airflow db migrate failed: see logs/airflow-db-migrate.log")
     services = AirflowServices(env, ws.root / "logs" / "airflow")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the components are in
+        signal.signal(sig, signal.default_int_handler)  # other groups: stop them too
     try:
         for component in COMPONENTS:
             services.start(component)
         services.wait_healthy(env["AIRFLOW__API__BASE_URL"])
+        with api_client(env["AIRFLOW__API__BASE_URL"], user, password) as api:
+            unpause_couponflow(api)
         print(
             f"Airflow UI: {env['AIRFLOW__API__BASE_URL']}  (user {user}, password {password}); "
             f"workspace {ws.root}; logs {services.log_dir}. Ctrl-C stops it.",

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from couponflow.airflow_services import COMPONENTS, AirflowServices, service_env
+from couponflow.airflow_services import COMPONENTS, AirflowServices, api_client, service_env
 from couponflow.cli import next_days, seed_history
 from couponflow.config import Workspace
 from couponflow.report import GOOD_OUTCOMES, summary_path
@@ -142,15 +142,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
             services.start(component)
         base_url = env["AIRFLOW__API__BASE_URL"]
         services.wait_healthy(base_url)
-        token = httpx.post(
-            f"{base_url}/auth/token", json={"username": USER, "password": PASSWORD}, timeout=10
-        )
-        assert token.status_code == 201, token.text
-        api = httpx.Client(
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-            timeout=30,
-        )
+        api = api_client(base_url, USER, PASSWORD)  # a JWT from POST /auth/token
         live = Live(ws, services, api)
         live.wait_for(
             lambda: all(api.get(f"/api/v2/dags/{d}").status_code == 200 for d in DAG_IDS), 180
