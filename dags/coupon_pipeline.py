@@ -1,9 +1,9 @@
 """couponflow's day as three DAGs joined by Assets, each owning one responsibility.
 
 coupon_ingest (daily): land → validate (GX; a failing batch is quarantined and the run
-    fails here) → offline store, which produces the `validated_batch` Asset.
-coupon_features (on `validated_batch`): Feast apply + materialise, producing `user_features`.
-coupon_retrain (on `user_features`): train (dvc repro: dataset, train, evaluate, gate) →
+    fails here) → offline store, which produces the Asset `couponflow_validated_batch`.
+coupon_features (on it): Feast apply + materialise, producing `couponflow_user_features`.
+coupon_retrain (on that): train (dvc repro: dataset, train, evaluate, gate) →
     gate (a refusal skips the release, visibly) → bento → smoke test → release.
 
 Every task is idempotent for its date and calls one function of a project room; the
@@ -35,7 +35,7 @@ DEFAULT_ARGS = {
     "on_failure_callback": task_failed,
 }
 # Steps whose failure is usually the world's (a slow disk, a busy store, a flaky build):
-# 3 retries after 30 s, 60 s, 120 s. Validation is never retried: its failure is a verdict.
+# 3 retries after about 30 s, 60 s, 120 s. Validation is never retried: its failure is a verdict.
 TRANSIENT = {
     "retries": 3,
     "retry_delay": timedelta(seconds=30),
