@@ -42,6 +42,13 @@ TRANSIENT = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=10),
 }
+# Each DAG's closing `summary`: always runs; it fails only when a step did, and that step
+# has already alerted, so it does not alert again.
+CLOSING = {
+    "trigger_rule": TriggerRule.ALL_DONE,
+    "execution_timeout": timedelta(minutes=5),
+    "on_failure_callback": [],
+}
 # When the day's data is there to ingest; "none" leaves ingestion to triggers and backfills.
 INGEST_SCHEDULE = os.environ.get("COUPONFLOW_INGEST_SCHEDULE", "@daily")
 
@@ -142,7 +149,7 @@ def coupon_ingest():
         _announce(VALIDATED, ds)
         return loaded
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=timedelta(minutes=5))
+    @task(**CLOSING)
     def summary(ds: str | None = None) -> dict:
         """Record the day's ingestion; a rejected batch or a broken step fails the run."""
         return _close({ds: _pulled(INGEST_TASKS)}, last_dag=False)
@@ -173,7 +180,7 @@ def coupon_features():
         _announce(FEATURES, days[-1])
         return done
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=timedelta(minutes=5))
+    @task(**CLOSING)
     def summary(ds: str | None = None) -> dict:
         """Record the day's features; a failed materialisation fails the run."""
         done = _pulled(["features"])["features"] or {}
@@ -224,7 +231,7 @@ def coupon_retrain():
 
         return record_release(_workspace(), built["model_tag"], built["bento_tag"], "gate passed")
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=timedelta(minutes=5))
+    @task(**CLOSING)
     def summary(ds: str | None = None) -> dict:
         """Write what happened to the day; fail the run (never silently green) if a step
         broke, so the run's colour tells the truth. A gate refusal is a good outcome."""
