@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_WORKSPACE ?= var/demo
 DEMO_DAYS ?= 3
+AIRFLOW_PORT ?= 8080
 
-.PHONY: install demo test test-fast lint check-docker format lock clean
+.PHONY: install demo airflow test test-fast lint check-docker format lock clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +20,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install  ## a fresh workspace, history seeded, the DAG run for $(DEMO_DAYS) days
 	rm -rf $(DEMO_WORKSPACE)
 	$(BIN)/couponflow --workspace $(DEMO_WORKSPACE) demo --days $(DEMO_DAYS)
+
+airflow: install  ## the Airflow UI over $(DEMO_WORKSPACE) (api-server, scheduler, dag-processor) until Ctrl-C
+	test -f $(DEMO_WORKSPACE)/params.yaml || $(BIN)/couponflow --workspace $(DEMO_WORKSPACE) init
+	$(BIN)/couponflow --workspace $(DEMO_WORKSPACE) airflow --port $(AIRFLOW_PORT)
 
 test: install lint
 	$(BIN)/pytest -q

@@ -2,12 +2,13 @@
 read back what happened.
 
     couponflow init   [--workspace DIR] [--set key=value ...]
-    couponflow run    DAY [DAY ...]      # `airflow dags test coupon_pipeline DAY` per day
+    couponflow run    DAY [DAY ...]      # `airflow dags test` of the day's three DAGs
     couponflow status                    # the runs' summaries and the live release
     couponflow demo   [--days N]         # init, run N days, print status with a live answer
     couponflow rollback [--reason TEXT]  # the previous release is production again
     couponflow serve                     # the production release behind the front door
     couponflow stop                      # stop the front door and every bento server
+    couponflow airflow [--port 8080]     # the Airflow UI over the workspace, until Ctrl-C
 
 Room code is imported lazily inside the verbs: the core itself never needs Airflow,
 Feast, GX or BentoML.
@@ -30,7 +31,9 @@ from tqdm import tqdm
 from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace
 from couponflow.logs import quiet_libraries
 
-DAG_ID = "coupon_pipeline"
+# One day is these DAGs in order; under `airflow dags test` asset events trigger nothing,
+# so the CLI runs each in turn for the day, as the scheduler would on the Assets' events.
+DAG_IDS = ("coupon_ingest", "coupon_features", "coupon_retrain")
 
 
 def seed_history(ws: Workspace) -> list[str]:
@@ -87,7 +90,8 @@ def airflow(ws: Workspace, *args: str, log: Path | None = None) -> int:
 
 
 def run_days(ws: Workspace, days: list[str]) -> list[dict]:
-    """Run the DAG for each day with `airflow dags test` and return the run summaries."""
+    """Run the day's DAGs with `airflow dags test`, each day in turn, and return the run
+    summaries. A DAG that fails ends the day: its summary says where and why."""
     from couponflow.report import summary_path
 
     if not (ws.root / "airflow" / "airflow.db").exists():
@@ -95,8 +99,11 @@ def run_days(ws: Workspace, days: list[str]) -> list[dict]:
     summaries = []
     for day in days:
         started = time.monotonic()
-        log = ws.root / "logs" / f"dag-{day}.log"
-        code = airflow(ws, "dags", "test", DAG_ID, day, log=log)
+        for dag_id in DAG_IDS:
+            log = ws.root / "logs" / f"{dag_id}-{day}.log"
+            code = airflow(ws, "dags", "test", dag_id, day, log=log)
+            if code != 0:
+                break
         path = summary_path(ws, day)
         summary = json.loads(path.read_text()) if path.exists() else {"outcome": "no summary"}
         summary["airflow_exit_code"] = code
@@ -148,21 +155,9 @@ def print_training(trained: dict) -> None:
     print(f"   report: {trained['report']}")
 
 
-def _served(readout: dict) -> str:
-    """The A/B readout of a day's served decisions, in a line."""
-    if readout.get("lift") is None:
-        return readout.get("note", "no readout")
-    lift = readout["lift"]
-    return (
-        f"{readout['decisions']} decisions, {readout['holdout']} held out; profit per decision"
-        f" {readout['policy_mean']:.3f} vs {readout['holdout_mean']:.3f}, lift "
-        f"{lift['value']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]"
-    )
-
-
 def print_status(ws: Workspace, live: bool) -> None:
     """What the runs did, the live release, and (with `live`) one answer from its server."""
-    from couponflow.report import summary_path
+    from couponflow.report import served_line, summary_path
 
     for path in sorted(summary_path(ws, "x").parent.glob("*.json")):
         s = json.loads(path.read_text())
@@ -182,7 +177,7 @@ def print_status(ws: Workspace, live: bool) -> None:
         if s.get("candidate_refused"):
             print(f"   candidate refused: {s['candidate_refused']['reason']}")
         if served := steps.get("served_readout"):
-            print(f"   served on {served['day']}: {_served(served)}")
+            print(f"   served on {served['day']}: {served_line(served)}")
     from serving.release import current_release
 
     release = current_release(ws)
@@ -266,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
         "--keep-serving", action="store_true", help="leave a released model's servers running"
     )
     p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p_ui = sub.add_parser("airflow", help="api-server, scheduler and dag-processor: the UI")
+    p_ui.add_argument("--port", type=int, default=8080)
+    p_ui.add_argument("--user", default="admin")
+    p_ui.add_argument("--password", default="admin", help="local use only")
     args = parser.parse_args(argv)
 
     quiet_libraries()
@@ -300,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         serve(ws)
     if args.verb == "stop":
         stop(ws)
+    if args.verb == "airflow":
+        from couponflow.airflow_services import run_ui
+
+        run_ui(ws, args.port, args.user, args.password)
 
 
 if __name__ == "__main__":

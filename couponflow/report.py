@@ -1,5 +1,11 @@
 """The run summary an ML engineer reads: what came in, what was rejected and why, what
-the challenger scored against the champion, and whether it shipped."""
+the challenger scored against the champion, and whether it shipped.
+
+A day runs through three DAGs (ingest, features, retrain). Each one's closing task records
+its steps' results for the day (`reports/steps/<day>.json`) and rewrites the day's summary
+from everything recorded so far, so the summary is true after every DAG: a step not yet
+reached is "waiting", a step that did not finish is None.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,43 @@ from typing import Any
 
 from couponflow.config import Workspace
 
+# The steps of one day in order, and the DAG that runs them.
+STEPS = {
+    "land": "coupon_ingest",
+    "validate": "coupon_ingest",
+    "load_offline_store": "coupon_ingest",
+    "features": "coupon_features",
+    "train": "coupon_retrain",
+    "gate": "coupon_retrain",
+    "build_bento": "coupon_retrain",
+    "check_candidate": "coupon_retrain",
+    "release": "coupon_retrain",
+    "served_readout": "coupon_retrain",
+}
+GOOD_OUTCOMES = ("released", "refused by gate")
+
 
 def summary_path(ws: Workspace, day: str) -> Path:
     return ws.root / "reports" / "runs" / f"{day}.json"
 
 
+def markdown_path(ws: Workspace, day: str) -> Path:
+    return ws.root / "reports" / "runs" / f"{day}.md"
+
+
+def steps_path(ws: Workspace, day: str) -> Path:
+    return ws.root / "reports" / "steps" / f"{day}.json"
+
+
 def outcome_of(steps: dict[str, Any]) -> str:
-    """One phrase for the run: where it stopped and why."""
-    if steps.get("validate") is None:
-        return "batch rejected by validation" if steps.get("land") else "landing failed"
-    for step in ("load_offline_store", "features", "train"):
-        if steps.get(step) is None:
-            return f"{step} failed"
+    """One phrase for the run: where it stopped and why, or what it waits for."""
+    for step in ("land", "validate", "load_offline_store", "features", "train"):
+        if step not in steps:
+            return f"waiting for {STEPS[step]} ({step})"
+        if steps[step] is None:
+            if step == "validate" and steps.get("land"):
+                return "batch rejected by validation"
+            return "landing failed" if step == "land" else f"{step} failed"
     if not steps["train"]["gate"]["promote"]:
         return "refused by gate"
     for step in ("build_bento", "check_candidate", "release"):
@@ -29,22 +60,124 @@ def outcome_of(steps: dict[str, Any]) -> str:
     return "released"
 
 
+def run_failed(summary: dict[str, Any], last_dag: bool) -> bool:
+    """Whether the DAG that wrote `summary` must go red: something broke, or (for the last
+    DAG of the day) the day did not end in a release or a refusal."""
+    outcome = summary["outcome"]
+    if outcome in GOOD_OUTCOMES:
+        return False
+    return last_dag or not outcome.startswith("waiting for")
+
+
+def record_steps(ws: Workspace, day: str, steps: dict[str, Any]) -> dict[str, Any]:
+    """Merge one DAG's step results into the day's record and return the whole record.
+    Landing starts a day afresh, so a re-ingested day forgets its older downstream steps."""
+    path = steps_path(ws, day)
+    known = {} if "land" in steps or not path.exists() else json.loads(path.read_text())
+    known.update(steps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known, indent=2, default=str))
+    return known
+
+
 def write_run_summary(
     ws: Workspace, day: str, steps: dict[str, Any], refusal: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Write reports/runs/<day>.json from the steps' results (None where a step did not
-    finish) and, when a candidate was refused, why; return it."""
+    """Write reports/runs/<day>.json and .md from the steps' results (None where a step did
+    not finish, absent where it has not run yet) and, when a candidate was refused, why;
+    return the summary with both paths."""
     summary: dict[str, Any] = {"day": day, "outcome": outcome_of(steps), "steps": steps}
     if refusal is not None:
         summary["candidate_refused"] = refusal
     validation = ws.validation_reports / f"{day}.json"
-    if steps.get("validate") is None and validation.exists():
+    if "validate" in steps and steps["validate"] is None and validation.exists():
         report = json.loads(validation.read_text())
         summary["rejection"] = report.get("failures")
         summary["data_docs"] = report.get("data_docs_pages")
     elif steps.get("validate"):
         summary["validation_warnings"] = steps["validate"].get("warnings", [])
     path = summary_path(ws, day)
+    summary["summary_json"] = str(path)
+    summary["summary_markdown"] = str(markdown_path(ws, day))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))
+    markdown_path(ws, day).write_text(render_markdown(summary))
     return summary
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The summary as a page a person reads in the task log: rows in, rejected and why,
+    features, challenger against champion, the gate's decision, the release."""
+    steps = summary["steps"]
+    out = [f"# couponflow {summary['day']}: {summary['outcome']}", ""]
+    if steps.get("validate"):
+        rows = steps["validate"]["rows"]
+        out += ["## Rows in", "", "| table | rows |", "|---|---:|"]
+        out += [f"| {table} | {n} |" for table, n in rows.items()]
+        warnings = summary.get("validation_warnings") or []
+        out += ["", f"Validation warnings: {len(warnings)}"] + [f"- {w}" for w in warnings]
+    if summary.get("rejection"):
+        out += ["## Rejected, and why", ""] + [f"- {r}" for r in summary["rejection"]]
+        out += [f"- Data Docs: {page}" for page in (summary.get("data_docs") or {}).values()]
+    if steps.get("features"):
+        f = steps["features"]
+        out += [
+            "",
+            "## Features materialised",
+            "",
+            f"{f['users']} users x {f['features']} features, "
+            f"{f['coupons']} coupons x {f['coupon_features']} features",
+        ]
+    if steps.get("train"):
+        out += _training_markdown(steps["train"])
+    if steps.get("release"):
+        r = steps["release"]
+        out += ["", "## Release", "", f"model {r['model_version']} served by {r['bento_tag']} "
+                f"at {r['url']}; candidate checks: {r['checks']['latency']}"]  # fmt: skip
+    elif steps.get("train"):
+        out += ["", "## Release", "", "none: the live release is unchanged"]
+        if summary.get("candidate_refused"):
+            out += ["", f"The candidate was refused: {summary['candidate_refused']['reason']}"]
+    if served := steps.get("served_readout"):
+        out += ["", f"## Served on {served['day']}", "", served_line(served)]
+    out += ["", f"Summary: {summary['summary_json']}"]
+    return "\n".join(out) + "\n"
+
+
+def served_line(readout: dict[str, Any]) -> str:
+    """The A/B readout of the day's served decisions against the holdout, in a line."""
+    if readout.get("lift") is None:
+        return readout.get("note", "no readout")
+    lift = readout["lift"]
+    return (
+        f"{readout['decisions']} decisions, {readout['holdout']} held out; profit per decision"
+        f" {readout['policy_mean']:.3f} against {readout['holdout_mean']:.3f} held out: lift "
+        f"{lift['value']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]"
+    )
+
+
+def _training_markdown(trained: dict[str, Any]) -> list[str]:
+    policies = trained["evaluation"]["policies"]
+    out = [
+        "",
+        "## Challenger against champion",
+        "",
+        "| policy | version | AUC | DR value per decision [interval] | offers |",
+        "|---|---|---:|---|---:|",
+    ]
+    for name in ("challenger", "champion", *sorted(set(policies) - {"challenger", "champion"})):
+        if name not in policies:
+            continue
+        p = policies[name]
+        dr = p["dr"]
+        auc = f"{p['auc']:.3f}" if "auc" in p else ""
+        out.append(
+            f"| {name} | {p.get('version', '')} | {auc} | {dr['value']:+.3f} "
+            f"[{dr['low']:+.3f}, {dr['high']:+.3f}] | {p['offer_rate']:.0%} |"
+        )
+    gate = trained["gate"]
+    out += ["", f"## Decision: {'PROMOTE' if gate['promote'] else 'REFUSE'}", ""]
+    for check in gate["checks"]:
+        out.append(f"- [{'x' if check['passed'] else ' '}] {check['check']}: {check['detail']}")
+    out += ["", f"Run report: {trained['report']}"]
+    return out

@@ -35,11 +35,16 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def dvc(ws: Workspace, *args: str) -> str:
     """Run the DVC CLI of this interpreter's environment inside the workspace (its stages
-    find `python` and the workspace through PATH and $COUPONFLOW_HOME)."""
+    find `python` and the workspace through PATH and $COUPONFLOW_HOME). The project is on
+    PYTHONPATH because a stage runs `python -m` in the workspace, whose `serving/` folder
+    (the spend and feedback stores) would otherwise shadow the `serving` package: the
+    editable install's finder comes after the namespace package Python makes of it."""
+    pythonpath = [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {
         **os.environ,
         HOME_ENV: str(ws.root),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(pythonpath),
         "DVC_NO_ANALYTICS": "1",
     }
     return run([sys.executable, "-m", "dvc", *args], ws.root, env)

@@ -1,20 +1,60 @@
-"""coupon_pipeline: one day of couponflow, from fresh events to a released recommender.
+"""couponflow's day as three DAGs joined by Assets, each owning one responsibility.
 
-land → validate (GX; a failing batch is quarantined and the run fails here) → offline
-store → features (Feast apply + materialise) → train (dvc repro: dataset, train, evaluate,
-gate) → gate (a refusal skips the release, visibly) → bento → the candidate served beside
-the live release and checked (golden requests, latency) → traffic switched to it.
+coupon_ingest (daily): land → validate (GX; a failing batch is quarantined and the run
+    fails here) → offline store, which produces the Asset `couponflow_validated_batch`.
+coupon_features (on it): Feast apply + materialise, producing `couponflow_user_features`.
+coupon_retrain (on that): train (dvc repro: dataset, train, evaluate, gate) →
+    gate (a refusal skips the release, visibly) → bento → the candidate served beside the
+    live release and checked (golden requests, latency) → traffic switched to it; beside
+    them, yesterday's served decisions read out against their holdout (served_readout).
+
 Every task is idempotent for its date and calls one function of a project room; the
-workspace is named by $COUPONFLOW_HOME. `summary` always runs and writes what happened.
+workspace is named by $COUPONFLOW_HOME. Each DAG ends with `summary`, which always runs,
+rewrites the day's run summary (reports/runs/<day>.json and .md) and fails the DAG run if
+a step broke. A scheduled or triggered run works on its logical date; an asset-triggered run
+on the day(s) its triggering asset events carry (`extra["day"]`). Transient steps retry with
+exponential back-off; a task that fails for good raises an alert (couponflow.alerts), and
+coupon_model_deadline (dags/coupon_deadline.py) alerts when the day's model is late.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import TriggerRule, dag, get_current_context, task
+from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
 
-DEFAULT_ARGS = {"owner": "ml-platform", "retries": 0, "execution_timeout": timedelta(minutes=30)}
+from couponflow.alerts import task_failed
+
+VALIDATED = Asset("couponflow_validated_batch", uri="couponflow://offline-store/validated")
+FEATURES = Asset("couponflow_user_features", uri="couponflow://feature-store/materialised")
+
+DEFAULT_ARGS = {
+    "owner": "ml-platform",
+    "retries": 0,
+    "execution_timeout": timedelta(minutes=30),
+    "on_failure_callback": task_failed,
+}
+# Steps whose failure is usually the world's (a slow disk, a busy store, a flaky build):
+# 3 retries after about 30 s, 60 s, 120 s. Validation is never retried: its failure is a verdict.
+TRANSIENT = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+# Each DAG's closing `summary`: always runs; it fails only when a step did, and that step
+# has already alerted, so it does not alert again.
+CLOSING = {
+    "trigger_rule": TriggerRule.ALL_DONE,
+    "execution_timeout": timedelta(minutes=5),
+    "on_failure_callback": [],
+}
+# When the day's data is there to ingest; "none" leaves ingestion to triggers and backfills.
+INGEST_SCHEDULE = os.environ.get("COUPONFLOW_INGEST_SCHEDULE", "@daily")
+
+log = logging.getLogger(__name__)
 
 
 def _workspace():
@@ -25,9 +65,58 @@ def _workspace():
     return Workspace.from_env()
 
 
+def _days(ds: str | None) -> list[str]:
+    """The days this run works on: its logical date, else the days its triggering asset
+    events carry (several when events queued up while a run was busy), oldest first."""
+    if ds:
+        return [ds]
+    events = get_current_context()["triggering_asset_events"]
+    return sorted({event.extra["day"] for queued in events.values() for event in queued})
+
+
+def _announce(asset: Asset, day: str) -> None:
+    """Tell the consumers of `asset` which day it now holds."""
+    get_current_context()["outlet_events"][asset].extra = {"day": day}
+
+
+def _close(steps_by_day: dict[str, dict], last_dag: bool, refusal: dict | None = None) -> dict:
+    """Record the steps, rewrite each day's summary (with why a candidate was refused, if
+    one was), log it, and fail the run if it broke."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from couponflow.report import record_steps, run_failed, write_run_summary
+
+    ws = _workspace()
+    failures = []
+    for day, steps in sorted(steps_by_day.items()):
+        summary = write_run_summary(ws, day, record_steps(ws, day, steps), refusal)
+        log.info("run summary %s\n\n%s", summary["summary_markdown"], _read(summary))
+        if run_failed(summary, last_dag):
+            failures.append(f"{day}: {summary['outcome']}")
+    if failures:
+        raise AirflowFailException("; ".join(failures))
+    return {
+        "days": sorted(steps_by_day),
+        "outcome": summary["outcome"],
+        "summary_json": summary["summary_json"],
+        "summary_markdown": summary["summary_markdown"],
+    }
+
+
+def _read(summary: dict) -> str:
+    from pathlib import Path
+
+    return Path(summary["summary_markdown"]).read_text()
+
+
+def _pulled(task_ids: list[str]) -> dict:
+    ti = get_current_context()["ti"]
+    return {name: ti.xcom_pull(task_ids=name) for name in task_ids}
+
+
 @dag(
-    dag_id="coupon_pipeline",
-    schedule="@daily",
+    dag_id="coupon_ingest",
+    schedule=None if INGEST_SCHEDULE == "none" else INGEST_SCHEDULE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -35,14 +124,14 @@ def _workspace():
     doc_md=__doc__,
     tags=["couponflow"],
 )
-def coupon_pipeline():
-    @task
+def coupon_ingest():
+    @task(**TRANSIENT, execution_timeout=timedelta(minutes=10))
     def land(ds: str | None = None) -> dict:
         from couponflow.landing import land_simulated_day
 
         return land_simulated_day(_workspace(), ds)
 
-    @task
+    @task(execution_timeout=timedelta(minutes=15))
     def validate(ds: str | None = None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -54,24 +143,71 @@ def coupon_pipeline():
             raise AirflowFailException(str(rejected)) from rejected
         return outcome.brief()  # rows, warnings, notes, report, this run's Data Docs pages
 
-    @task
+    @task(outlets=[VALIDATED], execution_timeout=timedelta(minutes=10))
     def load_offline_store(ds: str | None = None) -> dict:
         from couponflow.landing import load_offline, read_batch
 
         ws = _workspace()
-        return load_offline(ws, ds, read_batch(ws.landing_partition(ds)))
+        loaded = load_offline(ws, ds, read_batch(ws.landing_partition(ds)))
+        _announce(VALIDATED, ds)
+        return loaded
 
-    @task
+    @task(**CLOSING)
+    def summary(ds: str | None = None) -> dict:
+        """Record the day's ingestion; a rejected batch or a broken step fails the run."""
+        return _close({ds: _pulled(INGEST_TASKS)}, last_dag=False)
+
+    land() >> validate() >> load_offline_store() >> summary()
+
+
+@dag(
+    dag_id="coupon_features",
+    schedule=[VALIDATED],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    doc_md=__doc__,
+    tags=["couponflow"],
+)
+def coupon_features():
+    @task(outlets=[FEATURES], **TRANSIENT, execution_timeout=timedelta(minutes=20))
     def features(ds: str | None = None) -> dict:
+        """Materialise every day the triggering events name, oldest first, so the online
+        store ends on the newest."""
         from feature_repo.store import materialise_user_features
 
-        return materialise_user_features(_workspace(), ds)
+        ws = _workspace()
+        days = _days(ds)
+        done = {day: materialise_user_features(ws, day) for day in days}
+        _announce(FEATURES, days[-1])
+        return done
 
-    @task
+    @task(**CLOSING)
+    def summary(ds: str | None = None) -> dict:
+        """Record the day's features; a failed materialisation fails the run."""
+        done = _pulled(["features"])["features"] or {}
+        return _close({day: {"features": done.get(day)} for day in _days(ds)}, last_dag=False)
+
+    features() >> summary()
+
+
+@dag(
+    dag_id="coupon_retrain",
+    schedule=[FEATURES],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    doc_md=__doc__,
+    tags=["couponflow"],
+)
+def coupon_retrain():
+    @task(execution_timeout=timedelta(minutes=60))
     def train(ds: str | None = None) -> dict:
         from training.pipeline import repro
 
-        return repro(_workspace(), ds)
+        return repro(_workspace(), _days(ds)[-1])
 
     @task
     def served_readout(ds: str | None = None) -> dict:
@@ -81,7 +217,7 @@ def coupon_pipeline():
 
         from training.served import served_readout
 
-        yesterday = (date.fromisoformat(ds) - timedelta(days=1)).isoformat()
+        yesterday = (date.fromisoformat(_days(ds)[-1]) - timedelta(days=1)).isoformat()
         return served_readout(_workspace(), yesterday)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
@@ -89,7 +225,7 @@ def coupon_pipeline():
         """Continue to the release only if the gate promoted the challenger."""
         return bool(trained["gate"]["promote"])
 
-    @task
+    @task(**TRANSIENT, execution_timeout=timedelta(minutes=20))
     def build_bento(trained: dict) -> dict:
         from serving.bento import build_bento, store_model
 
@@ -97,7 +233,7 @@ def coupon_pipeline():
         model_tag = store_model(ws, ws.models)
         return {"model_tag": model_tag, "bento_tag": build_bento(ws, model_tag)}
 
-    @task
+    @task(execution_timeout=timedelta(minutes=10))
     def check_candidate(built: dict) -> dict:
         """Serve the bento beside the live release and check it there; a refusal fails
         this task with the reason, and shoppers never reach the candidate."""
@@ -110,56 +246,33 @@ def coupon_pipeline():
         except CandidateRefused as refused:
             raise AirflowFailException(str(refused)) from refused
 
-    @task
+    @task(execution_timeout=timedelta(minutes=5))
     def release(checked: dict) -> dict:
         """Switch traffic to the checked candidate and record the release."""
         from serving.deployment import switch_to_candidate
 
         return switch_to_candidate(_workspace(), checked["bento_tag"], "gate passed")
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(**CLOSING)
     def summary(ds: str | None = None) -> dict:
-        """Write what happened; fail the run (never silently green) if the batch was
-        rejected or a step broke, so the run's colour tells the truth."""
-        from airflow.sdk.exceptions import AirflowFailException
+        """Write what happened to the day; fail the run (never silently green) if a step
+        broke, so the run's colour tells the truth. A gate refusal is a good outcome."""
+        pulled = _pulled(RETRAIN_TASKS)
+        return _close({_days(ds)[-1]: pulled}, last_dag=True, refusal=_refusal(pulled))
 
-        from couponflow.report import write_run_summary
-
-        ti = get_current_context()["ti"]
-        pulled = {name: ti.xcom_pull(task_ids=name) for name in TASK_IDS}
-        written = write_run_summary(_workspace(), ds, pulled, refusal=_refusal(pulled))
-        if written["outcome"] not in ("released", "refused by gate"):
-            raise AirflowFailException(f"{ds}: {written['outcome']}")
-        return written
-
-    landed = land()
-    validated = validate()
-    loaded = load_offline_store()
-    materialised = features()
     trained = train()
     promoted = gate(trained)
     built = build_bento(trained)
     checked = check_candidate(built)
     released = release(checked)
-    landed >> validated >> loaded >> materialised >> trained
     promoted >> built
     done = summary()
     released >> done
     served_readout() >> done
 
 
-TASK_IDS = [
-    "land",
-    "served_readout",
-    "validate",
-    "load_offline_store",
-    "features",
-    "train",
-    "gate",
-    "build_bento",
-    "check_candidate",
-    "release",
-]
+INGEST_TASKS = ["land", "validate", "load_offline_store"]
+RETRAIN_TASKS = ["train", "gate", "build_bento", "check_candidate", "release", "served_readout"]
 
 
 def _refusal(pulled: dict) -> dict | None:
@@ -174,4 +287,6 @@ def _refusal(pulled: dict) -> dict | None:
     )
 
 
-coupon_pipeline()
+coupon_ingest()
+coupon_features()
+coupon_retrain()

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 TRAIN_QUEUE_ENV = "COUPONFLOW_TRAIN_QUEUE"
-TRAIN_TASK = ("coupon_pipeline", "train")
+TRAIN_TASK = ("coupon_retrain", "train")
 
 
 def task_policy(task: Any) -> None:

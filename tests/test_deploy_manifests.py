@@ -259,7 +259,7 @@ def test_the_train_task_is_routed_to_the_gpu_queue(monkeypatch: pytest.MonkeyPat
     spec.loader.exec_module(policy)
 
     def routed(task_id: str) -> str:
-        task = SimpleNamespace(dag_id="coupon_pipeline", task_id=task_id, queue="default")
+        task = SimpleNamespace(dag_id="coupon_retrain", task_id=task_id, queue="default")
         policy.task_policy(task)
         return task.queue
 

@@ -1,0 +1,261 @@
+"""Airflow as it runs in production, on a tiny world: PostgreSQL metadata (a fresh database
+per run, dropped afterwards), LocalExecutor, api-server, scheduler and dag-processor as
+child processes in their own process groups. A run of coupon_ingest triggered through the
+REST API v2 (JWT from the simple auth manager) must carry the day through the Assets to
+coupon_features and coupon_retrain. Then the scheduler is SIGKILLed mid-run and restarted:
+the day must still complete, and no step with side effects may have run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from couponflow.airflow_services import COMPONENTS, AirflowServices, api_client, service_env
+from couponflow.cli import next_days, seed_history
+from couponflow.config import Workspace
+from couponflow.report import GOOD_OUTCOMES, summary_path
+from couponflow.workspace import init_workspace
+from tests.conftest import TINY_WORLD, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+USER, PASSWORD = "tester", uuid.uuid4().hex
+DAG_IDS = ("coupon_ingest", "coupon_features", "coupon_retrain")
+
+
+def _postgres():
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        conn = psycopg2.connect(connect_timeout=3, **PG)
+    except psycopg2.OperationalError as error:
+        pytest.skip(f"no PostgreSQL at {PG['host']}:{PG['port']}: {error}")
+    conn.autocommit = True
+    return conn
+
+
+@dataclass
+class Live:
+    ws: Workspace
+    services: AirflowServices
+    api: httpx.Client
+
+    def trigger(self, day: str) -> str:
+        run_id = f"live__{day}"
+        answer = self.api.post(
+            "/api/v2/dags/coupon_ingest/dagRuns",
+            json={"dag_run_id": run_id, "logical_date": f"{day}T00:00:00Z"},
+        )
+        assert answer.status_code == 200, answer.text
+        return run_id
+
+    def runs(self, dag_id: str) -> list[dict]:
+        answer = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "id"})
+        answer.raise_for_status()
+        return answer.json()["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        answer = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        answer.raise_for_status()
+        return {ti["task_id"]: ti for ti in answer.json()["task_instances"]}
+
+    def wait_for(self, what, timeout: float, every: float = 2.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found := what():
+                return found
+            time.sleep(every)
+        states = {d: [(r["dag_run_id"], r["state"]) for r in self.runs(d)] for d in DAG_IDS}
+        raise TimeoutError(f"gave up after {timeout} s; runs: {states}")
+
+    def finished_run(self, dag_id: str, n: int) -> dict | None:
+        """The n-th run of `dag_id` once finished (failing the test if it failed)."""
+        runs = self.runs(dag_id)
+        if len(runs) < n or runs[n - 1]["state"] not in ("success", "failed"):
+            return None
+        assert runs[n - 1]["state"] == "success", (dag_id, runs[n - 1], self._summaries())
+        return runs[n - 1]
+
+    def _summaries(self) -> list[str]:
+        return [p.read_text() for p in sorted((self.ws.root / "reports" / "runs").glob("*.md"))]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Iterator[Live]:
+    admin = _postgres()
+    database = f"couponflow_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{database}"')
+    root = tmp_path_factory.mktemp("live") / "ws"
+    port = free_port()
+    overrides = {
+        **TINY_WORLD,
+        "gate.min_auc": 0.0,
+        "gate.max_ece": 1.0,
+        "gate.min_coupon_evidence": 0,
+        "gate.min_lift_over_baselines": -1e9,
+        "serving.port": free_port(),
+    }
+    ws = init_workspace(root, overrides)
+    seed_history(ws)
+    env = service_env(
+        ws,
+        port,
+        {USER: PASSWORD},
+        {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+                f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+            ),
+            "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex,
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "BENTOML_HOME": str(root / "bentoml"),
+            "COUPONFLOW_INGEST_SCHEDULE": "none",  # only the runs this test triggers
+            "COUPONFLOW_MODEL_DEADLINE": "none",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            # a dead scheduler's tasks are reset within a minute, not five; the health
+            # threshold stays at its default 30 s: at 10 s a busy machine's own scheduler
+            # was declared dead and its running task reset
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
+        },
+    )
+    services = AirflowServices(env, root / "logs" / "airflow")
+    try:
+        migrated = subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert migrated.returncode == 0, migrated.stdout[-3000:]
+        for component in COMPONENTS:
+            services.start(component)
+        base_url = env["AIRFLOW__API__BASE_URL"]
+        services.wait_healthy(base_url)
+        api = api_client(base_url, USER, PASSWORD)  # a JWT from POST /auth/token
+        live = Live(ws, services, api)
+        live.wait_for(
+            lambda: all(api.get(f"/api/v2/dags/{d}").status_code == 200 for d in DAG_IDS), 180
+        )
+        yield live
+    finally:
+        pgids = [proc.pid for proc in services.procs.values()]
+        services.stop()
+        leaked = [pgid for pgid in pgids if _alive(pgid)]
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
+        assert not leaked, f"process groups still alive: {leaked}"
+        assert not _stray_processes(root), "task processes outlived their supervisors"
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stray_processes(root) -> list[int]:
+    """Processes still working for this workspace (a task runner in a group of its own);
+    killed, and returned so the test can fail on them."""
+    import psutil
+
+    strays = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("COUPONFLOW_HOME") == str(root):
+                proc.kill()
+                strays.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return strays
+
+
+def _summary(ws: Workspace, day: str) -> dict:
+    return json.loads(summary_path(ws, day).read_text())
+
+
+def test_a_triggered_ingest_runs_the_asset_chain_to_a_release(live: Live) -> None:
+    (day,) = next_days(live.ws, 1)
+    run_id = live.trigger(day)
+
+    live.wait_for(lambda: live.finished_run("coupon_retrain", 1), timeout=900)
+
+    assert live.finished_run("coupon_ingest", 1)["dag_run_id"] == run_id
+    features = live.finished_run("coupon_features", 1)
+    assert features["run_type"] == "asset_triggered" and features["logical_date"] is None
+    summary = _summary(live.ws, day)
+    assert summary["outcome"] == "released", summary["outcome"]
+    assert summary["steps"]["features"]["users"] == TINY_WORLD["world.n_users"]
+    tis = live.task_instances("coupon_retrain", live.runs("coupon_retrain")[0]["dag_run_id"])
+    assert tis["summary"]["state"] == "success"
+    xcom = live.api.get(
+        f"/api/v2/dags/coupon_retrain/dagRuns/{tis['summary']['dag_run_id']}"
+        "/taskInstances/summary/xcomEntries/return_value"
+    )
+    assert xcom.status_code == 200, xcom.text
+    assert day in xcom.text and "summary_markdown" in xcom.text
+
+
+def test_killing_the_scheduler_mid_run_neither_loses_nor_repeats_a_step(live: Live) -> None:
+    (day,) = next_days(live.ws, 1)
+    releases_before = _release_count(live.ws)
+    live.trigger(day)
+
+    def features_running() -> bool:
+        runs = live.runs("coupon_features")
+        if len(runs) < 2:
+            return False
+        return (
+            live.task_instances("coupon_features", runs[1]["dag_run_id"])
+            .get("features", {})
+            .get("state")
+            == "running"
+        )
+
+    live.wait_for(features_running, timeout=600, every=0.5)
+    landed = _mtimes(live.ws.landing_partition(day))
+    live.services.kill("scheduler", signal.SIGKILL)
+    time.sleep(5)
+    live.services.start("scheduler")
+
+    live.wait_for(lambda: live.finished_run("coupon_retrain", 2), timeout=1200)
+
+    summary = _summary(live.ws, day)
+    assert summary["outcome"] in GOOD_OUTCOMES, summary["outcome"]
+    ingest = live.task_instances("coupon_ingest", f"live__{day}")
+    assert [ingest[t]["try_number"] for t in ("land", "validate", "load_offline_store")] == [
+        1,
+        1,
+        1,
+    ]
+    assert _mtimes(live.ws.landing_partition(day)) == landed
+    features_run = live.runs("coupon_features")[1]["dag_run_id"]
+    features_try = live.task_instances("coupon_features", features_run)["features"]["try_number"]
+    assert features_try in (1, 2), features_try  # re-run at most once, and idempotent
+    retrain = live.task_instances("coupon_retrain", live.runs("coupon_retrain")[1]["dag_run_id"])
+    assert retrain["train"]["try_number"] == 1
+    released = summary["outcome"] == "released"
+    assert _release_count(live.ws) == releases_before + released
+    assert len(live.runs("coupon_retrain")) == 2  # one retrain per day, none doubled
+
+
+def _mtimes(folder) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in sorted(folder.glob("*.parquet"))}
+
+
+def _release_count(ws: Workspace) -> int:
+    history = ws.releases / "history.jsonl"
+    return len(history.read_text().splitlines()) if history.exists() else 0
