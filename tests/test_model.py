@@ -173,6 +173,24 @@ def test_same_data_and_seed_give_the_same_model() -> None:
     assert log["device"] in {"cpu", "cuda"} and log["samples_per_second"] > 0
 
 
+def test_data_parallel_training_shares_the_work_and_learns() -> None:
+    """The multi-GPU path (DistributedDataParallel, one process per device) run on the CPU
+    over gloo: two processes each train on half of every epoch and end with one network
+    that has learned what a single process learns."""
+    train = TrainingArrays.from_table(known_effect_log(8_000, seed=5), 20.0)
+    valid = TrainingArrays.from_table(known_effect_log(2_000, seed=6), 20.0)
+    cfg = {**CFG, "epochs": 4, "device": "cpu"}
+    single, single_log = fit(train, valid, cfg)
+    parallel, log = fit(train, valid, {**cfg, "processes": 2})
+    assert (log["processes"], single_log["processes"]) == (2, 1)
+    assert log["epochs_run"] == len(log["history"]) >= 1
+    first, last = log["history"][0]["valid_loss"], min(h["valid_loss"] for h in log["history"])
+    assert last < first  # it learned
+    single_best = min(h["valid_loss"] for h in single_log["history"])
+    assert last < single_best * 1.05  # half the steps per epoch, about the same fit
+    assert model_version(parallel, "2026-01-09") != model_version(single, "2026-01-09")
+
+
 # -- the inputs and the network -----------------------------------------------------------
 
 

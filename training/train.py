@@ -2,6 +2,10 @@
 logging propensity so the heuristic's choices and the randomised slice both count without
 bias. Early-stops on the last training day; the newest day is kept for evaluation.
 
+On a machine with several GPUs it trains data-parallel on all of them (one process per
+GPU, DistributedDataParallel over NCCL); `model.processes` sets the count (on the CPU too,
+over gloo: how the tests exercise the same path without a GPU).
+
 The trainer works on arrays (`TrainingArrays`), not on the coupon table, so any data set
 encoded as [user block | arm block] trains the same way (the Hillstrom check does).
 
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,13 +29,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import yaml
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from couponflow.config import PROJECT_ROOT, Workspace
 from couponflow.features import USER_FEATURES
 from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, CouponNet, encode, save_model
+from serving.server import free_port  # the process group's rendezvous
 
 EVAL_CHUNK = 65_536  # rows per forward pass when scoring the validation day
 TARGETS = ("purchased", "log_amount", "redeemed", "offered", "weight")  # packed in this order
@@ -169,6 +178,13 @@ def _valid_loss(net: CouponNet, valid: torch.Tensor, d: int) -> float:
         return float(loss_fn(out, valid[:, d:]))
 
 
+def data_parallel_processes(cfg: dict[str, Any]) -> int:
+    """Training processes: `processes` from cfg, else one per visible GPU on CUDA, else 1."""
+    if cfg.get("processes"):
+        return int(cfg["processes"])
+    return max(torch.cuda.device_count(), 1) if pick_device(cfg).type == "cuda" else 1
+
+
 def fit(
     train: TrainingArrays,
     valid: TrainingArrays,
@@ -178,24 +194,80 @@ def fit(
 ) -> tuple[CouponNet, dict[str, Any]]:
     """Train a CouponNet(n_user, n_arm, cfg hidden) with Adam, early-stopping on `valid`.
 
-    cfg: seed, hidden, epochs, batch_size, lr, patience; optional device and threads (CPU).
-    The same data and seed give the same weights on the same device and thread count.
-    Returns the best network (on the CPU, in eval mode) and a log: device, threads,
-    epochs_run, best_epoch, history, seconds and samples_per_second (training rows x epochs
-    over the whole call: packing, copies and validation passes included).
+    cfg: seed, hidden, epochs, batch_size, lr, patience; optional device, threads (CPU) and
+    processes (data-parallel; default every GPU). The same data and seed give the same
+    weights on the same device, thread and process count. Returns the best network (on
+    the CPU, in eval mode) and a log: device, threads, processes, epochs_run, best_epoch,
+    history, seconds and samples_per_second (training rows x epochs over the whole call:
+    packing, copies, process start and validation passes included).
     """
-    with torch_threads(cpu_threads(cfg)):
-        return _fit(train, valid, cfg, n_user, n_arm)
+    world = data_parallel_processes(cfg)
+    if world == 1:
+        with torch_threads(cpu_threads(cfg)):
+            return _fit(train, valid, cfg, n_user, n_arm)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "rank0.pt"
+        torch.multiprocessing.spawn(
+            _fit_rank,
+            args=(world, free_port(), train, valid, cfg, n_user, n_arm, result),
+            nprocs=world,
+        )
+        state, log = torch.load(result, weights_only=False)
+    net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
+    net.load_state_dict(state)
+    net.eval()
+    seconds = time.perf_counter() - started
+    rows = len(train) * log["epochs_run"]
+    return net, {**log, "seconds": round(seconds, 3), "samples_per_second": round(rows / seconds)}
+
+
+def _fit_rank(
+    rank: int,
+    world: int,
+    port: int,
+    train: TrainingArrays,
+    valid: TrainingArrays,
+    cfg: dict[str, Any],
+    n_user: int,
+    n_arm: int,
+    result: Path,
+) -> None:
+    """One data-parallel process: its share of every epoch's batches; rank 0 saves the
+    best weights and the log to `result`."""
+    cuda = pick_device(cfg).type == "cuda"
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    try:
+        if cuda:
+            torch.cuda.set_device(rank)
+        with torch_threads(cpu_threads(cfg)):
+            net, log = _fit(train, valid, cfg, n_user, n_arm, rank, world)
+        if rank == 0:
+            torch.save((net.state_dict(), log), result)
+    finally:
+        dist.destroy_process_group()
 
 
 def _fit(
-    train: TrainingArrays, valid: TrainingArrays, cfg: dict[str, Any], n_user: int, n_arm: int
+    train: TrainingArrays,
+    valid: TrainingArrays,
+    cfg: dict[str, Any],
+    n_user: int,
+    n_arm: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[CouponNet, dict[str, Any]]:
+    """The training loop of one process: with `world` > 1 the network is wrapped in
+    DistributedDataParallel and this `rank` takes its slice of each epoch's permutation
+    (every rank the same number of batches, or the gradient all-reduce would wait)."""
     d = n_user + n_arm
     if train.x.shape[1] != d or valid.x.shape[1] != d:
         raise ValueError(f"inputs have {train.x.shape[1]} columns, layout says {n_user}+{n_arm}")
     started = time.perf_counter()
     device = pick_device(cfg)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank)
     use_amp = device.type == "cuda"
     seed = int(cfg["seed"])
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator matters
@@ -204,26 +276,32 @@ def _fit(
     with torch.no_grad():
         net.base[-1].bias.copy_(torch.from_numpy(output_prior(train)))
     net = net.to(device)
+    model = net
+    if world > 1:
+        model = DistributedDataParallel(net, device_ids=[rank] if device.type == "cuda" else None)
     data, held_out = train.packed().to(device), valid.packed().to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]), foreach=True)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), foreach=True)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # the same order on every rank
     n, bs, patience = len(data), int(cfg["batch_size"]), int(cfg.get("patience", 3))
+    per_rank = n // world
     best, best_epoch, best_state, history = float("inf"), -1, None, []
-    bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False)
+    bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False,
+               disable=rank > 0)  # fmt: skip
     for epoch in bar:
-        net.train()
-        order = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, bs):
+        model.train()
+        order = torch.randperm(n, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
+        order = order.to(device)
+        for start in range(0, per_rank, bs):
             batch = data.index_select(0, order[start : start + bs])
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = net(batch[:, :d])
+                out = model(batch[:, :d])
             loss = loss_fn(out, batch[:, d:])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        val_loss = _valid_loss(net, held_out, d)
+        val_loss = _valid_loss(net, held_out, d)  # the same weights on every rank: one verdict
         history.append({"epoch": epoch, "valid_loss": val_loss})
         bar.set_postfix(valid_loss=f"{val_loss:.4f}")
         if val_loss < best - 1e-5:
@@ -240,6 +318,7 @@ def _fit(
     return net, {
         "device": device.type,
         "threads": torch.get_num_threads(),
+        "processes": world,
         "epochs_run": len(history),
         "best_epoch": best_epoch,
         "history": history,
