@@ -6,7 +6,8 @@ the task log in the Airflow UI). Where the environment names them, it also goes 
     COUPONFLOW_ALERT_WEBHOOK    a URL that gets the alert as a JSON POST (Slack, Teams, ...)
     COUPONFLOW_ALERT_EMAIL      addresses (comma-separated) mailed through the Airflow SMTP
                                 connection COUPONFLOW_ALERT_SMTP_CONN (default smtp_default,
-                                e.g. AIRFLOW_CONN_SMTP_DEFAULT=smtp://user:pass@host:587; secrets: allow)
+                                e.g. AIRFLOW_CONN_SMTP_DEFAULT set to an smtp:// URL with the
+                                account and host)
 
 A channel that fails is logged and never hides the alert's local record or the task's own
 failure. The Airflow callback `task_failed` only reads its context and the deadline check
