@@ -6,7 +6,7 @@ A roll-out starts the candidate beside the live server and checks it there (read
 golden requests, latency: serving.smoke) while shoppers still reach the live one; only a
 candidate that passed takes traffic. The old live server stays up as the warm standby, so
 rolling back to it is one switch, not a server start. Everything is in the deployment
-record (`<ws>/serving/deployment.json`), so the DAG's tasks, `couponflow rollback` and
+record (`<ws>/live/deployment.json`), so the DAG's tasks, `couponflow rollback` and
 `couponflow stop` act on the same servers from different processes.
 """
 

@@ -4,7 +4,7 @@ downstream app reports about it, as JSON lines the next DAG run can read and joi
 `data/landing/feedback/date=D/` holds `decisions-<pid>.jsonl` and `events-<pid>.jsonl`
 (D is the policy's day of the decision; one file per worker process, each line appended by
 one write, so readers never see half a line and workers never interleave). An index in the
-workspace (`serving/feedback.db`, SQLite) remembers each request id's decision, so an
+workspace (`live/feedback.db`, SQLite) remembers each request id's decision, so an
 event can be checked against it, and each (request id, event) pair, so a repeated event
 is acknowledged without being written twice.
 """

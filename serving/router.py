@@ -10,7 +10,7 @@ from that header the bytes pass untouched, which keeps the hop cheap and every a
 4xx included, exactly the server's. In Kubernetes a Service plays this part
 (docker/k8s).
 
-    python -m serving.router --port 3300 --record <ws>/serving/deployment.json
+    python -m serving.router --port 3300 --record <ws>/live/deployment.json
 """
 
 from __future__ import annotations

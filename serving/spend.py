@@ -23,9 +23,11 @@ KEY_TTL_S = 3 * 86_400  # a day's counter outlives the day, then Redis forgets i
 
 
 def serving_state(ws: Workspace) -> Path:
-    """The workspace folder of the service's live state (spend, feedback index): ignored by
-    the workspace's git, which commits on every release while workers write here."""
-    folder = ws.root / "serving"
+    """The workspace folder of the service's live state (spend, feedback index, the
+    deployment record), `live/`: ignored by the workspace's git, which commits on every
+    release while workers write here. Not `serving/`: stages run from the workspace root
+    would import it in place of the serving package."""
+    folder = ws.root / "live"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / ".gitignore").exists():
         (folder / ".gitignore").write_text("*\n")

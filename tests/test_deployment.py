@@ -141,7 +141,7 @@ def test_a_broken_candidate_never_takes_traffic(deployment: Workspace) -> None:
     assert after["candidate"] is None
     assert after["last_refusal"]["bento_tag"] == bento_tag and after["last_refusal"]["reason"]
     assert after["live"] == before["live"] and version_at(deployment) == "test-0002"
-    steps = {"validate": {}, "load_offline_store": {}, "features": {}, "train": {}}
+    steps = {"land": {}, "validate": {}, "load_offline_store": {}, "features": {}, "train": {}}
     steps["train"] = {"gate": {"promote": True}}
     steps["build_bento"] = {"bento_tag": bento_tag}
     assert outcome_of({**steps, "check_candidate": None}).startswith("check_candidate failed")

@@ -215,7 +215,7 @@ def test_parallel_requests_on_every_worker_never_overspend_the_day(
         )
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.is_error]
     budget = BudgetPlan.read(workspace.models / POLICY_FILE).daily_budget
-    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(day)
+    spent = SqliteSpend(workspace.root / "live" / "spend.db").read(day)
     assert spent.decisions == requests
     assert 0.5 * budget < spent.cost <= budget  # spent, and never more
     decisions = read_feedback(workspace, day, "decisions")

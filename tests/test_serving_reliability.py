@@ -204,7 +204,7 @@ def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_b
         blocker.unlink()
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     assert all(a.json()["degraded"] and a.json()["offers"] == [] for a in answers)
-    spent = SqliteSpend(workspace.root / "serving" / "spend.db").read(day)
+    spent = SqliteSpend(workspace.root / "live" / "spend.db").read(day)
     assert spent.decisions == 20  # each was decided (epsilon 1 offers) ...
     assert spent.cost == pytest.approx(0.0, abs=1e-9)  # ... and its spend given back
     unknown = httpx.post(

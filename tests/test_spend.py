@@ -121,8 +121,8 @@ def test_open_spend_follows_params(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("serving: {}\n")
     ws = Workspace(tmp_path)
     assert isinstance(open_spend(ws), SqliteSpend)
-    assert (tmp_path / "serving" / "spend.db").exists()
-    assert (tmp_path / "serving" / ".gitignore").read_text() == "*\n"  # live state, not history
+    assert (tmp_path / "live" / "spend.db").exists()
+    assert (tmp_path / "live" / ".gitignore").read_text() == "*\n"  # live state, not history
     ws.params["serving"]["spend_store"] = "redis"
     ws.params["features"] = {"redis": "127.0.0.1:6379", "project": "p1"}
     store = open_spend(ws)
