@@ -1,0 +1,290 @@
+"""Wall time and peak memory of one daily run, stage by stage, at 100k and 1M events a day.
+
+    .venv/bin/python benchmarks/bench_daily_run.py [--events 100000 1000000]
+        [--history-days 6 3] [--default-gate] [--root DIR]
+
+For each target of events per day (sessions + offers + orders) a fresh workspace gets
+world.n_users scaled to it (bench_world's calibration) and its history seeded by
+`couponflow.cli.seed_history` (timed, reported apart: it is set-up, not the daily run).
+Then the DAG's own task callables (dags/coupon_pipeline.py, taken from the DAG object)
+run for the next day in DAG order, each in a fresh process as an Airflow worker runs a
+task: land, validate, load_offline_store, features, train, gate and, when the gate
+promotes, build_bento, check_candidate, release. `process s` is the whole process (the
+interpreter, Airflow and the libraries imported), `call s` the task callable alone.
+
+The train task is `training.pipeline.repro`; its parts are timed from inside: every
+Python process started under the benchmark records its command, wall time and peak RSS
+when it exits (a sitecustomize on PYTHONPATH), so each DVC stage (`python -m
+training.<stage>`) and each `dvc add/repro/push` reports itself, and `dvc overhead` is
+the rest of `dvc repro` (hashing outputs, caching, writing dvc.lock). Peak RSS is the
+task process's own and, separately, its largest waited-for child (the DVC stages, the
+BentoML build); bento servers are detached and not counted.
+
+At the default gate a first model is refused on this data, so the benchmark lowers the
+gate's bars in its own workspaces (`--default-gate` keeps them) to time the release
+path; the front door gets a free port, not serving.port, beside other deployments.
+Everything it starts is stopped at the end (serving.deployment.stop_deployment). The
+1-minute load average is printed after each task: on a shared machine the times are
+upper bounds. Figures print; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_world import events_per_user
+from tqdm import tqdm
+
+from couponflow.config import PROJECT_ROOT, Workspace
+
+RELEASE_TASKS = ("build_bento", "check_candidate", "release")
+TASKS = ("land", "validate", "load_offline_store", "features", "train", "gate", *RELEASE_TASKS)
+STAGES = ("dataset", "train", "budget", "evaluate", "gate", "report")
+OPEN_GATE = {  # every bar the gate can hold a challenger to, lowered to nothing
+    "gate.min_auc": 0.0,
+    "gate.max_ece": 1.0,
+    "gate.min_coupon_evidence": 0,
+    "gate.min_lift_over_champion": -1e9,
+    "gate.max_auc_regression": 1.0,
+    "gate.max_log_loss_regression": 1e9,
+    "gate.min_lift_over_baselines": -1e9,
+}
+PROCESS_LOG_ENV = "BENCH_PROCESS_LOG"
+PROCESS_LOG = "bench-processes.jsonl"  # in the workspace's logs folder
+Row = tuple[str, float, float, float, float, float]  # name, process s, call s, MB, MB, load
+# Written into a scratch folder put first on PYTHONPATH: each Python process appends one
+# line when it exits, which times the DVC stages without touching the pipeline's code.
+SITECUSTOMIZE = """\
+import atexit, json, os, re, sys, time
+
+_started = time.time()
+
+
+def _record():
+    # VmHWM is this address space's peak: unlike ru_maxrss it does not inherit the
+    # parent's peak across fork + exec.
+    with open("/proc/self/status") as status:
+        peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", status.read()).group(1))
+    line = {"pid": os.getpid(), "argv": sys.argv, "start": _started, "end": time.time(),
+            "rss_mb": peak_kb / 1024}
+    with open(os.environ["BENCH_PROCESS_LOG"], "a") as fh:
+        fh.write(json.dumps(line) + "\\n")
+
+
+if os.environ.get("BENCH_PROCESS_LOG"):
+    atexit.register(_record)
+"""
+
+
+def dag_task(name: str) -> Any:
+    """The callable behind task `name` of the coupon_pipeline DAG, exactly as Airflow
+    calls it."""
+    spec = importlib.util.spec_from_file_location(
+        "coupon_pipeline", PROJECT_ROOT / "dags" / "coupon_pipeline.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.coupon_pipeline().get_task(name).python_callable
+
+
+def run_child(task: str, day: str, upstream: Any) -> dict[str, Any]:
+    """In the child process: one task (or `seed`) for the workspace in $COUPONFLOW_HOME."""
+    from couponflow.logs import quiet_libraries
+
+    quiet_libraries()
+    ws = Workspace.from_env()
+    started = time.perf_counter()
+    if task == "seed":
+        from couponflow.cli import seed_history
+
+        result: Any = seed_history(ws)
+    elif task in ("land", "validate", "load_offline_store", "features", "train"):
+        result = dag_task(task)(ds=day)
+    else:  # the release path takes its upstream task's result, as the DAG's XCom passes it
+        result = dag_task(task)(upstream)
+    return {"call_s": time.perf_counter() - started, "result": result}
+
+
+def child_env(ws: Workspace, hooks: Path, process_log: Path) -> dict[str, str]:
+    from couponflow.cli import airflow_env
+
+    env = airflow_env(ws)
+    env["BENTOML_HOME"] = str(ws.root / "bentoml")
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env[PROCESS_LOG_ENV] = str(process_log)
+    return env
+
+
+def run_step(
+    ws: Workspace, task: str, day: str, upstream: Any, env: dict[str, str], bar: tqdm
+) -> dict[str, Any]:
+    """One task in a fresh process, the bar ticking meanwhile: its result, times, the
+    load after it, and the exit records of the Python processes that ran within it."""
+    logs = ws.root / "logs"
+    out, log, passed = (logs / f"bench-{task}{end}" for end in (".json", ".log", "-in.json"))
+    passed.write_text(json.dumps(upstream, default=str))  # the upstream task's XCom
+    cmd = [sys.executable, __file__, "--child", task, "--day", day, "--out", str(out)]
+    cmd += ["--upstream", str(passed)]
+    bar.set_postfix_str(task)
+    started = time.time()
+    with open(log, "w") as fh:
+        process = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            time.sleep(1)
+            bar.refresh()
+    ended = time.time()
+    if process.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{task} failed after {ended - started:.0f} s ({log}): {tail[0]}")
+    lines = (logs / PROCESS_LOG).read_text().splitlines()
+    ran = [r for r in map(json.loads, lines) if r["start"] >= started and r["end"] <= ended]
+    own = next(r["rss_mb"] for r in ran if r["pid"] == process.pid)
+    under = [r for r in ran if r["pid"] != process.pid]
+    return {
+        **json.loads(out.read_text()),
+        "process_s": ended - started,
+        "load": os.getloadavg()[0],
+        "rss_mb": own,
+        "children_rss_mb": max((r["rss_mb"] for r in under), default=math.nan),
+        "processes": under,
+    }
+
+
+def train_parts(processes: list[dict[str, Any]]) -> list[Row]:
+    """The train task's parts from its processes' exit records: dvc add, repro and push,
+    each DVC stage, and what `dvc repro` spent outside the stages."""
+    parts: list[Row] = []
+    for r in processes:
+        script = Path(r["argv"][0])
+        if script.parent.name == "training" and script.stem in STAGES:
+            name = f"  stage {script.stem}"
+        elif script.parent.name == "dvc" and len(r["argv"]) > 1:
+            name = f"  dvc {r['argv'][1]}"
+        else:
+            continue
+        parts.append((name, r["end"] - r["start"], math.nan, r["rss_mb"], math.nan, math.nan))
+    order = {f"  dvc {verb}": i for i, verb in enumerate(("add", "repro", "push"))}
+    parts.sort(key=lambda part: order.get(part[0], 1.5))  # the stages inside repro
+    repro = [part[1] for part in parts if part[0] == "  dvc repro"]
+    if repro:
+        stages = sum(part[1] for part in parts if part[0].startswith("  stage"))
+        parts.append(("  dvc outside stages", repro[0] - stages, *[math.nan] * 4))
+    return parts
+
+
+def scale(events: int, history_days: int | None, open_gate: bool, root: Path) -> None:
+    """Seed a workspace for `events` a day and time one daily run on it; print the rows."""
+    from couponflow.cli import next_days
+    from couponflow.workspace import init_workspace
+    from serving.server import free_port
+
+    n_users = math.ceil(events / events_per_user())
+    overrides: dict[str, Any] = {"world.n_users": n_users, "serving.port": free_port()}
+    if history_days:
+        overrides["world.history_days"] = history_days
+    overrides |= OPEN_GATE if open_gate else {}
+    ws = init_workspace(root / f"events-{events}", overrides)
+    hooks = root / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (ws.root / "logs").mkdir(exist_ok=True)
+    env = child_env(ws, hooks, ws.root / "logs" / PROCESS_LOG)
+    days = int(ws.params["world"]["history_days"])
+    print(
+        f"\n{events:,} events/day: {n_users:,} users, {days} history days, gate "
+        f"{'bars lowered' if open_gate else 'as in params.yaml'}; workspace {ws.root}",
+        flush=True,
+    )
+    rows: list[Row] = []
+    released = False
+    with tqdm(total=1 + len(TASKS), desc=f"{events:,}/day", unit="step", leave=False) as bar:
+        try:
+            seeded = run_step(ws, "seed", "", None, env, bar)
+            bar.update()
+            print(
+                f"seeding {seeded['result'][0]} .. {seeded['result'][-1]} (set-up, not part of "
+                f"the daily run): {seeded['process_s']:.0f} s, peak RSS "
+                f"{seeded['rss_mb']:.0f} MB, load {seeded['load']:.1f}",
+                flush=True,
+            )
+            day = next_days(ws, 1)[0]
+            upstream: Any = None
+            for task in TASKS:
+                if task == "gate":  # the DAG's short circuit, on the train task's result
+                    promote = bool(upstream["gate"]["promote"])
+                    bar.update(1 if promote else 1 + len(RELEASE_TASKS))
+                    print(f"{day}: gate {'PROMOTE' if promote else 'REFUSE'}", flush=True)
+                    if not promote:
+                        break
+                    continue
+                r = run_step(ws, task, day, upstream, env, bar)
+                bar.update()
+                rows.append((task, r["process_s"], r["call_s"], r["rss_mb"],
+                             r["children_rss_mb"], r["load"]))  # fmt: skip
+                rows += train_parts(r["processes"]) if task == "train" else []
+                released |= task == "check_candidate"
+                upstream = r["result"]
+        except RuntimeError as failed:
+            print(f"stopped: {failed}", flush=True)
+        finally:
+            if released:
+                from serving.deployment import stop_deployment
+
+                stop_deployment(ws)
+    print_rows(rows)
+
+
+def print_rows(rows: list[Row]) -> None:
+    print(f"{'task':<22} {'process s':>9} {'call s':>7} {'peak MB':>8} {'child MB':>8} {'load':>5}")
+    for name, *figures in rows:
+        cells = [
+            " " * width if math.isnan(v) else f"{v:>{width}.{digits}f}"
+            for v, width, digits in zip(figures, (9, 7, 8, 8, 5), (1, 1, 0, 0, 1), strict=True)
+        ]
+        print(f"{name:<22} {' '.join(cells)}")
+    total = sum(row[1] for row in rows if not row[0].startswith(" "))
+    print(f"{'daily run':<22} {total:>9.1f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--history-days", type=int, nargs="+", help="per scale; default: params.yaml's"
+    )
+    parser.add_argument("--default-gate", action="store_true", help="keep the gate's bars")
+    parser.add_argument("--root", type=Path, help="keep the workspaces here (default: removed)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # a task, run in-process
+    parser.add_argument("--day", help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        done = run_child(args.child, args.day, json.loads(args.upstream.read_text()))
+        args.out.write_text(json.dumps(done, default=str))
+        return
+
+    root = args.root or Path(tempfile.mkdtemp(prefix="bench-daily-"))
+    history = args.history_days or [None] * len(args.events)
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
+    try:
+        for events, days in zip(args.events, history, strict=True):
+            scale(events, days, not args.default_gate, root)
+    finally:
+        if args.root is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
