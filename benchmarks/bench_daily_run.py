@@ -36,13 +36,16 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bench_world import events_per_user
 from tqdm import tqdm
 
@@ -62,7 +65,8 @@ OPEN_GATE = {  # every bar the gate can hold a challenger to, lowered to nothing
 }
 PROCESS_LOG_ENV = "BENCH_PROCESS_LOG"
 PROCESS_LOG = "bench-processes.jsonl"  # in the workspace's logs folder
-Row = tuple[str, float, float, float, float, float]  # name, process s, call s, MB, MB, load
+# name, process s, call s, peak MB, children's peak MB, load, why it failed (or "")
+Row = tuple[str, float, float, float, float, float, str]
 # Written into a scratch folder put first on PYTHONPATH: each Python process appends one
 # line when it exits, which times the DVC stages without touching the pipeline's code.
 SITECUSTOMIZE = """\
@@ -127,35 +131,54 @@ def child_env(ws: Workspace, hooks: Path, process_log: Path) -> dict[str, str]:
 
 
 def run_step(
-    ws: Workspace, task: str, day: str, upstream: Any, env: dict[str, str], bar: tqdm
+    ws: Workspace,
+    task: str,
+    day: str,
+    upstream: Any,
+    env: dict[str, str],
+    bar: tqdm,
+    min_free_gb: float,
 ) -> dict[str, Any]:
-    """One task in a fresh process, the bar ticking meanwhile: its result, times, the
-    load after it, and the exit records of the Python processes that ran within it."""
+    """One task in a fresh process, the bar ticking meanwhile: its result (or why it
+    failed), times, the load after it, and the exit records of the Python processes that
+    ran within it. A task that leaves less than `min_free_gb` of memory available on the
+    machine is killed with its children: the machine is shared."""
     logs = ws.root / "logs"
     out, log, passed = (logs / f"bench-{task}{end}" for end in (".json", ".log", "-in.json"))
     passed.write_text(json.dumps(upstream, default=str))  # the upstream task's XCom
     cmd = [sys.executable, __file__, "--child", task, "--day", day, "--out", str(out)]
     cmd += ["--upstream", str(passed)]
     bar.set_postfix_str(task)
-    started = time.time()
+    started, sampled_mb, failed = time.time(), 0.0, None
     with open(log, "w") as fh:
-        process = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         while process.poll() is None:
             time.sleep(1)
             bar.refresh()
+            with suppress(psutil.NoSuchProcess):
+                tree = psutil.Process(process.pid)
+                rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
+                sampled_mb = max(sampled_mb, rss / 2**20)
+            if psutil.virtual_memory().available < min_free_gb * 2**30:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                failed = f"killed: less than {min_free_gb} GB of memory left available"
     ended = time.time()
-    if process.returncode != 0:
+    if failed is None and process.returncode != 0:
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"{task} failed after {ended - started:.0f} s ({log}): {tail[0]}")
+        failed = f"failed ({log}): {tail[0][-200:]}"
     lines = (logs / PROCESS_LOG).read_text().splitlines()
     ran = [r for r in map(json.loads, lines) if r["start"] >= started and r["end"] <= ended]
-    own = next(r["rss_mb"] for r in ran if r["pid"] == process.pid)
+    own = [r["rss_mb"] for r in ran if r["pid"] == process.pid]
     under = [r for r in ran if r["pid"] != process.pid]
     return {
-        **json.loads(out.read_text()),
+        **(json.loads(out.read_text()) if failed is None else {"call_s": math.nan}),
+        "failed": failed,
         "process_s": ended - started,
         "load": os.getloadavg()[0],
-        "rss_mb": own,
+        "rss_mb": own[0] if own else sampled_mb,  # a killed task's peak: sampled, its tree's
         "children_rss_mb": max((r["rss_mb"] for r in under), default=math.nan),
         "processes": under,
     }
@@ -173,19 +196,24 @@ def train_parts(processes: list[dict[str, Any]]) -> list[Row]:
             name = f"  dvc {r['argv'][1]}"
         else:
             continue
-        parts.append((name, r["end"] - r["start"], math.nan, r["rss_mb"], math.nan, math.nan))
+        parts.append((name, r["end"] - r["start"], math.nan, r["rss_mb"], math.nan, math.nan, ""))
     order = {f"  dvc {verb}": i for i, verb in enumerate(("add", "repro", "push"))}
     parts.sort(key=lambda part: order.get(part[0], 1.5))  # the stages inside repro
     repro = [part[1] for part in parts if part[0] == "  dvc repro"]
     if repro:
         stages = sum(part[1] for part in parts if part[0].startswith("  stage"))
-        parts.append(("  dvc outside stages", repro[0] - stages, *[math.nan] * 4))
+        parts.append(("  dvc outside stages", repro[0] - stages, *[math.nan] * 4, ""))
     return parts
 
 
-def scale(events: int, history_days: int | None, open_gate: bool, root: Path) -> None:
-    """Seed a workspace for `events` a day and time one daily run on it; print the rows."""
+def scale(
+    events: int, history_days: int | None, open_gate: bool, root: Path, min_free_gb: float
+) -> None:
+    """Seed a workspace for `events` a day and time one daily run on it; print the rows.
+    A failed step is reported and the run goes on where its inputs allow (a killed
+    `features` still leaves the day's offline features the training reads)."""
     from couponflow.cli import next_days
+    from couponflow.landing import offline_days
     from couponflow.workspace import init_workspace
     from serving.server import free_port
 
@@ -199,6 +227,7 @@ def scale(events: int, history_days: int | None, open_gate: bool, root: Path) ->
     hooks.mkdir(exist_ok=True)
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (ws.root / "logs").mkdir(exist_ok=True)
+    (ws.root / "logs" / PROCESS_LOG).touch()
     env = child_env(ws, hooks, ws.root / "logs" / PROCESS_LOG)
     days = int(ws.params["world"]["history_days"])
     print(
@@ -207,52 +236,51 @@ def scale(events: int, history_days: int | None, open_gate: bool, root: Path) ->
         flush=True,
     )
     rows: list[Row] = []
-    released = False
     with tqdm(total=1 + len(TASKS), desc=f"{events:,}/day", unit="step", leave=False) as bar:
         try:
-            seeded = run_step(ws, "seed", "", None, env, bar)
+            seeded = run_step(ws, "seed", "", None, env, bar, min_free_gb)
             bar.update()
             print(
-                f"seeding {seeded['result'][0]} .. {seeded['result'][-1]} (set-up, not part of "
-                f"the daily run): {seeded['process_s']:.0f} s, peak RSS "
-                f"{seeded['rss_mb']:.0f} MB, load {seeded['load']:.1f}",
+                f"seeding {days} days (set-up, not part of the daily run): "
+                f"{seeded['process_s']:.0f} s, peak RSS {seeded['rss_mb']:.0f} MB, "
+                f"load {seeded['load']:.1f}{'; ' + seeded['failed'] if seeded['failed'] else ''}",
                 flush=True,
             )
+            if not offline_days(ws):
+                return  # nothing seeded, nothing to run a day on
             day = next_days(ws, 1)[0]
             upstream: Any = None
             for task in TASKS:
                 if task == "gate":  # the DAG's short circuit, on the train task's result
-                    promote = bool(upstream["gate"]["promote"])
+                    promote = upstream is not None and bool(upstream["gate"]["promote"])
                     bar.update(1 if promote else 1 + len(RELEASE_TASKS))
-                    print(f"{day}: gate {'PROMOTE' if promote else 'REFUSE'}", flush=True)
+                    print(f"{day}: gate {'PROMOTE' if promote else 'REFUSE or no model'}")
                     if not promote:
                         break
                     continue
-                r = run_step(ws, task, day, upstream, env, bar)
+                r = run_step(ws, task, day, upstream, env, bar, min_free_gb)
                 bar.update()
                 rows.append((task, r["process_s"], r["call_s"], r["rss_mb"],
-                             r["children_rss_mb"], r["load"]))  # fmt: skip
+                             r["children_rss_mb"], r["load"], r["failed"] or ""))  # fmt: skip
                 rows += train_parts(r["processes"]) if task == "train" else []
-                released |= task == "check_candidate"
-                upstream = r["result"]
-        except RuntimeError as failed:
-            print(f"stopped: {failed}", flush=True)
+                upstream = r.get("result")
+                if r["failed"] and task in RELEASE_TASKS:
+                    break
         finally:
-            if released:
-                from serving.deployment import stop_deployment
+            from serving.deployment import stop_deployment
 
-                stop_deployment(ws)
+            stop_deployment(ws)  # whatever the release path started
     print_rows(rows)
 
 
 def print_rows(rows: list[Row]) -> None:
     print(f"{'task':<22} {'process s':>9} {'call s':>7} {'peak MB':>8} {'child MB':>8} {'load':>5}")
-    for name, *figures in rows:
+    for name, *figures, note in rows:
         cells = [
             " " * width if math.isnan(v) else f"{v:>{width}.{digits}f}"
             for v, width, digits in zip(figures, (9, 7, 8, 8, 5), (1, 1, 0, 0, 1), strict=True)
         ]
-        print(f"{name:<22} {' '.join(cells)}")
+        print(f"{name:<22} {' '.join(cells)}  {note}".rstrip())
     total = sum(row[1] for row in rows if not row[0].startswith(" "))
     print(f"{'daily run':<22} {total:>9.1f}", flush=True)
 
@@ -264,6 +292,9 @@ def main() -> None:
         "--history-days", type=int, nargs="+", help="per scale; default: params.yaml's"
     )
     parser.add_argument("--default-gate", action="store_true", help="keep the gate's bars")
+    parser.add_argument(
+        "--min-free-gb", type=float, default=3.0, help="kill a task leaving less available"
+    )
     parser.add_argument("--root", type=Path, help="keep the workspaces here (default: removed)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a task, run in-process
     parser.add_argument("--day", help=argparse.SUPPRESS)
@@ -280,7 +311,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
     try:
         for events, days in zip(args.events, history, strict=True):
-            scale(events, days, not args.default_gate, root)
+            scale(events, days, not args.default_gate, root, args.min_free_gb)
     finally:
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
