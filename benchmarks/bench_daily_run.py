@@ -1,31 +1,37 @@
 """Wall time and peak memory of one daily run, stage by stage, at 100k and 1M events a day.
 
     .venv/bin/python benchmarks/bench_daily_run.py [--events 100000 1000000]
-        [--history-days 6 3] [--default-gate] [--root DIR]
+        [--history-days 6 3] [--default-gate] [--min-free-gb 3] [--root DIR]
 
 For each target of events per day (sessions + offers + orders) a fresh workspace gets
 world.n_users scaled to it (bench_world's calibration) and its history seeded by
 `couponflow.cli.seed_history` (timed, reported apart: it is set-up, not the daily run).
 Then the DAG's own task callables (dags/coupon_pipeline.py, taken from the DAG object)
 run for the next day in DAG order, each in a fresh process as an Airflow worker runs a
-task: land, validate, load_offline_store, features, train, gate and, when the gate
-promotes, build_bento, check_candidate, release. `process s` is the whole process (the
-interpreter, Airflow and the libraries imported), `call s` the task callable alone.
+task: land, validate, load_offline_store, features, train, then the gate's short circuit
+and, when it promotes, build_bento, check_candidate, release. `process s` is the whole
+process (interpreter start-up and imports included), `call s` from loading the DAG file
+(Airflow imported, ~2 s) to the task callable's return.
 
 The train task is `training.pipeline.repro`; its parts are timed from inside: every
 Python process started under the benchmark records its command, wall time and peak RSS
-when it exits (a sitecustomize on PYTHONPATH), so each DVC stage (`python -m
-training.<stage>`) and each `dvc add/repro/push` reports itself, and `dvc overhead` is
-the rest of `dvc repro` (hashing outputs, caching, writing dvc.lock). Peak RSS is the
-task process's own and, separately, its largest waited-for child (the DVC stages, the
-BentoML build); bento servers are detached and not counted.
+(VmHWM) when it exits, through a sitecustomize put first on PYTHONPATH, so each DVC stage
+(`python -m training.<stage>`) and each `dvc add/repro/push` reports itself without a
+change to the pipeline; `dvc outside stages` is the rest of `dvc repro` (its start-up,
+hashing and caching outputs, dvc.lock). `peak MB` is the task process's own, `child MB`
+the largest of the processes it waited for (the DVC stages, the BentoML steps); the bento
+servers run detached and are not counted.
 
-At the default gate a first model is refused on this data, so the benchmark lowers the
-gate's bars in its own workspaces (`--default-gate` keeps them) to time the release
-path; the front door gets a free port, not serving.port, beside other deployments.
-Everything it starts is stopped at the end (serving.deployment.stop_deployment). The
-1-minute load average is printed after each task: on a shared machine the times are
-upper bounds. Figures print; nothing is asserted.
+To time the release path whatever the gate decides, the benchmark lowers the gate's bars
+in its own workspaces (`--default-gate` keeps them: the release path then runs only if
+the gate promotes). The front door gets a free port, not serving.port, so it never meets
+another deployment's, and every server started is stopped at the end
+(serving.deployment.stop_deployment). The machine may be shared: a task that leaves less
+than `--min-free-gb` of memory available is killed with its children, reported with the
+time it ran and its sampled peak, and the run goes on where the inputs allow (a killed
+`features` has already written the day's offline features the training reads). The
+1-minute load average is printed after each task; under load every time is an upper
+bound. Figures print; nothing is asserted. Results: docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -113,10 +119,10 @@ def run_child(task: str, day: str, upstream: Any) -> dict[str, Any]:
         from couponflow.cli import seed_history
 
         result: Any = seed_history(ws)
-    elif task in ("land", "validate", "load_offline_store", "features", "train"):
-        result = dag_task(task)(ds=day)
-    else:  # the release path takes its upstream task's result, as the DAG's XCom passes it
+    elif task in RELEASE_TASKS:  # each takes its upstream task's result, as XCom passes it
         result = dag_task(task)(upstream)
+    else:
+        result = dag_task(task)(ds=day)
     return {"call_s": time.perf_counter() - started, "result": result}
 
 
@@ -254,7 +260,8 @@ def scale(
                 if task == "gate":  # the DAG's short circuit, on the train task's result
                     promote = upstream is not None and bool(upstream["gate"]["promote"])
                     bar.update(1 if promote else 1 + len(RELEASE_TASKS))
-                    print(f"{day}: gate {'PROMOTE' if promote else 'REFUSE or no model'}")
+                    decision = "PROMOTE" if promote else "REFUSE" if upstream else "none"
+                    print(f"{day}: gate decision {decision}", flush=True)
                     if not promote:
                         break
                     continue
@@ -282,7 +289,8 @@ def print_rows(rows: list[Row]) -> None:
         ]
         print(f"{name:<22} {' '.join(cells)}  {note}".rstrip())
     total = sum(row[1] for row in rows if not row[0].startswith(" "))
-    print(f"{'daily run':<22} {total:>9.1f}", flush=True)
+    label = "daily run" + (", cut short" if any(row[6] for row in rows) else "")
+    print(f"{label:<22} {total:>9.1f}", flush=True)
 
 
 def main() -> None:
