@@ -149,8 +149,11 @@ def live(tmp_path_factory) -> Iterator[Live]:
         )
         yield live
     finally:
+        from serving.deployment import stop_deployment
+
         pgids = [proc.pid for proc in services.procs.values()]
         services.stop()
+        stop_deployment(ws)  # a release leaves its bento servers and front door up
         leaked = [pgid for pgid in pgids if _alive(pgid)]
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -167,17 +170,17 @@ def _alive(pgid: int) -> bool:
     return True
 
 
-def _stray_processes(root) -> list[int]:
+def _stray_processes(root) -> list[str]:
     """Processes still working for this workspace (a task runner in a group of its own);
-    killed, and returned so the test can fail on them."""
+    killed, and returned (pid and command) so the test can fail on them."""
     import psutil
 
     strays = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.pid != os.getpid() and proc.environ().get("COUPONFLOW_HOME") == str(root):
+                strays.append(f"{proc.pid} {' '.join(proc.cmdline())[:200]}")
                 proc.kill()
-                strays.append(proc.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return strays
