@@ -51,6 +51,15 @@ CLOSING = {
     "execution_timeout": timedelta(minutes=5),
     "on_failure_callback": [],
 }
+# What the day's three DAGs share: one day at a time, no catch-up on a first start.
+DAG_ARGS = {
+    "start_date": datetime(2026, 1, 1),
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": DEFAULT_ARGS,
+    "doc_md": __doc__,
+    "tags": ["couponflow"],
+}
 # When the day's data is there to ingest; "none" leaves ingestion to triggers and backfills.
 INGEST_SCHEDULE = os.environ.get("COUPONFLOW_INGEST_SCHEDULE", "@daily")
 
@@ -117,12 +126,7 @@ def _pulled(task_ids: list[str]) -> dict:
 @dag(
     dag_id="coupon_ingest",
     schedule=None if INGEST_SCHEDULE == "none" else INGEST_SCHEDULE,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    doc_md=__doc__,
-    tags=["couponflow"],
+    **DAG_ARGS,
 )
 def coupon_ingest():
     @task(**TRANSIENT, execution_timeout=timedelta(minutes=10))
@@ -163,12 +167,7 @@ def coupon_ingest():
 @dag(
     dag_id="coupon_features",
     schedule=[VALIDATED],
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    doc_md=__doc__,
-    tags=["couponflow"],
+    **DAG_ARGS,
 )
 def coupon_features():
     @task(outlets=[FEATURES], **TRANSIENT, execution_timeout=timedelta(minutes=20))
@@ -195,12 +194,7 @@ def coupon_features():
 @dag(
     dag_id="coupon_retrain",
     schedule=[FEATURES],
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    doc_md=__doc__,
-    tags=["couponflow"],
+    **DAG_ARGS,
 )
 def coupon_retrain():
     @task(execution_timeout=timedelta(minutes=60))
