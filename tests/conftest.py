@@ -27,6 +27,14 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 TINY_WORLD = {"world.n_users": 400, "world.history_days": 5}
+# The gate's bars lowered, so a pipeline test's release path runs whatever a tiny world's
+# model scores.
+GATE_OPEN = {
+    "gate.min_auc": 0.0,
+    "gate.max_ece": 1.0,
+    "gate.min_coupon_evidence": 0,
+    "gate.min_lift_over_baselines": -1e9,
+}
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from couponflow.cli import next_days, seed_history
 from couponflow.config import Workspace
 from couponflow.report import GOOD_OUTCOMES, summary_path
 from couponflow.workspace import init_workspace
-from tests.conftest import TINY_WORLD, free_port
+from tests.conftest import GATE_OPEN, TINY_WORLD, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -101,10 +101,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
     port = free_port()
     overrides = {
         **TINY_WORLD,
-        "gate.min_auc": 0.0,
-        "gate.max_ece": 1.0,
-        "gate.min_coupon_evidence": 0,
-        "gate.min_lift_over_baselines": -1e9,
+        **GATE_OPEN,
         "serving.port": free_port(),
     }
     ws = init_workspace(root, overrides)

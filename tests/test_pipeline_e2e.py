@@ -23,7 +23,7 @@ from couponflow.landing import offline_days, read_offline, write_batch
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
 from serving.server import free_port
-from tests.conftest import TINY_WORLD
+from tests.conftest import GATE_OPEN, TINY_WORLD
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +35,7 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e") / "ws"
     overrides = {
         **TINY_WORLD,
-        "gate.min_auc": 0.0,
-        "gate.max_ece": 1.0,
-        "gate.min_coupon_evidence": 0,
-        "gate.min_lift_over_baselines": -1e9,
+        **GATE_OPEN,
         "serving.port": free_port(),
     }
     ws = init_workspace(root, overrides)
