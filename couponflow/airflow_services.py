@@ -8,9 +8,7 @@ integration test uses it against PostgreSQL and kills the scheduler mid-run.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +20,7 @@ import httpx
 
 from couponflow.cli import airflow, airflow_env
 from couponflow.config import Workspace
+from couponflow.processes import group_alive, signal_group
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
@@ -73,16 +72,16 @@ class AirflowServices:
     def kill(self, component: str, sig: int = signal.SIGKILL, grace: float = 30.0) -> None:
         """Send `sig` to the component's whole group; SIGKILL what is left after `grace`."""
         proc = self.procs.pop(component)
-        _signal_group(proc.pid, sig)
+        signal_group(proc.pid, sig)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
         deadline = time.monotonic() + grace
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
+        while group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
 
     def stop(self) -> None:
         """Stop every component gracefully (SIGTERM), then kill what lingers."""
@@ -121,19 +120,6 @@ def unpause_couponflow(api: httpx.Client) -> list[str]:
     for found in dags:
         api.patch(f"/api/v2/dags/{found['dag_id']}", json={"is_paused": False}).raise_for_status()
     return [found["dag_id"] for found in dags]
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def run_ui(ws: Workspace, port: int, user: str, password: str) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +27,14 @@ import psutil
 
 from couponflow.config import PROJECT_ROOT, Workspace
 from serving import bentoml_home
-from serving.release import current_release, record_release, rollback, rollback_target
-from serving.server import Server, ServerFailed, free_port, start_server
+from serving.release import (
+    current_release,
+    record_release,
+    rollback,
+    rollback_target,
+    write_atomic,
+)
+from serving.server import Server, ServerFailed, free_port, listening, start_server
 from serving.smoke import SmokeTestFailed, canary_checks
 from serving.spend import serving_state
 
@@ -189,7 +193,7 @@ def _start_router(ws: Workspace) -> dict[str, Any]:
     task that started it."""
     cfg = ws.params["serving"]
     port = int(cfg["port"])
-    if _listening(cfg["host"], port):
+    if listening(port, cfg["host"]):
         raise CandidateRefused(f"port {port} (serving.port) is taken by another process")
     log = bentoml_home(ws) / "logs" / "router.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +204,7 @@ def _start_router(ws: Workspace) -> dict[str, Any]:
             cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     deadline = time.monotonic() + 10.0
-    while not _listening(cfg["host"], port):
+    while not listening(port, cfg["host"]):
         if process.poll() is not None or time.monotonic() > deadline:
             raise CandidateRefused(f"the router did not start on port {port}: see {log}")
         time.sleep(0.05)
@@ -248,15 +252,7 @@ def _stop_slot(record: dict[str, Any], slot: str) -> None:
 
 def _write(ws: Workspace, record: dict[str, Any]) -> None:
     """Replace the record in one step: the router never reads half of it."""
-    path = record_path(ws)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) == 0
+    write_atomic(record_path(ws), (json.dumps(record, indent=2) + "\n").encode())
 
 
 def _now() -> str:

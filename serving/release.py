@@ -89,8 +89,8 @@ def _make_production(
     }
     ws.champion.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
-        _write_atomic(ws.champion / name, (files / name).read_bytes())
-    _write_atomic(ws.releases / "production.json", (json.dumps(record, indent=2) + "\n").encode())
+        write_atomic(ws.champion / name, (files / name).read_bytes())
+    write_atomic(ws.releases / "production.json", (json.dumps(record, indent=2) + "\n").encode())
     with open(ws.releases / "history.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
     commit(ws, f"{action} {version}: {reason}")
@@ -109,7 +109,7 @@ def current_release(ws: Workspace) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
+def write_atomic(target: Path, data: bytes) -> None:
     """Write `target` through a temporary file so readers never see half a file."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(data)

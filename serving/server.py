@@ -21,6 +21,7 @@ import psutil
 import yaml
 
 from couponflow.config import Workspace
+from couponflow.processes import signal_group
 from serving import MODEL_TAG_ENV, WORKERS_ENV, bentoml_env, bentoml_home
 
 WORKER_MODULE = "_bentoml_impl.worker.service"  # what circus runs per worker
@@ -112,10 +113,10 @@ class Server:
         groups = self.pgids
         arbiter_gone = self._exited()  # then its workers are orphans
         for pgid in groups if arbiter_gone else {self.pid}:  # the arbiter leads its session
-            _killpg(pgid, signal.SIGTERM)
+            signal_group(pgid, signal.SIGTERM)
         if not self._wait_gone(grace_s):
             for pgid in groups:
-                _killpg(pgid, signal.SIGKILL)
+                signal_group(pgid, signal.SIGKILL)
             if not self._wait_gone(5.0):
                 raise ServerFailed(f"processes of {self.base_url} survived SIGKILL")
 
@@ -192,20 +193,12 @@ def _is_live_worker(proc: psutil.Process) -> bool:
         return False
 
 
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    """Signal a process group that may already be gone; never our own."""
-    if pgid == os.getpgrp():
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
 def start_server(ws: Workspace, bento_tag: str, port: int) -> Server:
     """Serve `bento_tag` on 127.0.0.1:`port` for `ws` and wait until it is ready (at most
     `serving.smoke_timeout_s`); the server is stopped again if it never gets there."""
     cfg = ws.params["serving"]
     model_tag = _model_tag(ws, bento_tag)
-    if _listening(port):  # else an old server's /readyz would pass for the new one
+    if listening(port):  # else an old server's /readyz would pass for the new one
         raise ServerFailed(f"port {port} is already in use")
     log = bentoml_home(ws) / "logs" / f"serve-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +254,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
+def listening(port: int, host: str = "127.0.0.1") -> bool:
     """Whether something accepts connections on 127.0.0.1:`port`."""
     with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0

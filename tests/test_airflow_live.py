@@ -24,6 +24,7 @@ import pytest
 from couponflow.airflow_services import COMPONENTS, AirflowServices, api_client, service_env
 from couponflow.cli import next_days, seed_history
 from couponflow.config import Workspace
+from couponflow.processes import group_alive
 from couponflow.report import GOOD_OUTCOMES, summary_path
 from couponflow.workspace import init_workspace
 from tests.conftest import GATE_OPEN, TINY_WORLD, free_port
@@ -151,20 +152,12 @@ def live(tmp_path_factory) -> Iterator[Live]:
         pgids = [proc.pid for proc in services.procs.values()]
         services.stop()
         stop_deployment(ws)  # a release leaves its bento servers and front door up
-        leaked = [pgid for pgid in pgids if _alive(pgid)]
+        leaked = [pgid for pgid in pgids if group_alive(pgid)]
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.close()
         assert not leaked, f"process groups still alive: {leaked}"
         assert not _stray_processes(root), "task processes outlived their supervisors"
-
-
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _stray_processes(root) -> list[str]:

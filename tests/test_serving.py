@@ -21,6 +21,7 @@ from couponflow.config import Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
 from couponflow.landing import offline_days
 from couponflow.policy import BudgetPlan
+from couponflow.processes import group_alive
 from serving import POLICY_FILE
 from serving.client import CouponflowClient
 from serving.server import Server, free_port
@@ -110,7 +111,7 @@ def test_smoke_test_passes_and_stop_leaves_no_process(
     workers = int(workspace.params["serving"]["workers"])
     assert len(groups) >= 1 + workers  # circus gives every worker a session of its own
     deadline = time.monotonic() + 15.0  # a stopped worker may be a zombie until init reaps it
-    while (alive := [g for g in groups if group_exists(g)]) and time.monotonic() < deadline:
+    while (alive := [g for g in groups if group_alive(g)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, [p.info for p in psutil.process_iter(["pid", "status", "cmdline"])
                        if _pgid(p.info["pid"]) in alive]  # fmt: skip
@@ -121,14 +122,6 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
-
-
-def group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_busy_port_is_refused_rather_than_mistaken_for_ready(
