@@ -57,8 +57,9 @@ def _quiet() -> Iterator[None]:
 
 def open_store(ws: Workspace) -> FeatureStore:
     """The workspace's feature store: feature_store.yaml, with the online store chosen
-    by `features.online_store` in params.yaml (sqlite by default, or redis) and the Feast
-    project by `features.project` (its name prefixes every Redis key)."""
+    by `features.online_store` in params.yaml (sqlite by default, or redis), the Feast
+    project by `features.project` (its name prefixes every Redis key) and the rows per
+    online-store write by `features.online_write_batch`."""
     os.environ[HOME_ENV] = str(ws.root)  # the definitions locate their source through it
     with open(REPO_DIR / "feature_store.yaml") as fh:
         raw = yaml.safe_load(os.path.expandvars(fh.read()))
@@ -71,6 +72,10 @@ def open_store(ws: Workspace) -> FeatureStore:
             "key_ttl_seconds": 7 * 86_400,
             "skip_dedup": True,  # rewrite a re-run date like SQLite does; see materialise_day
         }
+    batching = raw["materialization"]
+    batching["online_write_batch_size"] = int(
+        settings.get("online_write_batch", batching["online_write_batch_size"])
+    )
     ws.feature_store.mkdir(parents=True, exist_ok=True)
     with _quiet():
         return FeatureStore(config=RepoConfig(repo_path=REPO_DIR, **raw), repo_path=str(REPO_DIR))
