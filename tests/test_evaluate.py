@@ -6,17 +6,22 @@ and the population sample is the same users every run with its share of the budg
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import couponflow.metrics
 import couponflow.model
+from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
 from couponflow.model import CouponNet
+from couponflow.policy import eligible, with_control
 from tests.test_model import ARMS, MARGIN, known_effect_log
 from training.baselines import GB_PARAMS, fit_baselines
-from training.evaluate import ModelPolicy, Policy, price, true_leads
+from training.evaluate import ModelPolicy, Policy, population, price, true_leads
 
 MAX_WEIGHT = 20.0
 
@@ -87,3 +92,33 @@ def test_true_lead_intervals_do_not_depend_on_the_resampling_blocks(
         diff = per_user["challenger"] - per_user[name]
         low, high = np.quantile(diff[resample].sum(axis=1), [0.05, 0.95])
         assert leads[name] == {"value": float(diff.sum()), "low": low, "high": high}
+
+
+def test_the_population_sample_is_fixed_and_gets_its_share_of_the_budget(tmp_path: Path) -> None:
+    from couponflow.landing import load_offline
+    from couponflow.world import World
+    from feature_repo.store import publish_features
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    set_param(params, "world.n_users", 300)
+    ws = Workspace(tmp_path)
+    world = World(params["world"])
+    days = ["2026-01-01", "2026-01-02"]
+    for day in days:
+        load_offline(ws, day, world.simulate_day(day))
+    publish_features(ws, days[0])
+    day = pd.Timestamp(days[1])
+    arms = with_control(eligible(world.catalogue(day), day))
+
+    everyone, whole = population(ws, day, arms, 0.05, 30, sample=None)
+    assert len(everyone) == 300 and whole.budget == pytest.approx(0.05 * 300)
+    same, _ = population(ws, day, arms, 0.05, 30, sample=300)
+    pd.testing.assert_frame_equal(same, everyone)
+
+    sampled, part = population(ws, day, arms, 0.05, 30, sample=120)
+    again, _ = population(ws, day, arms, 0.05, 30, sample=120)
+    pd.testing.assert_frame_equal(sampled, again)
+    assert len(sampled) == 120 and part.budget == pytest.approx(0.05 * 120)
+    assert sampled["user_id"].is_monotonic_increasing
+    rows = everyone.reset_index().merge(sampled, on=list(sampled.columns))["index"]
+    np.testing.assert_array_equal(part.users, whole.users[rows.to_numpy()])

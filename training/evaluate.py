@@ -9,6 +9,8 @@ held-out day, each policy budgeted by the same allocation.
 - Simulated data only: every policy's true incremental profit on the whole population
   from the world's oracle, the oracle policy's at the same budget, profit against budget.
 - Segments: offer rate, planned spend and uplift by region, age band and new vs returning.
+  These population figures take a fixed-seed sample of `evaluation.population_sample`
+  users when more are known.
 - The A/B readout: the served policy's realised lift over its random holdout slice.
 
 Writes metrics/evaluation.json (a DVC metric) and the curves under metrics/plots/ (DVC
@@ -50,6 +52,7 @@ from training.train import split_days
 
 SEGMENTS = ("region", "age_band", "new")
 ORACLE_BOOTSTRAP = 400  # resamples of users behind the true leads' intervals
+POPULATION_SEED = 0  # which users `evaluation.population_sample` draws, the same every run
 
 
 class Policy(Protocol):
@@ -233,11 +236,22 @@ def ope_report(
 
 # -- on everyone known that day ------------------------------------------------------------
 def population(
-    ws: Workspace, day: pd.Timestamp, arms: pd.DataFrame, budget_per_user: float, new_days: int
+    ws: Workspace,
+    day: pd.Timestamp,
+    arms: pd.DataFrame,
+    budget_per_user: float,
+    new_days: int,
+    sample: int | None,
 ) -> tuple[pd.DataFrame, Day]:
-    """Every user known on `day` with features as the day began (a user without a feature
-    row gets the cold-start vector) and the segments they fall in."""
+    """Every user known on `day`, or a fixed-seed sample of `sample` of them when there are
+    more (pricing every policy, the truth and the budget curve on a million users took most
+    of the stage), with features as the day began (a user without a feature row gets the
+    cold-start vector) and the segments they fall in. The budget is per user, so a sample
+    gets its share of the day's."""
     users = read_offline(ws, "users", [str(day.date())])
+    if sample is not None and len(users) > sample:
+        rows = np.random.default_rng(POPULATION_SEED).choice(len(users), sample, replace=False)
+        users = users.iloc[np.sort(rows)]
     before = str((day - pd.Timedelta(days=1)).date())
     path = ws.features / "user_activity" / f"date={before}" / "part.parquet"
     known = pd.read_parquet(path).set_index("user_id")[USER_FEATURES]
@@ -434,7 +448,15 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     values, leads = ope_report(decided, reward_model, logged, held, cfg)
     uplift = {name: uplift_report(d, logged, held) for name, d in decided.items() if ranks(d)}
 
-    segments, everyone = population(ws, day, arms, budget_per_user, int(cfg["new_user_days"]))
+    sample = cfg.get("population_sample")
+    segments, everyone = population(
+        ws,
+        day,
+        arms,
+        budget_per_user,
+        int(cfg["new_user_days"]),
+        None if sample is None else int(sample),
+    )
     priced = {name: price(p, everyone.users, arms, cap) for name, p in policies.items()}
     on_everyone = {name: p.decide(everyone.budget) for name, p in priced.items()}
     truth = simulated_truth(ws, day, segments, arms) if cfg["oracle"] else None
@@ -449,6 +471,7 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
         "policies": {},
         "challenger_lead_dr": leads,
         "ab_readout": ab_readout(held, float(cfg["confidence"])),
+        "population": {"users": len(segments), "known_users": n_users},
         "segments": segment_report(
             segments, on_everyone["challenger"], truth.gain if truth else None
         ),
