@@ -41,7 +41,6 @@ VIEWS: dict[str, Callable[[Workspace, str], pd.DataFrame]] = {
 USER_REFS = [f"user_activity:{name}" for name in USER_FEATURES]
 COUPON_REFS = [f"coupon_stats:{name}" for name in COUPON_FEATURES]
 WINDOW = pd.Timedelta(seconds=1)  # materialise [day end - 1 s, day end + 1 s): that day only
-ENTITY_CHUNK = 200_000  # (key, time) pairs per point-in-time join; see _point_in_time
 
 logging.getLogger("feast").setLevel(logging.WARNING)
 
@@ -152,25 +151,15 @@ def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> 
     """The features `refs` of each row of (join key, event_timestamp) as they were at that
     time (NaN for a null key or no row), in row order. Feast is asked once per distinct
     pair: its file offline store keeps one row per (join keys, timestamp), so a user
-    offered two coupons at the same moment would otherwise lose one of the rows. The pairs
-    go ENTITY_CHUNK at a time, oldest first: that store joins every pair with every stored
-    row of its key before keeping the one in time, ~6 GB for a million users' offers."""
+    offered two coupons at the same moment would otherwise lose one of the rows."""
     key = keys.columns[0]
     names = [ref.split(":")[1] for ref in refs]
-    distinct = keys.dropna().drop_duplicates().sort_values("event_timestamp", kind="stable")
-    distinct = distinct.reset_index(drop=True)
+    distinct = keys.dropna().drop_duplicates().reset_index(drop=True)
     distinct["pair"] = np.arange(len(distinct))
     if distinct.empty:
         return pd.DataFrame(np.nan, index=keys.index, columns=names)
     with _quiet():
-        joined = pd.concat(
-            [
-                store.get_historical_features(
-                    entity_df=distinct.iloc[lo : lo + ENTITY_CHUNK], features=refs
-                ).to_df()
-                for lo in range(0, len(distinct), ENTITY_CHUNK)
-            ]
-        )
+        joined = store.get_historical_features(entity_df=distinct, features=refs).to_df()
     pair = keys.merge(distinct, on=[key, "event_timestamp"], how="left")["pair"]
     return joined.set_index("pair")[names].reindex(pair.fillna(-1)).reset_index(drop=True)
 

@@ -185,22 +185,6 @@ def test_an_offer_sees_only_the_previous_day(sqlite_store) -> None:
     np.testing.assert_array_equal(edge[USER_FEATURES].to_numpy(np.float32), joined[USER_FEATURES])
 
 
-def test_a_point_in_time_join_in_chunks_is_the_join_in_one(
-    sqlite_store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Training's join asks Feast a chunk of (user, time) pairs at a time, oldest first;
-    with chunks of 7 pairs every offer of two days gets what one join gives it."""
-    import feature_repo.store
-
-    ws, days = sqlite_store
-    store = open_store(ws)
-    offers = read_offline(ws, "offers", days[1:3]).rename(columns={"ts": "event_timestamp"})
-    offers = offers.merge(read_offline(ws, "coupons", [days[2]]), on="coupon_id", how="left")
-    whole = historical_features(store, offers)
-    monkeypatch.setattr(feature_repo.store, "ENTITY_CHUNK", 7)
-    pd.testing.assert_frame_equal(historical_features(store, offers), whole)
-
-
 def test_coupon_stats_point_in_time_for_evaluation(sqlite_store) -> None:
     ws, days = sqlite_store
     coupons = read_offline(ws, "coupons", [days[2]])
