@@ -297,11 +297,11 @@ def print_materialised(done: dict[str, dict[str, Any]]) -> None:
     """The features task's own split, per day: publishing the rows, then Feast's
     materialise into the online store, with its rows (users and coupons) per second."""
     for day, f in done.items():
-        rows = f["users"] + f["coupons"]
+        rows, seconds = f["users"] + f["coupons"], f["seconds"]
         print(
-            f"{day}: features published in {f['publish_s']:.0f} s; {rows:,} rows "
-            f"materialised in {f['materialise_s']:.0f} s, "
-            f"{rows / max(f['materialise_s'], 0.1):,.0f} rows/s",
+            f"{day}: features published in {seconds['publish']:.0f} s; {rows:,} rows "
+            f"materialised in {seconds['materialise']:.0f} s, "
+            f"{rows / max(seconds['materialise'], 0.1):,.0f} rows/s",
             flush=True,
         )
 
