@@ -104,9 +104,10 @@ def bare_cost_ms(ws: Workspace, samples: int = 300) -> dict[str, float]:
     from couponflow.landing import offline_days, read_offline
     from couponflow.model import load_model
     from couponflow.policy import eligible, score, with_control
-    from feature_repo.store import online_coupon_stats, online_user_features, open_store
+    from feature_repo.store import OnlineUserReader, online_coupon_stats, open_store
 
     store = open_store(ws)
+    user_features = OnlineUserReader(store)
     net, _ = load_model(ws.models / "model.pt")
     day = offline_days(ws)[-1]
     arms = with_control(
@@ -116,7 +117,7 @@ def bare_cost_ms(ws: Workspace, samples: int = 300) -> dict[str, float]:
     for _ in range(samples):
         user = random.randrange(N_USERS)
         t0 = time.perf_counter()
-        features = online_user_features(store, user)
+        features = user_features(user)
         t1 = time.perf_counter()
         score(net, features[None, :], arms, 0.3)
         t2 = time.perf_counter()

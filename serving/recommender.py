@@ -12,7 +12,6 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,8 @@ from couponflow.policy import (
     user_cap_mask,
 )
 from feature_repo.store import (
+    OnlineUserReader,
     online_coupon_stats,
-    online_user_features,
     open_store,
     push_user_features,
 )
@@ -112,7 +111,7 @@ class Recommender:
             zip(catalogue["coupon_id"], catalogue["kind"], strict=True)
         )
         self.store = store
-        self.user_features = partial(online_user_features, store)
+        self.user_features = OnlineUserReader(store)
         # Lookups run here so a hung store costs a request feature_timeout_s, not its thread.
         self._lookups = ThreadPoolExecutor(4, thread_name_prefix="feature-lookup")
         self._store_failing = False
