@@ -21,15 +21,21 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
 import pandas as pd
+import psutil
+from loadgen import Request, open_loop
 
 from couponflow.config import Workspace
 from couponflow.logs import quiet_libraries
 
+if TYPE_CHECKING:
+    from serving.server import Server
+
 N_USERS = 2_000
+HOST = "127.0.0.1"
 DAYS = 3
 
 
@@ -62,39 +68,25 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     return ws
 
 
-async def open_loop(url: str, bodies: list[dict] | None, rate: float, seconds: float) -> dict:
-    """Send at `rate` per second for `seconds` (GET when `bodies` is None); latency of
-    each from its scheduled time. Returns percentiles in ms, throughput and failures."""
-    n = int(rate * seconds)
-    latencies = np.full(n, np.nan)
-    failures = 0
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
-        start = time.perf_counter() + 0.2
+def cpu_seconds(processes: list[psutil.Process]) -> list[float]:
+    """User + system CPU time of each process so far."""
+    return [sum(proc.cpu_times()[:2]) for proc in processes]
 
-        async def one(i: int) -> None:
-            nonlocal failures
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            try:
-                if bodies is None:
-                    response = await client.get(url)
-                else:
-                    response = await client.post(url, json=bodies[i % len(bodies)])
-                if response.status_code != 200:
-                    failures += 1
-            except httpx.HTTPError:
-                failures += 1
-            latencies[i] = time.perf_counter() - scheduled
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-        elapsed = time.perf_counter() - start
-    ms = latencies * 1000
+def measured(server: Server, requests: list[Request], rate: float, seconds: float) -> dict:
+    """open_loop's figures plus where the CPU went: the server's workers' CPU per request
+    (and each worker's share of it: keep-alive connections stay with the worker that
+    accepted them) and the load generator's own, which shares the same cores."""
+    workers = server.workers()
+    before, load_before = cpu_seconds(workers), time.process_time()
+    result = asyncio.run(open_loop(HOST, server.port, requests, rate, seconds))
+    used = np.subtract(cpu_seconds(workers), before)
+    per_request = 1000 / result["requests"]
     return {
-        "requests": n,
-        "throughput": n / elapsed,
-        "failures": failures,
-        **{f"p{q}": float(np.nanpercentile(ms, q)) for q in (50, 95, 99)},
+        **result,
+        "server_cpu_ms": float(used.sum()) * per_request,
+        "worker_shares": [float(x) for x in used / max(used.sum(), 1e-9)],
+        "load_cpu_ms": (time.process_time() - load_before) * per_request,
     }
 
 
@@ -145,15 +137,17 @@ def main() -> None:
             ws = build_workspace(root, coupons, online_store)
             bare = bare_cost_ms(ws)
             bento = build_bento(ws, store_model(ws, ws.models))
-            bodies = [{"user_id": random.randrange(N_USERS), "k": 1} for _ in range(1000)]
+            recommend = [
+                Request.post_json(
+                    HOST, "/recommend", {"user_id": random.randrange(N_USERS), "k": 1}
+                )
+                for _ in range(1000)
+            ]
+            livez = [Request.get(HOST, "/livez")]
             with start_server(ws, bento, free_port()) as server:
-                asyncio.run(open_loop(f"{server.base_url}/livez", None, args.rate, 2.0))  # warm
-                ours = asyncio.run(
-                    open_loop(f"{server.base_url}/recommend", bodies, args.rate, args.seconds)
-                )
-                trivial = asyncio.run(
-                    open_loop(f"{server.base_url}/livez", None, args.rate, args.seconds)
-                )
+                asyncio.run(open_loop(HOST, server.port, recommend, args.rate, 2.0))  # warm up
+                ours = measured(server, recommend, args.rate, args.seconds)
+                trivial = measured(server, livez, args.rate, args.seconds)
             extra = ours["p99"] - trivial["p99"]
             bound = 3 * (bare["lookup_p99"] + bare["scoring_p99"])
             rows.append((online_store, bare["arms"], ours, trivial, bare, extra, bound))
@@ -167,6 +161,12 @@ def main() -> None:
             f" + scoring p99 {bare['scoring_p99']:.2f} ms; ours less trivial {extra:.1f} ms vs"
             f" 3x bare {bound:.1f} ms"
         )
+        for name, run in (("/recommend", ours), ("/livez", trivial)):
+            shares = "/".join(f"{share:.0%}" for share in run["worker_shares"])
+            print(
+                f"{'':>19}{name}: server CPU {run['server_cpu_ms']:.2f} ms a request (workers"
+                f" {shares}), load generator {run['load_cpu_ms']:.2f} ms"
+            )
 
 
 if __name__ == "__main__":
