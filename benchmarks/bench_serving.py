@@ -18,11 +18,13 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
 import pandas as pd
 import psutil
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 
 N_USERS = 2_000
 HOST = "127.0.0.1"
+STAGE_SAMPLE = re.compile(
+    r'couponflow_decision_stage_seconds_(sum|count)\{.*stage="(\w+)".*\} (\S+)'
+)
 DAYS = 3
 
 
@@ -73,20 +78,39 @@ def cpu_seconds(processes: list[psutil.Process]) -> list[float]:
     return [sum(proc.cpu_times()[:2]) for proc in processes]
 
 
+def stage_seconds(server: Server) -> dict[str, tuple[float, float]]:
+    """Per stage of a decision, (seconds summed, decisions) from the service's metrics."""
+    sums: dict[str, list[float]] = {}
+    for line in httpx.get(f"{server.base_url}/metrics", timeout=10.0).text.splitlines():
+        match = STAGE_SAMPLE.match(line)
+        if match:
+            kind, stage, value = match.groups()
+            sums.setdefault(stage, [0.0, 0.0])[kind == "count"] += float(value)
+    return {stage: (total, count) for stage, (total, count) in sums.items()}
+
+
 def measured(server: Server, requests: list[Request], rate: float, seconds: float) -> dict:
     """open_loop's figures plus where the CPU went: the server's workers' CPU per request
     (and each worker's share of it: keep-alive connections stay with the worker that
     accepted them) and the load generator's own, which shares the same cores."""
     workers = server.workers()
+    stages_before = stage_seconds(server)
     before, load_before = cpu_seconds(workers), time.process_time()
     result = asyncio.run(open_loop(HOST, server.port, requests, rate, seconds))
     used = np.subtract(cpu_seconds(workers), before)
+    stages = {
+        stage: 1000
+        * (total - stages_before.get(stage, (0.0, 0.0))[0])
+        / max(count - stages_before.get(stage, (0.0, 0.0))[1], 1)
+        for stage, (total, count) in stage_seconds(server).items()
+    }
     per_request = 1000 / result["requests"]
     return {
         **result,
         "server_cpu_ms": float(used.sum()) * per_request,
         "worker_shares": [float(x) for x in used / max(used.sum(), 1e-9)],
         "load_cpu_ms": (time.process_time() - load_before) * per_request,
+        "stage_ms": stages,  # mean per decision; empty for /livez
     }
 
 
@@ -160,6 +184,14 @@ def main() -> None:
             f"failed); /livez p99 {trivial['p99']:.1f} ms; lookup p99 {bare['lookup_p99']:.2f}"
             f" + scoring p99 {bare['scoring_p99']:.2f} ms; ours less trivial {extra:.1f} ms vs"
             f" 3x bare {bound:.1f} ms"
+        )
+        parts = ", ".join(
+            f"{stage} {ms:.2f} ({ms / ours['mean']:.0%})" for stage, ms in ours["stage_ms"].items()
+        )
+        rest = ours["mean"] - sum(ours["stage_ms"].values())
+        print(
+            f"{'':>19}/recommend mean {ours['mean']:.2f} ms: {parts}; the framework, queueing"
+            f" and the network {rest:.2f} ({rest / ours['mean']:.0%})"
         )
         for name, run in (("/recommend", ours), ("/livez", trivial)):
             shares = "/".join(f"{share:.0%}" for share in run["worker_shares"])

@@ -123,5 +123,6 @@ async def open_loop(
         "throughput": n / elapsed,
         "failures": failures,
         "connections": opened,
+        "mean": float(np.nanmean(ms)),
         **{f"p{q}": float(np.nanpercentile(ms, q)) for q in (50, 95, 99)},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -135,10 +136,12 @@ class Recommender:
         scoped to other categories; a user at the 7-day offer cap gets none; the day's
         pacing prices cost and stops offers the budget cannot pay for. With `explain`,
         each offer names the inputs that drove it (`drivers`). Also returns the policy's
-        `day` and time (`at`), the cost committed (`spent`) and why the answer is
-        degraded, if it is.
+        `day` and time (`at`), the cost committed (`spent`), why the answer is degraded,
+        if it is, and the `seconds` spent on each stage (features, scoring, policy).
         """
+        started = time.perf_counter()
         features, degraded = self._features(user_id)
+        looked_up = time.perf_counter()
         cold_start = features is None and degraded is None
         if features is None:
             features = default_user_features()
@@ -147,6 +150,7 @@ class Recommender:
         day = clock.strftime("%Y-%m-%d")
         arms = self.arms.open(clock, category)
         scores = score(self.net, features[None, :], arms, self.margin)
+        scored = time.perf_counter()
         picks: list[tuple[int, float]] = []
         spent, held_out = 0.0, False
         if not np.isfinite([scores.incremental_profit[0], scores.expected_cost[0]]).all():
@@ -177,6 +181,11 @@ class Recommender:
             "day": day,
             "at": clock.isoformat(),
             "spent": spent,
+            "seconds": {
+                "features": looked_up - started,
+                "scoring": scored - looked_up,
+                "policy": time.perf_counter() - scored,
+            },
         }
 
     def _choose(
