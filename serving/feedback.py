@@ -11,6 +11,7 @@ is acknowledged without being written twice.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from couponflow.features import USER_FEATURES, WINDOWS
 from serving.spend import Connections, serving_state
 
 FEEDBACK_DB = "feedback.db"
+PUSH_LOCK = "push.lock"  # held while a worker updates a user's counters online
 EVENTS = ("shown", "redeemed", "purchased")
 
 
@@ -44,6 +46,7 @@ class FeedbackLog:
     def __init__(self, ws: Workspace) -> None:
         self.area = feedback_area(ws)
         self.conn = Connections(serving_state(ws) / FEEDBACK_DB)
+        self.push_lock = serving_state(ws) / PUSH_LOCK
         self.conn().executescript(
             "CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, day TEXT NOT "
             "NULL, at TEXT NOT NULL, user_id INTEGER NOT NULL, policy_version TEXT NOT NULL, "
@@ -81,8 +84,10 @@ class FeedbackLog:
     ) -> dict[str, Any]:
         """Land one outcome of a decision, once: returns the event with its decision's user,
         day, time (`at`) and coupons, and `recorded` (False when the same event was already
-        landed). `on_recorded(event)` runs for a new event while the workspace's feedback
-        lock is held, so updates it makes per user are never interleaved across workers."""
+        landed). `on_recorded(event)` runs for a new event once it is landed, under the
+        workspace's push lock, so the updates it makes per user are never interleaved
+        across workers; the index's own write lock is held only to land the event, as
+        every decision of every worker needs it too."""
         found = (
             self.conn()
             .execute(
@@ -114,12 +119,14 @@ class FeedbackLog:
             ).rowcount
             if inserted:
                 self._append(day, "events", row)
-                if on_recorded is not None:
-                    on_recorded(row)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if inserted and on_recorded is not None:
+            with open(self.push_lock, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                on_recorded(row)
         return {**row, "recorded": bool(inserted)}
 
     def _append(self, day: str, kind: str, row: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ Kept free of BentoML so the service module stays a thin adapter that imports qui
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -118,7 +119,7 @@ class Recommender:
         self._store_failing = False
         self._model_failing = False
         self._rng = rng or np.random.default_rng()  # exploration; seeded for reproducible runs
-        self._rng_lock = threading.Lock()  # requests run on a thread pool; Generator isn't safe
+        self._rng_lock = threading.Lock()  # callers may use threads; a Generator is not thread-safe
         self._warm_up()
 
     def recommend(
@@ -140,8 +141,39 @@ class Recommender:
         if it is, and the `seconds` spent on each stage (features, scoring, policy).
         """
         started = time.perf_counter()
-        features, degraded = self._features(user_id)
-        looked_up = time.perf_counter()
+        return self._decide(self._features(user_id), started, k, now, category, explain)
+
+    async def recommend_async(
+        self,
+        user_id: int,
+        k: int,
+        now: datetime | None = None,
+        category: str | None = None,
+        explain: bool = False,
+    ) -> dict[str, Any]:
+        """`recommend` for an event loop: the feature read is awaited on the lookup pool,
+        so a slow store never holds the loop; the rest (~0.4 ms of scoring and pacing)
+        runs on it, which spares a request the hand-over to a thread and back."""
+        started = time.perf_counter()
+        try:
+            read = asyncio.wrap_future(self._lookups.submit(self.user_features, user_id))
+            features = await asyncio.wait_for(read, self.feature_timeout_s)
+        except Exception as exc:  # TimeoutError included
+            return self._decide(self._read_failed(exc), started, k, now, category, explain)
+        return self._decide(self._read(features), started, k, now, category, explain)
+
+    def _decide(
+        self,
+        looked_up: tuple[np.ndarray | None, str | None],
+        started: float,
+        k: int,
+        now: datetime | None,
+        category: str | None,
+        explain: bool,
+    ) -> dict[str, Any]:
+        """The decision of `recommend` once the user's features are read (or not)."""
+        features, degraded = looked_up
+        looked_up_at = time.perf_counter()
         cold_start = features is None and degraded is None
         if features is None:
             features = default_user_features()
@@ -182,8 +214,8 @@ class Recommender:
             "at": clock.isoformat(),
             "spent": spent,
             "seconds": {
-                "features": looked_up - started,
-                "scoring": scored - looked_up,
+                "features": looked_up_at - started,
+                "scoring": scored - looked_up_at,
                 "policy": time.perf_counter() - scored,
             },
         }
@@ -229,7 +261,7 @@ class Recommender:
     def push_outcome(self, event: dict[str, Any]) -> bool:
         """Push the user's counters after a feedback `event` (user_id, event, coupon_ids,
         amount, at) to the online store, so their next request already sees them. Waits at
-        most `feature_timeout_s`, like a read (feedback holds the workspace's feedback lock
+        most `feature_timeout_s`, like a read (feedback holds the workspace's push lock
         meanwhile); False when the store has no row for the user (a cold start has nothing
         to update), fails or is late. A late push may still land: the day's next
         materialisation replaces the row either way."""
@@ -257,14 +289,20 @@ class Recommender:
             future = self._lookups.submit(self.user_features, user_id)
             features = future.result(timeout=self.feature_timeout_s)
         except Exception as exc:  # TimeoutError included
-            if not self._store_failing:  # log the change, not every request while it lasts
-                logger.warning("feature store failing (%r): degraded answers", exc)
-            self._store_failing = True
-            return None, "features"
+            return self._read_failed(exc)
+        return self._read(features)
+
+    def _read(self, features: np.ndarray | None) -> tuple[np.ndarray | None, None]:
         if self._store_failing:
             logger.warning("feature store answering again")
         self._store_failing = False
         return features, None
+
+    def _read_failed(self, exc: Exception) -> tuple[None, str]:
+        if not self._store_failing:  # log the change, not every request while it lasts
+            logger.warning("feature store failing (%r): degraded answers", exc)
+        self._store_failing = True
+        return None, "features"
 
     def _drivers(
         self, features: np.ndarray, arms: Arms, offered: list[int]
