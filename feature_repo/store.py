@@ -24,7 +24,7 @@ from feast import FeatureStore, RepoConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from couponflow.config import HOME_ENV, Workspace
+from couponflow.config import HOME_ENV, RedisSettings, Workspace
 from couponflow.features import (
     COUPON_FEATURES,
     USER_FEATURES,
@@ -70,7 +70,7 @@ def open_store(ws: Workspace) -> FeatureStore:
     if settings.get("online_store", "sqlite") == "redis":
         raw["online_store"] = {
             "type": "redis",
-            "connection_string": settings.get("redis", "127.0.0.1:6379"),
+            "connection_string": RedisSettings.of(ws).feast_connection_string,
             "key_ttl_seconds": 7 * 86_400,
             "skip_dedup": True,  # rewrite a re-run date like SQLite does; see materialise_day
         }

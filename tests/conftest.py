@@ -13,9 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.config import (
+    HOME_ENV,
+    PROJECT_ROOT,
+    RedisSettings,
+    Workspace,
+    load_params,
+    set_param,
+)
 from serving import POLICY_FILE
 from serving.server import Server, free_port
+
+LOCAL_REDIS = RedisSettings("127.0.0.1", 6379, None)  # the machine's, no password
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="couponflow-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
@@ -69,7 +78,7 @@ def redis_prefix_clean() -> Iterator[str]:
 
     from serving.spend import redis_client
 
-    client = redis_client("127.0.0.1:6379")
+    client = redis_client(LOCAL_REDIS)
     try:
         client.ping()
     except redis.ConnectionError:

@@ -17,6 +17,7 @@ from couponflow.landing import offline_days, read_offline
 from couponflow.policy import BudgetPlan, LocalSpend, SpendStore, eligible, score, with_control
 from serving import CATALOGUE_FILE, POLICY_FILE
 from serving.recommender import Recommender
+from tests.conftest import LOCAL_REDIS
 from tests.test_budget import N_USERS, simulated_workspace
 
 EXPLORE_ALL = BudgetPlan("2026-01-04", 0.0, 1e6, 1_000.0, 1e3, 1.0, 1.0, 0.0)
@@ -127,7 +128,7 @@ def test_two_workers_sharing_a_redis_spend_never_overspend_the_day(
 ) -> None:
     from serving.spend import RedisSpend, redis_client
 
-    client = redis_client("127.0.0.1:6379")
+    client = redis_client(LOCAL_REDIS)
     share_a_budget(workspace, tmp_path, [RedisSpend(client, redis_prefix_clean) for _ in range(2)])
 
 
