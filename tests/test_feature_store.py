@@ -9,6 +9,7 @@ path against the real Redis on 127.0.0.1:6379 when it is reachable.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
@@ -39,6 +40,7 @@ from couponflow.landing import load_offline, read_offline
 from couponflow.model import ARM_FEATURES, encode_arms
 from couponflow.policy import with_control
 from feature_repo.store import (
+    OnlineUserReader,
     coupon_stats_at,
     historical_features,
     materialise_day,
@@ -116,9 +118,16 @@ def assert_offline_and_online_agree(ws: Workspace, days: list[str]) -> None:
         [requests, features[[*USER_FEATURES, *COUPON_FEATURES, "relative_value"]]], axis=1
     )
 
+    reader = OnlineUserReader(store)
+
+    async def read_on_a_loop() -> list:  # as the service reads (one loop: Redis binds to it)
+        return [await reader.read_async(user) for user in users]
+
+    on_a_loop = dict(zip(users, asyncio.run(read_on_a_loop()), strict=True))
     for user, rows in offline.groupby("user_id"):
         online = online_user_features(store, int(user))
         assert online is not None
+        np.testing.assert_array_equal(on_a_loop[user], online)
         np.testing.assert_array_equal(rows[USER_FEATURES].to_numpy(np.float32)[0], online)
         request = [
             {"user_id": int(user), "kind": None if pd.isna(k) else k, "value": v}
