@@ -1,9 +1,12 @@
 """The feedback loop's landing zone: every decision the service makes and every outcome a
 downstream app reports about it, as JSON lines the next DAG run can read and join.
 
-`data/landing/feedback/date=D/` holds `decisions-<pid>.jsonl` and `events-<pid>.jsonl`
-(D is the policy's day of the decision; one file per worker process, each line appended by
-one write, so readers never see half a line and workers never interleave). An index in the
+`data/landing/feedback/date=D/` holds `decisions-<host>-<pid>.jsonl` and
+`events-<host>-<pid>.jsonl` (D is the policy's day of the decision; one file per worker
+process, each line appended by one write, so readers never see half a line and workers never
+interleave). The host is in the name because O_APPEND is atomic only on one machine, and
+pods sharing the workspace over a network filesystem have the same small pids; files of
+older versions, named by pid alone, are read all the same. An index in the
 workspace (`live/feedback.db`, SQLite) remembers each request id's decision, so an
 event can be checked against it, and each (request id, event) pair, so a repeated event
 is acknowledged without being written twice.
@@ -14,6 +17,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +34,9 @@ from serving.spend import Connections, serving_state
 FEEDBACK_DB = "feedback.db"
 PUSH_LOCK = "push.lock"  # held while a worker updates a user's counters online
 EVENTS = ("shown", "redeemed", "purchased")
+# This machine in landing file names: a pod's or container's hostname, kept to characters
+# every filesystem takes.
+HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
 
 
 class UnknownRequest(LookupError):
@@ -38,6 +46,12 @@ class UnknownRequest(LookupError):
 def feedback_area(ws: Workspace) -> Path:
     """Where decisions and outcome events land, by date."""
     return ws.landing / "feedback"
+
+
+def landing_file(kind: str, pid: int | None = None) -> str:
+    """The name of the file of the day's `kind` (decisions or events) one process appends to:
+    `<kind>-<host>-<pid>.jsonl`, this process's unless `pid` says another on this host."""
+    return f"{kind}-{HOST}-{os.getpid() if pid is None else pid}.jsonl"
 
 
 class FeedbackLog:
@@ -134,7 +148,7 @@ class FeedbackLog:
         folder = self.area / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(row, separators=(",", ":")) + "\n").encode()
-        fd = os.open(folder / f"{kind}-{os.getpid()}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = os.open(folder / landing_file(kind), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
         finally:
@@ -142,7 +156,8 @@ class FeedbackLog:
 
 
 def read_feedback(ws: Workspace, day: str, kind: str) -> list[dict[str, Any]]:
-    """Every landed `kind` (decisions or events) row of `day`, for the DAG and tests."""
+    """Every landed `kind` (decisions or events) row of `day`, for the DAG and tests: every
+    process's file, named by host and pid or (older versions) by pid alone."""
     folder = feedback_area(ws) / f"date={day}"
     return [
         json.loads(line)

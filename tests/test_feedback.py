@@ -4,7 +4,9 @@ processes at once, is landed exactly once."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from serving.feedback import (
     UnknownRequest,
     feedback_area,
     fresh_counters,
+    landing_file,
     read_feedback,
 )
 
@@ -77,6 +80,29 @@ def test_decisions_land_by_day_and_unknown_requests_are_refused(tmp_path: Path) 
         log.record_event("b", "shown", None)
     row = log.record_event("a", "purchased", 19.9)
     assert row["recorded"] and row["amount"] == 19.9 and row["user_id"] == 3
+
+
+def test_landing_files_are_named_by_host_and_pid_and_old_names_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pods sharing the workspace have the same small pids: each appends to a file of
+    its own host. Files of older versions, named by pid alone, are read all the same."""
+    import serving.feedback
+
+    ws = Workspace(tmp_path)
+    log = FeedbackLog(ws)
+    for host in ("couponflow-stable-7d9f-abcde", "couponflow-canary-5c4b-fghij"):
+        monkeypatch.setattr(serving.feedback, "HOST", host)
+        log.log_decision(decision(f"from-{host}"))
+        log.record_event(f"from-{host}", "shown", None)
+        assert landing_file("events") == f"events-{host}-{os.getpid()}.jsonl"
+    folder = feedback_area(ws) / f"date={DAY}"
+    assert len(list(folder.glob("decisions-*.jsonl"))) == len(list(folder.glob("events-*"))) == 2
+    old = {**decision("old"), "time": f"{DAY}T10:00:01+00:00"}
+    (folder / "decisions-12.jsonl").write_text(json.dumps(old) + "\n")
+    landed = read_feedback(ws, DAY, "decisions")
+    assert len(landed) == 3 and "old" in {d["request_id"] for d in landed}
+    assert len(read_feedback(ws, DAY, "events")) == 2
 
 
 def test_fresh_counters_follow_each_outcome() -> None:

@@ -115,7 +115,7 @@ def ready(server: Server) -> bool:
 def test_a_worker_killed_mid_load_loses_few_requests_cleanly_and_comes_back(
     workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving.feedback import feedback_area
+    from serving.feedback import feedback_area, landing_file
     from serving.server import start_server
 
     now = noon_after(workspace, 10)  # a day of its own: its decisions land per worker pid
@@ -140,7 +140,7 @@ def test_a_worker_killed_mid_load_loses_few_requests_cleanly_and_comes_back(
                 (replacement,) = {w.pid for w in server.workers()} - {w.pid for w in workers}
                 # Serving again: its own decisions land. The streams' kept-alive connections
                 # all sit on the surviving worker now, so new connections go looking.
-                new_log = landed / f"decisions-{replacement}.jsonl"
+                new_log = landed / landing_file("decisions", replacement)
                 wait_for(lambda: recommend(server, body) and new_log.exists(), RESTART_BOUND_S)
                 assert ready(server)
             finally:
