@@ -62,6 +62,11 @@ class UnknownRequest(LookupError):
     """Feedback named a request id this deployment never answered."""
 
 
+class FeedbackUnavailable(RuntimeError):
+    """The index or the landing zone failed (Redis down or slow, disk full): the event was
+    neither landed nor indexed, so reporting it again later is safe."""
+
+
 def feedback_area(ws: Workspace) -> Path:
     """Where decisions and outcome events land, by date."""
     return ws.landing / "feedback"
@@ -321,26 +326,30 @@ class FeedbackLog:
     ) -> dict[str, Any]:
         """Land one outcome of a decision, once: returns the event with its decision's user,
         day, time (`at`) and coupons, and `recorded` (False when the same event was already
-        landed). `on_recorded(event)` runs for a new event once it is landed, under the
-        index's push lock, so the updates it makes per user are never interleaved across
-        workers; the claim on the event is held only to land it, as every decision of
-        every worker needs the index too."""
-        with self.index.claimed(request_id, event) as (found, new):
-            if found is None:
-                raise UnknownRequest(request_id)
-            row = {
-                "time": _now(),
-                "request_id": request_id,
-                "event": event,
-                "amount": amount,
-                "day": found.day,
-                "at": found.at,
-                "user_id": found.user_id,
-                "policy_version": found.policy_version,
-                "coupon_ids": found.coupon_ids,
-            }
-            if new:
-                self._append(found.day, "events", row)
+        landed); raises UnknownRequest, or FeedbackUnavailable when the index or the landing
+        zone failed (nothing landed). `on_recorded(event)` runs for a new event once it is
+        landed, under the index's push lock, so the updates it makes per user are never
+        interleaved across workers; the claim on the event is held only to land it, as every
+        decision of every worker needs the index too."""
+        try:
+            with self.index.claimed(request_id, event) as (found, new):
+                if found is None:
+                    raise UnknownRequest(request_id)
+                row = {
+                    "time": _now(),
+                    "request_id": request_id,
+                    "event": event,
+                    "amount": amount,
+                    "day": found.day,
+                    "at": found.at,
+                    "user_id": found.user_id,
+                    "policy_version": found.policy_version,
+                    "coupon_ids": found.coupon_ids,
+                }
+                if new:
+                    self._append(found.day, "events", row)
+        except (redis.RedisError, sqlite3.Error, OSError) as exc:
+            raise FeedbackUnavailable(f"{request_id} {event}: {exc!r}") from exc
         if new and on_recorded is not None:
             with self.index.push_lock(found.user_id) as held:
                 if held:

@@ -123,13 +123,22 @@ class FeedbackAck(BaseModel):
     pushed: bool = Field(description="the user's fresh counters reached the online store")
 
 
+class FeedbackUnavailableError(bentoml.exceptions.ServiceUnavailable):
+    """503 for /feedback: the feedback index or landing zone failed (Redis down, disk full)
+    and nothing was landed, so the caller should report the event again later."""
+
+
 class RefusedRequestFilter(logging.Filter):
     """Drops BentoML's ERROR traceback for a request refused with a 4xx (a body failing
     validation, a request id never answered): the caller got the reason, and one line per
-    bad request would let any client flood the log. Faults of the service stay logged."""
+    bad request would let any client flood the log. Faults of the service stay logged;
+    a failing feedback index is logged by the service itself, once per change, not with
+    a traceback per 503."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FeedbackUnavailableError):
+            return False
         if isinstance(exc, ValidationError):
             return exc.title != "Input"  # BentoML's model of the request body
         if isinstance(exc, bentoml.exceptions.BentoMLException):
@@ -183,6 +192,7 @@ class CouponRecommender:
         )
         self.feedback_log: FeedbackLog = FeedbackLog(ws)
         self._log_failing = False
+        self._feedback_failing = False
         self.metrics = metrics
         quiet_server_log()
         # A full collection of this process's objects (torch, Feast, pandas: ~340k) takes
@@ -258,8 +268,9 @@ class CouponRecommender:
     ) -> FeedbackAck:
         """Land an outcome of a decision for the next training run and push the user's fresh
         counters online; a repeated event is acknowledged (`recorded: false`) but neither
-        landed nor counted twice."""
-        from serving.feedback import UnknownRequest
+        landed nor counted twice. 404 for a request id never answered; 503 when the feedback
+        index or landing zone fails (nothing landed: report the event again later)."""
+        from serving.feedback import FeedbackUnavailable, UnknownRequest
 
         pushed: list[bool] = []  # bounded by serving.feature_timeout_s; a failure lands too
         try:
@@ -273,6 +284,14 @@ class CouponRecommender:
             raise bentoml.exceptions.NotFound(
                 f"request_id: no decision {request_id!r} was made by this deployment"
             ) from None
+        except FeedbackUnavailable:
+            if not self._feedback_failing:  # log the change, not every request while it lasts
+                logger.exception("feedback index failing: /feedback answers 503")
+            self._feedback_failing = True
+            raise FeedbackUnavailableError("feedback could not be landed: retry later") from None
+        if self._feedback_failing:
+            logger.warning("feedback index answering again")
+        self._feedback_failing = False
         self.metrics.FEEDBACK.labels(event, str(row["recorded"]).lower()).inc()
         return FeedbackAck(
             request_id=request_id,

@@ -27,6 +27,7 @@ from serving.feedback import (
     PUSH_LOCK,
     PUSH_LOCK_WAIT_S,
     FeedbackLog,
+    FeedbackUnavailable,
     RedisIndex,
     SqliteIndex,
     UnknownRequest,
@@ -192,7 +193,7 @@ def test_a_line_that_fails_to_land_is_not_indexed(
 
     with monkeypatch.context() as mp:
         mp.setattr(FeedbackLog, "_append", failing_append("events"))
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(FeedbackUnavailable, match="No space"):
             log.record_event("a", "shown", None, on_recorded=pytest.fail)  # never pushed
     assert read_feedback(ws, DAY, "events") == []
     assert log.record_event("a", "shown", None)["recorded"]  # the retry lands it
@@ -255,8 +256,9 @@ def test_a_redis_that_does_not_answer_fails_the_calls(tmp_path: Path) -> None:
     log = FeedbackLog(ws, RedisIndex(redis_client(nowhere, 0.5), "couponflow-test:nowhere"))
     with pytest.raises(redis.ConnectionError):
         log.log_decision(decision("a"))
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(FeedbackUnavailable) as failed:
         log.record_event("a", "shown", None)
+    assert isinstance(failed.value.__cause__, redis.ConnectionError)
     assert not feedback_area(ws).exists()
 
 

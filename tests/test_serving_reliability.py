@@ -221,6 +221,43 @@ def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_b
     assert 1 <= server.log.read_text().count("decision log failing") <= 2  # once per worker
 
 
+# -- the feedback index failing -----------------------------------------------------------------
+def test_feedback_that_cannot_land_answers_503_and_lands_when_reported_again(
+    server: Server, workspace: Workspace
+) -> None:
+    """An event whose line cannot land (here the day's folder is a file) is neither landed
+    nor indexed: a 503, logged once rather than per request, and the same report later is
+    recorded as new."""
+    from serving.feedback import feedback_area, read_feedback
+
+    now = noon_after(workspace, 13)
+    day = now.strftime("%Y-%m-%d")
+    answer = recommend(server, {"user_id": 5, "k": 1, "context": {"now": now.isoformat()}})
+    assert answer.status_code == 200 and not answer.json()["degraded"], answer.text
+    body = {"request_id": answer.json()["request_id"], "event": "shown"}
+    url = f"{server.base_url}/feedback"
+    folder = feedback_area(workspace) / f"date={day}"
+    aside = folder.with_name(f"{folder.name}.aside")
+    before = server.log.read_text()
+    folder.rename(aside)
+    folder.write_text("not a folder\n")
+    try:
+        failed = [httpx.post(url, json=body, timeout=10) for _ in range(4)]
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+    assert [f.status_code for f in failed] == [503] * 4, [f.text for f in failed]
+    landed = httpx.post(url, json=body, timeout=10)
+    again = httpx.post(url, json=body, timeout=10)
+    assert landed.status_code == again.status_code == 200, [landed.text, again.text]
+    assert landed.json()["recorded"] and not again.json()["recorded"]
+    events = read_feedback(workspace, day, "events")
+    assert [e["event"] for e in events if e["request_id"] == body["request_id"]] == ["shown"]
+    log = server.log.read_text()[len(before) :]
+    assert 1 <= log.count("feedback index failing") <= 2, log  # once per worker at most
+    assert "FeedbackUnavailableError" not in log  # no traceback per 503
+
+
 # -- the online store hanging under feedback ---------------------------------------------------
 def test_a_hung_online_store_bounds_feedback_and_the_event_still_lands(
     workspace: Workspace, bento: tuple[str, str], monkeypatch: pytest.MonkeyPatch
