@@ -30,7 +30,7 @@ from couponflow.config import Workspace
 from couponflow.processes import group_alive
 from couponflow.report import GOOD_OUTCOMES, summary_path
 from couponflow.workspace import init_workspace
-from tests.conftest import GATE_OPEN, TINY_WORLD, free_port
+from tests.conftest import GATE_OPEN, TINY_WORLD, free_port, recorded_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -313,7 +313,7 @@ def test_killing_a_worker_mid_task_retries_it_without_doubling_anything(live: Li
     model = json.loads((live.ws.models / "model.json").read_text())
     assert model["version"] == summary["steps"]["train"]["model"]["version"]
     assert _release_count(live.ws) == releases_before + (summary["outcome"] == "released")
-    alerted = [a["task_id"] for a in _alerts(live.ws) if a.get("run_id") == features_run]
+    alerted = [a["task_id"] for a in recorded_alerts(live.ws) if a.get("run_id") == features_run]
     assert not alerted, alerted  # a retried blip alerts nobody
 
 
@@ -357,8 +357,3 @@ def _workspace_commits(ws: Workspace, message: str) -> list[str]:
         cwd=ws.root, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return log.stdout.splitlines()
-
-
-def _alerts(ws: Workspace) -> list[dict]:
-    path = ws.root / "alerts.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -29,6 +29,7 @@ from couponflow.alerts import (
 )
 from couponflow.config import HOME_ENV, Workspace
 from serving.server import free_port
+from tests.conftest import recorded_alerts
 
 
 @pytest.fixture
@@ -78,10 +79,6 @@ def _body(message: email.message.Message) -> str:
     return part.get_payload(decode=True).decode()
 
 
-def _alerts(root: Path) -> list[dict]:
-    return [json.loads(line) for line in (root / "alerts.jsonl").read_text().splitlines()]
-
-
 def test_a_failure_callback_records_and_posts(tmp_path, monkeypatch, webhook, caplog) -> None:
     url, received = webhook
     monkeypatch.setenv(HOME_ENV, str(tmp_path))
@@ -91,7 +88,7 @@ def test_a_failure_callback_records_and_posts(tmp_path, monkeypatch, webhook, ca
     )
     task_failed({"ti": ti, "exception": OSError("disk full")})
 
-    (alert,) = _alerts(tmp_path)
+    (alert,) = recorded_alerts(Workspace(tmp_path))
     assert alert["kind"] == "task_failed" and alert["task_id"] == "land"
     assert alert["error"] == "OSError: disk full" and alert["try_number"] == 4
     assert alert["channels"] == {"log": "ok", "webhook": "ok"}
@@ -103,7 +100,7 @@ def test_a_broken_channel_still_leaves_the_local_record(tmp_path, monkeypatch) -
     monkeypatch.setenv(WEBHOOK_ENV, "http://127.0.0.1:9/nobody-listens")
     alert = send_alert(Workspace(tmp_path), "test", "something broke", {})
     assert alert["channels"]["webhook"].startswith("failed")
-    assert _alerts(tmp_path)[0]["summary"] == "something broke"
+    assert recorded_alerts(Workspace(tmp_path))[0]["summary"] == "something broke"
 
 
 def test_an_alert_is_mailed_through_the_airflow_smtp_connection(
@@ -123,7 +120,7 @@ def test_an_alert_is_mailed_through_the_airflow_smtp_connection(
     )
     task_failed({"ti": ti, "exception": ValueError("the validation loss was <never> finite")})
 
-    (alert,) = _alerts(tmp_path)
+    (alert,) = recorded_alerts(Workspace(tmp_path))
     assert alert["channels"] == {"log": "ok", "email": "ok"}
     (message,) = received
     assert message["Subject"] == "couponflow: coupon_retrain.train failed (r2)"
@@ -155,7 +152,7 @@ def test_an_unreachable_mail_server_still_leaves_the_local_record(tmp_path, monk
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", nobody)
     alert = send_alert(Workspace(tmp_path), "test", "something broke", {})
     assert alert["channels"]["email"].startswith("failed: ")
-    assert _alerts(tmp_path)[0]["summary"] == "something broke"
+    assert recorded_alerts(Workspace(tmp_path))[0]["summary"] == "something broke"
 
 
 def test_a_day_without_a_model_by_the_deadline_alerts(tmp_path, monkeypatch) -> None:
@@ -166,7 +163,7 @@ def test_a_day_without_a_model_by_the_deadline_alerts(tmp_path, monkeypatch) -> 
     assert check_model_on_time(ws, "2026-01-07")["late"]
     write_run_summary(ws, "2026-01-08", {"land": {"users": 1}, "validate": None})
     assert check_model_on_time(ws, "2026-01-08")["outcome"] == "batch rejected by validation"
-    late = [(a["day"], a["kind"]) for a in _alerts(tmp_path)]
+    late = [(a["day"], a["kind"]) for a in recorded_alerts(Workspace(tmp_path))]
     assert late == [("2026-01-07", "model_late"), ("2026-01-08", "model_late")]
 
 
@@ -222,7 +219,7 @@ def test_a_failing_airflow_task_lands_an_alert(tmp_path, webhook, mailbox) -> No
         text=True,
     )
     assert run.returncode != 0
-    (alert,) = _alerts(ws)
+    (alert,) = recorded_alerts(Workspace(ws))
     assert (alert["dag_id"], alert["task_id"]) == ("always_fails", "broken")
     assert "the landing zone is unreachable" in alert["error"]
     assert received and received[0]["alert"]["task_id"] == "broken"

@@ -22,13 +22,13 @@ import pandas as pd
 import pytest
 
 from couponflow.cli import next_days, run_days, seed_history
-from couponflow.config import HOME_ENV, Workspace, load_params, set_param
+from couponflow.config import HOME_ENV, load_params, set_param
 from couponflow.contract import TABLES
 from couponflow.landing import offline_days, read_offline, write_batch
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
 from serving.server import free_port
-from tests.conftest import GATE_OPEN, TINY_WORLD
+from tests.conftest import GATE_OPEN, TINY_WORLD, recorded_alerts
 
 pytestmark = pytest.mark.e2e
 
@@ -248,7 +248,7 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
     (day,) = next_days(ws, 1)
     deployment, release = deployment_record(ws), current_release(ws)
     releases, champion = len(release_history(ws)), (ws.champion / "model.pt").read_bytes()
-    params, alerted = ws.params_file.read_text(), len(_alerts(ws))
+    params, alerted = ws.params_file.read_text(), len(recorded_alerts(ws))
     diverging = load_params(ws.params_file)
     set_param(diverging, "model.lr", float("inf"))
     ws.params_file.write_text(yaml.safe_dump(diverging, sort_keys=False))
@@ -261,7 +261,7 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
     assert summary["outcome"] == "train failed" and summary["airflow_exit_code"] != 0
     assert summary["steps"]["features"]["users"] == TINY_WORLD["world.n_users"]
     assert Path(summary["summary_markdown"]).read_text().startswith(f"# couponflow {day}: train")
-    (alert,) = _alerts(ws)[alerted:]  # one, from the step that broke; the summary adds none
+    (alert,) = recorded_alerts(ws)[alerted:]  # one, from the step that broke; the summary adds none
     assert (alert["dag_id"], alert["task_id"]) == ("coupon_retrain", "train")
     assert "ValueError: the validation loss was never finite" in alert["error"], alert["error"]
     assert deployment_record(ws) == deployment and current_release(ws) == release
@@ -269,9 +269,8 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
     assert (ws.champion / "model.pt").read_bytes() == champion
     assert Server.attach(deployment["live"]["server"]).running()
     assert len(answers) >= 10, answers
-    assert {(status, version) for _, status, version in answers} == {
-        (200, release["model_version"])
-    }, answers
+    others = [a for a in answers if a[1:] != (200, release["model_version"])]
+    assert not others, others[:10]
     print(
         f"{len(answers)} answers in {answers[-1][0] - answers[0][0]:.0f} s, all from the live model"
     )
@@ -281,7 +280,7 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
 def shopping(url: str) -> Iterator[list[tuple[float, int, str]]]:
     """A downstream app asking `url` for a recommendation every 0.1 s on one kept-alive
     connection, from its first answer before the block to one answer after it: each
-    answer's time, status and model version (status 0 and the error for a failed call)."""
+    answer's time, status and model version (or the error: status 0 for a failed call)."""
     answers: list[tuple[float, int, str]] = []
     stop = threading.Event()
 
@@ -291,8 +290,8 @@ def shopping(url: str) -> Iterator[list[tuple[float, int, str]]]:
                 body = {"user_id": 3, "context": {"channel": "test"}}
                 try:
                     answer = client.post("/recommend", json=body)
-                    answers.append((time.monotonic(), answer.status_code,
-                                    answer.json().get("model_version", "")))  # fmt: skip
+                    said = answer.json()["model_version"] if answer.is_success else answer.text
+                    answers.append((time.monotonic(), answer.status_code, said))
                 except httpx.HTTPError as error:
                     answers.append((time.monotonic(), 0, repr(error)))
                 stop.wait(0.1)
@@ -307,11 +306,6 @@ def shopping(url: str) -> Iterator[list[tuple[float, int, str]]]:
         _wait_until(lambda: answers[-1][0] > ended, timeout=60)
         stop.set()
         thread.join(timeout=60)
-
-
-def _alerts(ws: Workspace) -> list[dict]:
-    path = ws.root / "alerts.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _wait_until(condition: Callable[[], object], timeout: float) -> None:
