@@ -46,6 +46,14 @@ GATE_OPEN = {
 }
 
 
+def recorded_alerts(ws: Workspace) -> list[dict]:
+    """Every alert the workspace recorded (couponflow.alerts), oldest first."""
+    from couponflow.alerts import alerts_path
+
+    path = alerts_path(ws)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 @pytest.fixture
 def tiny_params() -> dict:
     """The project's params with a tiny world."""
