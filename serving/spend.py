@@ -19,7 +19,7 @@ from couponflow.config import RedisSettings, Workspace
 from couponflow.policy import DaySpend
 
 SPEND_DB = "spend.db"
-SPEND_TIMEOUT_S = 0.1  # default `serving.spend_timeout_s`
+SPEND_TIMEOUT_S = 0.25  # default `serving.spend_timeout_s`
 KEY_TTL_S = 3 * 86_400  # a day's counter outlives the day, then Redis forgets it
 
 
@@ -59,7 +59,7 @@ class SqliteSpend:
     transaction, which takes the database's write lock, so it is atomic across threads
     and processes."""
 
-    def __init__(self, path: Path, timeout_s: float = SPEND_TIMEOUT_S) -> None:
+    def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
         self.path = path
         self._conn = Connections(path, timeout_s)
         self._conn().execute(
