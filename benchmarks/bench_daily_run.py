@@ -30,8 +30,10 @@ another deployment's, and every server started is stopped at the end
 than `--min-free-gb` of memory available is killed with its children, reported with the
 time it ran and its sampled peak, and the run goes on where the inputs allow (a killed
 `features` has already written the day's offline features the training reads). The
-1-minute load average is printed after each task; under load every time is an upper
-bound. Figures print; nothing is asserted. Results: docs/scaling.md.
+features task's result splits it into publishing and materialising, printed with the
+materialise's rows/s. The 1-minute load average is printed after each task; under load
+every time is an upper bound. Figures print; nothing is asserted. Results:
+docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -279,6 +281,8 @@ def scale(
                 rows.append((task, r["process_s"], r["call_s"], r["rss_mb"],
                              r["children_rss_mb"], r["load"], r["failed"] or ""))  # fmt: skip
                 rows += train_parts(r["processes"]) if task == "train" else []
+                if task == "features" and r.get("result"):
+                    print_materialised(r["result"])
                 upstream = r.get("result")
                 if r["failed"] and task in RELEASE_TASKS:
                     break
@@ -287,6 +291,19 @@ def scale(
 
             stop_deployment(ws)  # whatever the release path started
     print_rows(rows)
+
+
+def print_materialised(done: dict[str, dict[str, Any]]) -> None:
+    """The features task's own split, per day: publishing the rows, then Feast's
+    materialise into the online store, with its rows (users and coupons) per second."""
+    for day, f in done.items():
+        rows, seconds = f["users"] + f["coupons"], f["seconds"]
+        print(
+            f"{day}: features published in {seconds['publish']:.0f} s; {rows:,} rows "
+            f"materialised in {seconds['materialise']:.0f} s, "
+            f"{rows / max(seconds['materialise'], 0.1):,.0f} rows/s",
+            flush=True,
+        )
 
 
 def print_rows(rows: list[Row]) -> None:

@@ -146,6 +146,18 @@ def encode_pairs(user_features: np.ndarray, arms: pd.DataFrame | ArmTable) -> np
     return _encode(users, table.take(np.tile(np.arange(m), n)))
 
 
+USERS_PER_CHUNK = 20_000  # ~50 MB of pair inputs with a dozen arms (~200 bytes a pair)
+
+
+def user_chunks(n_users: int) -> list[slice]:
+    """Consecutive slices of at most USERS_PER_CHUNK users covering `n_users` (one empty
+    slice for none). Scoring a whole population pairs every user with every arm
+    (`encode_pairs`): at a million users those inputs alone are ~3 GB, so offline scoring
+    goes a chunk at a time."""
+    step = USERS_PER_CHUNK
+    return [slice(lo, lo + step) for lo in range(0, max(n_users, 1), step)]
+
+
 def _mlp(n_inputs: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(n_inputs, hidden),

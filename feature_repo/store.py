@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import sqlite3
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -61,8 +62,9 @@ def _quiet() -> Iterator[None]:
 
 def open_store(ws: Workspace) -> FeatureStore:
     """The workspace's feature store: feature_store.yaml, with the online store chosen
-    by `features.online_store` in params.yaml (sqlite by default, or redis) and the Feast
-    project by `features.project` (its name prefixes every Redis key)."""
+    by `features.online_store` in params.yaml (sqlite by default, or redis), the Feast
+    project by `features.project` (its name prefixes every Redis key) and the rows per
+    online-store write by `features.online_write_batch`."""
     os.environ[HOME_ENV] = str(ws.root)  # the definitions locate their source through it
     with open(REPO_DIR / "feature_store.yaml") as fh:
         raw = yaml.safe_load(os.path.expandvars(fh.read()))
@@ -75,6 +77,10 @@ def open_store(ws: Workspace) -> FeatureStore:
             "key_ttl_seconds": 7 * 86_400,
             "skip_dedup": True,  # rewrite a re-run date like SQLite does; see materialise_day
         }
+    batching = raw["materialization"]
+    batching["online_write_batch_size"] = int(
+        settings.get("online_write_batch", batching["online_write_batch_size"])
+    )
     ws.feature_store.mkdir(parents=True, exist_ok=True)
     with _quiet():
         return FeatureStore(config=RepoConfig(repo_path=REPO_DIR, **raw), repo_path=str(REPO_DIR))
@@ -268,12 +274,21 @@ def push_user_features(
 
 def materialise_user_features(ws: Workspace, day: str) -> dict[str, object]:
     """The pipeline's feature step for `day`: compute the users' and coupons' rows, apply
-    the definitions, materialise the day."""
+    the definitions, materialise the day. The seconds publishing and materialising took
+    are returned too (`seconds`, the one part a re-run changes): at scale they are the
+    step's cost, and rows/s its health."""
+    started = time.perf_counter()
     rows = publish_features(ws, day)
+    published = time.perf_counter()
     store = open_store(ws)
     apply_definitions(store)
+    applied = time.perf_counter()
     online = materialise_day(store, day)
     return {
+        "seconds": {
+            "publish": round(published - started, 1),
+            "materialise": round(time.perf_counter() - applied, 1),
+        },
         "users": rows["user_activity"],
         "coupons": rows["coupon_stats"],
         "features": len(USER_FEATURES),

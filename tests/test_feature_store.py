@@ -10,6 +10,7 @@ path against the real Redis on 127.0.0.1:6379 when it is reachable.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import time
 import uuid
@@ -40,7 +41,9 @@ from couponflow.landing import load_offline, read_offline
 from couponflow.model import ARM_FEATURES, encode_arms
 from couponflow.policy import with_control
 from feature_repo.store import (
+    USER_REFS,
     OnlineUserReader,
+    apply_definitions,
     coupon_stats_at,
     historical_features,
     materialise_day,
@@ -65,7 +68,7 @@ def redis_reachable() -> bool:
         return False
 
 
-def featurised_workspace(root: Path, **features: str) -> tuple[Workspace, list[str]]:
+def featurised_workspace(root: Path, **features: object) -> tuple[Workspace, list[str]]:
     """A small world's offline store, each day run through the DAG's feature step."""
     from couponflow.world import World
 
@@ -237,10 +240,37 @@ def test_relative_value_online_matches_the_function(sqlite_store) -> None:
     assert odfv["relative_value"] == list(relative_value(["amount_off"], [10.0], [basket]))
 
 
+def test_materialising_in_batches_writes_what_one_batch_writes(
+    sqlite_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's default batch holds all N_USERS rows; written 7 rows at a time (Feast's
+    online_write_batch_size, from `features.online_write_batch`) the day's online rows are
+    the same, the last, short batch included."""
+    ws, days = sqlite_store
+    assert open_store(ws).config.materialization_config.online_write_batch_size > N_USERS
+    batched = Workspace(tmp_path / "batched")
+    params = load_params(ws.params_file)
+    set_param(params, "features.online_write_batch", 7)
+    batched.root.mkdir()
+    batched.params_file.write_text(yaml.safe_dump(params))
+    shutil.copytree(ws.features, batched.features)
+    monkeypatch.setenv(HOME_ENV, str(batched.root))
+    store = open_store(batched)
+    assert store.config.materialization_config.online_write_batch_size == 7
+    apply_definitions(store)
+    assert materialise_day(store, days[-1]) == ["user_activity", "coupon_stats"]
+
+    everyone = [{"user_id": user} for user in range(N_USERS)]
+    many = store.get_online_features(features=USER_REFS, entity_rows=everyone).to_dict()
+    one = open_store(ws).get_online_features(features=USER_REFS, entity_rows=everyone).to_dict()
+    assert many == one
+    assert all(v is not None for name in USER_FEATURES for v in many[name])
+
+
 @pytest.mark.redis
 def test_the_same_path_on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Materialise, read and re-run against the real Redis, under a Feast project of its
-    own (every key carries it), then remove every key the test wrote."""
+    """Materialise (7 rows a write), read and re-run against the real Redis, under a Feast
+    project of its own (every key carries it), then remove every key the test wrote."""
     import redis
 
     if not redis_reachable():
@@ -250,7 +280,9 @@ def test_the_same_path_on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     client = redis.Redis(*REDIS)
     ws = None
     try:
-        ws, days = featurised_workspace(tmp_path / "ws", online_store="redis", project=project)
+        ws, days = featurised_workspace(
+            tmp_path / "ws", online_store="redis", project=project, online_write_batch=7
+        )
         assert open_store(ws).config.online_store.type == "redis"
         assert any(client.scan_iter(match=f"*{project}", count=1000))
         assert_offline_and_online_agree(ws, days)
@@ -266,7 +298,6 @@ def test_the_same_path_on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[int]:
     """A Redis of the test's own that wants a password (`secret`), on a free port."""
-    import shutil
     import subprocess
 
     if shutil.which("redis-server") is None:

@@ -11,19 +11,22 @@ budgeted by the same allocation as the recommender (`couponflow.policy.allocate`
 Each gives a value matrix (users, arms) to rank arms by, arm 0 being "no coupon" at 0,
 and an expected-cost matrix, so the one allocation spends every policy's budget alike.
 The cost comes from one gradient-boosting model of the discount given, shared by all
-of them: a baseline should lose on its ranking, not on a worse cost estimate.
+of them: a baseline should lose on its ranking, not on a worse cost estimate. Every
+prediction over (user, arm) pairs goes a chunk of users at a time (`user_chunks`), so
+pricing a million users stays within a few hundred MB.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
 from couponflow.features import USER_FEATURES
-from couponflow.model import encode, encode_pairs
+from couponflow.model import encode, encode_pairs, user_chunks
 
 GB_PARAMS = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "random_state": 0}
 
@@ -31,6 +34,12 @@ GB_PARAMS = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "rand
 def sample_weight(table: pd.DataFrame, max_weight: float) -> np.ndarray:
     """Clipped inverse logging propensities, the weights every learner here trains with."""
     return np.minimum(1.0 / table["propensity"].to_numpy(dtype=float), max_weight)
+
+
+def by_user_chunks(users: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`fn` of each chunk of users (see `user_chunks`), stacked: the (users, arms) matrix
+    without ever building every pair's inputs at once."""
+    return np.concatenate([fn(users[rows]) for rows in user_chunks(len(users))])
 
 
 def offered_rows(
@@ -75,12 +84,24 @@ class CostModel:
         self.model = HistGradientBoostingRegressor(**GB_PARAMS).fit(
             x, offered["discount"].to_numpy(float), sample_weight=weight
         )
+        self._last: tuple[np.ndarray, pd.DataFrame, np.ndarray] | None = None
         return self
 
     def predict(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        cost = self.model.predict(encode_pairs(users, arms)).reshape(len(users), len(arms))
+        """(users, arms) expected costs, 0 for "no coupon". Every baseline prices the same
+        users with this one model in turn, so the answer for the last (users, arms) objects
+        is kept, read-only, and given again: predicting it once per baseline was most of
+        evaluation's time at scale."""
+        if self._last is not None and self._last[0] is users and self._last[1] is arms:
+            return self._last[2]
+        m = len(arms)
+        cost = by_user_chunks(
+            users, lambda chunk: self.model.predict(encode_pairs(chunk, arms)).reshape(-1, m)
+        )
         cost = np.maximum(cost, 0.0)
         cost[:, 0] = 0.0
+        cost.setflags(write=False)
+        self._last = (users, arms, cost)
         return cost
 
 
@@ -133,8 +154,11 @@ class ResponseModel(Baseline):
         return self
 
     def p_redeem(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        p = self.model.predict_proba(encode_pairs(users, arms))[:, 1]
-        return p.reshape(len(users), len(arms))
+        m = len(arms)
+        return by_user_chunks(
+            users,
+            lambda chunk: self.model.predict_proba(encode_pairs(chunk, arms))[:, 1].reshape(-1, m),
+        )
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
         value = self.p_redeem(users, arms)
@@ -163,13 +187,17 @@ class TwoModelUplift(Baseline):
         return self
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        value = by_user_chunks(users, lambda chunk: self.uplift(chunk, arms))
+        value[:, 0] = 0.0
+        return value
+
+    def uplift(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        """Predicted profit with each arm less without a coupon, (users, arms)."""
         n, m = len(users), len(arms)
         x = encode_pairs(users, arms)
         with_coupon = self.treated.predict(x).reshape(n, m)
         without = self.control.predict(x[::m, : len(USER_FEATURES)])
-        value = with_coupon - without[:, None]
-        value[:, 0] = 0.0
-        return value
+        return with_coupon - without[:, None]
 
 
 def fit_baselines(table: pd.DataFrame, max_weight: float, seed: int = 0) -> list[Baseline]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from couponflow.config import Workspace
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.landing import offline_days, read_offline
-from couponflow.model import CouponNet, load_model
+from couponflow.model import CouponNet, load_model, user_chunks
 from couponflow.policy import (
     INELIGIBLE,
     BudgetPlan,
@@ -34,7 +34,6 @@ from couponflow.policy import (
 )
 from serving import POLICY_FILE
 
-CHUNK = 20_000  # users scored at once (bounds the memory of the tiled arm frame)
 DECISION_DAYS = 7  # logged days the expected number of decisions is averaged over
 
 
@@ -49,9 +48,9 @@ def population_scores(
     coupons of users at their 7-day offer cap, and expected cost."""
     value = np.empty((len(users), len(arms)))
     cost = np.empty((len(users), len(arms)))
-    for lo in tqdm(range(0, len(users), CHUNK), desc="scoring users", unit="chunk", leave=False):
-        s = score(net, users[lo : lo + CHUNK], arms, margin)
-        value[lo : lo + CHUNK], cost[lo : lo + CHUNK] = s.incremental_profit, s.expected_cost
+    for rows in tqdm(user_chunks(len(users)), desc="scoring users", unit="chunk", leave=False):
+        s = score(net, users[rows], arms, margin)
+        value[rows], cost[rows] = s.incremental_profit, s.expected_cost
     value[user_cap_mask(users, max_offers_7d), 1:] = INELIGIBLE
     return value, cost
 

@@ -9,6 +9,8 @@ held-out day, each policy budgeted by the same allocation.
 - Simulated data only: every policy's true incremental profit on the whole population
   from the world's oracle, the oracle policy's at the same budget, profit against budget.
 - Segments: offer rate, planned spend and uplift by region, age band and new vs returning.
+  These population figures take a fixed-seed sample of `evaluation.population_sample`
+  users when more are known.
 - The A/B readout: the served policy's realised lift over its random holdout slice.
 
 Writes metrics/evaluation.json (a DVC metric) and the curves under metrics/plots/ (DVC
@@ -19,7 +21,7 @@ plots); training/report.py turns them into the run report. Run from the workspac
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +37,7 @@ from couponflow.metrics import (
     ab_readout,
     auuc,
     best_arm_view,
+    bootstrap_indices,
     calibration_curve,
     effective_sample_size,
     off_policy_bootstrap,
@@ -42,12 +45,14 @@ from couponflow.metrics import (
     qini_coefficient,
     qini_curve,
 )
-from couponflow.model import CouponNet, encode, load_model, predict
-from couponflow.policy import allocate, eligible, score, user_cap_mask, with_control
+from couponflow.model import CouponNet, encode, load_model, predict, user_chunks
+from couponflow.policy import Scores, allocate, eligible, score, user_cap_mask, with_control
 from training.baselines import fit_baselines
 from training.train import split_days
 
 SEGMENTS = ("region", "age_band", "new")
+ORACLE_BOOTSTRAP = 400  # resamples of users behind the true leads' intervals
+POPULATION_SEED = 0  # which users `evaluation.population_sample` draws, the same every run
 
 
 class Policy(Protocol):
@@ -67,17 +72,27 @@ class ModelPolicy:
     def __init__(self, name: str, net: CouponNet, version: str, margin: float) -> None:
         self.name, self.net, self.version, self.margin = name, net, version, margin
 
+    def scores(self, users: np.ndarray, arms: pd.DataFrame) -> Scores:
+        """The shared `score` of every user and arm, a chunk of users at a time (see
+        `user_chunks`): a whole population's pair inputs at once do not fit at scale."""
+        parts = [
+            score(self.net, users[rows], arms, self.margin) for rows in user_chunks(len(users))
+        ]
+        return Scores(
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Scores))
+        )
+
     def value_and_cost(
         self, users: np.ndarray, arms: pd.DataFrame
     ) -> tuple[np.ndarray, np.ndarray]:
         """Both from one scoring of the network."""
-        s = score(self.net, users, arms, self.margin)
+        s = self.scores(users, arms)
         return s.incremental_profit, s.expected_cost
 
     def expected_reward(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
         """Expected profit of every arm, margin on spend less the discount: the reward
         model of the doubly robust estimator."""
-        s = score(self.net, users, arms, self.margin)
+        s = self.scores(users, arms)
         return s.p_purchase * self.margin * s.amount - s.expected_cost
 
 
@@ -221,11 +236,22 @@ def ope_report(
 
 # -- on everyone known that day ------------------------------------------------------------
 def population(
-    ws: Workspace, day: pd.Timestamp, arms: pd.DataFrame, budget_per_user: float, new_days: int
+    ws: Workspace,
+    day: pd.Timestamp,
+    arms: pd.DataFrame,
+    budget_per_user: float,
+    new_days: int,
+    sample: int | None,
 ) -> tuple[pd.DataFrame, Day]:
-    """Every user known on `day` with features as the day began (a user without a feature
-    row gets the cold-start vector) and the segments they fall in."""
+    """Every user known on `day`, or a fixed-seed sample of `sample` of them when there are
+    more (pricing every policy, the truth and the budget curve on a million users took most
+    of the stage), with features as the day began (a user without a feature row gets the
+    cold-start vector) and the segments they fall in. The budget is per user, so a sample
+    gets its share of the day's."""
     users = read_offline(ws, "users", [str(day.date())])
+    if sample is not None and len(users) > sample:
+        rows = np.random.default_rng(POPULATION_SEED).choice(len(users), sample, replace=False)
+        users = users.iloc[np.sort(rows)]
     before = str((day - pd.Timedelta(days=1)).date())
     path = ws.features / "user_activity" / f"date={before}" / "part.parquet"
     known = pd.read_parquet(path).set_index("user_id")[USER_FEATURES]
@@ -287,6 +313,28 @@ def simulated_truth(
     return GroundTruth(truth.incremental_profit[:, column], truth.cost[:, column], oracle, truth)
 
 
+def true_leads(per_user: dict[str, np.ndarray], level: float) -> dict[str, dict[str, float]]:
+    """The challenger's true lead over every other policy, summed over users, with a
+    bootstrap interval over users; the resamples come in blocks (`bootstrap_indices`):
+    drawn at once they were ~7 GB at a million users."""
+    diffs = {
+        name: per_user["challenger"] - gain
+        for name, gain in per_user.items()
+        if name != "challenger"
+    }
+    totals: dict[str, list[np.ndarray]] = {name: [] for name in diffs}
+    n = len(per_user["challenger"])
+    for resample in bootstrap_indices(n, ORACLE_BOOTSTRAP, seed=0):
+        for name, diff in diffs.items():
+            totals[name].append(diff[resample].sum(axis=1))
+    tails = [(1 - level) / 2, (1 + level) / 2]
+    leads = {}
+    for name, diff in diffs.items():
+        low, high = np.quantile(np.concatenate(totals[name]), tails)
+        leads[name] = {"value": float(diff.sum()), "low": float(low), "high": float(high)}
+    return leads
+
+
 def oracle_report(
     truth: GroundTruth, decided: dict[str, Decisions], budget: float, level: float
 ) -> dict[str, Any]:
@@ -305,14 +353,7 @@ def oracle_report(
             "share_of_oracle": gain / best.incremental_profit if best.incremental_profit else None,
             **d.summary(),
         }
-    resample = np.random.default_rng(0).integers(0, len(truth.gain), (400, len(truth.gain)))
-    tails = [(1 - level) / 2, (1 + level) / 2]
-    leads = {}
-    for name, gain in per_user.items():
-        if name != "challenger":
-            diff = per_user["challenger"] - gain
-            low, high = np.quantile(diff[resample].sum(axis=1), tails)
-            leads[name] = {"value": float(diff.sum()), "low": float(low), "high": float(high)}
+    leads = true_leads(per_user, level)
     return {
         "users": len(truth.gain),
         "budget": budget,
@@ -407,7 +448,15 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     values, leads = ope_report(decided, reward_model, logged, held, cfg)
     uplift = {name: uplift_report(d, logged, held) for name, d in decided.items() if ranks(d)}
 
-    segments, everyone = population(ws, day, arms, budget_per_user, int(cfg["new_user_days"]))
+    sample = cfg.get("population_sample")
+    segments, everyone = population(
+        ws,
+        day,
+        arms,
+        budget_per_user,
+        int(cfg["new_user_days"]),
+        None if sample is None else int(sample),
+    )
     priced = {name: price(p, everyone.users, arms, cap) for name, p in policies.items()}
     on_everyone = {name: p.decide(everyone.budget) for name, p in priced.items()}
     truth = simulated_truth(ws, day, segments, arms) if cfg["oracle"] else None
@@ -422,6 +471,7 @@ def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
         "policies": {},
         "challenger_lead_dr": leads,
         "ab_readout": ab_readout(held, float(cfg["confidence"])),
+        "population": {"users": len(segments), "known_users": n_users},
         "segments": segment_report(
             segments, on_everyone["challenger"], truth.gain if truth else None
         ),

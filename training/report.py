@@ -39,6 +39,17 @@ def _number(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _population(evaluation: dict[str, Any]) -> str:
+    """Who the whole-population figures cover: every known user, or a sample of them."""
+    population = evaluation["population"]
+    if population["users"] == population["known_users"]:
+        return f"Every user of the day ({population['users']})"
+    return (
+        f"A fixed-seed sample of {population['users']} of the day's "
+        f"{population['known_users']} users (`evaluation.population_sample`)"
+    )
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -141,7 +152,7 @@ def render(
         o = evaluation["oracle"]
         parts += [
             "## The truth (simulated world)",
-            f"Every user of the day ({o['users']}) decided for at a budget of {o['budget']:.0f}; "
+            f"{_population(evaluation)} decided for at a budget of {o['budget']:.0f}; "
             f"the oracle policy, which sees the hidden traits, earns "
             f"{o['oracle']['incremental_profit']:.1f} spending {o['oracle']['cost']:.1f}.",
             _table(
