@@ -119,11 +119,14 @@ def bare_cost_ms(ws: Workspace, samples: int = 300, warm_up: int = 30) -> dict[s
     user, both as the service does them (its reader, its prepared arms): the work a
     request cannot avoid. The first `warm_up` rounds are not timed (torch and SQLite warm
     up over the first calls, which would otherwise be the p99)."""
+    import torch
+
     from couponflow.landing import offline_days, read_offline
     from couponflow.model import load_model
     from couponflow.policy import Arms, score
     from feature_repo.store import OnlineUserReader, online_coupon_stats, open_store
 
+    torch.set_num_threads(1)  # as each server worker scores (serving.recommender)
     store = open_store(ws)
     user_features = OnlineUserReader(store)
     net, _ = load_model(ws.models / "model.pt")
