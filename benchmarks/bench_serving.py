@@ -6,7 +6,14 @@ scoring costs the same), packs and serves the bento with the configured workers,
 sends requests at a constant rate. Latency is measured from each request's *scheduled*
 send time, so a server that falls behind shows it (a closed loop would hide the queue).
 The same load is sent to a trivial endpoint of the same server (`/livez`) so the
-framework's own cost can be told apart from ours.
+framework's own cost can be told apart from ours. The load generator is benchmarks/
+loadgen.py (lean, so it takes little of the two cores from the server).
+
+Printed per configuration: p50/p95/p99 and throughput; the bare in-process p99 of one
+feature lookup and of scoring; the mean latency split into the decision's stages (from
+the service's own `couponflow_decision_stage_seconds`) and the rest (framework, queueing,
+network); and where the CPU went: the workers' CPU per request, each worker's share of
+it, and the load generator's.
 
     python benchmarks/bench_serving.py [--rate 200] [--seconds 20] [--coupons 50 200]
                                        [--online-store sqlite redis]
