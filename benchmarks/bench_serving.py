@@ -6,7 +6,14 @@ scoring costs the same), packs and serves the bento with the configured workers,
 sends requests at a constant rate. Latency is measured from each request's *scheduled*
 send time, so a server that falls behind shows it (a closed loop would hide the queue).
 The same load is sent to a trivial endpoint of the same server (`/livez`) so the
-framework's own cost can be told apart from ours.
+framework's own cost can be told apart from ours. The load generator is benchmarks/
+loadgen.py (lean, so it takes little of the two cores from the server).
+
+Printed per configuration: p50/p95/p99 and throughput; the bare in-process p99 of one
+feature lookup and of scoring; the mean latency split into the decision's stages (from
+the service's own `couponflow_decision_stage_seconds`) and the rest (framework, queueing,
+network); and where the CPU went: the workers' CPU per request, each worker's share of
+it, and the load generator's.
 
     python benchmarks/bench_serving.py [--rate 200] [--seconds 20] [--coupons 50 200]
                                        [--online-store sqlite redis]
@@ -18,18 +25,29 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
+from loadgen import Request, open_loop
 
 from couponflow.config import Workspace
 from couponflow.logs import quiet_libraries
 
+if TYPE_CHECKING:
+    from serving.server import Server
+
 N_USERS = 2_000
+HOST = "127.0.0.1"
+STAGE_SAMPLE = re.compile(
+    r'couponflow_decision_stage_seconds_(sum|count)\{.*stage="(\w+)".*\} (\S+)'
+)
 DAYS = 3
 
 
@@ -62,68 +80,82 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     return ws
 
 
-async def open_loop(url: str, bodies: list[dict] | None, rate: float, seconds: float) -> dict:
-    """Send at `rate` per second for `seconds` (GET when `bodies` is None); latency of
-    each from its scheduled time. Returns percentiles in ms, throughput and failures."""
-    n = int(rate * seconds)
-    latencies = np.full(n, np.nan)
-    failures = 0
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
-        start = time.perf_counter() + 0.2
+def cpu_seconds(processes: list[psutil.Process]) -> list[float]:
+    """User + system CPU time of each process so far."""
+    return [sum(proc.cpu_times()[:2]) for proc in processes]
 
-        async def one(i: int) -> None:
-            nonlocal failures
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            try:
-                if bodies is None:
-                    response = await client.get(url)
-                else:
-                    response = await client.post(url, json=bodies[i % len(bodies)])
-                if response.status_code != 200:
-                    failures += 1
-            except httpx.HTTPError:
-                failures += 1
-            latencies[i] = time.perf_counter() - scheduled
 
-        await asyncio.gather(*(one(i) for i in range(n)))
-        elapsed = time.perf_counter() - start
-    ms = latencies * 1000
+def stage_seconds(server: Server) -> dict[str, tuple[float, float]]:
+    """Per stage of a decision, (seconds summed, decisions) from the service's metrics."""
+    sums: dict[str, list[float]] = {}
+    for line in httpx.get(f"{server.base_url}/metrics", timeout=10.0).text.splitlines():
+        match = STAGE_SAMPLE.match(line)
+        if match:
+            kind, stage, value = match.groups()
+            sums.setdefault(stage, [0.0, 0.0])[kind == "count"] += float(value)
+    return {stage: (total, count) for stage, (total, count) in sums.items()}
+
+
+def measured(server: Server, requests: list[Request], rate: float, seconds: float) -> dict:
+    """open_loop's figures plus where the CPU went: the server's workers' CPU per request
+    (and each worker's share of it: keep-alive connections stay with the worker that
+    accepted them) and the load generator's own, which shares the same cores."""
+    workers = server.workers()
+    stages_before = stage_seconds(server)
+    before, load_before = cpu_seconds(workers), time.process_time()
+    result = asyncio.run(open_loop(HOST, server.port, requests, rate, seconds))
+    used = np.subtract(cpu_seconds(workers), before)
+    stages = {
+        stage: 1000
+        * (total - stages_before.get(stage, (0.0, 0.0))[0])
+        / max(count - stages_before.get(stage, (0.0, 0.0))[1], 1)
+        for stage, (total, count) in stage_seconds(server).items()
+    }
+    per_request = 1000 / result["requests"]
     return {
-        "requests": n,
-        "throughput": n / elapsed,
-        "failures": failures,
-        **{f"p{q}": float(np.nanpercentile(ms, q)) for q in (50, 95, 99)},
+        **result,
+        "server_cpu_ms": float(used.sum()) * per_request,
+        "worker_shares": [float(x) for x in used / max(used.sum(), 1e-9)],
+        "load_cpu_ms": (time.process_time() - load_before) * per_request,
+        "stage_ms": stages,  # mean per decision; empty for /livez
     }
 
 
-def bare_cost_ms(ws: Workspace, samples: int = 300) -> dict[str, float]:
+def bare_cost_ms(ws: Workspace, samples: int = 300, warm_up: int = 30) -> dict[str, float]:
     """In-process p99 of one online feature lookup, and of scoring every open arm for one
-    user: the work a request cannot avoid."""
+    user, both as the service does them (its reader, its prepared arms): the work a
+    request cannot avoid. The first `warm_up` rounds are not timed (torch and SQLite warm
+    up over the first calls, which would otherwise be the p99)."""
+    import torch
+
     from couponflow.landing import offline_days, read_offline
     from couponflow.model import load_model
-    from couponflow.policy import eligible, score, with_control
-    from feature_repo.store import online_coupon_stats, online_user_features, open_store
+    from couponflow.policy import Arms, score
+    from feature_repo.store import OnlineUserReader, online_coupon_stats, open_store
 
+    torch.set_num_threads(1)  # as each server worker scores (serving.recommender)
     store = open_store(ws)
+    user_features = OnlineUserReader(store)
     net, _ = load_model(ws.models / "model.pt")
     day = offline_days(ws)[-1]
-    arms = with_control(
-        eligible(online_coupon_stats(store, read_offline(ws, "coupons", [day])), pd.Timestamp(day))
-    )
+    catalogue = online_coupon_stats(store, read_offline(ws, "coupons", [day]))
+    arms = Arms.of(catalogue).open(pd.Timestamp(day))
     lookups, scorings = [], []
-    for _ in range(samples):
+    for _ in range(warm_up + samples):
         user = random.randrange(N_USERS)
         t0 = time.perf_counter()
-        features = online_user_features(store, user)
+        features = user_features(user)
         t1 = time.perf_counter()
         score(net, features[None, :], arms, 0.3)
         t2 = time.perf_counter()
         lookups.append(t1 - t0)
         scorings.append(t2 - t1)
-    p99 = lambda xs: float(np.percentile(np.array(xs) * 1000, 99))  # noqa: E731
-    return {"lookup_p99": p99(lookups), "scoring_p99": p99(scorings), "arms": len(arms) - 1}
+    p99 = lambda xs: float(np.percentile(np.array(xs[warm_up:]) * 1000, 99))  # noqa: E731
+    return {
+        "lookup_p99": p99(lookups),
+        "scoring_p99": p99(scorings),
+        "arms": len(arms.coupon_ids) - 1,
+    }
 
 
 def main() -> None:
@@ -144,15 +176,17 @@ def main() -> None:
             ws = build_workspace(root, coupons, online_store)
             bare = bare_cost_ms(ws)
             bento = build_bento(ws, store_model(ws, ws.models))
-            bodies = [{"user_id": random.randrange(N_USERS), "k": 1} for _ in range(1000)]
+            recommend = [
+                Request.post_json(
+                    HOST, "/recommend", {"user_id": random.randrange(N_USERS), "k": 1}
+                )
+                for _ in range(1000)
+            ]
+            livez = [Request.get(HOST, "/livez")]
             with start_server(ws, bento, free_port()) as server:
-                asyncio.run(open_loop(f"{server.base_url}/livez", None, args.rate, 2.0))  # warm
-                ours = asyncio.run(
-                    open_loop(f"{server.base_url}/recommend", bodies, args.rate, args.seconds)
-                )
-                trivial = asyncio.run(
-                    open_loop(f"{server.base_url}/livez", None, args.rate, args.seconds)
-                )
+                asyncio.run(open_loop(HOST, server.port, recommend, args.rate, 2.0))  # warm up
+                ours = measured(server, recommend, args.rate, args.seconds)
+                trivial = measured(server, livez, args.rate, args.seconds)
             extra = ours["p99"] - trivial["p99"]
             bound = 3 * (bare["lookup_p99"] + bare["scoring_p99"])
             rows.append((online_store, bare["arms"], ours, trivial, bare, extra, bound))
@@ -166,6 +200,20 @@ def main() -> None:
             f" + scoring p99 {bare['scoring_p99']:.2f} ms; ours less trivial {extra:.1f} ms vs"
             f" 3x bare {bound:.1f} ms"
         )
+        parts = ", ".join(
+            f"{stage} {ms:.2f} ({ms / ours['mean']:.0%})" for stage, ms in ours["stage_ms"].items()
+        )
+        rest = ours["mean"] - sum(ours["stage_ms"].values())
+        print(
+            f"{'':>19}/recommend mean {ours['mean']:.2f} ms: {parts}; the framework, queueing"
+            f" and the network {rest:.2f} ({rest / ours['mean']:.0%})"
+        )
+        for name, run in (("/recommend", ours), ("/livez", trivial)):
+            shares = "/".join(f"{share:.0%}" for share in run["worker_shares"])
+            print(
+                f"{'':>19}{name}: server CPU {run['server_cpu_ms']:.2f} ms a request (workers"
+                f" {shares}), load generator {run['load_cpu_ms']:.2f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ the task log in the Airflow UI). Where the environment names them, it also goes 
     COUPONFLOW_ALERT_EMAIL      addresses (comma-separated) mailed through the Airflow SMTP
                                 connection COUPONFLOW_ALERT_SMTP_CONN (default smtp_default,
                                 e.g. AIRFLOW_CONN_SMTP_DEFAULT set to an smtp:// URL with the
-                                account and host)
+                                account and host; its extras choose TLS and the sender,
+                                `from_email`, else couponflow@<this host>)
 
 A channel that fails is logged and never hides the alert's local record or the task's own
 failure. The Airflow callback `task_failed` only reads its context and the deadline check
@@ -17,9 +18,11 @@ at import time: DAG files stay cheap to parse.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
+import socket
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,12 +83,17 @@ def _post_webhook(url: str, alert: dict[str, Any]) -> None:
 
 
 def _send_email(to: str, alert: dict[str, Any]) -> None:
+    """Mail the alert through the Airflow SMTP connection. The hook refuses to send without a
+    sender, so a connection that names none still mails from couponflow@<this host>."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    body = "<pre>" + json.dumps(alert, indent=2, default=str) + "</pre>"
+    body = "<pre>" + html.escape(json.dumps(alert, indent=2, default=str)) + "</pre>"
     with SmtpHook(smtp_conn_id=os.environ.get(SMTP_CONN_ENV, "smtp_default")) as hook:
         hook.send_email_smtp(
-            to=[a.strip() for a in to.split(",")], subject=alert["summary"], html_content=body
+            to=[a.strip() for a in to.split(",")],
+            subject=alert["summary"],
+            html_content=body,
+            from_email=hook.from_email or f"couponflow@{socket.gethostname()}",
         )
 
 

@@ -17,6 +17,8 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HOME_ENV = "COUPONFLOW_HOME"
+REDIS_PASSWORD_ENV = "COUPONFLOW_REDIS_PASSWORD"
+DEFAULT_REDIS = "127.0.0.1:6379"
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,29 @@ class Workspace:
 
     def quarantine_partition(self, day: str) -> Path:
         return self.quarantine / f"date={day}"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the Redis of the online store and the spend store is: `features.redis`
+    (host:port) in params.yaml, and its password, a secret, only from
+    $COUPONFLOW_REDIS_PASSWORD (never in params.yaml, which the workspace commits)."""
+
+    host: str
+    port: int
+    password: str | None
+
+    @classmethod
+    def of(cls, ws: Workspace) -> RedisSettings:
+        address = ws.params.get("features", {}).get("redis", DEFAULT_REDIS)
+        host, _, port = address.partition(":")
+        return cls(host, int(port or 6379), os.environ.get(REDIS_PASSWORD_ENV) or None)
+
+    @property
+    def feast_connection_string(self) -> str:
+        """Feast's form, `host:port[,password=...]` (so the password cannot hold a comma)."""
+        address = f"{self.host}:{self.port}"
+        return f"{address},password={self.password}" if self.password else address  # secrets: allow
 
 
 def load_params(path: Path) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import contextlib
 import os
 import signal
 
+import psutil
+
 
 def signal_group(pgid: int, sig: signal.Signals | int) -> None:
     """Signal a process group that may already be gone; never our own."""
@@ -18,9 +20,15 @@ def signal_group(pgid: int, sig: signal.Signals | int) -> None:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether the group still has a member (a zombie counts until it is reaped)."""
+    """Whether a member of the group still runs. A zombie does not count: it has exited
+    and only waits to be reaped, and an orphan's reaper (PID 1) may take many seconds
+    on a busy machine."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    return True
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False

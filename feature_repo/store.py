@@ -11,9 +11,11 @@ import contextlib
 import io
 import logging
 import os
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 from feast import FeatureStore, RepoConfig
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from couponflow.config import HOME_ENV, Workspace
+from couponflow.config import HOME_ENV, RedisSettings, Workspace
 from couponflow.features import (
     COUPON_FEATURES,
     USER_FEATURES,
@@ -69,7 +73,7 @@ def open_store(ws: Workspace) -> FeatureStore:
     if settings.get("online_store", "sqlite") == "redis":
         raw["online_store"] = {
             "type": "redis",
-            "connection_string": settings.get("redis", "127.0.0.1:6379"),
+            "connection_string": RedisSettings.of(ws).feast_connection_string,
             "key_ttl_seconds": 7 * 86_400,
             "skip_dedup": True,  # rewrite a re-run date like SQLite does; see materialise_day
         }
@@ -83,11 +87,17 @@ def open_store(ws: Workspace) -> FeatureStore:
 
 
 def apply_definitions(store: FeatureStore) -> None:
-    """`feast apply` for our definitions, reading the workspace open_store set (idempotent)."""
+    """`feast apply` for our definitions, reading the workspace open_store set (idempotent);
+    a SQLite online store is put in WAL mode, so that serving's reads never wait for a
+    materialisation's writes (Feast opens it in SQLite's default mode, where they would
+    wait, up to 5 s each). The mode is kept in the file, for every connection after."""
     from feature_repo.definitions import feast_objects
 
     with _quiet():
         store.apply(feast_objects(Workspace.from_env().features))
+    if store.config.online_store.type == "sqlite":
+        with contextlib.closing(sqlite3.connect(store.config.online_store.path)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
 
 
 def publish_features(ws: Workspace, day: str) -> dict[str, int]:
@@ -189,14 +199,61 @@ def online_coupon_stats(store: FeatureStore, coupons: pd.DataFrame) -> pd.DataFr
     return pd.concat([coupons.reset_index(drop=True), stats], axis=1)
 
 
-def online_user_features(store: FeatureStore, user_id: int) -> np.ndarray | None:
-    """One user's feature vector from the online store, or None if the store has no row."""
-    row = store.get_online_features(features=USER_REFS, entity_rows=[{"user_id": user_id}])
-    values = row.to_dict()
-    vector = [values[name][0] for name in USER_FEATURES]
-    if any(v is None for v in vector):
+class OnlineUserReader:
+    """Reads one user's feature vector from the online store, or None if it has no row.
+
+    Straight through the provider's `online_read`, the call every online store implements:
+    `get_online_features` resolves feature references, builds a response proto and converts
+    it to Python on every call, which cost a serving request ~0.25 ms of its ~0.35 ms read
+    (SQLite; see benchmarks/bench_serving.py). The view is resolved once, here: its
+    definition changes only with a release, which starts new workers.
+
+    `read_async` is the read for an event loop: SQLite is a local file read of ~0.1 ms
+    which never waits for a writer (the store is in WAL mode, see apply_definitions), so
+    it runs in place: a hand-over to a thread cost more than the read, and on a busy
+    worker the thread waited for the GIL (a 23 ms mean read under load). Redis goes
+    through Feast's asyncio client.
+    """
+
+    def __init__(self, store: FeatureStore) -> None:
+        view = store.get_feature_view("user_activity")
+        self._read = partial(store.provider.online_read, store.config, view)
+        self._read_async = partial(store.provider.online_read_async, store.config, view)
+        self.in_place = store.config.online_store.type == "sqlite"
+
+    def __call__(self, user_id: int) -> np.ndarray | None:
+        # A fresh list each call: Feast's Redis store appends its timestamp key to it.
+        return _vector(self._read([_user_key(user_id)], list(USER_FEATURES)))
+
+    async def read_async(self, user_id: int) -> np.ndarray | None:
+        if self.in_place:
+            return self(user_id)
+        return _vector(await self._read_async([_user_key(user_id)], list(USER_FEATURES)))
+
+
+def _user_key(user_id: int) -> EntityKeyProto:
+    return EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(int64_val=user_id)])
+
+
+def _vector(rows: list[tuple[object, dict[str, ValueProto] | None]]) -> np.ndarray | None:
+    """The one row `online_read` returned as USER_FEATURES, or None when any is missing."""
+    [(_, values)] = rows
+    if not values:
         return None
+    vector = []
+    for name in USER_FEATURES:
+        value = values.get(name)
+        kind = value.WhichOneof("val") if value is not None else None
+        if kind is None:
+            return None
+        vector.append(getattr(value, kind))
     return np.asarray(vector, dtype=np.float32)
+
+
+def online_user_features(store: FeatureStore, user_id: int) -> np.ndarray | None:
+    """One user's feature vector from the online store, or None if the store has no row
+    (a reader per call: a caller reading many users keeps an OnlineUserReader)."""
+    return OnlineUserReader(store)(user_id)
 
 
 def push_user_features(

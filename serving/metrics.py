@@ -14,6 +14,13 @@ DECISION_SECONDS = Histogram(
     "Time to decide one /recommend request: features, scoring, pacing, decision log",
     buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
+STAGE_SECONDS = Histogram(
+    "couponflow_decision_stage_seconds",
+    "Time of one stage of a /recommend decision: features (the online read), scoring, "
+    "policy (pacing, the choice, the spend store), log (the decision landed)",
+    ["stage"],
+    buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
 DECISIONS = Counter("couponflow_decisions", "Decisions made, by kind", ["kind"])
 DEGRADED = Counter(
     "couponflow_degraded_answers", "Answers served without a working store, by cause", ["reason"]

@@ -8,11 +8,12 @@ Kept free of BentoML so the service module stays a thin adapter that imports qui
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,8 @@ from couponflow.policy import (
     user_cap_mask,
 )
 from feature_repo.store import (
+    OnlineUserReader,
     online_coupon_stats,
-    online_user_features,
     open_store,
     push_user_features,
 )
@@ -112,13 +113,13 @@ class Recommender:
             zip(catalogue["coupon_id"], catalogue["kind"], strict=True)
         )
         self.store = store
-        self.user_features = partial(online_user_features, store)
+        self.user_features = OnlineUserReader(store)
         # Lookups run here so a hung store costs a request feature_timeout_s, not its thread.
         self._lookups = ThreadPoolExecutor(4, thread_name_prefix="feature-lookup")
         self._store_failing = False
         self._model_failing = False
         self._rng = rng or np.random.default_rng()  # exploration; seeded for reproducible runs
-        self._rng_lock = threading.Lock()  # requests run on a thread pool; Generator isn't safe
+        self._rng_lock = threading.Lock()  # callers may use threads; a Generator is not thread-safe
         self._warm_up()
 
     def recommend(
@@ -136,10 +137,43 @@ class Recommender:
         scoped to other categories; a user at the 7-day offer cap gets none; the day's
         pacing prices cost and stops offers the budget cannot pay for. With `explain`,
         each offer names the inputs that drove it (`drivers`). Also returns the policy's
-        `day` and time (`at`), the cost committed (`spent`) and why the answer is
-        degraded, if it is.
+        `day` and time (`at`), the cost committed (`spent`), why the answer is degraded,
+        if it is, and the `seconds` spent on each stage (features, scoring, policy).
         """
-        features, degraded = self._features(user_id)
+        started = time.perf_counter()
+        return self._decide(self._features(user_id), started, k, now, category, explain)
+
+    async def recommend_async(
+        self,
+        user_id: int,
+        k: int,
+        now: datetime | None = None,
+        category: str | None = None,
+        explain: bool = False,
+    ) -> dict[str, Any]:
+        """`recommend` for an event loop, all of it on the loop (~0.5 ms): the feature
+        read is the store's own for a loop (OnlineUserReader.read_async), bounded by
+        feature_timeout_s; no hand-over to a thread and back."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.feature_timeout_s):
+                features = await self.user_features.read_async(user_id)
+        except Exception as exc:  # TimeoutError included
+            return self._decide(self._read_failed(exc), started, k, now, category, explain)
+        return self._decide(self._read(features), started, k, now, category, explain)
+
+    def _decide(
+        self,
+        looked_up: tuple[np.ndarray | None, str | None],
+        started: float,
+        k: int,
+        now: datetime | None,
+        category: str | None,
+        explain: bool,
+    ) -> dict[str, Any]:
+        """The decision of `recommend` once the user's features are read (or not)."""
+        features, degraded = looked_up
+        looked_up_at = time.perf_counter()
         cold_start = features is None and degraded is None
         if features is None:
             features = default_user_features()
@@ -148,6 +182,7 @@ class Recommender:
         day = clock.strftime("%Y-%m-%d")
         arms = self.arms.open(clock, category)
         scores = score(self.net, features[None, :], arms, self.margin)
+        scored = time.perf_counter()
         picks: list[tuple[int, float]] = []
         spent, held_out = 0.0, False
         if not np.isfinite([scores.incremental_profit[0], scores.expected_cost[0]]).all():
@@ -178,6 +213,11 @@ class Recommender:
             "day": day,
             "at": clock.isoformat(),
             "spent": spent,
+            "seconds": {
+                "features": looked_up_at - started,
+                "scoring": scored - looked_up_at,
+                "policy": time.perf_counter() - scored,
+            },
         }
 
     def _choose(
@@ -221,7 +261,7 @@ class Recommender:
     def push_outcome(self, event: dict[str, Any]) -> bool:
         """Push the user's counters after a feedback `event` (user_id, event, coupon_ids,
         amount, at) to the online store, so their next request already sees them. Waits at
-        most `feature_timeout_s`, like a read (feedback holds the workspace's feedback lock
+        most `feature_timeout_s`, like a read (feedback holds the workspace's push lock
         meanwhile); False when the store has no row for the user (a cold start has nothing
         to update), fails or is late. A late push may still land: the day's next
         materialisation replaces the row either way."""
@@ -249,14 +289,20 @@ class Recommender:
             future = self._lookups.submit(self.user_features, user_id)
             features = future.result(timeout=self.feature_timeout_s)
         except Exception as exc:  # TimeoutError included
-            if not self._store_failing:  # log the change, not every request while it lasts
-                logger.warning("feature store failing (%r): degraded answers", exc)
-            self._store_failing = True
-            return None, "features"
+            return self._read_failed(exc)
+        return self._read(features)
+
+    def _read(self, features: np.ndarray | None) -> tuple[np.ndarray | None, None]:
         if self._store_failing:
             logger.warning("feature store answering again")
         self._store_failing = False
         return features, None
+
+    def _read_failed(self, exc: Exception) -> tuple[None, str]:
+        if not self._store_failing:  # log the change, not every request while it lasts
+            logger.warning("feature store failing (%r): degraded answers", exc)
+        self._store_failing = True
+        return None, "features"
 
     def _drivers(
         self, features: np.ndarray, arms: Arms, offered: list[int]

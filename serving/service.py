@@ -12,6 +12,7 @@ is optional (serving.auth).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -122,13 +123,22 @@ class FeedbackAck(BaseModel):
     pushed: bool = Field(description="the user's fresh counters reached the online store")
 
 
+class FeedbackUnavailableError(bentoml.exceptions.ServiceUnavailable):
+    """503 for /feedback: the feedback index or landing zone failed (Redis down, disk full)
+    and nothing was landed, so the caller should report the event again later."""
+
+
 class RefusedRequestFilter(logging.Filter):
     """Drops BentoML's ERROR traceback for a request refused with a 4xx (a body failing
     validation, a request id never answered): the caller got the reason, and one line per
-    bad request would let any client flood the log. Faults of the service stay logged."""
+    bad request would let any client flood the log. Faults of the service stay logged;
+    a failing feedback index is logged by the service itself, once per change, not with
+    a traceback per 503."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FeedbackUnavailableError):
+            return False
         if isinstance(exc, ValidationError):
             return exc.title != "Input"  # BentoML's model of the request body
         if isinstance(exc, bentoml.exceptions.BentoMLException):
@@ -182,11 +192,16 @@ class CouponRecommender:
         )
         self.feedback_log: FeedbackLog = FeedbackLog(ws)
         self._log_failing = False
+        self._feedback_failing = False
         self.metrics = metrics
         quiet_server_log()
+        # A full collection of this process's objects (torch, Feast, pandas: ~340k) takes
+        # ~0.1-0.2 s, a stall every request in flight would wait out. Frozen after the
+        # warm-up, they are never scanned again: collections see only what requests leave.
+        gc.freeze()
 
     @bentoml.api(route="/recommend")
-    def recommend(
+    async def recommend(
         self,
         user_id: UserId,
         k: SlateSize = 1,
@@ -194,17 +209,23 @@ class CouponRecommender:
         explain: bool = False,
     ) -> Recommendation:
         """Up to k coupons for `user_id`; unknown users get the cold-start features. With
-        `explain`, each offer names the inputs that drove it."""
+        `explain`, each offer names the inputs that drove it.
+
+        Runs on the worker's event loop: only the feature read leaves it (awaited, bounded
+        by serving.feature_timeout_s); scoring, pacing and landing the decision (~0.5 ms,
+        each store bounded by its timeout) run in place, which costs a request less than
+        handing it to a thread and back."""
         started = time.perf_counter()
         now = context.now if context else None
         category = context.category if context else None
         request_id = uuid4().hex
-        decision = self.recommender.recommend(user_id, k, now, category, explain)
+        decision = await self.recommender.recommend_async(user_id, k, now, category, explain)
         answer = Recommendation(
             request_id=request_id,
             user_id=user_id,
             **{**decision, "degraded": decision["degraded"] is not None},
         )
+        logging_started = time.perf_counter()
         try:
             self.feedback_log.log_decision(
                 {
@@ -231,8 +252,11 @@ class CouponRecommender:
             answer = Recommendation(
                 request_id=request_id, user_id=user_id, **{**decision, "degraded": True}
             )
+        finished = time.perf_counter()
         self._count(decision)
-        self.metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        for stage, seconds in (*decision["seconds"].items(), ("log", finished - logging_started)):
+            self.metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+        self.metrics.DECISION_SECONDS.observe(finished - started)
         return answer
 
     @bentoml.api(route="/feedback")
@@ -244,8 +268,9 @@ class CouponRecommender:
     ) -> FeedbackAck:
         """Land an outcome of a decision for the next training run and push the user's fresh
         counters online; a repeated event is acknowledged (`recorded: false`) but neither
-        landed nor counted twice."""
-        from serving.feedback import UnknownRequest
+        landed nor counted twice. 404 for a request id never answered; 503 when the feedback
+        index or landing zone fails (nothing landed: report the event again later)."""
+        from serving.feedback import FeedbackUnavailable, UnknownRequest
 
         pushed: list[bool] = []  # bounded by serving.feature_timeout_s; a failure lands too
         try:
@@ -259,6 +284,14 @@ class CouponRecommender:
             raise bentoml.exceptions.NotFound(
                 f"request_id: no decision {request_id!r} was made by this deployment"
             ) from None
+        except FeedbackUnavailable:
+            if not self._feedback_failing:  # log the change, not every request while it lasts
+                logger.exception("feedback index failing: /feedback answers 503")
+            self._feedback_failing = True
+            raise FeedbackUnavailableError("feedback could not be landed: retry later") from None
+        if self._feedback_failing:
+            logger.warning("feedback index answering again")
+        self._feedback_failing = False
         self.metrics.FEEDBACK.labels(event, str(row["recorded"]).lower()).inc()
         return FeedbackAck(
             request_id=request_id,

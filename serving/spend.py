@@ -15,10 +15,11 @@ from pathlib import Path
 
 import redis
 
-from couponflow.config import Workspace
+from couponflow.config import RedisSettings, Workspace
 from couponflow.policy import DaySpend
 
 SPEND_DB = "spend.db"
+SPEND_TIMEOUT_S = 0.25  # default `serving.spend_timeout_s`
 KEY_TTL_S = 3 * 86_400  # a day's counter outlives the day, then Redis forgets it
 
 
@@ -37,16 +38,16 @@ def serving_state(ws: Workspace) -> Path:
 class Connections:
     """One SQLite connection per thread (a connection must not be shared mid-transaction):
     WAL so readers never wait for the writer, autocommit so each transaction is explicit,
-    and a busy timeout so a writer waits its turn."""
+    and a busy timeout so a writer waits its turn, at most `timeout_s`."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
+        self.path, self.timeout_s = path, timeout_s
         self._local = threading.local()
 
     def __call__(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes of the process
             self._local.conn = conn
@@ -58,9 +59,9 @@ class SqliteSpend:
     transaction, which takes the database's write lock, so it is atomic across threads
     and processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
         self.path = path
-        self._conn = Connections(path)
+        self._conn = Connections(path, timeout_s)
         self._conn().execute(
             "CREATE TABLE IF NOT EXISTS spend "
             "(day TEXT PRIMARY KEY, cost REAL NOT NULL, decisions INTEGER NOT NULL)"
@@ -150,21 +151,27 @@ def redis_prefix(ws: Workspace) -> str:
     return f"couponflow:{project}:{where}"
 
 
-def redis_client(address: str) -> redis.Redis:
-    """A client for `host:port` that fails fast: a request must never hang on Redis."""
-    host, _, port = address.partition(":")
+def redis_client(where: RedisSettings, timeout_s: float = 1.0) -> redis.Redis:
+    """A client that fails fast: a request must never hang on Redis."""
     return redis.Redis(
-        host=host, port=int(port or 6379), socket_timeout=1.0, socket_connect_timeout=1.0
+        host=where.host,
+        port=where.port,
+        password=where.password,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
     )
 
 
 def open_spend(ws: Workspace) -> SqliteSpend | RedisSpend:
     """The workspace's spend store: `serving.spend_store` sqlite (default) or redis (at
-    `features.redis`)."""
-    kind = ws.params.get("serving", {}).get("spend_store", "sqlite")
+    `features.redis`), each waiting at most `serving.spend_timeout_s`: a decision counts
+    its spend on the request's event loop, so a slow store must fail the decision (no
+    offer) rather than hold every request of the worker."""
+    serving = ws.params.get("serving", {})
+    kind = serving.get("spend_store", "sqlite")
+    timeout_s = float(serving.get("spend_timeout_s", SPEND_TIMEOUT_S))
     if kind == "sqlite":
-        return SqliteSpend(serving_state(ws) / SPEND_DB)
+        return SqliteSpend(serving_state(ws) / SPEND_DB, timeout_s)
     if kind == "redis":
-        address = ws.params.get("features", {}).get("redis", "127.0.0.1:6379")
-        return RedisSpend(redis_client(address), redis_prefix(ws))
+        return RedisSpend(redis_client(RedisSettings.of(ws), timeout_s), redis_prefix(ws))
     raise ValueError(f"serving.spend_store must be sqlite or redis, not {kind!r}")

@@ -13,9 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.config import (
+    HOME_ENV,
+    PROJECT_ROOT,
+    RedisSettings,
+    Workspace,
+    load_params,
+    set_param,
+)
 from serving import POLICY_FILE
 from serving.server import Server, free_port
+
+LOCAL_REDIS = RedisSettings("127.0.0.1", 6379, None)  # the machine's, no password
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="couponflow-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
@@ -35,6 +44,14 @@ GATE_OPEN = {
     "gate.min_coupon_evidence": 0,
     "gate.min_lift_over_baselines": -1e9,
 }
+
+
+def recorded_alerts(ws: Workspace) -> list[dict]:
+    """Every alert the workspace recorded (couponflow.alerts), oldest first."""
+    from couponflow.alerts import alerts_path
+
+    path = alerts_path(ws)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.fixture
@@ -69,7 +86,7 @@ def redis_prefix_clean() -> Iterator[str]:
 
     from serving.spend import redis_client
 
-    client = redis_client("127.0.0.1:6379")
+    client = redis_client(LOCAL_REDIS)
     try:
         client.ping()
     except redis.ConnectionError:

@@ -2,8 +2,9 @@
 per run, dropped afterwards), LocalExecutor, api-server, scheduler and dag-processor as
 child processes in their own process groups. A run of coupon_ingest triggered through the
 REST API v2 (JWT from the simple auth manager) must carry the day through the Assets to
-coupon_features and coupon_retrain. Then the scheduler is SIGKILLed mid-run and restarted:
-the day must still complete, and no step with side effects may have run twice."""
+coupon_features and coupon_retrain. Then the scheduler is SIGKILLed mid-run and restarted,
+and on another day a worker (the task's supervisor and its task runner) is SIGKILLed
+mid-task: each day must still complete, and no step with side effects may have run twice."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 from couponflow.airflow_services import COMPONENTS, AirflowServices, api_client, service_env
@@ -27,7 +30,7 @@ from couponflow.config import Workspace
 from couponflow.processes import group_alive
 from couponflow.report import GOOD_OUTCOMES, summary_path
 from couponflow.workspace import init_workspace
-from tests.conftest import GATE_OPEN, TINY_WORLD, free_port
+from tests.conftest import GATE_OPEN, TINY_WORLD, free_port, recorded_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -125,6 +128,9 @@ def live(tmp_path_factory) -> Iterator[Live]:
             # threshold stays at its default 30 s: at 10 s a busy machine's own scheduler
             # was declared dead and its running task reset
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
+            # a killed worker's task is failed (and retried) a minute after its last
+            # heartbeat, not five; live supervisors heartbeat every few seconds
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         },
     )
     services = AirflowServices(env, root / "logs" / "airflow")
@@ -252,3 +258,102 @@ def _mtimes(folder) -> dict[str, float]:
 def _release_count(ws: Workspace) -> int:
     history = ws.releases / "history.jsonl"
     return len(history.read_text().splitlines()) if history.exists() else 0
+
+
+def test_killing_a_worker_mid_task_retries_it_without_doubling_anything(live: Live) -> None:
+    """SIGKILL the process running `features` and the task runner it forked, as a worker
+    dies to the OOM killer or a lost host: nobody reports the task, so the scheduler must
+    notice its missing heartbeats, retry it, and the day must end as if nothing happened."""
+    from couponflow.features import USER_FEATURES, compute_user_features
+    from couponflow.landing import read_offline
+    from feature_repo.store import online_user_features, open_store
+
+    (day,) = next_days(live.ws, 1)
+    releases_before = _release_count(live.ws)
+    n = len(live.runs("coupon_retrain")) + 1  # this day's run of each DAG is the n-th
+    live.trigger(day)
+
+    features_ti = live.wait_for(lambda: _task_instance(live, "coupon_features", n, "features"), 600)
+    written = live.ws.features / "user_activity" / f"date={day}" / "part.parquet"
+
+    def killed_mid_task() -> list[str]:
+        """Once try 1 has written its first partition (Feast is still to come)."""
+        if not written.exists():
+            return []
+        killed = _kill_worker(features_ti["id"])
+        assert killed, "features finished before its worker could be killed"
+        return killed
+
+    killed = live.wait_for(killed_mid_task, timeout=600, every=0.2)
+    print(f"killed the worker of features try 1: {killed}")
+    landed = _mtimes(live.ws.landing_partition(day))
+
+    live.wait_for(lambda: live.finished_run("coupon_retrain", n), timeout=1200)
+
+    summary = _summary(live.ws, day)
+    assert summary["outcome"] in GOOD_OUTCOMES, summary["outcome"]
+    features_run = live.runs("coupon_features")[n - 1]["dag_run_id"]
+    features = live.task_instances("coupon_features", features_run)["features"]
+    assert (features["state"], features["try_number"]) == ("success", 2), features
+    ingest = live.task_instances("coupon_ingest", f"live__{day}")
+    assert [ingest[t]["try_number"] for t in INGEST_TASKS] == [1, 1, 1]
+    assert _mtimes(live.ws.landing_partition(day)) == landed
+    for table, rows in summary["steps"]["validate"]["rows"].items():  # nothing lost or doubled
+        assert len(read_offline(live.ws, table, [day])) == rows, table
+    expected = compute_user_features(live.ws, day)  # what one clean run computes
+    expected["event_timestamp"] = expected["event_timestamp"].dt.tz_localize("UTC")
+    pd.testing.assert_frame_equal(pd.read_parquet(written), expected, check_dtype=False)
+    first = expected.iloc[0]  # and the online store holds the same row
+    online = online_user_features(open_store(live.ws), int(first["user_id"]))
+    np.testing.assert_array_equal(online, first[USER_FEATURES].to_numpy("float32"))
+    assert len(live.runs("coupon_features")) == n and len(live.runs("coupon_retrain")) == n
+    assert _task_instance(live, "coupon_retrain", n, "train")["try_number"] == 1
+    trained = _workspace_commits(live.ws, f"train on data up to {day}")
+    assert len(trained) == 1, trained  # one DVC training run, one model version for the day
+    model = json.loads((live.ws.models / "model.json").read_text())
+    assert model["version"] == summary["steps"]["train"]["model"]["version"]
+    assert _release_count(live.ws) == releases_before + (summary["outcome"] == "released")
+    alerted = [a["task_id"] for a in recorded_alerts(live.ws) if a.get("run_id") == features_run]
+    assert not alerted, alerted  # a retried blip alerts nobody
+
+
+INGEST_TASKS = ("land", "validate", "load_offline_store")
+
+
+def _task_instance(live: Live, dag_id: str, n: int, task_id: str) -> dict | None:
+    """The task instance `task_id` of the n-th run of `dag_id`, once that run exists."""
+    runs = live.runs(dag_id)
+    if len(runs) < n:
+        return None
+    return live.task_instances(dag_id, runs[n - 1]["dag_run_id"]).get(task_id)
+
+
+def _kill_worker(ti_id: str) -> list[str]:
+    """SIGKILL the LocalExecutor worker supervising task instance `ti_id` and the task
+    runner it forked (its own process group, so everything the task started), once the
+    runner is running the task; what was killed, or nothing yet."""
+    import psutil
+
+    from couponflow.processes import signal_group
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if (proc.info["cmdline"] or [""])[0] != f"airflow worker -- {ti_id}":
+            continue  # the runner names itself so once it starts the task
+        try:
+            supervisor = proc.parent()
+            killed = [f"{p.pid} {' '.join(p.cmdline()).strip()}" for p in (supervisor, proc)]
+            assert "LocalExecutor" in killed[0], f"not forked by a LocalExecutor worker: {killed}"
+            supervisor.kill()  # first, so no one is left to report the runner's death
+            signal_group(proc.pid, signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            return []  # gone between the scan and the kill: look again
+        return killed
+    return []
+
+
+def _workspace_commits(ws: Workspace, message: str) -> list[str]:
+    log = subprocess.run(
+        ["git", "log", "--format=%h %s", f"--grep={message}", "--fixed-strings"],
+        cwd=ws.root, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return log.stdout.splitlines()

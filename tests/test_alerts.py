@@ -1,9 +1,11 @@
 """Alerts: a task that fails for good calls the failure callback, and the alert lands in
-the workspace's alerts.jsonl, in the log and at the configured webhook, even when a channel
-is broken."""
+the workspace's alerts.jsonl, in the log, at the configured webhook and in the mailbox of
+the configured addresses (a real SMTP server on 127.0.0.1), even when a channel is broken."""
 
 from __future__ import annotations
 
+import email
+import html
 import json
 import os
 import subprocess
@@ -17,8 +19,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from couponflow.alerts import WEBHOOK_ENV, check_model_on_time, send_alert, task_failed
+from couponflow.alerts import (
+    EMAIL_ENV,
+    SMTP_CONN_ENV,
+    WEBHOOK_ENV,
+    check_model_on_time,
+    send_alert,
+    task_failed,
+)
 from couponflow.config import HOME_ENV, Workspace
+from serving.server import free_port
+from tests.conftest import recorded_alerts
 
 
 @pytest.fixture
@@ -41,8 +52,31 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
     server.shutdown()
 
 
-def _alerts(root: Path) -> list[dict]:
-    return [json.loads(line) for line in (root / "alerts.jsonl").read_text().splitlines()]
+@pytest.fixture
+def mailbox() -> Iterator[tuple[str, list[email.message.Message]]]:
+    """A local SMTP server (aiosmtpd, plain SMTP, no auth) that keeps every message, and
+    the Airflow connection URL that reaches it."""
+    from aiosmtpd.controller import Controller
+
+    received: list[email.message.Message] = []
+
+    class Keep:
+        async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd)
+            message = email.message_from_bytes(envelope.content)
+            message["X-Envelope-From"] = envelope.mail_from
+            message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+            received.append(message)
+            return "250 kept"
+
+    server = Controller(Keep(), hostname="127.0.0.1", port=free_port())
+    server.start()
+    yield f"smtp://127.0.0.1:{server.port}?disable_ssl=true&disable_tls=true&timeout=10", received
+    server.stop()
+
+
+def _body(message: email.message.Message) -> str:
+    (part,) = [p for p in message.walk() if p.get_content_type() == "text/html"]
+    return part.get_payload(decode=True).decode()
 
 
 def test_a_failure_callback_records_and_posts(tmp_path, monkeypatch, webhook, caplog) -> None:
@@ -54,7 +88,7 @@ def test_a_failure_callback_records_and_posts(tmp_path, monkeypatch, webhook, ca
     )
     task_failed({"ti": ti, "exception": OSError("disk full")})
 
-    (alert,) = _alerts(tmp_path)
+    (alert,) = recorded_alerts(Workspace(tmp_path))
     assert alert["kind"] == "task_failed" and alert["task_id"] == "land"
     assert alert["error"] == "OSError: disk full" and alert["try_number"] == 4
     assert alert["channels"] == {"log": "ok", "webhook": "ok"}
@@ -66,7 +100,59 @@ def test_a_broken_channel_still_leaves_the_local_record(tmp_path, monkeypatch) -
     monkeypatch.setenv(WEBHOOK_ENV, "http://127.0.0.1:9/nobody-listens")
     alert = send_alert(Workspace(tmp_path), "test", "something broke", {})
     assert alert["channels"]["webhook"].startswith("failed")
-    assert _alerts(tmp_path)[0]["summary"] == "something broke"
+    assert recorded_alerts(Workspace(tmp_path))[0]["summary"] == "something broke"
+
+
+def test_an_alert_is_mailed_through_the_airflow_smtp_connection(
+    tmp_path, monkeypatch, mailbox
+) -> None:
+    """The connection named by COUPONFLOW_ALERT_SMTP_CONN, its sender from the connection."""
+    smtp_url, received = mailbox
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
+    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    monkeypatch.setenv(EMAIL_ENV, "oncall@example.com, ml-team@example.com")
+    monkeypatch.setenv(SMTP_CONN_ENV, "couponflow_alerts")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_COUPONFLOW_ALERTS", f"{smtp_url}&from_email=airflow%40example.com"
+    )
+    ti = SimpleNamespace(
+        dag_id="coupon_retrain", task_id="train", run_id="r2", try_number=1, log_url=None
+    )
+    task_failed({"ti": ti, "exception": ValueError("the validation loss was <never> finite")})
+
+    (alert,) = recorded_alerts(Workspace(tmp_path))
+    assert alert["channels"] == {"log": "ok", "email": "ok"}
+    (message,) = received
+    assert message["Subject"] == "couponflow: coupon_retrain.train failed (r2)"
+    assert message["X-Envelope-From"] == "airflow@example.com"
+    assert message["X-Envelope-To"] == "oncall@example.com, ml-team@example.com"
+    body = _body(message)
+    assert "ValueError: the validation loss was &lt;never&gt; finite" in body  # escaped HTML
+    mailed = json.loads(html.unescape(body.removeprefix("<pre>").removesuffix("</pre>")))
+    assert mailed["task_id"] == "train" and mailed["try_number"] == 1
+
+
+def test_a_connection_without_a_sender_still_mails(tmp_path, monkeypatch, mailbox) -> None:
+    """The SMTP hook refuses to send without a sender; the alert names one of its own."""
+    smtp_url, received = mailbox
+    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    monkeypatch.delenv(SMTP_CONN_ENV, raising=False)
+    monkeypatch.setenv(EMAIL_ENV, "oncall@example.com")
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_url)
+    alert = send_alert(Workspace(tmp_path), "model_late", "couponflow: the model is late", {})
+    assert alert["channels"]["email"] == "ok"
+    assert received[0]["X-Envelope-From"].startswith("couponflow@")
+
+
+def test_an_unreachable_mail_server_still_leaves_the_local_record(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    monkeypatch.delenv(SMTP_CONN_ENV, raising=False)
+    monkeypatch.setenv(EMAIL_ENV, "oncall@example.com")
+    nobody = f"smtp://127.0.0.1:{free_port()}?disable_ssl=true&disable_tls=true&timeout=5"
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", nobody)
+    alert = send_alert(Workspace(tmp_path), "test", "something broke", {})
+    assert alert["channels"]["email"].startswith("failed: ")
+    assert recorded_alerts(Workspace(tmp_path))[0]["summary"] == "something broke"
 
 
 def test_a_day_without_a_model_by_the_deadline_alerts(tmp_path, monkeypatch) -> None:
@@ -77,7 +163,7 @@ def test_a_day_without_a_model_by_the_deadline_alerts(tmp_path, monkeypatch) -> 
     assert check_model_on_time(ws, "2026-01-07")["late"]
     write_run_summary(ws, "2026-01-08", {"land": {"users": 1}, "validate": None})
     assert check_model_on_time(ws, "2026-01-08")["outcome"] == "batch rejected by validation"
-    late = [(a["day"], a["kind"]) for a in _alerts(tmp_path)]
+    late = [(a["day"], a["kind"]) for a in recorded_alerts(Workspace(tmp_path))]
     assert late == [("2026-01-07", "model_late"), ("2026-01-08", "model_late")]
 
 
@@ -104,9 +190,11 @@ always_fails()
 
 
 @pytest.mark.e2e
-def test_a_failing_airflow_task_lands_an_alert(tmp_path, webhook) -> None:
-    """The real thing: `airflow dags test` runs a failing task and its callback alerts."""
+def test_a_failing_airflow_task_lands_an_alert(tmp_path, webhook, mailbox) -> None:
+    """The real thing: `airflow dags test` runs a failing task and its callback alerts, by
+    webhook and by mail through the connection Airflow reads from its environment."""
     url, received = webhook
+    smtp_url, mailed = mailbox
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "always_fails.py").write_text(textwrap.dedent(FAILING_DAG))
@@ -118,7 +206,10 @@ def test_a_failing_airflow_task_lands_an_alert(tmp_path, webhook) -> None:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         HOME_ENV: str(ws),
         WEBHOOK_ENV: url,
+        EMAIL_ENV: "oncall@example.com",
+        "AIRFLOW_CONN_SMTP_DEFAULT": smtp_url,
     }
+    env.pop(SMTP_CONN_ENV, None)
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     run = subprocess.run(
@@ -128,8 +219,11 @@ def test_a_failing_airflow_task_lands_an_alert(tmp_path, webhook) -> None:
         text=True,
     )
     assert run.returncode != 0
-    (alert,) = _alerts(ws)
+    (alert,) = recorded_alerts(Workspace(ws))
     assert (alert["dag_id"], alert["task_id"]) == ("always_fails", "broken")
     assert "the landing zone is unreachable" in alert["error"]
     assert received and received[0]["alert"]["task_id"] == "broken"
+    assert alert["channels"] == {"log": "ok", "webhook": "ok", "email": "ok"}
+    assert [m["Subject"] for m in mailed] == [alert["summary"]]
+    assert "the landing zone is unreachable" in _body(mailed[0])
     assert "ALERT task_failed" in run.stdout + run.stderr

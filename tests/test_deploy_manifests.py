@@ -154,7 +154,9 @@ def test_each_image_serves_the_model_it_packs() -> None:
         assert model_tag == f"couponflow-recommender:{image_version}"
 
 
-def test_the_workspace_is_initialised_with_both_stores_on_redis() -> None:
+def test_the_workspace_is_initialised_with_every_shared_store_on_redis() -> None:
+    """Pods on several nodes share the online store, the spend and the feedback index:
+    none may be a SQLite file on the shared volume."""
     (job,) = of_kind("Job").values()
     (init,) = job["spec"]["template"]["spec"]["containers"]
     args = " ".join(init["args"])
@@ -162,6 +164,7 @@ def test_the_workspace_is_initialised_with_both_stores_on_redis() -> None:
         "features.online_store=redis",
         "features.redis=$(REDIS_ADDRESS)",
         "serving.spend_store=redis",
+        "serving.feedback_index=redis",
     ):
         assert setting in args
     (config,) = of_kind("ConfigMap").values()
@@ -216,6 +219,17 @@ def test_compose_runs_the_whole_stack() -> None:
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+
+
+def test_compose_initialises_the_workspace_with_every_shared_store_on_redis() -> None:
+    (command,) = compose()["services"]["airflow-init"]["command"]
+    for setting in (
+        "features.online_store=redis",
+        "features.redis=${REDIS_ADDRESS:-redis:6379}",
+        "serving.spend_store=redis",
+        "serving.feedback_index=redis",
+    ):
+        assert f"--set {setting}" in command
 
 
 def test_compose_secrets_are_required_never_defaulted() -> None:

@@ -9,8 +9,10 @@ path against the real Redis on 127.0.0.1:6379 when it is reachable.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.config import (
+    HOME_ENV,
+    PROJECT_ROOT,
+    REDIS_PASSWORD_ENV,
+    Workspace,
+    load_params,
+    set_param,
+)
 from couponflow.features import (
     COUPON_FEATURES,
     USER_FEATURES,
@@ -33,6 +42,7 @@ from couponflow.model import ARM_FEATURES, encode_arms
 from couponflow.policy import with_control
 from feature_repo.store import (
     USER_REFS,
+    OnlineUserReader,
     apply_definitions,
     coupon_stats_at,
     historical_features,
@@ -43,6 +53,7 @@ from feature_repo.store import (
     open_store,
     publish_features,
 )
+from serving.server import free_port, listening
 
 N_USERS = 200
 N_DAYS = 4
@@ -110,9 +121,16 @@ def assert_offline_and_online_agree(ws: Workspace, days: list[str]) -> None:
         [requests, features[[*USER_FEATURES, *COUPON_FEATURES, "relative_value"]]], axis=1
     )
 
+    reader = OnlineUserReader(store)
+
+    async def read_on_a_loop() -> list:  # as the service reads (one loop: Redis binds to it)
+        return [await reader.read_async(user) for user in users]
+
+    on_a_loop = dict(zip(users, asyncio.run(read_on_a_loop()), strict=True))
     for user, rows in offline.groupby("user_id"):
         online = online_user_features(store, int(user))
         assert online is not None
+        np.testing.assert_array_equal(on_a_loop[user], online)
         np.testing.assert_array_equal(rows[USER_FEATURES].to_numpy(np.float32)[0], online)
         request = [
             {"user_id": int(user), "kind": None if pd.isna(k) else k, "value": v}
@@ -275,3 +293,54 @@ def test_the_same_path_on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         for key in client.scan_iter(match=f"*{project}", count=1000):
             client.delete(key)
         assert not any(client.scan_iter(match=f"*{project}", count=1000))
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[int]:
+    """A Redis of the test's own that wants a password (`secret`), on a free port."""
+    import subprocess
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server on this machine")
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--requirepass", "secret", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_redis_with_a_password_is_reached_with_it_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_redis: int
+) -> None:
+    """Both Redis users, Feast's online store and the spend store, take the password from
+    $COUPONFLOW_REDIS_PASSWORD (it is never in params.yaml); without it they are refused."""
+    import redis
+
+    from serving.spend import open_spend
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "ws"))
+    monkeypatch.setenv(REDIS_PASSWORD_ENV, "secret")
+    where = f"127.0.0.1:{private_redis}"
+    ws, days = featurised_workspace(tmp_path / "ws", online_store="redis", redis=where)
+    assert "secret" not in ws.params_file.read_text()
+    assert online_user_features(open_store(ws), 3) is not None
+    params = load_params(ws.params_file)
+    set_param(params, "serving.spend_store", "redis")
+    ws.params_file.write_text(yaml.safe_dump(params))
+    ws = Workspace(ws.root)
+    assert open_spend(ws).add(days[-1], 1.0, limit=10.0)
+
+    monkeypatch.delenv(REDIS_PASSWORD_ENV)
+    with pytest.raises(redis.AuthenticationError):
+        open_spend(ws).read(days[-1])
+    with pytest.raises(redis.RedisError, match="unauthenticated|NOAUTH|Authentication"):
+        online_user_features(open_store(ws), 3)

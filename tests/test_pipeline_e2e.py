@@ -1,7 +1,8 @@
 """The day's three DAGs (ingest, features, retrain) on a tiny world under `airflow dags
 test`, with the real tools: Airflow (SQLite metadata), Great Expectations, Feast (SQLite
 online store), DVC and a BentoML server answering HTTP. Then the same day again, which must
-change nothing, and a corrupted batch, which must stop at validation."""
+change nothing, a corrupted batch, which must stop at validation, and a training that
+diverges, which must fail the day while shoppers keep the live release."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,13 +22,13 @@ import pandas as pd
 import pytest
 
 from couponflow.cli import next_days, run_days, seed_history
-from couponflow.config import HOME_ENV
+from couponflow.config import HOME_ENV, load_params, set_param
 from couponflow.contract import TABLES
 from couponflow.landing import offline_days, read_offline, write_batch
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
 from serving.server import free_port
-from tests.conftest import GATE_OPEN, TINY_WORLD
+from tests.conftest import GATE_OPEN, TINY_WORLD, recorded_alerts
 
 pytestmark = pytest.mark.e2e
 
@@ -232,3 +237,84 @@ def test_a_challenger_trained_on_shuffled_labels_is_refused(pipeline) -> None:
         "DR policy value beats the champion's with confidence",
         "AUC no worse than the champion's beyond tolerance",
     }, failed
+
+
+def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
+    """A training run that diverges (a learning rate of infinity: every weight is NaN after
+    the first step) fails the day and says why, while a shopper at the front door keeps
+    getting answers from the live release, whose deployment nothing touches."""
+    import yaml
+
+    from serving.deployment import deployment_record, front_door
+    from serving.release import current_release, release_history
+    from serving.server import Server
+
+    ws, _, _ = pipeline
+    (day,) = next_days(ws, 1)
+    deployment, release = deployment_record(ws), current_release(ws)
+    releases, champion = len(release_history(ws)), (ws.champion / "model.pt").read_bytes()
+    params, alerted = ws.params_file.read_text(), len(recorded_alerts(ws))
+    diverging = load_params(ws.params_file)
+    set_param(diverging, "model.lr", float("inf"))
+    ws.params_file.write_text(yaml.safe_dump(diverging, sort_keys=False))
+    try:
+        with shopping(front_door(ws)) as answers:
+            (summary,) = run_days(ws, [day])
+    finally:
+        ws.params_file.write_text(params)
+
+    assert summary["outcome"] == "train failed" and summary["airflow_exit_code"] != 0
+    assert summary["steps"]["features"]["users"] == TINY_WORLD["world.n_users"]
+    assert Path(summary["summary_markdown"]).read_text().startswith(f"# couponflow {day}: train")
+    (alert,) = recorded_alerts(ws)[alerted:]  # one, from the step that broke; the summary adds none
+    assert (alert["dag_id"], alert["task_id"]) == ("coupon_retrain", "train")
+    assert "ValueError: the validation loss was never finite" in alert["error"], alert["error"]
+    assert deployment_record(ws) == deployment and current_release(ws) == release
+    assert len(release_history(ws)) == releases
+    assert (ws.champion / "model.pt").read_bytes() == champion
+    assert Server.attach(deployment["live"]["server"]).running()
+    assert len(answers) >= 10, answers
+    others = [a for a in answers if a[1:] != (200, release["model_version"])]
+    assert not others, others[:10]
+    print(
+        f"{len(answers)} answers in {answers[-1][0] - answers[0][0]:.0f} s, all from the live model"
+    )
+
+
+@contextmanager
+def shopping(url: str) -> Iterator[list[tuple[float, int, str]]]:
+    """A downstream app asking `url` for a recommendation every 0.1 s on one kept-alive
+    connection, from its first answer before the block to one answer after it: each
+    answer's time, status and model version (or the error: status 0 for a failed call)."""
+    answers: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def shop() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                body = {"user_id": 3, "context": {"channel": "test"}}
+                try:
+                    answer = client.post("/recommend", json=body)
+                    said = answer.json()["model_version"] if answer.is_success else answer.text
+                    answers.append((time.monotonic(), answer.status_code, said))
+                except httpx.HTTPError as error:
+                    answers.append((time.monotonic(), 0, repr(error)))
+                stop.wait(0.1)
+
+    thread = threading.Thread(target=shop, daemon=True)
+    thread.start()
+    _wait_until(lambda: answers, timeout=60)
+    try:
+        yield answers
+    finally:
+        ended = time.monotonic()
+        _wait_until(lambda: answers[-1][0] > ended, timeout=60)
+        stop.set()
+        thread.join(timeout=60)
+
+
+def _wait_until(condition: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {timeout} s"
+        time.sleep(0.1)

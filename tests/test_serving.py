@@ -110,7 +110,7 @@ def test_smoke_test_passes_and_stop_leaves_no_process(
     assert answer["model_version"] == MODEL_VERSION
     workers = int(workspace.params["serving"]["workers"])
     assert len(groups) >= 1 + workers  # circus gives every worker a session of its own
-    deadline = time.monotonic() + 15.0  # a stopped worker may be a zombie until init reaps it
+    deadline = time.monotonic() + 15.0  # a stopped worker may take a moment to exit
     while (alive := [g for g in groups if group_alive(g)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, [p.info for p in psutil.process_iter(["pid", "status", "cmdline"])

@@ -115,7 +115,7 @@ def ready(server: Server) -> bool:
 def test_a_worker_killed_mid_load_loses_few_requests_cleanly_and_comes_back(
     workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving.feedback import feedback_area
+    from serving.feedback import feedback_area, landing_file
     from serving.server import start_server
 
     now = noon_after(workspace, 10)  # a day of its own: its decisions land per worker pid
@@ -140,7 +140,7 @@ def test_a_worker_killed_mid_load_loses_few_requests_cleanly_and_comes_back(
                 (replacement,) = {w.pid for w in server.workers()} - {w.pid for w in workers}
                 # Serving again: its own decisions land. The streams' kept-alive connections
                 # all sit on the surviving worker now, so new connections go looking.
-                new_log = landed / f"decisions-{replacement}.jsonl"
+                new_log = landed / landing_file("decisions", replacement)
                 wait_for(lambda: recommend(server, body) and new_log.exists(), RESTART_BOUND_S)
                 assert ready(server)
             finally:
@@ -219,6 +219,43 @@ def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_b
     assert not any(a.json()["degraded"] for a in healed)
     assert any(a.json()["offers"] for a in healed)  # the same day's budget was left to spend
     assert 1 <= server.log.read_text().count("decision log failing") <= 2  # once per worker
+
+
+# -- the feedback index failing -----------------------------------------------------------------
+def test_feedback_that_cannot_land_answers_503_and_lands_when_reported_again(
+    server: Server, workspace: Workspace
+) -> None:
+    """An event whose line cannot land (here the day's folder is a file) is neither landed
+    nor indexed: a 503, logged once rather than per request, and the same report later is
+    recorded as new."""
+    from serving.feedback import feedback_area, read_feedback
+
+    now = noon_after(workspace, 13)
+    day = now.strftime("%Y-%m-%d")
+    answer = recommend(server, {"user_id": 5, "k": 1, "context": {"now": now.isoformat()}})
+    assert answer.status_code == 200 and not answer.json()["degraded"], answer.text
+    body = {"request_id": answer.json()["request_id"], "event": "shown"}
+    url = f"{server.base_url}/feedback"
+    folder = feedback_area(workspace) / f"date={day}"
+    aside = folder.with_name(f"{folder.name}.aside")
+    before = server.log.read_text()
+    folder.rename(aside)
+    folder.write_text("not a folder\n")
+    try:
+        failed = [httpx.post(url, json=body, timeout=10) for _ in range(4)]
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+    assert [f.status_code for f in failed] == [503] * 4, [f.text for f in failed]
+    landed = httpx.post(url, json=body, timeout=10)
+    again = httpx.post(url, json=body, timeout=10)
+    assert landed.status_code == again.status_code == 200, [landed.text, again.text]
+    assert landed.json()["recorded"] and not again.json()["recorded"]
+    events = read_feedback(workspace, day, "events")
+    assert [e["event"] for e in events if e["request_id"] == body["request_id"]] == ["shown"]
+    log = server.log.read_text()[len(before) :]
+    assert 1 <= log.count("feedback index failing") <= 2, log  # once per worker at most
+    assert "FeedbackUnavailableError" not in log  # no traceback per 503
 
 
 # -- the online store hanging under feedback ---------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from couponflow.config import Workspace
 from couponflow.policy import DaySpend, LocalSpend, SpendStore
 from serving.spend import RedisSpend, SqliteSpend, open_spend, redis_client, redis_prefix
+from tests.conftest import LOCAL_REDIS
 
 DAY = "2026-01-07"
 LIMIT = 10.0
@@ -60,7 +61,7 @@ class RedisAt:
         self.prefix = prefix
 
     def __call__(self) -> RedisSpend:
-        return RedisSpend(redis_client("127.0.0.1:6379"), self.prefix)
+        return RedisSpend(redis_client(LOCAL_REDIS), self.prefix)
 
 
 def check_no_overspend(make: Factory, accepted: int) -> None:
