@@ -28,11 +28,8 @@ def coupon_cost(kind: np.ndarray, value: np.ndarray, amount: np.ndarray) -> np.n
     kind = np.asarray(kind)
     value = np.asarray(value, dtype=float)
     amount = np.asarray(amount, dtype=float)
-    return np.select(
-        [kind == "percent_off", kind == "free_shipping"],
-        [amount * value / 100.0, np.full_like(amount, SHIPPING_COST)],
-        default=np.minimum(value, amount),
-    )
+    flat = np.where(kind == "free_shipping", SHIPPING_COST, np.minimum(value, amount))
+    return np.where(kind == "percent_off", amount * value / 100.0, flat)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ COUPON_FEATURES: list[str] = [
 ]
 MAX_RECENCY_DAYS = 60.0
 MIN_BASKET = 20.0  # a basket below this would make a small coupon look like a huge one
+_KINDS = frozenset(COUPON_KINDS)
 
 
 def relative_value(kind: Any, value: Any, basket: Any) -> np.ndarray:
@@ -50,7 +51,8 @@ def relative_value(kind: Any, value: Any, basket: Any) -> np.ndarray:
     kind, value, basket = _text(kind), _numbers(value), _numbers(basket)
     basket = np.maximum(basket, MIN_BASKET)
     rel = np.where(kind == "percent_off", value / 100.0, value / basket)
-    return np.where(np.isin(kind, COUPON_KINDS), np.minimum(rel, 1.0), 0.0)
+    known = np.fromiter(map(_KINDS.__contains__, kind), bool, len(kind))  # np.isin: 2x slower
+    return np.where(known, np.minimum(rel, 1.0), 0.0)
 
 
 def _text(values: Any) -> np.ndarray:
@@ -64,7 +66,8 @@ def _text(values: Any) -> np.ndarray:
 def _numbers(values: Any) -> np.ndarray:
     """Floats, 0 for missing; numpy input skips pandas (see `_text`)."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
-        return np.nan_to_num(values.astype("float64", copy=False), nan=0.0)
+        numbers = values.astype("float64", copy=False)
+        return np.where(np.isnan(numbers), 0.0, numbers)
     return pd.Series(values, copy=False).astype("float64").fillna(0.0).to_numpy()
 
 

@@ -95,11 +95,17 @@ class ArmTable:
         return ArmTable(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 
-def _encode(user_features: np.ndarray, arms: ArmTable) -> np.ndarray:
-    """Inputs of row-aligned users and arms, (n, N_INPUTS) float32."""
+def _encode(user_features: np.ndarray, arms: ArmTable, per_user: int = 1) -> np.ndarray:
+    """Inputs of users and arms, (len(arms), N_INPUTS) float32: row i pairs arm i with user
+    i // per_user (row-aligned pairs when 1; user-major pairs of every arm with `per_user`
+    arms). Each user is squashed once, however many arms it is paired with."""
+    users = np.asarray(user_features, dtype=np.float32)
     out = np.zeros((len(arms.control), N_INPUTS), dtype=np.float32)
-    _squash(np.asarray(user_features, dtype=np.float32), out[:, :N_USER_INPUTS])
-    _arm_features(user_features, arms, out[:, N_USER_INPUTS : N_USER_INPUTS + len(ARM_FEATURES)])
+    squashed = np.empty_like(users)
+    _squash(users, squashed)
+    out.reshape(len(users), per_user, N_INPUTS)[:, :, :N_USER_INPUTS] = squashed[:, None, :]
+    paired = users if per_user == 1 else np.repeat(users, per_user, axis=0)
+    _arm_features(paired, arms, out[:, N_USER_INPUTS : N_USER_INPUTS + len(ARM_FEATURES)])
     out[:, N_USER_INPUTS + len(ARM_FEATURES) :] = arms.stats
     return out
 
@@ -142,8 +148,7 @@ def encode_pairs(user_features: np.ndarray, arms: pd.DataFrame | ArmTable) -> np
     catalogue needs, without a frame per pair. Pass an `ArmTable` to reuse one."""
     table = arms if isinstance(arms, ArmTable) else ArmTable.from_frame(arms)
     n, m = len(user_features), len(table.control)
-    users = np.repeat(np.asarray(user_features, dtype=np.float32), m, axis=0)
-    return _encode(users, table.take(np.tile(np.arange(m), n)))
+    return _encode(user_features, table if n == 1 else table.take(np.tile(np.arange(m), n)), m)
 
 
 USERS_PER_CHUNK = 20_000  # ~50 MB of pair inputs with a dozen arms (~200 bytes a pair)
@@ -190,15 +195,22 @@ class CouponNet(nn.Module):
         """What it takes to rebuild this network: input block sizes and width."""
         return {"n_user": self.n_user, "n_arm": self.n_arm, "hidden": self.hidden}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, per_user: int = 1) -> torch.Tensor:
+        """Outputs of input rows; with `per_user`, rows come in blocks of that many arms
+        of one user (`encode_pairs`), and `base`, which reads only the user, runs once a
+        block rather than once a row (scoring a catalogue: half the network's work)."""
         treated = 1.0 - x[:, self.n_user : self.n_user + 1]
-        return self.base(x[:, : self.n_user]) + treated * self.delta(x)
+        effect = (treated * self.delta(x)).view(-1, per_user, 3)
+        base = self.base(x[::per_user, : self.n_user])
+        return (base[:, None, :] + effect).view(-1, 3)
 
 
-def predict(net: CouponNet, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """P(purchase), expected amount given purchase, and P(redeem), on the CPU."""
+def predict(net: CouponNet, inputs: np.ndarray, per_user: int = 1) -> dict[str, np.ndarray]:
+    """P(purchase), expected amount given purchase, and P(redeem), on the CPU, of input
+    rows (`per_user`: see CouponNet.forward)."""
     with torch.inference_mode():
-        out = net(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        out = net(x, per_user).numpy()
     return {
         "p_purchase": 1.0 / (1.0 + np.exp(-out[:, 0])),
         "amount": np.exp(np.clip(out[:, 1], -5.0, 10.0)),

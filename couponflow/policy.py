@@ -141,7 +141,8 @@ def score(
     """
     table = arms.table if isinstance(arms, Arms) else ArmTable.from_frame(arms)
     n, m = len(user_features), len(table.control)
-    pred = {k: v.reshape(n, m) for k, v in predict(net, encode_pairs(user_features, table)).items()}
+    pairs = encode_pairs(user_features, table)
+    pred = {k: v.reshape(n, m) for k, v in predict(net, pairs, per_user=m).items()}
     kind = table.kind_name[None, 1:]
     value = table.value.astype(float)[None, 1:]
     cost = np.zeros((n, m))

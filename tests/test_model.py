@@ -324,6 +324,21 @@ def test_pair_encoding_equals_encoding_each_pair() -> None:
             }
         ).astype({"coupon_id": "string", "kind": "string", "category": "string"})
     )
-    tiled = arms.iloc[np.tile(np.arange(len(arms)), len(users))].reset_index(drop=True)
-    expected = encode(np.repeat(users, len(arms), axis=0), tiled)
-    np.testing.assert_array_equal(encode_pairs(users, arms), expected)
+    for some in (users[:1], users):  # one user (the service's case) and several
+        tiled = arms.iloc[np.tile(np.arange(len(arms)), len(some))].reset_index(drop=True)
+        expected = encode(np.repeat(some, len(arms), axis=0), tiled)
+        np.testing.assert_array_equal(encode_pairs(some, arms), expected)
+
+
+def test_scoring_pairs_runs_base_once_per_user_with_the_same_outputs() -> None:
+    """`per_user` only shares the user-only `base` across a user's arms: every output must
+    equal the row-by-row forward pass."""
+    torch.manual_seed(1)
+    net = CouponNet(hidden=16)
+    torch.nn.init.normal_(net.delta[-1].weight)  # a coupon effect, so delta counts too
+    users, m = 4, 6
+    x = torch.rand(users * m, N_USER_INPUTS + N_ARM_INPUTS)
+    x[:, :N_USER_INPUTS] = x[::m, :N_USER_INPUTS].repeat_interleave(m, dim=0)  # user-major
+    x[::m, N_USER_INPUTS] = 1.0  # each user's first arm is "no coupon"
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, per_user=m), net(x))
