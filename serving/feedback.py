@@ -359,9 +359,13 @@ class FeedbackLog:
     def _append(self, day: str, kind: str, row: dict[str, Any]) -> None:
         """Append one JSON line with a single write to this process's file of the day."""
         folder = self.area / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(row, separators=(",", ":")) + "\n").encode()
-        fd = os.open(folder / landing_file(kind), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(folder / landing_file(kind), flags)
+        except FileNotFoundError:  # the day's first line (a mkdir per line cost more)
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / landing_file(kind), flags)
         try:
             os.write(fd, line)
         finally:

@@ -24,6 +24,7 @@ from uuid import uuid4
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.responses import Response
 
 from couponflow.config import Workspace
 from couponflow.contract import CATEGORIES
@@ -121,6 +122,14 @@ class FeedbackAck(BaseModel):
     user_id: int
     recorded: bool = Field(description="false: this event of this request was already landed")
     pushed: bool = Field(description="the user's fresh counters reached the online store")
+
+
+def json_response(answer: BaseModel) -> Response:
+    """`answer` serialised once. An API may return a response of its own, and the schema
+    still comes from its annotation; BentoML's path for a returned model validates it
+    again, dumps it to Python and then to JSON, and sends it in three ASGI messages, each
+    through every middleware (~0.15 ms a request here)."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 class FeedbackUnavailableError(bentoml.exceptions.ServiceUnavailable):
@@ -257,7 +266,7 @@ class CouponRecommender:
         for stage, seconds in (*decision["seconds"].items(), ("log", finished - logging_started)):
             self.metrics.STAGE_SECONDS.labels(stage).observe(seconds)
         self.metrics.DECISION_SECONDS.observe(finished - started)
-        return answer
+        return json_response(answer)  # type: ignore[return-value]  # see json_response
 
     @bentoml.api(route="/feedback")
     def feedback(
@@ -293,13 +302,14 @@ class CouponRecommender:
             logger.warning("feedback index answering again")
         self._feedback_failing = False
         self.metrics.FEEDBACK.labels(event, str(row["recorded"]).lower()).inc()
-        return FeedbackAck(
+        ack = FeedbackAck(
             request_id=request_id,
             event=event,
             user_id=row["user_id"],
             recorded=row["recorded"],
             pushed=any(pushed),
         )
+        return json_response(ack)  # type: ignore[return-value]
 
     def _count(self, decision: dict[str, Any]) -> None:
         """The decision's Prometheus counters."""
