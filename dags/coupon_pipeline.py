@@ -170,7 +170,7 @@ def coupon_ingest():
     **DAG_ARGS,
 )
 def coupon_features():
-    @task(outlets=[FEATURES], **TRANSIENT, execution_timeout=timedelta(minutes=20))
+    @task(outlets=[FEATURES], **TRANSIENT, execution_timeout=timedelta(minutes=45))
     def features(ds: str | None = None) -> dict:
         """Materialise every day the triggering events name, oldest first, so the online
         store ends on the newest."""
