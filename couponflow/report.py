@@ -27,6 +27,7 @@ STEPS = {
     "check_candidate": "coupon_retrain",
     "release": "coupon_retrain",
     "served_readout": "coupon_retrain",
+    "forget_feedback": "coupon_retrain",
 }
 GOOD_OUTCOMES = ("released", "refused by gate")
 
@@ -140,6 +141,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
             out += ["", f"The candidate was refused: {summary['candidate_refused']['reason']}"]
     if served := steps.get("served_readout"):
         out += ["", f"## Served on {served['day']}", "", served_line(served)]
+    if forgot := steps.get("forget_feedback"):
+        out += ["", f"Feedback index: {forgot['forgotten']} decisions of days before "
+                f"{forgot['before']} forgotten ({forgot['retention_days']} days kept)"]  # fmt: skip
     out += ["", f"Summary: {summary['summary_json']}"]
     return "\n".join(out) + "\n"
 

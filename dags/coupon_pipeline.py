@@ -214,6 +214,14 @@ def coupon_retrain():
         yesterday = (date.fromisoformat(_days(ds)[-1]) - timedelta(days=1)).isoformat()
         return served_readout(_workspace(), yesterday)
 
+    @task(execution_timeout=timedelta(minutes=10))
+    def forget_feedback(ds: str | None = None) -> dict:
+        """Forget decisions older than serving.feedback_retention_days from the feedback
+        index, so it does not grow forever (their landed lines stay)."""
+        from serving.feedback import forget_old_feedback
+
+        return forget_old_feedback(_workspace(), _days(ds)[-1])
+
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def gate(trained: dict) -> bool:
         """Continue to the release only if the gate promoted the challenger."""
@@ -263,10 +271,14 @@ def coupon_retrain():
     done = summary()
     released >> done
     served_readout() >> done
+    forget_feedback() >> done
 
 
 INGEST_TASKS = ["land", "validate", "load_offline_store"]
-RETRAIN_TASKS = ["train", "gate", "build_bento", "check_candidate", "release", "served_readout"]
+RETRAIN_TASKS = [
+    *["train", "gate", "build_bento", "check_candidate", "release"],
+    *["served_readout", "forget_feedback"],
+]
 
 
 def _refusal(pulled: dict) -> dict | None:

@@ -27,7 +27,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,7 +38,6 @@ from couponflow.config import RedisSettings, Workspace
 from couponflow.contract import COUPON_KINDS
 from couponflow.features import USER_FEATURES, WINDOWS
 from serving.spend import (
-    KEY_TTL_S,
     SPEND_TIMEOUT_S,
     Connections,
     redis_client,
@@ -48,7 +47,8 @@ from serving.spend import (
 
 FEEDBACK_DB = "feedback.db"
 PUSH_LOCK = "push.lock"  # held while a worker updates a user's counters online
-INDEX_TTL_S = KEY_TTL_S  # Redis forgets a decision after this: later feedback is unknown
+RETENTION_DAYS = 7  # default `serving.feedback_retention_days`: later feedback is unknown
+FORGET_BATCH = 10_000  # decisions forgotten per SQLite transaction (workers wait for it)
 PUSH_LOCK_TTL_S = 10.0  # a Redis push lock frees itself after this if its worker dies
 PUSH_LOCK_WAIT_S = 1.0  # longer queues for one user's lock skip the push (pushed: false)
 EVENTS = ("shown", "redeemed", "purchased")
@@ -113,6 +113,11 @@ class FeedbackIndex(Protocol):
         any process; False when it could not be had (the push is then skipped)."""
         ...
 
+    def forget_before(self, day: str) -> int:
+        """Forget the decisions of days before `day` and their events (feedback naming
+        them is then unknown); how many were forgotten here."""
+        ...
+
 
 class SqliteIndex:
     """The index in a SQLite file of the workspace (`live/feedback.db`), on one machine:
@@ -164,6 +169,22 @@ class SqliteIndex:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             yield True
 
+    def forget_before(self, day: str, batch: int = FORGET_BATCH) -> int:
+        """`batch` decisions a transaction, so a worker indexing a decision waits for one
+        batch at most. The oldest rows come first in the table, so finding a batch stops
+        early; the reads run outside the write lock (WAL)."""
+        conn, forgotten = self.conn(), 0
+        while True:
+            found = conn.execute(
+                "SELECT request_id FROM decisions WHERE day < ? LIMIT ?", (day, batch)
+            ).fetchall()
+            if not found:
+                return forgotten
+            with self._transaction("BEGIN IMMEDIATE") as writing:
+                writing.executemany("DELETE FROM events WHERE request_id = ?", found)
+                writing.executemany("DELETE FROM decisions WHERE request_id = ?", found)
+            forgotten += len(found)
+
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
         conn = self.conn()
@@ -196,7 +217,7 @@ return {decision, redis.call('HSETNX', KEYS[1], ARGV[1], '1')}
 class RedisIndex:
     """The index in Redis, for workers on several machines: a hash per request id,
     `<prefix>:feedback:<request id>`, holding the decision and a field per landed event,
-    expiring `INDEX_TTL_S` after the decision (feedback later than that is refused as
+    expiring `retention_days` after the decision (feedback later than that is refused as
     unknown). Indexing is one script, a claim one more (HSETNX: exactly one claim of an
     event is new); a write whose line did not land is removed again. Pushes take a Redis
     lock per user, `<prefix>:push:<user id>`.
@@ -208,9 +229,14 @@ class RedisIndex:
     ~0.5 KB of Redis a decision, ~0.6 KB with three events (MEMORY USAGE)."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str, lock_wait_s: float = PUSH_LOCK_WAIT_S
+        self,
+        client: redis.Redis,
+        prefix: str,
+        lock_wait_s: float = PUSH_LOCK_WAIT_S,
+        retention_days: float = RETENTION_DAYS,
     ) -> None:
         self.client, self.prefix, self.lock_wait_s = client, prefix, lock_wait_s
+        self.ttl_s = round(retention_days * 86_400)
         self._index = client.register_script(_INDEX)
         self._claim = client.register_script(_CLAIM)
 
@@ -220,7 +246,7 @@ class RedisIndex:
     @contextmanager
     def indexed(self, request_id: str, decision: Indexed) -> Iterator[None]:
         key = self.key(request_id)
-        if not self._index(keys=[key], args=[json.dumps(asdict(decision)), INDEX_TTL_S]):
+        if not self._index(keys=[key], args=[json.dumps(asdict(decision)), self.ttl_s]):
             raise ValueError(f"request id {request_id!r} is indexed already")
         with self._undone_on_error(lambda: self.client.delete(key), key):
             yield
@@ -264,6 +290,10 @@ class RedisIndex:
             except redis.RedisError as exc:  # expired (a push past PUSH_LOCK_TTL_S) or down
                 logger.warning("push lock of user %s not released: %r", user_id, exc)
 
+    def forget_before(self, day: str) -> int:
+        """Nothing to do: each decision's key expires `retention_days` after it."""
+        return 0
+
     @contextmanager
     def _undone_on_error(self, undo: Callable[[], object], what: str) -> Iterator[None]:
         """Run the body; if it raises, `undo` the write it depended on and re-raise."""
@@ -289,8 +319,25 @@ def open_feedback_index(ws: Workspace) -> SqliteIndex | RedisIndex:
         return SqliteIndex(serving_state(ws) / FEEDBACK_DB, serving_state(ws) / PUSH_LOCK)
     if kind == "redis":
         timeout_s = float(serving.get("spend_timeout_s", SPEND_TIMEOUT_S))
-        return RedisIndex(redis_client(RedisSettings.of(ws), timeout_s), redis_prefix(ws))
+        client = redis_client(RedisSettings.of(ws), timeout_s)
+        return RedisIndex(client, redis_prefix(ws), retention_days=retention_days(ws))
     raise ValueError(f"serving.feedback_index must be sqlite or redis, not {kind!r}")
+
+
+def retention_days(ws: Workspace) -> int:
+    """How long feedback on a decision is accepted: `serving.feedback_retention_days`."""
+    return int(ws.params.get("serving", {}).get("feedback_retention_days", RETENTION_DAYS))
+
+
+def forget_old_feedback(ws: Workspace, day: str) -> dict[str, Any]:
+    """The day's clean-up of the feedback index: forget decisions of days more than
+    `serving.feedback_retention_days` before `day`, so the index does not grow forever.
+    The landed lines stay in the landing zone; only feedback naming those decisions is
+    refused from now on (404), on either index."""
+    keep = retention_days(ws)
+    before = (date.fromisoformat(day) - timedelta(days=keep)).isoformat()
+    index = open_feedback_index(ws)
+    return {"before": before, "forgotten": index.forget_before(before), "retention_days": keep}
 
 
 class FeedbackLog:

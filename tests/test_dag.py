@@ -34,7 +34,8 @@ def test_tasks_and_edges(dagbag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     chain = CHAINS[dag_id]
     edges = {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
-    beside = {"served_readout"} if dag_id == "coupon_retrain" else set()  # reads feedback
+    # beside the chain: the served readout reads feedback, forget_feedback prunes its index
+    beside = {"served_readout", "forget_feedback"} if dag_id == "coupon_retrain" else set()
     assert set(dag.task_ids) == {*chain, *beside}
     assert all((task, "summary") in edges for task in beside)
     for upstream, downstream in zip(chain, chain[1:], strict=False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,15 +24,16 @@ from couponflow.config import RedisSettings, Workspace
 from serving.feedback import (
     EVENTS,
     FEEDBACK_DB,
-    INDEX_TTL_S,
     PUSH_LOCK,
     PUSH_LOCK_WAIT_S,
+    RETENTION_DAYS,
     FeedbackLog,
     FeedbackUnavailable,
     RedisIndex,
     SqliteIndex,
     UnknownRequest,
     feedback_area,
+    forget_old_feedback,
     fresh_counters,
     landing_file,
     open_feedback_index,
@@ -44,11 +46,11 @@ DAY = "2026-01-05"
 Factory = Callable[[], SqliteIndex | RedisIndex]
 
 
-def decision(request_id: str, user_id: int = 7) -> dict[str, Any]:
+def decision(request_id: str, user_id: int = 7, day: str = DAY) -> dict[str, Any]:
     return {
         "request_id": request_id,
-        "day": DAY,
-        "at": f"{DAY}T10:00:00",
+        "day": day,
+        "at": f"{day}T10:00:00",
         "user_id": user_id,
         "policy_version": "v1-eps0.05-lambda0.1",
         "offers": [{"coupon_id": "C001", "propensity": 0.96}],
@@ -225,7 +227,7 @@ def test_redis_keys_stay_under_the_prefix_and_expire(
     client = redis_client(LOCAL_REDIS)
     (key,) = client.scan_iter(f"{redis_prefix_clean}:*")  # the push lock is gone again
     assert key.decode() == index.key("a") == f"{redis_prefix_clean}:feedback:a"
-    assert 0 < client.ttl(key) <= INDEX_TTL_S
+    assert RETENTION_DAYS * 86_400 - 60 < client.ttl(key) <= index.ttl_s == RETENTION_DAYS * 86_400
     assert set(client.hkeys(key)) == {b"decision", b"event:shown"}
 
 
@@ -262,6 +264,38 @@ def test_a_redis_that_does_not_answer_fails_the_calls(tmp_path: Path) -> None:
     assert not feedback_area(ws).exists()
 
 
+def test_decisions_past_retention_are_forgotten_and_their_feedback_refused(
+    tmp_path: Path,
+) -> None:
+    """The SQLite index forgets decisions of days more than the retention before the
+    DAG's day, with their events, a batch at a time; later ones, and every landed line,
+    stay. (Redis forgets by each key's expiry: see the test above.)"""
+    (tmp_path / "params.yaml").write_text("serving: {feedback_retention_days: 7}\n")
+    ws = Workspace(tmp_path)
+    log = FeedbackLog(ws)
+    days = {"old": "2026-01-01", "edge": "2026-01-03", "kept": "2026-01-04", "new": "2026-01-10"}
+    for name, day in days.items():
+        for i in range(3):
+            log.log_decision(decision(f"{name}{i}", day=day))
+            log.record_event(f"{name}{i}", "shown", None)
+    assert isinstance(log.index, SqliteIndex)
+    assert log.index.forget_before("2026-01-02", batch=2) == 3  # 2 + 1: two transactions
+
+    outcome = forget_old_feedback(ws, "2026-01-10")  # keeps 7 days: from 2026-01-03
+    assert outcome == {"before": "2026-01-03", "forgotten": 0, "retention_days": 7}
+    outcome = forget_old_feedback(ws, "2026-01-11")
+    assert outcome["before"] == "2026-01-04" and outcome["forgotten"] == 3  # the edge day's
+    for name in ("old", "edge"):
+        with pytest.raises(UnknownRequest):
+            log.record_event(f"{name}0", "purchased", 5.0)
+    for name in ("kept", "new"):
+        assert not log.record_event(f"{name}0", "shown", None)["recorded"]  # still indexed
+        assert log.record_event(f"{name}0", "purchased", 5.0)["recorded"]
+    left = sqlite3.connect(tmp_path / "live" / FEEDBACK_DB)
+    assert left.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 6 + 2  # 3+3 shown, 2 bought
+    assert len(read_feedback(ws, days["old"], "decisions")) == 3  # the landing zone is kept
+
+
 def test_open_feedback_index_follows_params(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("serving: {spend_timeout_s: 0.25}\n")
     ws = Workspace(tmp_path)
@@ -269,8 +303,10 @@ def test_open_feedback_index_follows_params(tmp_path: Path) -> None:
     assert (tmp_path / "live" / FEEDBACK_DB).exists()
     ws.params["serving"]["feedback_index"] = "redis"
     ws.params["features"] = {"redis": "127.0.0.1:6379", "project": "p1"}
+    ws.params["serving"]["feedback_retention_days"] = 2
     index = open_feedback_index(ws)  # connects lazily: no key is written
     assert isinstance(index, RedisIndex) and index.prefix == redis_prefix(ws)
+    assert index.ttl_s == 2 * 86_400
     settings = index.client.connection_pool.connection_kwargs
     assert settings["socket_timeout"] == settings["socket_connect_timeout"] == 0.25
     ws.params["serving"]["feedback_index"] = "postgres"
