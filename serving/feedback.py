@@ -38,11 +38,11 @@ from couponflow.config import RedisSettings, Workspace
 from couponflow.contract import COUPON_KINDS
 from couponflow.features import USER_FEATURES, WINDOWS
 from serving.spend import (
-    SPEND_TIMEOUT_S,
     Connections,
     redis_client,
     redis_prefix,
     serving_state,
+    store_timeout_s,
 )
 
 FEEDBACK_DB = "feedback.db"
@@ -313,13 +313,11 @@ def open_feedback_index(ws: Workspace) -> SqliteIndex | RedisIndex:
     `features.redis`), each Redis call waiting at most `serving.spend_timeout_s`: a
     decision is indexed on the request's event loop, so a slow index must fail the
     decision (no offer) rather than hold every request of the worker."""
-    serving = ws.params.get("serving", {})
-    kind = serving.get("feedback_index", "sqlite")
+    kind = ws.params.get("serving", {}).get("feedback_index", "sqlite")
     if kind == "sqlite":
         return SqliteIndex(serving_state(ws) / FEEDBACK_DB, serving_state(ws) / PUSH_LOCK)
     if kind == "redis":
-        timeout_s = float(serving.get("spend_timeout_s", SPEND_TIMEOUT_S))
-        client = redis_client(RedisSettings.of(ws), timeout_s)
+        client = redis_client(RedisSettings.of(ws), store_timeout_s(ws))
         return RedisIndex(client, redis_prefix(ws), retention_days=retention_days(ws))
     raise ValueError(f"serving.feedback_index must be sqlite or redis, not {kind!r}")
 

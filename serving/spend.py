@@ -162,14 +162,19 @@ def redis_client(where: RedisSettings, timeout_s: float = 1.0) -> redis.Redis:
     )
 
 
+def store_timeout_s(ws: Workspace) -> float:
+    """How long a decision may wait for a store it writes on the request's event loop
+    (the spend store, the Redis feedback index): `serving.spend_timeout_s`."""
+    return float(ws.params.get("serving", {}).get("spend_timeout_s", SPEND_TIMEOUT_S))
+
+
 def open_spend(ws: Workspace) -> SqliteSpend | RedisSpend:
     """The workspace's spend store: `serving.spend_store` sqlite (default) or redis (at
     `features.redis`), each waiting at most `serving.spend_timeout_s`: a decision counts
     its spend on the request's event loop, so a slow store must fail the decision (no
     offer) rather than hold every request of the worker."""
-    serving = ws.params.get("serving", {})
-    kind = serving.get("spend_store", "sqlite")
-    timeout_s = float(serving.get("spend_timeout_s", SPEND_TIMEOUT_S))
+    kind = ws.params.get("serving", {}).get("spend_store", "sqlite")
+    timeout_s = store_timeout_s(ws)
     if kind == "sqlite":
         return SqliteSpend(serving_state(ws) / SPEND_DB, timeout_s)
     if kind == "redis":
