@@ -237,19 +237,24 @@ def choose(
     eligible arms left (including "no coupon", which ends the slate); with `cost`, arms
     costing more than what is left of `allowance` are not eligible (the pacer's hard stop).
     The propensity is the exact probability of that slot's choice given the earlier slots.
+    Array work per slot, not a Python loop over the arms: the live service runs this on
+    every request, with a few hundred arms.
     """
-    left = [a for a in range(len(value)) if a == 0 or value[a] > INELIGIBLE]
+    value = np.asarray(value, dtype=float)
+    open_ = value > INELIGIBLE
+    open_[0] = True
+    left = np.flatnonzero(open_)  # ascending, so argmax's first maximum is the lowest arm
     picks: list[tuple[int, float]] = []
     for _ in range(k):
         if cost is not None:
-            left = [a for a in left if a == 0 or cost[a] <= allowance]
-        greedy = max(left, key=lambda a: (value[a], -a))  # ties go to the lower arm (control)
+            left = left[(left == 0) | (cost[left] <= allowance)]
+        greedy = int(left[np.argmax(value[left])])  # ties go to the lower arm (control)
         arm = int(rng.choice(left)) if rng.random() < epsilon else greedy
         propensity = epsilon / len(left) + (1 - epsilon) * (arm == greedy)
         if arm == 0:
             break
         picks.append((arm, float(propensity)))
-        left.remove(arm)
+        left = left[left != arm]
         if cost is not None:
             allowance -= float(cost[arm])
     return picks
