@@ -121,11 +121,12 @@ class FeedbackIndex(Protocol):
 
 class SqliteIndex:
     """The index in a SQLite file of the workspace (`live/feedback.db`), on one machine:
-    transactions make each claim atomic across threads and processes, and an fcntl lock
-    on `live/push.lock` serialises pushes."""
+    write transactions (`Connections.writing`, each waiting at most `timeout_s` for the
+    lock) make each claim atomic across threads and processes, and an fcntl lock on
+    `live/push.lock` serialises pushes."""
 
-    def __init__(self, path: Path, push_lock: Path) -> None:
-        self.conn = Connections(path)
+    def __init__(self, path: Path, push_lock: Path, timeout_s: float = 10.0) -> None:
+        self.conn = Connections(path, timeout_s)
         self.push_lock_path = push_lock
         self.conn().executescript(
             "CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, day TEXT NOT "
@@ -137,7 +138,7 @@ class SqliteIndex:
 
     @contextmanager
     def indexed(self, request_id: str, decision: Indexed) -> Iterator[None]:
-        with self._transaction("BEGIN") as conn:
+        with self.conn.writing() as conn:
             conn.execute(
                 "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
                 (request_id, decision.day, decision.at, decision.user_id,
@@ -147,8 +148,8 @@ class SqliteIndex:
 
     @contextmanager
     def claimed(self, request_id: str, event: str) -> Iterator[tuple[Indexed | None, bool]]:
-        # IMMEDIATE: the write lock first, so two claims of one event cannot both be new.
-        with self._transaction("BEGIN IMMEDIATE") as conn:
+        # The write lock first, so two claims of one event cannot both be new.
+        with self.conn.writing() as conn:
             found = conn.execute(
                 "SELECT day, at, user_id, policy_version, offers FROM decisions "
                 "WHERE request_id = ?",
@@ -180,21 +181,10 @@ class SqliteIndex:
             ).fetchall()
             if not found:
                 return forgotten
-            with self._transaction("BEGIN IMMEDIATE") as writing:
+            with self.conn.writing() as writing:
                 writing.executemany("DELETE FROM events WHERE request_id = ?", found)
                 writing.executemany("DELETE FROM decisions WHERE request_id = ?", found)
             forgotten += len(found)
-
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        conn = self.conn()
-        conn.execute(begin)
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
 
 # KEYS[1]: the request's hash; ARGV: the decision (JSON), the TTL. 0: indexed already.
@@ -310,12 +300,13 @@ class RedisIndex:
 def open_feedback_index(ws: Workspace) -> SqliteIndex | RedisIndex:
     """The workspace's feedback index: `serving.feedback_index` sqlite (default, the
     workspace's `live/feedback.db`) or redis (the spend store's Redis and key prefix,
-    `features.redis`), each Redis call waiting at most `serving.spend_timeout_s`: a
-    decision is indexed on the request's event loop, so a slow index must fail the
-    decision (no offer) rather than hold every request of the worker."""
+    `features.redis`), each waiting at most `serving.spend_timeout_s` (for SQLite's write
+    lock, or a Redis call): a decision is indexed on the request's event loop, so a slow
+    index must fail the decision (no offer) rather than hold every request of the worker."""
     kind = ws.params.get("serving", {}).get("feedback_index", "sqlite")
     if kind == "sqlite":
-        return SqliteIndex(serving_state(ws) / FEEDBACK_DB, serving_state(ws) / PUSH_LOCK)
+        live = serving_state(ws)
+        return SqliteIndex(live / FEEDBACK_DB, live / PUSH_LOCK, store_timeout_s(ws))
     if kind == "redis":
         client = redis_client(RedisSettings.of(ws), store_timeout_s(ws))
         return RedisIndex(client, redis_prefix(ws), retention_days=retention_days(ws))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -21,6 +24,7 @@ from couponflow.policy import DaySpend
 SPEND_DB = "spend.db"
 SPEND_TIMEOUT_S = 0.25  # default `serving.spend_timeout_s`
 KEY_TTL_S = 3 * 86_400  # a day's counter outlives the day, then Redis forgets it
+LOCK_RETRY_S = (50e-6, 1e-3)  # a writer waiting for the lock tries again after 50 µs, doubling
 
 
 def serving_state(ws: Workspace) -> Path:
@@ -38,7 +42,12 @@ def serving_state(ws: Workspace) -> Path:
 class Connections:
     """One SQLite connection per thread (a connection must not be shared mid-transaction):
     WAL so readers never wait for the writer, autocommit so each transaction is explicit,
-    and a busy timeout so a writer waits its turn, at most `timeout_s`."""
+    and a busy timeout so a statement waits its turn, at most `timeout_s`.
+
+    Every write goes through `writing`, which waits for another writer's lock by trying
+    again after 50 µs, then 100, 200, ... up to 1 ms. SQLite's own busy handler sleeps 1 ms
+    at the first conflict, then 2, 5, 10 ms: two workers writing a decision each (~50 µs
+    under the lock) met on ~1 % of decisions, and each such meeting cost a millisecond."""
 
     def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
         self.path, self.timeout_s = path, timeout_s
@@ -53,11 +62,42 @@ class Connections:
             self._local.conn = conn
         return conn
 
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database's write lock (BEGIN IMMEDIATE), so it is
+        atomic across threads and processes: committed when the body succeeds, rolled back
+        when it raises. Raises sqlite3.OperationalError when the lock stays taken for
+        `timeout_s`."""
+        conn = self()
+        conn.execute("PRAGMA busy_timeout = 0")  # our retries wait, not SQLite's sleeps
+        try:
+            self._lock(conn)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {round(self.timeout_s * 1000)}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _lock(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        pause, longest = LOCK_RETRY_S
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, longest)
+
 
 class SqliteSpend:
-    """The day's spend in a SQLite file: `add` checks and adds in one IMMEDIATE
-    transaction, which takes the database's write lock, so it is atomic across threads
-    and processes."""
+    """The day's spend in a SQLite file: `add` checks and adds in one write transaction
+    (`Connections.writing`), so it is atomic across threads and processes."""
 
     def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
         self.path = path
@@ -76,9 +116,7 @@ class SqliteSpend:
         return DaySpend(*row) if row else DaySpend()
 
     def add(self, day: str, cost: float, limit: float) -> bool:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._conn.writing() as conn:
             row = conn.execute("SELECT cost FROM spend WHERE day = ?", (day,)).fetchone()
             fits = (row[0] if row else 0.0) + cost <= limit
             conn.execute(
@@ -86,16 +124,11 @@ class SqliteSpend:
                 "DO UPDATE SET cost = cost + excluded.cost, decisions = decisions + 1",
                 (day, cost if fits else 0.0),
             )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return fits
 
     def refund(self, day: str, cost: float) -> None:
-        self._conn().execute(
-            "UPDATE spend SET cost = MAX(0.0, cost - ?) WHERE day = ?", (cost, day)
-        )
+        with self._conn.writing() as conn:
+            conn.execute("UPDATE spend SET cost = MAX(0.0, cost - ?) WHERE day = ?", (cost, day))
 
 
 # KEYS[1]: the day's hash; ARGV: cost, limit, ttl. Redis runs a script atomically.
@@ -164,7 +197,7 @@ def redis_client(where: RedisSettings, timeout_s: float = 1.0) -> redis.Redis:
 
 def store_timeout_s(ws: Workspace) -> float:
     """How long a decision may wait for a store it writes on the request's event loop
-    (the spend store, the Redis feedback index): `serving.spend_timeout_s`."""
+    (the spend store, the feedback index): `serving.spend_timeout_s`."""
     return float(ws.params.get("serving", {}).get("spend_timeout_s", SPEND_TIMEOUT_S))
 
 

@@ -4,6 +4,9 @@ commit more than it, on SQLite and on Redis (127.0.0.1:6379, marked `redis`)."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +15,15 @@ import pytest
 
 from couponflow.config import Workspace
 from couponflow.policy import DaySpend, LocalSpend, SpendStore
-from serving.spend import RedisSpend, SqliteSpend, open_spend, redis_client, redis_prefix
+from serving.feedback import Indexed, open_feedback_index
+from serving.spend import (
+    RedisSpend,
+    SqliteSpend,
+    open_spend,
+    redis_client,
+    redis_prefix,
+    serving_state,
+)
 from tests.conftest import LOCAL_REDIS
 
 DAY = "2026-01-07"
@@ -116,6 +127,57 @@ def test_a_redis_refund_frees_the_budget_it_took(redis_prefix_clean: str) -> Non
 def test_redis_threads_and_two_processes_never_overspend(redis_prefix_clean: str) -> None:
     make = RedisAt(redis_prefix_clean)
     check_no_overspend(make, race_two_processes(make))
+
+
+def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
+    """Another connection holding `path`'s write lock for `seconds`, from now."""
+    held = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    return holder
+
+
+def test_a_writer_waits_out_a_short_lock_and_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    """The stores every decision writes (the spend store and the SQLite feedback index) wait
+    for another writer's lock, and fail once `serving.spend_timeout_s` has passed rather
+    than hold the request's event loop for SQLite's default of seconds."""
+    (tmp_path / "params.yaml").write_text("serving: {spend_timeout_s: 0.3}\n")
+    ws = Workspace(tmp_path)
+    spend, index = open_spend(ws), open_feedback_index(ws)
+    decision = Indexed(DAY, f"{DAY}T12:00:00", 7, "v1", ["c1"])
+
+    def index_decision(n: int) -> None:
+        with index.indexed(f"r{n}", decision):
+            pass
+
+    writes = [
+        (serving_state(ws) / "spend.db", lambda n: spend.add(DAY, 0.1, LIMIT)),
+        (serving_state(ws) / "feedback.db", index_decision),
+    ]
+    for path, write in writes:
+        holder = hold_write_lock(path, 0.1)
+        started = time.monotonic()
+        write(1)  # waits for the lock, then writes
+        waited = time.monotonic() - started
+        holder.join()
+        assert 0.05 < waited < 0.3, (path, waited)
+        holder = hold_write_lock(path, 1.5)
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            write(2)
+        assert 0.25 < time.monotonic() - started < 0.6, path
+        holder.join()
+    assert spend.read(DAY) == DaySpend(0.1, 1)
 
 
 def test_open_spend_follows_params(tmp_path: Path) -> None:
