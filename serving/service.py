@@ -10,12 +10,14 @@ BentoML's /readyz and /livez, metrics its /metrics (ours: serving.metrics); the 
 is optional (serving.auth).
 
 `/feedback` is a typed BentoML API. `/recommend`, the hot path every shopper waits on, is
-a route of the FastAPI app `decisions` mounted on the service (BentoML's documented way,
-`@bentoml.asgi_app`, whose routes may be methods of the service): its body is parsed once,
-by pydantic-core, into `RecommendRequest`, and its answer serialised once, where the typed
-API's wrapper cost a request ~0.1 ms of CPU more (docs/scaling.md). BentoML publishes the
-mounted app's OpenAPI in its own /docs.json, so both routes are documented and fuzzed alike,
-and both refuse a bad body with the same 400 naming the field.
+a route of the FastAPI app `decisions` mounted on the service (`@bentoml.asgi_app`): its
+body is parsed once, by pydantic-core, into `RecommendRequest`, and its answer serialised
+once, where the typed API's wrapper cost a request ~0.1 ms of CPU more (docs/scaling.md).
+The route is a plain async function handing the body to the worker's service instance,
+not one of BentoML's FastAPI class views: those inject `self` through a sync dependency,
+which FastAPI runs on a thread pool, a hand-over to a thread and back on every request.
+BentoML publishes the mounted app's OpenAPI in its own /docs.json, so both routes are
+documented and fuzzed alike, and both refuse a bad body with the same 400 naming the field.
 """
 
 from __future__ import annotations
@@ -263,22 +265,10 @@ class CouponRecommender:
         # warm-up, they are never scanned again: collections see only what requests leave.
         gc.freeze()
 
-    @decisions.post(
-        "/recommend",
-        response_model=Recommendation,
-        openapi_extra=json_body(RecommendRequest),
-        responses={400: {"description": "a field of the body is invalid (named in `detail`)"}},
-    )
-    async def recommend(self, request: Request) -> Response:
-        """Up to k coupons for `user_id`; unknown users get the cold-start features. With
-        `explain`, each offer names the inputs that drove it.
-
-        Runs on the worker's event loop: only the feature read leaves it (awaited, bounded
-        by serving.feature_timeout_s); scoring, pacing and landing the decision (~0.5 ms,
-        each store bounded by its timeout) run in place, which costs a request less than
-        handing it to a thread and back."""
+    async def recommend(self, body: bytes) -> Response:
+        """The answer to a `POST /recommend` body (see `recommend` below, its route)."""
         try:
-            asked = RecommendRequest.model_validate_json(await request.body())
+            asked = RecommendRequest.model_validate_json(body)
         except ValidationError as exc:
             return refused(exc)
         user_id, k, context = asked.user_id, asked.k, asked.context
@@ -378,6 +368,24 @@ class CouponRecommender:
             self.metrics.DEGRADED.labels(reason).inc()
         self.metrics.OFFERS.inc(len(decision["offers"]))
         self.metrics.BUDGET_SPENT.inc(decision["spent"])
+
+
+@decisions.post(
+    "/recommend",
+    response_model=Recommendation,
+    openapi_extra=json_body(RecommendRequest),
+    responses={400: {"description": "a field of the body is invalid (named in `detail`)"}},
+)
+async def recommend(request: Request) -> Response:
+    """Up to k coupons for `user_id`; unknown users get the cold-start features. With
+    `explain`, each offer names the inputs that drove it.
+
+    Runs on the worker's event loop: only the feature read leaves it (awaited, bounded by
+    serving.feature_timeout_s); scoring, pacing and landing the decision (~0.5 ms, each
+    store bounded by its timeout) run in place, which costs a request less than handing it
+    to a thread and back."""
+    service: CouponRecommender = bentoml.get_current_service()
+    return await service.recommend(await request.body())
 
 
 if os.environ.get(API_KEY_ENV):
