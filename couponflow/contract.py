@@ -21,6 +21,11 @@ SHIPPING_COST = 6.0  # what a free-shipping coupon costs the platform per redeem
 # A served policy keeps a small random slice of its decisions as "no coupon" controls and
 # logs them with `<policy_version><HOLDOUT_SUFFIX>`: the A/B readout compares the two slices.
 HOLDOUT_SUFFIX = ":holdout"
+# Which slice of the logging policy made an offer: its own rule, uniform exploration over
+# {coupons, none}, or the random holdout. Exploration and holdout are randomised: learners
+# and estimators that need an unconfounded comparison read those rows.
+SLICES = ("heuristic", "explore", "holdout")
+RANDOMISED_SLICES = ("explore", "holdout")
 
 
 def coupon_cost(kind: np.ndarray, value: np.ndarray, amount: np.ndarray) -> np.ndarray:
@@ -131,6 +136,7 @@ OFFERS = Table(
         Column("ts", TS, in_batch_day=True),
         Column("policy_version", "string"),
         Column("propensity", "float64", min_value=1e-6, max_value=1.0),
+        Column("slice", "string", allowed=SLICES),
     ),
     references={"user_id": "users", "coupon_id": "coupons"},
     within_validity={"coupon_id": ("ts", "valid_from", "valid_to")},

@@ -16,12 +16,19 @@ import numpy as np
 import pandas as pd
 
 from couponflow.config import Workspace
-from couponflow.contract import CATEGORIES, COUPON_KINDS
+from couponflow.contract import AGE_BANDS, CATEGORIES, COUPON_KINDS
 from couponflow.landing import read_offline
 
 WINDOWS = (1, 7, 30)
 HISTORY_DAYS = max(WINDOWS)
 ACTIVITY = ("sessions", "orders", "spend", "offers", "redemptions", "redemption_rate")
+RESPONSE_FEATURES: list[str] = [
+    "coupon_days_30d",
+    "order_rate_coupon_days_30d",
+    "order_rate_other_days_30d",
+    "days_since_last_coupon",
+    "spend_redeemed_30d",
+]
 USER_FEATURES: list[str] = [
     *[f"{measure}_{w}d" for w in WINDOWS for measure in ACTIVITY],
     "avg_basket_30d",
@@ -29,6 +36,14 @@ USER_FEATURES: list[str] = [
     "tenure_days",
     *[f"affinity_{c}" for c in CATEGORIES],
     *[f"{measure}_{k}_30d" for k in COUPON_KINDS for measure in ("offers", "redemption_rate")],
+    # How this shopper responds to coupons: how often they bought on days they were sent
+    # one against days they were not (a shopper who buys less when sent a coupon shows
+    # it here first), how recently they got one (fatigue), what they spent redeeming.
+    *RESPONSE_FEATURES,
+    # Who they are: what the users table says (age and device tilt who responds).
+    "age_band_index",
+    "device_mobile",
+    "device_tablet",
 ]
 COUPON_FEATURES: list[str] = [
     "coupon_offers_30d",
@@ -130,9 +145,54 @@ def compute_user_features(ws: Workspace, day: str) -> pd.DataFrame:
     for k in COUPON_KINDS:
         out[f"offers_{k}_30d"] = offered[k]
         out[f"redemption_rate_{k}_30d"] = used[k] / offered[k].clip(lower=1)
+    held = sessions["ts"].dt.normalize().drop_duplicates()  # the dates the store holds
+    out = out.join(_response(end, held, users, offers, orders, redeemed))
+    out["age_band_index"] = users.set_index("user_id")["age_band"].map(
+        {band: float(i) for i, band in enumerate(AGE_BANDS)}
+    )
+    device = users.set_index("user_id")["device"]
+    out["device_mobile"] = (device == "mobile").astype(float)
+    out["device_tablet"] = (device == "tablet").astype(float)
     out = out[USER_FEATURES].astype("float32").reset_index()
     out["event_timestamp"] = end
     return out
+
+
+def _response(
+    end: pd.Timestamp,
+    held: pd.Series,
+    users: pd.DataFrame,
+    offers: pd.DataFrame,
+    orders: pd.DataFrame,
+    redeemed: pd.DataFrame,
+) -> pd.DataFrame:
+    """RESPONSE_FEATURES per user over the window: orders per day on days a coupon was
+    offered and on the other days the user was signed up (of the `held` dates),
+    days since the last coupon, and spend on orders that redeemed one. `offers` holds
+    coupon offers only."""
+    index = pd.Index(users["user_id"].to_numpy(), name="user_id")
+    offer_day = offers.assign(day=offers["ts"].dt.normalize())[["user_id", "day"]]
+    offer_day = offer_day.drop_duplicates()
+    order_day = orders.assign(day=orders["ts"].dt.normalize())[["user_id", "day"]]
+    marked = order_day.merge(offer_day.assign(coupon=1), on=["user_id", "day"], how="left")
+    on_coupon_day = marked["coupon"].notna().to_numpy()
+    coupon_days = _count(offer_day, "user_id").reindex(index, fill_value=0).astype(float)
+    coupon_orders = _count(order_day[on_coupon_day], "user_id").reindex(index, fill_value=0)
+    other_orders = _count(order_day[~on_coupon_day], "user_id").reindex(index, fill_value=0)
+    first = held.min() if len(held) else end
+    signup = users.set_index("user_id")["signup_date"].reindex(index).dt.normalize()
+    since = np.maximum(signup.fillna(first).to_numpy("datetime64[ns]"), first.to_datetime64())
+    observed = np.clip((end.to_datetime64() - since) / np.timedelta64(1, "D"), 0, len(held))
+    last_coupon = (end - offers.groupby("user_id")["ts"].max()).dt.total_seconds() / 86_400
+    out = pd.DataFrame(index=index)
+    out["coupon_days_30d"] = coupon_days
+    out["order_rate_coupon_days_30d"] = coupon_orders / coupon_days.clip(lower=1)
+    out["order_rate_other_days_30d"] = other_orders / np.maximum(observed - coupon_days, 1)
+    out["days_since_last_coupon"] = (
+        last_coupon.reindex(index).fillna(MAX_RECENCY_DAYS).clip(upper=MAX_RECENCY_DAYS)
+    )
+    out["spend_redeemed_30d"] = redeemed.groupby("user_id")["amount"].sum().reindex(index)
+    return out.fillna(0.0)
 
 
 def _per_label(
@@ -170,5 +230,6 @@ def default_user_features() -> np.ndarray:
     """The feature vector of a user nobody has seen: no activity, maximal recency."""
     values = dict.fromkeys(USER_FEATURES, 0.0)
     values["days_since_last_order"] = MAX_RECENCY_DAYS
+    values["days_since_last_coupon"] = MAX_RECENCY_DAYS
     values.update({f"affinity_{c}": 1.0 / len(CATEGORIES) for c in CATEGORIES})
     return np.array([values[f] for f in USER_FEATURES], dtype=np.float32)

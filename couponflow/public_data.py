@@ -111,6 +111,7 @@ def load_hillstrom(cfg: dict[str, Any]) -> HillstromData:
             "ts": day + pd.Timedelta(hours=8),
             "policy_version": HILLSTROM_POLICY,
             "propensity": 1.0 / 3.0,
+            "slice": "explore",  # the whole trial is randomised
         }
     )
     visited = raw["visit"].to_numpy() == 1

@@ -462,7 +462,7 @@ class World:
         random holdout slice (`holdout_share` of the reached users) that gets no coupon.
 
         Returns the reached users, their arm (-1: none), its exact propensity over all
-        slices, and whether the decision fell in the holdout slice."""
+        slices, and the slice that decided (contract.SLICES)."""
         rng = self._rng(_LOGGING, day)
         share = float(self.cfg["random_share"])
         reached = np.flatnonzero(rng.random(n) < float(self.cfg["offers_per_user"]))
@@ -489,7 +489,8 @@ class World:
         arm = np.where(holdout, m, arm)
         logging = share / (m + 1) + (1 - share) * (arm == heuristic)
         propensity = (1 - holdout_share) * logging + holdout_share * (arm == m)
-        return reached, np.where(arm == m, -1, arm), propensity, holdout
+        slice_ = np.where(holdout, "holdout", np.where(explore, "explore", "heuristic"))
+        return reached, np.where(arm == m, -1, arm), propensity, slice_
 
     def _coupon_mask(self, day: pd.Timestamp) -> np.ndarray:
         """Who the logging policy offered a coupon on `day` (cached: exposure reads a window)."""
@@ -531,7 +532,7 @@ class World:
         pop = self.population_on(day)
 
         session_user, session_category = self._activity(day)
-        reached, arm, propensity, holdout = self._log_offers(
+        reached, arm, propensity, slice_ = self._log_offers(
             day, n, coupons, session_user, session_category
         )
         self._remember(day.toordinal(), reached, arm, n)
@@ -557,9 +558,12 @@ class World:
                 "coupon_id": pd.array(coupon_ids[arm], dtype="string"),
                 "ts": day + pd.to_timedelta(rng.integers(0, OFFER_SECONDS, len(reached)), unit="s"),
                 "policy_version": np.where(
-                    holdout, self.cfg["policy_version"] + HOLDOUT_SUFFIX, self.cfg["policy_version"]
+                    slice_ == "holdout",
+                    self.cfg["policy_version"] + HOLDOUT_SUFFIX,
+                    self.cfg["policy_version"],
                 ),
                 "propensity": propensity,
+                "slice": slice_,
             }
         )
         n_orders = len(orders["user"])

@@ -80,6 +80,7 @@ def batch(
                 "ts": pd.to_datetime([o[1] for o in offers]),
                 "policy_version": ["test"] * len(offers),
                 "propensity": [0.5] * len(offers),
+                "slice": ["explore"] * len(offers),
             }
         )
     )
