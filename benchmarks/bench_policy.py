@@ -1,17 +1,20 @@
-"""How much incremental profit the recommender's policy earns, in truth, against the oracle.
+"""How much incremental profit the recommender's policy earns, in truth, over several seeded
+worlds: the real training stages (`dvc repro`: dataset, train, budget, evaluate, gate,
+report) on a workspace seeded through validation and the feature store, judged by the
+world's oracle on the evaluation day at the day's budget.
 
-Seeds a workspace of the default simulated world (or another scale), runs the real
-training stages (`dvc repro`: dataset, train, budget, evaluate, gate, report) and prints
-every policy's true incremental profit on the evaluation day at the day's budget, the
-oracle policy's at the same budget, each one's share of it and the challenger's lead
-with its interval.
+Per seed and then as medians it prints every policy's true incremental profit, its share
+of the oracle policy's and of the observable ceiling's, the Spearman correlation of the
+challenger's estimated gain with the true gain over every (user, coupon) pair, and the
+predicted against the true purchase lift per hidden segment (what the network believes a
+coupon does to a sure thing, a persuadable, a lost cause and a sleeping dog).
 
-It also prints the ceiling any learner faces: a gradient-boosting model fitted on the
+The observable ceiling is what any learner faces: a gradient-boosting model fitted on the
 *true* incremental profit and cost of every (user, coupon) from the observable inputs
-alone, on half of the users, then budgeted on the other half. What the oracle earns
-beyond that ceiling comes from traits no data in the log reveals.
+alone, on half of the users, then budgeted on the other half. What the oracle earns beyond
+it comes from traits no data in the log reveals.
 
-    python benchmarks/bench_policy.py [--users 3000] [--history-days 14] [--workspace DIR]
+    python -m benchmarks.bench_policy [--users 20000] [--history-days 14] [--seeds 5]
 """
 
 from __future__ import annotations
@@ -20,118 +23,172 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from scipy.stats import spearmanr
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from benchmarks.simulated import SimulatedLog, population
 from couponflow.cli import seed_history
 from couponflow.config import Workspace
-from couponflow.landing import offline_days, read_offline
+from couponflow.landing import offline_days
 from couponflow.logs import quiet_libraries
-from couponflow.model import encode_pairs
-from couponflow.oracle import Truth
-from couponflow.policy import allocate, eligible, with_control
+from couponflow.model import encode_pairs, load_model
+from couponflow.oracle import Oracle
+from couponflow.policy import allocate, score
 from couponflow.workspace import init_workspace
-from training.evaluate import population, simulated_truth
+from couponflow.world import SEGMENTS, World
 from training.pipeline import repro
 
+CEILING_SEED = 0
 
-def observable_ceiling(ws: Workspace, day: pd.Timestamp, seed: int = 0) -> dict[str, float]:
-    """True incremental profit of a policy learned from the truth itself, observable
-    inputs only, judged on users it never saw, against the oracle on those users."""
-    from feature_repo.store import coupon_stats_at, open_store
 
-    date = str(day.date())
-    coupons = coupon_stats_at(open_store(ws), read_offline(ws, "coupons", [date]), day)
-    arms = with_control(eligible(coupons, day))
-    budget_per_user = float(ws.params["policy"]["budget_per_user"])
-    users, everyone = population(ws, day, arms, budget_per_user, 30)
-    truth = simulated_truth(ws, day, users, arms)
-    n, m = truth.gain.shape
-    x = encode_pairs(everyone.users, arms).reshape(n, m, -1)
-    learn = np.random.default_rng(seed).random(n) < 0.5
+@dataclass(frozen=True)
+class SeedResult:
+    """One seeded world's figures."""
+
+    seed: int
+    oracle: float  # the oracle policy's true incremental profit at the day's budget
+    ceiling_share: float  # the observable ceiling's share of the oracle's (on half the users)
+    profits: dict[str, float]  # each policy's true incremental profit
+    spearman: float  # estimated vs true gain over (user, coupon) pairs
+    lifts: dict[str, tuple[float, float]]  # segment -> (predicted, true) purchase lift, points
+    promoted: bool
+    seconds: float
+
+
+def observable_ceiling(gain: np.ndarray, cost: np.ndarray, x: np.ndarray, budget: float) -> float:
+    """The ceiling's share of the oracle's true profit on the half of the users it never
+    saw (see the module's docstring): `gain` and `cost` are the true (users, arms)
+    matrices, `x` the pairs' model inputs (users, arms, inputs), `budget` per user."""
+    n, m = gain.shape
+    learn = np.random.default_rng(CEILING_SEED).random(n) < 0.5
     judge = ~learn
 
     def fitted(target: np.ndarray) -> np.ndarray:
-        model = HistGradientBoostingRegressor(max_iter=300, max_leaf_nodes=31, random_state=seed)
+        model = HistGradientBoostingRegressor(max_iter=300, max_leaf_nodes=31, random_state=0)
         model.fit(x[learn, 1:].reshape(-1, x.shape[2]), target[learn, 1:].ravel())
         out = np.zeros((judge.sum(), m))
         out[:, 1:] = model.predict(x[judge, 1:].reshape(-1, x.shape[2])).reshape(-1, m - 1)
         return out
 
-    value, cost = fitted(truth.gain), np.maximum(fitted(truth.cost), 1e-9)
-    cost[:, 0] = 0.0
-    budget = budget_per_user * judge.sum()
-    chosen, _ = allocate(value, cost, budget)
+    value, estimated_cost = fitted(gain), np.maximum(fitted(cost), 1e-9)
+    estimated_cost[:, 0] = 0.0
     rows = np.arange(judge.sum())
-    t = truth.truth
-    half = Truth(
-        t.day,
-        t.users[judge],
-        t.coupon_ids,
-        *(a[judge] for a in (t.p_purchase, t.spend, t.cost, t.profit)),
-    )
-    best, _ = truth.oracle.policy_value(half, budget)
-    gain = float(truth.gain[judge][rows, chosen].sum())
-    return {
-        "ceiling": gain,
-        "oracle": best.incremental_profit,
-        "share": gain / best.incremental_profit,
-    }
+    chosen, _ = allocate(value, estimated_cost, budget * judge.sum())
+    best, _ = allocate(gain[judge], cost[judge], budget * judge.sum())
+    return float(gain[judge][rows, chosen].sum() / gain[judge][rows, best].sum())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=3000)
-    parser.add_argument("--history-days", type=int, default=14)
-    parser.add_argument("--workspace", type=Path, help="default: a temporary folder")
-    args = parser.parse_args()
-    quiet_libraries()
-    root = args.workspace or Path(tempfile.mkdtemp(prefix="bench-policy-")) / "ws"
-    ws = init_workspace(
-        root, {"world.n_users": args.users, "world.history_days": args.history_days}
+def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
+    """Train on the seeded workspace and judge the result against the world's truth."""
+    result = repro(ws, offline_days(ws)[-1])
+    evaluation, world = result["evaluation"], World(ws.params["world"])
+    day = evaluation["evaluation_day"]
+    ids, users, arms = population(SimulatedLog(ws, world, offline_days(ws)), day)
+    oracle = Oracle(world)
+    truth = oracle.truth(day, ids)
+    columns = truth.arm_index(list(arms["coupon_id"]))
+    gain, cost = truth.incremental_profit[:, columns], truth.cost[:, columns]
+    p_true = truth.p_purchase[:, columns]
+    net, _ = load_model(ws.models / "model.pt")
+    scores = score(net, users, arms, float(world.margin))
+    segment = world.population_on(day).segment[ids]
+    lifts = {}
+    for k, name in enumerate(SEGMENTS):
+        mine = segment == k
+        predicted = scores.p_purchase[mine, 1:] - scores.p_purchase[mine, :1]
+        true = p_true[mine, 1:] - p_true[mine, :1]
+        lifts[name] = (100 * float(predicted.mean()), 100 * float(true.mean()))
+    budget = float(ws.params["policy"]["budget_per_user"])
+    x = encode_pairs(users, arms).reshape(len(ids), len(arms), -1)
+    policies = evaluation["oracle"]["policies"]
+    return SeedResult(
+        seed=seed,
+        oracle=float(evaluation["oracle"]["oracle"]["incremental_profit"]),
+        ceiling_share=observable_ceiling(gain, cost, x, budget),
+        profits={name: float(p["incremental_profit"]) for name, p in policies.items()},
+        spearman=float(spearmanr(scores.expected_gain[:, 1:].ravel(), gain[:, 1:].ravel())[0]),
+        lifts=lifts,
+        promoted=bool(result["gate"]["promote"]),
+        seconds=time.perf_counter() - started,
     )
+
+
+def run_seed(root: Path, users: int, history_days: int, seed: int) -> SeedResult:
+    """Seed a workspace of the world with this seed and judge the model trained on it."""
     started = time.perf_counter()
+    ws = init_workspace(
+        root / f"seed-{seed}",
+        {"world.n_users": users, "world.history_days": history_days, "world.seed": seed},
+    )
     if not offline_days(ws):
         seed_history(ws)
-    seeded = time.perf_counter()
-    result = repro(ws, offline_days(ws)[-1])
-    trained = time.perf_counter()
-    evaluation = result["evaluation"]
-    oracle = evaluation["oracle"]
-    print(
-        f"\n{args.users} users, {args.history_days} days of history, evaluated on "
-        f"{evaluation['evaluation_day']}: seeding {seeded - started:.0f} s, dvc repro "
-        f"{trained - seeded:.0f} s (workspace {root})"
-    )
-    print(
-        f"budget {oracle['budget']:.0f}; oracle policy earns "
-        f"{oracle['oracle']['incremental_profit']:.1f} spending {oracle['oracle']['cost']:.1f}\n"
-    )
-    print(f"{'policy':<18}{'true profit':>12}{'of oracle':>11}{'true cost':>11}{'offers':>8}"
-          f"   challenger's lead (90% interval over users)")  # fmt: skip
-    for name, p in oracle["policies"].items():
-        lead = oracle["challenger_lead"].get(name)
-        lead_text = (
-            f"{lead['value']:+8.1f} [{lead['low']:+.1f}, {lead['high']:+.1f}]" if lead else ""
-        )
-        print(
-            f"{name:<18}{p['incremental_profit']:>12.1f}{p['share_of_oracle']:>11.1%}"
-            f"{p['true_cost']:>11.1f}{p['offers']:>8d}   {lead_text}"
-        )
-    gate = result["gate"]
-    print(f"\ngate: {'PROMOTE' if gate['promote'] else 'REFUSE'}")
-    for check in gate["checks"]:
-        print(f"  [{'x' if check['passed'] else ' '}] {check['check']}: {check['detail']}")
-    ceiling = observable_ceiling(ws, pd.Timestamp(evaluation["evaluation_day"]))
-    print(
-        f"\nobservable ceiling on half the users: {ceiling['ceiling']:.1f} of the oracle's "
-        f"{ceiling['oracle']:.1f} ({ceiling['share']:.1%}), learned from the true profits"
-    )
-    print(json.dumps({"challenger_share": oracle["policies"]["challenger"]["share_of_oracle"],
-                      "observable_ceiling_share": ceiling["share"]}))  # fmt: skip
+    return judge_seed(ws, seed, started)
+
+
+def report(results: list[SeedResult]) -> dict[str, object]:
+    """Print the per-seed table and the medians; return the medians as a dict."""
+    names = list(results[0].profits)
+    print(f"\n{'seed':>4} {'oracle':>8} {'ceiling':>8} " + " ".join(f"{n[:14]:>14}" for n in names)
+          + f" {'spearman':>8} {'gate':>7} {'s':>5}")  # fmt: skip
+    for r in results:
+        cells = " ".join(f"{r.profits[n]:>14.1f}" for n in names)
+        print(f"{r.seed:>4} {r.oracle:>8.1f} {r.ceiling_share:>8.1%} {cells} {r.spearman:>8.3f} "
+              f"{'ship' if r.promoted else 'refuse':>7} {r.seconds:>5.0f}")  # fmt: skip
+    ch = np.array([r.profits["challenger"] for r in results])
+    oracle = np.array([r.oracle for r in results])
+    ceiling = np.array([r.ceiling_share for r in results]) * oracle
+    medians = {
+        "challenger_profit": float(np.median(ch)),
+        "challenger_positive_days": int((ch > 0).sum()),
+        "share_of_oracle": float(np.median(ch / oracle)),
+        "share_of_ceiling": float(np.median(ch / ceiling)),
+        "spearman": float(np.median([r.spearman for r in results])),
+        "beats_every_baseline_days": int(
+            sum(
+                all(
+                    r.profits["challenger"] > v
+                    for n, v in r.profits.items()
+                    if n not in {"challenger", "champion"}
+                )
+                for r in results
+            )  # fmt: skip
+        ),
+    }
+    print("\npredicted vs true purchase lift by hidden segment (points, mean over coupons)")
+    for name in SEGMENTS:
+        pairs = [r.lifts[name] for r in results]
+        shown = "  ".join(f"{p:+.2f}/{t:+.2f}" for p, t in pairs)
+        print(f"  {name:<13} {shown}")
+    print("\nmedians over seeds:", json.dumps(medians))
+    return medians
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, help="default: params.yaml world.n_users")
+    parser.add_argument("--history-days", type=int, help="default: world.history_days")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workspace", type=Path, help="default: a temporary folder")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    from couponflow.config import PROJECT_ROOT, load_params
+
+    world = load_params(PROJECT_ROOT / "params.yaml")["world"]
+    users = args.users or int(world["n_users"])
+    days = args.history_days or int(world["history_days"])
+    root = args.workspace or Path(tempfile.mkdtemp(prefix="bench-policy-"))
+    print(f"{users} users, {days} days of history, seeds 1..{args.seeds} (workspaces in {root})")
+    results = []
+    for seed in range(1, args.seeds + 1):
+        done = run_seed(root, users, days, seed)
+        results.append(done)
+        print(f"  seed {seed}: challenger {done.profits['challenger']:+.1f} of the oracle's "
+              f"{done.oracle:+.1f} ({done.seconds:.0f} s)", flush=True)  # fmt: skip
+    return report(results)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ WINDOWS = (1, 7, 30)
 HISTORY_DAYS = max(WINDOWS)
 ACTIVITY = ("sessions", "orders", "spend", "offers", "redemptions", "redemption_rate")
 RESPONSE_FEATURES: list[str] = [
+    "observed_days_30d",  # days of the 30 the store holds for this user (young users: fewer)
     "coupon_days_30d",
     "order_rate_coupon_days_30d",
     "order_rate_other_days_30d",
@@ -52,6 +53,19 @@ COUPON_FEATURES: list[str] = [
     "coupon_spend_per_redemption_30d",
 ]
 MAX_RECENCY_DAYS = 60.0
+# Counts over a window that a young store or a new user cannot fill yet: the model reads
+# them as "per full window" (couponflow.model scales by the window over the days observed),
+# so a user's activity means the same on the 7th day of history as on the 70th.
+WINDOWED_COUNTS: dict[str, int] = {
+    **{
+        f"{m}_{w}d": w
+        for w in WINDOWS
+        for m in ("sessions", "orders", "spend", "offers", "redemptions")
+    },
+    **{f"offers_{k}_30d": 30 for k in COUPON_KINDS},
+    "coupon_days_30d": 30,
+    "spend_redeemed_30d": 30,
+}
 MIN_BASKET = 20.0  # a basket below this would make a small coupon look like a huge one
 _KINDS = frozenset(COUPON_KINDS)
 
@@ -185,6 +199,7 @@ def _response(
     observed = np.clip((end.to_datetime64() - since) / np.timedelta64(1, "D"), 0, len(held))
     last_coupon = (end - offers.groupby("user_id")["ts"].max()).dt.total_seconds() / 86_400
     out = pd.DataFrame(index=index)
+    out["observed_days_30d"] = observed
     out["coupon_days_30d"] = coupon_days
     out["order_rate_coupon_days_30d"] = coupon_orders / coupon_days.clip(lower=1)
     out["order_rate_other_days_30d"] = other_orders / np.maximum(observed - coupon_days, 1)
@@ -231,5 +246,6 @@ def default_user_features() -> np.ndarray:
     values = dict.fromkeys(USER_FEATURES, 0.0)
     values["days_since_last_order"] = MAX_RECENCY_DAYS
     values["days_since_last_coupon"] = MAX_RECENCY_DAYS
+    values["observed_days_30d"] = float(HISTORY_DAYS)  # a stranger: nothing seen in a full window
     values.update({f"affinity_{c}": 1.0 / len(CATEGORIES) for c in CATEGORIES})
     return np.array([values[f] for f in USER_FEATURES], dtype=np.float32)

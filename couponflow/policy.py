@@ -24,7 +24,7 @@ import pandas as pd
 
 from couponflow.contract import ALL_CATEGORIES, coupon_cost
 from couponflow.features import USER_FEATURES
-from couponflow.model import ArmTable, CouponNet, encode_pairs, predict
+from couponflow.model import ArmTable, CouponEnsemble, Recommender, encode_pairs, predict_members
 
 INELIGIBLE = -np.inf
 _OFFERS_7D = USER_FEATURES.index("offers_7d")
@@ -122,19 +122,29 @@ def user_cap_mask(user_features: np.ndarray, max_offers_7d: int | None) -> np.nd
 # -- scores ---------------------------------------------------------------------------------
 @dataclass
 class Scores:
-    """Per-user, per-arm estimates, shaped (users, arms); arm 0 is "no coupon"."""
+    """Per-user, per-arm estimates, shaped (users, arms); arm 0 is "no coupon".
+
+    `incremental_profit` is what the policy ranks by: the expected gain over "no coupon"
+    less `credibility` standard deviations of it across an ensemble's members, so a coupon
+    is offered where its gain is credible, not where one fit's noise made it look good
+    (the winner's curse of taking the best of many noisy estimates). `expected_gain` and
+    `gain_sd` are the mean and spread; with one network the spread is 0.
+    """
 
     p_purchase: np.ndarray
     amount: np.ndarray
     p_redeem: np.ndarray
     expected_cost: np.ndarray
     incremental_profit: np.ndarray
+    expected_gain: np.ndarray
+    gain_sd: np.ndarray
 
 
 def score(
-    net: CouponNet, user_features: np.ndarray, arms: pd.DataFrame | Arms, margin: float
+    net: Recommender, user_features: np.ndarray, arms: pd.DataFrame | Arms, margin: float
 ) -> Scores:
-    """Expected incremental profit of every arm over "no coupon", net of the coupon's cost.
+    """Expected incremental profit of every arm over "no coupon", net of the coupon's cost,
+    per member of an ensemble, then discounted by its spread (see `Scores`).
 
     `user_features` is (n_users, n_features); `arms` is a frame from `with_control` or
     prepared `Arms`.
@@ -142,15 +152,24 @@ def score(
     table = arms.table if isinstance(arms, Arms) else ArmTable.from_frame(arms)
     n, m = len(user_features), len(table.control)
     pairs = encode_pairs(user_features, table)
-    pred = {k: v.reshape(n, m) for k, v in predict(net, pairs, per_user=m).items()}
-    kind = table.kind_name[None, 1:]
-    value = table.value.astype(float)[None, 1:]
-    cost = np.zeros((n, m))
-    cost[:, 1:] = pred["p_redeem"][:, 1:] * coupon_cost(
-        np.broadcast_to(kind, (n, m - 1)), np.broadcast_to(value, (n, m - 1)), pred["amount"][:, 1:]
-    )
+    pred = {k: v.reshape(-1, n, m) for k, v in predict_members(net, pairs, per_user=m).items()}
+    kind = np.broadcast_to(table.kind_name[None, None, 1:], (1, n, m - 1))
+    value = np.broadcast_to(table.value.astype(float)[None, None, 1:], (1, n, m - 1))
+    cost = np.zeros_like(pred["p_redeem"], dtype=float)
+    cost[:, :, 1:] = pred["p_redeem"][:, :, 1:] * coupon_cost(kind, value, pred["amount"][:, :, 1:])
     gross = pred["p_purchase"] * margin * pred["amount"] - cost
-    return Scores(pred["p_purchase"], pred["amount"], pred["p_redeem"], cost, gross - gross[:, :1])
+    gain = gross - gross[:, :, :1]
+    mean, sd = gain.mean(axis=0), gain.std(axis=0)
+    credibility = net.credibility if isinstance(net, CouponEnsemble) else 0.0
+    return Scores(
+        pred["p_purchase"].mean(axis=0),
+        pred["amount"].mean(axis=0),
+        pred["p_redeem"].mean(axis=0),
+        cost.mean(axis=0),
+        mean - credibility * sd,
+        mean,
+        sd,
+    )
 
 
 # -- the budget -----------------------------------------------------------------------------

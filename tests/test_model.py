@@ -79,7 +79,7 @@ def known_effect_log(n: int, seed: int) -> pd.DataFrame:
     if the order lands in its category: with probability 0.3 + 0.7 affinity).
     """
     rng = np.random.default_rng(seed)
-    users = np.zeros((n, len(USER_FEATURES)), dtype=np.float32)
+    users = np.tile(default_user_features(), (n, 1))  # what nobody's history sets: as `shopper`
     col = {f: i for i, f in enumerate(USER_FEATURES)}
     sensitive = rng.random(n) < 0.5
     orders = rng.poisson(np.where(sensitive, 0.3, 2.0))
@@ -118,6 +118,7 @@ def known_effect_log(n: int, seed: int) -> pd.DataFrame:
     table["redeemed"] = redeemed
     table["discount"] = np.where(redeemed, coupon_cost("amount_off", value, amount), 0.0)
     table["propensity"] = 1.0 / len(ARMS)
+    table["user_id"] = np.arange(n)
     return table
 
 

@@ -86,7 +86,8 @@ def test_train_stage_writes_a_reproducible_model_and_its_record(
     assert record["early_stopping_day"] == "2026-01-03"
     assert record["evaluation_day"] == "2026-01-04"
     assert record["device"] in {"cpu", "cuda"} and record["samples_per_second"] > 0
-    assert record["epochs_run"] == len(record["history"]) <= 2
+    assert record["members"] == params["model"]["members"] == len(record["epochs_run"])
+    assert record["epochs_run"][0] == len(record["history"]) <= 2
     assert {"code_commit", "params", "data_days", "data_version"} <= record.keys()
     assert len(record["data_version"]["training_set"]) == 16
 

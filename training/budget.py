@@ -20,7 +20,7 @@ from tqdm import tqdm
 from couponflow.config import Workspace
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.landing import offline_days, read_offline
-from couponflow.model import CouponNet, load_model, user_chunks
+from couponflow.model import Recommender, load_model, user_chunks
 from couponflow.policy import (
     INELIGIBLE,
     BudgetPlan,
@@ -38,7 +38,7 @@ DECISION_DAYS = 7  # logged days the expected number of decisions is averaged ov
 
 
 def population_scores(
-    net: CouponNet,
+    net: Recommender,
     users: np.ndarray,
     arms: pd.DataFrame,
     margin: float,

@@ -1,0 +1,179 @@
+"""Which way of learning the coupon effect earns money, judged on the truth: the trainer's
+designs side by side over seeded simulated worlds (benchmarks/simulated.py: the project's
+feature code without the tools), each budgeted by the shared allocation on everyone known
+on the day after the training days, and scored by the world's oracle.
+
+Designs (all through training.train.fit and the shared policy maths):
+- `ipw`: every logged offer weighted by its inverse propensity, clipped at 100 (the old
+  trainer);
+- `stabilised`: every offer weighted by its arm's share over its propensity, clipped at 10
+  (the trainer's weighting);
+- `randomised`: only the exploration and holdout slices, unweighted (randomised, so
+  unconfounded, but a third of the rows);
+- `ensemble`: `stabilised` as five members on bootstrap resamples of the shoppers, each
+  coupon's gain discounted by `--credibility` standard deviations across them (the
+  trainer's default).
+
+Per design it prints the true incremental profit at the day's budget, its share of the
+oracle's, the Spearman correlation of the estimated gain with the true gain over every
+(user, coupon) pair and the offers made; with `--tradeoff`, the ensemble's true profit and
+offers at several credibility levels (profit against the risk of a wrong offer).
+
+    python -m benchmarks.bench_uplift [--users 20000] [--days 15] [--seeds 1 2 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from benchmarks.simulated import population, simulate, training_table
+from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.logs import quiet_libraries
+from couponflow.model import CouponEnsemble
+from couponflow.oracle import Oracle
+from couponflow.policy import allocate, score, user_cap_mask
+from couponflow.world import SEGMENTS
+from training.train import (
+    TrainingArrays,
+    fit,
+    fit_ensemble,
+    inverse_propensity_weights,
+    stabilised_weights,
+)
+
+DESIGNS = ("ipw", "stabilised", "randomised", "ensemble")
+RANDOMISED = ("explore", "holdout")
+
+
+def arrays(table: pd.DataFrame, design: str) -> TrainingArrays:
+    """The training arrays of `table` as `design` weights them."""
+    base = TrainingArrays.from_table(table, 10.0)
+    if design == "ipw":
+        weight = inverse_propensity_weights(table["propensity"].to_numpy(), 100.0)
+    elif design == "randomised":
+        weight = np.ones(len(table), dtype=np.float32)
+    else:
+        weight = stabilised_weights(table["coupon_id"], table["propensity"].to_numpy(), 10.0)
+    return TrainingArrays(base.x, base.purchased, base.log_amount, base.redeemed, base.offered,
+                          weight)  # fmt: skip
+
+
+def train(table: pd.DataFrame, design: str, cfg: dict, credibility: float) -> CouponEnsemble:
+    """One design's model on the table's days but the last (early stopping on the last)."""
+    if design == "randomised":
+        table = table[table["slice"].isin(RANDOMISED)]
+    days = sorted(table["day"].unique())
+    fitting, stopping = table[table["day"].isin(days[:-1])], table[table["day"] == days[-1]]
+    train_arrays, valid_arrays = arrays(fitting, design), arrays(stopping, design)
+    if design == "ensemble":
+        net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(),
+                              {**cfg, "credibility": credibility})  # fmt: skip
+        return net
+    net, _ = fit(train_arrays, valid_arrays, cfg)
+    return CouponEnsemble([net])
+
+
+def lift_by_segment(p_purchase: np.ndarray, segment: np.ndarray) -> dict[str, float]:
+    """Mean purchase lift of a coupon over none per hidden segment, in points."""
+    lifts = {}
+    for k, name in enumerate(SEGMENTS):
+        mine = segment == k
+        lifts[name] = round(float(100 * (p_purchase[mine, 1:] - p_purchase[mine, :1]).mean()), 2)
+    return lifts
+
+
+def judge(net: CouponEnsemble, credibility: float, world: dict) -> dict[str, float]:
+    """True profit, share of the oracle, rank correlation and offers of `net`'s policy."""
+    net.credibility = credibility
+    s = score(net, world["users"], world["arms"], world["margin"])
+    value = s.incremental_profit.copy()
+    value[user_cap_mask(world["users"], world["cap"]), 1:] = -np.inf
+    chosen, _ = allocate(value, s.expected_cost, world["budget"])
+    gain = world["gain"]
+    true = float(gain[np.arange(len(chosen)), chosen].sum())
+    rho = spearmanr(s.expected_gain[:, 1:].ravel(), gain[:, 1:].ravel())[0]
+    return {
+        "true_profit": round(true, 1),
+        "share_of_oracle": round(true / world["oracle"], 3),
+        "spearman": round(float(rho), 3),
+        "offers": int((chosen > 0).sum()),
+        "lift_pt": lift_by_segment(s.p_purchase, world["segment"]),
+    }  # fmt: skip
+
+
+def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Namespace) -> dict:
+    """Every design on one seeded world."""
+    started = time.perf_counter()
+    log = simulate(root / f"seed-{seed}", {"world.n_users": users, "world.seed": seed}, days)
+    table = training_table(log, log.days[1:-1])
+    day = log.days[-1]
+    ids, users_x, arms = population(log, day)
+    oracle = Oracle(log.world)
+    truth = oracle.truth(day, ids)
+    columns = truth.arm_index(list(arms["coupon_id"]))
+    params = load_params(log.ws.params_file)
+    budget = float(params["policy"]["budget_per_user"]) * len(ids)
+    best, _ = oracle.policy_value(truth, budget)
+    world = {
+        "users": users_x, "arms": arms, "margin": float(log.world.margin),
+        "cap": int(params["policy"]["max_offers_7d"]), "budget": budget,
+        "gain": truth.incremental_profit[:, columns], "oracle": best.incremental_profit,
+        "segment": log.world.population_on(day).segment[ids],
+    }  # fmt: skip
+    true_lift = {}
+    p = truth.p_purchase[:, columns]
+    for k, name in enumerate(SEGMENTS):
+        mine = world["segment"] == k
+        true_lift[name] = round(float(100 * (p[mine, 1:] - p[mine, :1]).mean()), 2)
+    cfg = {**params["model"], "epochs": args.epochs}
+    out: dict = {
+        "seed": seed,
+        "oracle": round(best.incremental_profit, 1),
+        "true_lift_pt": true_lift,
+    }
+    for design in args.designs:
+        net = train(table, design, cfg, args.credibility)
+        out[design] = judge(net, args.credibility if design == "ensemble" else 0.0, world)
+        if design == "ensemble" and args.tradeoff:
+            out["tradeoff"] = {z: judge(net, z, world) for z in args.tradeoff}
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    world = load_params(PROJECT_ROOT / "params.yaml")["world"]
+    parser.add_argument("--users", type=int, default=int(world["n_users"]))
+    parser.add_argument("--days", type=int, default=int(world["history_days"]) + 1,
+                        help="days simulated: the last is judged, the others train")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
+    parser.add_argument("--credibility", type=float, default=1.0)
+    parser.add_argument("--tradeoff", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0])
+    parser.add_argument("--epochs", type=int, default=30)
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    root = Path(tempfile.mkdtemp(prefix="bench-uplift-"))
+    results = []
+    for seed in args.seeds:
+        results.append(one_world(root, args.users, args.days, seed, args))
+        print(json.dumps(results[-1]), flush=True)
+    print(f"\n{args.users} users, {args.days} days; true profit (share of oracle) per seed")
+    for design in args.designs:
+        cells = "  ".join(f"{r[design]['true_profit']:+8.1f} ({r[design]['share_of_oracle']:+.0%})"
+                          for r in results)  # fmt: skip
+        rho = np.median([r[design]["spearman"] for r in results])
+        print(f"  {design:<11} {cells}   median spearman {rho:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
