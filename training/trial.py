@@ -258,30 +258,49 @@ def run_trial(
     n_boot: int = 1000,
     cfg: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Cross-fit both learners over `seeds` fold seeds, average each one's predictions over
-    the seeds, and estimate every policy's value: {"values": {"net" | "outcome": {policy:
-    Bootstrapped}}, "actions": {learner: (n,)}, "per_seed": [{learner: IPS net value}],
-    "seconds": {learner: s}}."""
+    """Cross-fit both learners over `seeds` fold seeds and estimate every policy's value
+    two ways, each on the same resamples (paired): "values", the policies of each learner's
+    predictions averaged over the seeds (an ensemble, still cross-fitted), and "seed_mean",
+    the mean over seeds of each seed's own policy's value. Returns {"values" | "seed_mean":
+    {"net" | "outcome": {policy: Bootstrapped}}, "actions": {learner: (n,)} of the ensemble,
+    "per_seed": [{learner: IPS net value}], "seconds": {learner: s}, "share"}."""
     cfg = cfg or network_config(spec)
     sums = {name: np.zeros((len(data), data.n_arms)) for name in LEARNERS}
     seconds = dict.fromkeys(LEARNERS, 0.0)
-    per_seed = []
+    per_seed, mean = [], {}
     for seed in range(seeds):
         values, spent = crossfit(spec, data, outcome, folds, seed, cfg)
         for name in LEARNERS:
             sums[name] += values[name]
             seconds[name] += spent[name]
         actions = {name: budget_policy(v, share) for name, v in values.items()}
-        est = evaluate(spec, data, outcome, actions, share, 0, 0)["net"]
-        per_seed.append({name: est[name].value for name in LEARNERS})
+        est = evaluate(spec, data, outcome, actions, share, n_boot, 0)
+        per_seed.append({name: est["net"][name].value for name in LEARNERS})
+        for key, by_policy in est.items():
+            for name, b in by_policy.items():
+                total = mean.setdefault(key, {}).get(name)
+                mean[key][name] = b if total is None else _plus(total, b)
+    seed_mean = {
+        key: {name: _scaled(b, 1 / seeds) for name, b in by_policy.items()}
+        for key, by_policy in mean.items()
+    }
     actions = {name: budget_policy(s / seeds, share) for name, s in sums.items()}
     return {
         "values": evaluate(spec, data, outcome, actions, share, n_boot, 0),
+        "seed_mean": seed_mean,
         "actions": actions,
         "per_seed": per_seed,
         "seconds": seconds,
         "share": share,
     }
+
+
+def _plus(a: Bootstrapped, b: Bootstrapped) -> Bootstrapped:
+    return Bootstrapped(a.value + b.value, a.replicates + b.replicates)
+
+
+def _scaled(a: Bootstrapped, factor: float) -> Bootstrapped:
+    return Bootstrapped(a.value * factor, a.replicates * factor)
 
 
 def _cell(b: Bootstrapped, level: float) -> str:
@@ -324,9 +343,22 @@ def report(
             "outcome": diff_raw.interval(level).as_dict(),
         }
     if len(result["per_seed"]) > 1:
+        seeds = len(result["per_seed"])
+        lines.append(f"  the mean over {seeds} fold seeds of each seed's policy (paired)")
+        mean_net, mean_raw = result["seed_mean"]["net"], result["seed_mean"]["outcome"]
+        figures["seed_mean"] = {}
+        for a, b in (("ours", None), ("two_model", None), ("ours", "two_model")):
+            name = a if b is None else f"{a} - {b}"
+            net_b = mean_net[a] if b is None else mean_net[a] - mean_net[b]
+            raw_b = mean_raw[a] if b is None else mean_raw[a] - mean_raw[b]
+            lines.append(f"  {name:<20} {'':>7}  {_cell(net_b, level):<30} {_cell(raw_b, level)}")
+            figures["seed_mean"][name] = {
+                "net": net_b.interval(level).as_dict(),
+                "outcome": raw_b.interval(level).as_dict(),
+            }
         for name in LEARNERS:
-            seeds = ", ".join(f"{s[name]:+.4f}" for s in result["per_seed"])
-            lines.append(f"  {name} net value by fold seed: {seeds}")
+            by_seed = ", ".join(f"{s[name]:+.4f}" for s in result["per_seed"])
+            lines.append(f"  {name} net value by fold seed: {by_seed}")
     figures["per_seed"] = result["per_seed"]
     figures["seconds"] = {k: round(v, 1) for k, v in result["seconds"].items()}
     lines.append("  training: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items()))
