@@ -9,20 +9,23 @@ customer's net value under each arm (the outcome's value less the arm's cost) is
 by learners that never saw them (K-fold cross-fitting), by
 
 - "ours": CouponNet trained by `training.train.fit` unchanged, on the trial's [user block |
-  one-hot arm block] rows: P(outcome > 0 | arm), the outcome's amount when positive (its
-  log, corrected for the retransformation bias by the training residuals' smearing factor;
-  exactly the one value of a 0/1 outcome), and P(conversion | arm) from the redemption head
-  for per-conversion costs. Its prediction of arm a is value x P x amount - cost(a);
+  one-hot arm block] rows, as a hurdle model of one fit per quantity: P(outcome > 0 | arm),
+  P(conversion | arm) when per-conversion costs count another event, and the amount of a
+  positive outcome (its log; corrected for the retransformation bias by the training
+  residuals' smearing factor; exactly the one value of a 0/1 outcome). Its prediction of
+  arm a is value x P(outcome > 0 | a) x amount - cost per customer - cost per conversion x
+  P(conversion | a);
 - "two_model": one gradient-boosting regressor of the net value per arm (scikit-learn).
 
-With several seeds, each learner's predictions are averaged over them (each is still
-cross-fitted: no customer is scored by a model that saw them). The policy: each customer's
-arm of largest predicted gain over the control, given only when that gain is positive and
-the customer is in the top `budget_share` of all customers by it; everyone else gets the
-control. Its value per customer is estimated by IPS on the logged arms, which is unbiased in
-a randomised trial, beside two references without a model: treat nobody, and treat a random
-`budget_share` with a random treated arm. Every policy is bootstrapped on the same resamples
-of customers, so the differences (ours - two_model, each - nobody, each - random) are paired.
+The policy: each customer's arm of largest predicted gain over the control, given only when
+that gain is positive and the customer is in the top `budget_share` of all customers by it;
+everyone else gets the control. Its value per customer is estimated by IPS on the logged
+arms, which is unbiased in a randomised trial, beside two references without a model: treat
+nobody, and treat a random `budget_share` with a random treated arm. Every policy is
+bootstrapped on the same resamples of customers, so their differences are paired: ours
+minus two_model, and each learner minus random and nobody. With several seeds: the policies
+of each learner's predictions averaged over the seeds (each still cross-fitted: no customer
+is scored by a model that saw them), then the mean over seeds of each seed's own policy.
 """
 
 from __future__ import annotations
@@ -57,17 +60,18 @@ DIFFERENCES = (
 )
 
 
-def training_arrays(data: TrialArrays, column: str, amounts: bool = True) -> TrainingArrays:
-    """The trainer's rows for outcome `column`: a positive outcome is a purchase of that
-    amount (`amounts`; otherwise every amount reads 1, so the amount head has nothing to
-    learn), a conversion under a treated arm a redemption (what per-conversion costs count),
-    each row weighted by its inverse propensity scaled to mean 1 (all 1 for equal arms)."""
+def training_arrays(data: TrialArrays, column: str) -> TrainingArrays:
+    """The trainer's rows for outcome `column` in one fit, as the coupon tables train: a
+    positive outcome is a purchase of that amount, a conversion under a treated arm a
+    redemption, each row weighted by its inverse propensity scaled to mean 1 (all 1 for
+    equal arms). What benchmarks/bench_public_data.py trains; `network_values` fits each
+    quantity on its own instead."""
     y = data.outcomes[column]
     offered = (data.arm > 0).astype(np.float32)
     return TrainingArrays(
         x=data.inputs(data.arm),
         purchased=(y > 0).astype(np.float32),
-        log_amount=np.log(np.where((y > 0) & amounts, y, 1.0)),
+        log_amount=np.log(np.where(y > 0, y, 1.0)),
         redeemed=data.conversion * offered,
         offered=offered,
         weight=inverse_propensity_weights(data.propensity, np.inf),
@@ -95,6 +99,21 @@ def strata(data: TrialArrays, column: str) -> np.ndarray:
     return data.arm * 2 + (data.outcomes[column] > 0).astype(int)
 
 
+def occurrence_arrays(data: TrialArrays, occurred: np.ndarray) -> TrainingArrays:
+    """The trainer's rows for one 0/1 event (`occurred`) under the logged arm: a purchase,
+    with amounts and redemptions masked, so the loss (and early stopping) reads that event
+    alone."""
+    n = len(data)
+    return TrainingArrays(
+        x=data.inputs(data.arm),
+        purchased=occurred,
+        log_amount=np.zeros(n),
+        redeemed=np.zeros(n),
+        offered=np.zeros(n),
+        weight=inverse_propensity_weights(data.propensity, np.inf),
+    )
+
+
 def network_values(
     spec: TrialSpec,
     outcome: str,
@@ -104,24 +123,33 @@ def network_values(
     cfg: dict[str, Any],
 ) -> np.ndarray:
     """Our network's predicted net value of each test customer under each arm, (n, arms):
-    value x P(outcome > 0 | arm) x amount - cost(arm), with P(conversion | arm) for the
-    per-conversion cost.
+    value x P(outcome > 0 | arm) x amount - cost per customer - cost per conversion x
+    P(conversion | arm).
 
-    Two fits of the same network (a hurdle model): one of the outcome's occurrence and the
-    conversion, its amounts masked, so its early stopping is not decided by the noise of a
-    few hundred amounts; one of the amount on the customers with a positive outcome, read
-    under the arm itself with cfg `amount_by_arm`, else under the control (the arm moves who
-    buys, not how much). A 0/1 (or 0/c) outcome has a known amount and no second fit.
+    A hurdle model of separate fits of the same network, one per quantity, so no fit's
+    early stopping is decided by another quantity's noise: the outcome's occurrence; the
+    conversion when per-conversion costs count it and it is another event (a visit is not
+    a purchase); and the amount of a positive outcome, fitted on the customers who had one
+    and read under the arm itself with cfg `amount_by_arm`, else under the control (the arm
+    moves who buys, not how much). A 0/1 (or 0/c) outcome has a known amount.
     """
     o = spec.outcome(outcome)
     n_user, n_arm = train.user.shape[1], test.n_arms
-    net, _ = fit(
-        training_arrays(train, o.column, amounts=False),
-        training_arrays(valid, o.column, amounts=False),
-        cfg,
-        n_user,
-        n_arm,
-    )
+
+    def occurrence(event: str | None) -> Any:
+        """A fitted network of the outcome's occurrence (None) or of conversion."""
+        arrays = [
+            occurrence_arrays(d, d.outcomes[o.column] > 0 if event is None else d.conversion)
+            for d in (train, valid)
+        ]
+        return fit(*arrays, cfg, n_user, n_arm)[0]
+
+    occurs = occurrence(None)
+    converts = occurs
+    if spec.cost_per_conversion.any() and not np.array_equal(
+        train.conversion > 0, train.outcomes[o.column] > 0
+    ):
+        converts = occurrence("conversion")
     unit = np.unique(train.outcomes[o.column][train.outcomes[o.column] > 0])
     amounts = np.full((len(test), n_arm), float(unit[0]) if len(unit) else 0.0)
     if len(unit) > 1:
@@ -135,10 +163,11 @@ def network_values(
             amounts[:, arm] = scale * predict(amount_net, rows)["amount"]
     values = np.empty((len(test), n_arm))
     for arm in range(n_arm):
-        out = predict(net, test.inputs(arm))
-        converts = out["p_redeem"] if arm > 0 else 0.0
-        cost = spec.cost_per_customer[arm] + spec.cost_per_conversion[arm] * converts
-        values[:, arm] = o.value * out["p_purchase"] * amounts[:, arm] - cost
+        rows = test.inputs(arm)
+        p_occur = predict(occurs, rows)["p_purchase"]
+        p_convert = predict(converts, rows)["p_purchase"]
+        cost = spec.cost_per_customer[arm] + spec.cost_per_conversion[arm] * p_convert
+        values[:, arm] = o.value * p_occur * amounts[:, arm] - cost
     return values
 
 
