@@ -19,6 +19,9 @@ predicted uplift get their best e-mail (the issue's target), estimated with the 
 propensities, with bootstrap intervals and the paired difference of the learners; a few
 fold seeds. Two references without a model: a random third get the e-mail that sold best in
 training ("best_email"), and a random third get a random e-mail ("random").
+The arrays come from the generic trial loader (couponflow/trials.py, public_data/hillstrom.yaml);
+`couponflow trial` (training/trial.py) is the issue's comparison with costs: net value per
+customer at the budget, our network as one fit per quantity, IPS with paired intervals.
 
 Estimators: the cost of the bootstrap itself at the evaluation's scale (synthetic rows):
 IPS/SNIPS/DR of several policies and the uplift metrics, seconds and peak traced memory.
