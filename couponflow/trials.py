@@ -31,8 +31,9 @@ import pandas as pd
 import yaml
 
 COVARIATE_KINDS = ("numeric", "log", "ordinal", "categorical")
-SPEC_KEYS = {"name", "csv", "treatment", "outcomes", "conversion", "covariates"}
-SPEC_KEYS |= {"propensities", "network"}
+SPEC_KEYS = frozenset(
+    ("name", "csv", "treatment", "outcomes", "conversion", "covariates", "propensities", "network")
+)
 
 
 class TrialSpecError(ValueError):
@@ -85,7 +86,8 @@ class TrialSpec:
     covariates: Covariates
     conversion: str | None = None  # 0/1 column that per-conversion costs count
     propensities: dict[str, float] | None = None  # label -> probability; None: the shares
-    network: dict[str, Any] = field(default_factory=dict)  # the learner's settings
+    # the learner's settings over params.yaml `model` (and training/trial.py's amount_by_arm)
+    network: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arm_labels(self) -> list[str]:
@@ -185,7 +187,7 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
-def _only(raw: dict, allowed: set[str], where: str) -> None:
+def _only(raw: dict, allowed: set[str] | frozenset[str], where: str) -> None:
     unknown = sorted(set(map(str, raw)) - allowed)
     if unknown:
         raise TrialSpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")

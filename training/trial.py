@@ -49,9 +49,7 @@ from training.train import TrainingArrays, fit, inverse_propensity_weights
 
 LEARNERS = ("ours", "two_model")
 POLICIES = (*LEARNERS, "random", "nobody")
-# The network's settings: params.yaml `model`, then the spec's `network`, then these
-# command-line overrides.
-DIFFERENCES = (
+DIFFERENCES = (  # the paired differences reported, a - b
     ("ours", "two_model"),
     ("ours", "random"),
     ("ours", "nobody"),
