@@ -19,6 +19,9 @@ predicted uplift get their best e-mail (the issue's target), estimated with the 
 propensities, with bootstrap intervals and the paired difference of the learners; a few
 fold seeds. Two references without a model: a random third get the e-mail that sold best in
 training ("best_email"), and a random third get a random e-mail ("random").
+The arrays come from the generic trial loader (couponflow/trials.py, public_data/hillstrom.yaml);
+`couponflow trial` (training/trial.py) is the issue's comparison with costs: net value per
+customer at the budget, our network as one fit per quantity, IPS with paired intervals.
 
 Estimators: the cost of the bootstrap itself at the evaluation's scale (synthetic rows):
 IPS/SNIPS/DR of several policies and the uplift metrics, seconds and peak traced memory.
@@ -49,14 +52,14 @@ from couponflow.metrics import (
 )
 from couponflow.model import predict
 from couponflow.public_data import (
-    HILLSTROM_USER_INPUTS,
-    HillstromArrays,
     hillstrom_arrays,
     load_obd,
     obd_click_model,
     obd_target_terms,
 )
-from training.train import TrainingArrays, fit
+from couponflow.trials import TrialArrays
+from training.train import fit
+from training.trial import training_arrays
 
 PUBLIC = load_params(PROJECT_ROOT / "params.yaml")["public_data"]
 PUBLISHED_OBD = {"dm": 0.157, "ips": 0.311, "dr": 0.292}  # full-size "men" campaign, obp
@@ -116,39 +119,26 @@ def obd(n_boot: int, level: float, seed: int) -> dict[str, Any]:
     return result
 
 
-def strata(data: HillstromArrays) -> np.ndarray:
+def strata(data: TrialArrays) -> np.ndarray:
     """Arm x conversion: every split keeps the experiment's arms and its rare buyers even."""
     return data.arm * 2 + data.conversion.astype(int)
 
 
-def training_arrays(data: HillstromArrays) -> TrainingArrays:
-    """Each customer's logged arm as the trainer's rows: a conversion is a purchase (and a
-    redemption of the e-mail, if one was sent) of `spend` dollars; the arms are equally
-    likely, so every weight is 1."""
-    offered = (data.arm > 0).astype(np.float32)
-    return TrainingArrays(
-        x=data.inputs(data.arm),
-        purchased=data.conversion,
-        log_amount=np.log(np.maximum(data.spend, 1.0)),
-        redeemed=data.conversion * offered,
-        offered=offered,
-        weight=np.ones(len(data)),
-    )
-
-
 def net_spend(
-    train: HillstromArrays, valid: HillstromArrays, test: HillstromArrays, cfg: dict[str, Any]
+    train: TrialArrays, valid: TrialArrays, test: TrialArrays, cfg: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """Our network's predicted spend of each test customer under each arm, (n, arms), two
     ways: "network" as the coupon policy scores arms (P(buy | arm) x amount(arm)), and
     "network_conversion" with the e-mail's effect on conversion only (P(buy | arm) x
     amount(no e-mail)): with about a hundred buyers per arm, an e-mail's effect on the basket
-    is mostly noise."""
+    is mostly noise. Each customer's logged arm is a training row (training.trial): a
+    conversion is a purchase (and a redemption of the e-mail, if one was sent) of `spend`
+    dollars; the arms are equally likely, so every weight is 1."""
     net, _ = fit(
-        training_arrays(train),
-        training_arrays(valid),
+        training_arrays(train, "spend"),
+        training_arrays(valid, "spend"),
         cfg,
-        n_user=len(HILLSTROM_USER_INPUTS),
+        n_user=train.user.shape[1],
         n_arm=test.n_arms,
     )
     out = [predict(net, test.inputs(arm)) for arm in range(test.n_arms)]
@@ -157,7 +147,7 @@ def net_spend(
     return {"network": p_buy * amount, "network_conversion": p_buy * amount[:, :1]}
 
 
-def two_model_spend(train: HillstromArrays, test: HillstromArrays, seed: int) -> np.ndarray:
+def two_model_spend(train: TrialArrays, test: TrialArrays, seed: int) -> np.ndarray:
     """The two-model (one per arm) uplift baseline: a gradient-boosting spend regressor fitted
     on each arm's customers, (n, arms) predictions for the test customers."""
     spend = np.empty((len(test), test.n_arms))
@@ -172,12 +162,14 @@ def two_model_spend(train: HillstromArrays, test: HillstromArrays, seed: int) ->
         )
         # one OpenMP thread: on the shared 2-core machine more threads spin, not work
         with threadpool_limits(1):
-            spend[:, arm] = model.fit(train.user[rows], train.spend[rows]).predict(test.user)
+            spend[:, arm] = model.fit(train.user[rows], train.outcomes["spend"][rows]).predict(
+                test.user
+            )
     return spend
 
 
 def budget_metrics(
-    test: HillstromArrays, spend: np.ndarray, n_boot: int, seed: int
+    test: TrialArrays, spend: np.ndarray, n_boot: int, seed: int
 ) -> dict[str, Bootstrapped]:
     """Rank customers by the predicted spend uplift of their best e-mail; Qini, AUUC and the
     incremental spend per customer when the top BUDGET_SHARE get that e-mail, estimated from
@@ -186,13 +178,19 @@ def budget_metrics(
     best = 1 + uplift.argmax(axis=1)
     treated, weight = best_arm_view(test.arm, best, test.propensity)
     boot = uplift_bootstrap(
-        uplift.max(axis=1), treated, test.spend, weight, BUDGET_SHARE, n_boot=n_boot, seed=seed
+        uplift.max(axis=1),
+        treated,
+        test.outcomes["spend"],
+        weight,
+        BUDGET_SHARE,
+        n_boot=n_boot,
+        seed=seed,
     )
     return {"at_budget": boot["uplift_at_budget"], "qini": boot["qini"], "auuc": boot["auuc"]}
 
 
 def hillstrom_crossfit(
-    data: HillstromArrays, seed: int, cfg: dict[str, Any], n_boot: int, folds: int = 4
+    data: TrialArrays, seed: int, cfg: dict[str, Any], n_boot: int, folds: int = 4
 ) -> tuple[dict[str, dict[str, Bootstrapped]], dict[str, float]]:
     """Cross-fitted predictions: each fold's customers are scored by learners trained on the
     other folds (the network early-stopping on a fifth of those), so every customer is a
@@ -217,7 +215,8 @@ def hillstrom_crossfit(
             spends[name][rows] = spend
         # no model: a random third get the e-mail with the best mean spend in training
         fitted = data.subset(fit_rows)
-        best = 1 + np.argmax([fitted.spend[fitted.arm == a].mean() for a in range(1, data.n_arms)])
+        spent = fitted.outcomes["spend"]
+        best = 1 + np.argmax([spent[fitted.arm == a].mean() for a in range(1, data.n_arms)])
         spends["best_email"][rows, best] = rng.random(len(rows))
     spends["random"] = rng.random((len(data), data.n_arms))  # a random e-mail each
     metrics = {name: budget_metrics(data, s, n_boot, seed) for name, s in spends.items()}

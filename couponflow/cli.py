@@ -9,6 +9,7 @@ read back what happened.
     couponflow serve                     # the production release behind the front door
     couponflow stop                      # stop the front door and every bento server
     couponflow airflow [--port 8080]     # the Airflow UI over the workspace, until Ctrl-C
+    couponflow trial --spec PATH         # our learner vs two-model on a randomised trial
 
 Room code is imported lazily inside the verbs: the core itself never needs Airflow,
 Feast, GX or BentoML.
@@ -261,6 +262,17 @@ def main(argv: list[str] | None = None) -> None:
         "--keep-serving", action="store_true", help="leave a released model's servers running"
     )
     p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p_trial = sub.add_parser("trial", help="our learner vs two-model on a randomised trial")
+    p_trial.add_argument("--spec", required=True, type=Path, help="the trial's YAML spec")
+    p_trial.add_argument("--outcome", action="append", help="an outcome of the spec (default: all)")
+    p_trial.add_argument("--budget-share", type=float, default=1 / 3, help="most treated, a share")
+    p_trial.add_argument("--folds", type=int, default=4, help="cross-fitting folds")
+    p_trial.add_argument("--seeds", type=int, default=1, help="fold seeds, predictions averaged")
+    p_trial.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p_trial.add_argument("--level", type=float, default=0.95, help="interval level")
+    p_trial.add_argument("--rows", type=int, help="a random subsample of this many customers")
+    p_trial.add_argument("--epochs", type=int, help="the network's epochs (default: the spec's)")
+    p_trial.add_argument("--json", type=Path, help="also write the figures to this file")
     p_ui = sub.add_parser("airflow", help="api-server, scheduler and dag-processor: the UI")
     p_ui.add_argument("--port", type=int, default=8080)
     p_ui.add_argument("--user", default="admin")
@@ -299,6 +311,10 @@ def main(argv: list[str] | None = None) -> None:
         serve(ws)
     if args.verb == "stop":
         stop(ws)
+    if args.verb == "trial":
+        from training.trial import main as trial
+
+        trial(args)
     if args.verb == "airflow":
         from couponflow.airflow_services import run_ui
 

@@ -9,7 +9,7 @@ project root; the files are read where they are, never copied into the repositor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sklearn.preprocessing import OneHotEncoder
 from couponflow.config import PROJECT_ROOT
 from couponflow.contract import ALL_CATEGORIES, TABLES, coupon_cost
 from couponflow.metrics import TargetTerms
+from couponflow.trials import TrialArrays, TrialSpec, trial_arrays
 
 # Hillstrom has no region, age or device; the contract requires them, so they carry the
 # nearest covariates as codes (the raw ones come back in `HillstromData.covariates`).
@@ -48,6 +49,7 @@ HILLSTROM_COVARIATES = [
     "channel",
 ]
 HILLSTROM_POLICY = "hillstrom-2008-random"
+HILLSTROM_SPEC = "public_data/hillstrom.yaml"  # the experiment as a trial, for uplift learners
 
 
 def resolve(path: str | Path) -> Path:
@@ -148,70 +150,18 @@ def load_hillstrom(cfg: dict[str, Any]) -> HillstromData:
     return HillstromData(day, batch, covariates[["user_id", *HILLSTROM_COVARIATES]])
 
 
-# Hillstrom for uplift learners: arm 0 is the control, as everywhere in the project.
-HILLSTROM_ARM_INDEX = {"No E-Mail": 0, "Mens E-Mail": 1, "Womens E-Mail": 2}
-HILLSTROM_USER_INPUTS = [
-    "recency_scaled",  # (months - 1) / 11
-    "log_history",  # log(1 + dollars) / 8
-    "history_segment_scaled",  # the segment's rank / 6
-    "mens",
-    "womens",
-    "newbie",
-    *[f"zip_{z.lower()}" for z in HILLSTROM_REGION],
-    *[f"channel_{c.lower()}" for c in HILLSTROM_DEVICE],
-]
+def hillstrom_spec(cfg: dict[str, Any]) -> TrialSpec:
+    """Hillstrom as a randomised trial: the spec at params `public_data.hillstrom.spec`
+    (couponflow.trials), reading the CSV at the params' `path`."""
+    spec = TrialSpec.load(resolve(cfg.get("spec", HILLSTROM_SPEC)))
+    return replace(spec, csv=resolve(cfg["path"]))
 
 
-@dataclass(frozen=True)
-class HillstromArrays:
-    """The experiment as arrays, a row per customer: pre-period covariates as the user block
-    of the uplift-aware network's inputs, the randomised arm and the two-week outcomes."""
-
-    user: np.ndarray  # (n, len(HILLSTROM_USER_INPUTS)) float32, each column about 0..1
-    arm: np.ndarray  # (n,) HILLSTROM_ARM_INDEX values
-    visit: np.ndarray
-    conversion: np.ndarray
-    spend: np.ndarray
-    propensity: np.ndarray  # 1/3 for every arm, the design's
-
-    n_arms = len(HILLSTROM_ARM_INDEX)
-
-    def __len__(self) -> int:
-        return len(self.arm)
-
-    def subset(self, rows: np.ndarray) -> HillstromArrays:
-        return HillstromArrays(*(getattr(self, f.name)[rows] for f in fields(self)))
-
-    def inputs(self, arm: np.ndarray | int) -> np.ndarray:
-        """[user block | arm block] rows for `arm` (one per customer, or one for all); the arm
-        block is one-hot over the arms, so its column 0 is `is_control`."""
-        arm = np.broadcast_to(np.asarray(arm), (len(self),))
-        return np.hstack([self.user, np.eye(self.n_arms, dtype=np.float32)[arm]])
-
-
-def hillstrom_arrays(cfg: dict[str, Any]) -> HillstromArrays:
-    """Hillstrom (params `public_data.hillstrom`) encoded for uplift learners."""
-    raw = pd.read_csv(resolve(cfg["path"]))
-    segment_rank = raw["history_segment"].map({s: i for i, s in enumerate(HILLSTROM_AGE_BAND)})
-    columns = [
-        (raw["recency"] - 1) / 11,
-        np.log1p(raw["history"]) / 8,
-        segment_rank / 6,
-        raw["mens"],
-        raw["womens"],
-        raw["newbie"],
-        *[raw["zip_code"] == z for z in HILLSTROM_REGION],
-        *[raw["channel"] == c for c in HILLSTROM_DEVICE],
-    ]
-    user = np.column_stack([np.asarray(c, dtype=np.float32) for c in columns])
-    return HillstromArrays(
-        user=user,
-        arm=raw["segment"].map(HILLSTROM_ARM_INDEX).to_numpy(np.int64),
-        visit=raw["visit"].to_numpy(np.float64),
-        conversion=raw["conversion"].to_numpy(np.float64),
-        spend=raw["spend"].to_numpy(np.float64),
-        propensity=np.full(len(raw), 1.0 / len(HILLSTROM_ARM_INDEX)),
-    )
+def hillstrom_arrays(cfg: dict[str, Any]) -> TrialArrays:
+    """Hillstrom (params `public_data.hillstrom`) encoded for uplift learners through the
+    generic trial loader: the covariates as the user block, arm 0 the no-e-mail control, then
+    the men's and the women's e-mail; outcomes `visit`, `spend`, and `conversion`."""
+    return trial_arrays(hillstrom_spec(cfg))
 
 
 @dataclass

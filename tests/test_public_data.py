@@ -12,8 +12,6 @@ from couponflow.config import PROJECT_ROOT, load_params
 from couponflow.contract import TABLES
 from couponflow.metrics import TargetTerms, off_policy_bootstrap, on_policy_value
 from couponflow.public_data import (
-    HILLSTROM_ARM_INDEX,
-    HILLSTROM_USER_INPUTS,
     action_distribution,
     hillstrom_arrays,
     load_hillstrom,
@@ -109,26 +107,34 @@ def hillstrom_encoded():
 
 
 def test_hillstrom_arrays_encode_the_experiment(hillstrom_encoded) -> None:
-    """Covariates as a bounded user block, arm 0 the control, outcomes as published."""
+    """Through the generic trial loader (public_data/hillstrom.yaml): covariates as a user
+    block in 0..1, arm 0 the control, outcomes as published."""
     data = hillstrom_encoded
-    assert data.user.shape == (64_000, len(HILLSTROM_USER_INPUTS))
+    assert data.arms == ("No E-Mail", "Mens E-Mail", "Womens E-Mail")
+    assert data.user_inputs[:6] == (
+        "recency", "mens", "womens", "newbie", "log_history", "history_segment"
+    )  # fmt: skip
+    assert data.user.shape == (64_000, 12)
     assert data.user.dtype == np.float32
-    assert data.user.min() >= 0 and data.user.max() <= 1.05
+    assert data.user.min() == 0 and data.user.max() == 1
     zips, channels = data.user[:, 6:9], data.user[:, 9:12]
     assert np.all(zips.sum(axis=1) == 1) and np.all(channels.sum(axis=1) == 1)
-    assert np.all(data.propensity == 1 / 3)
-    spend = {arm: data.spend[data.arm == i].mean() for arm, i in HILLSTROM_ARM_INDEX.items()}
+    assert data.user_inputs[6] == "zip_code=Urban" and data.user_inputs[9] == "channel=Phone"
+    # the empirical arm shares: the design's 1/3 each, as drawn
+    assert data.propensity == pytest.approx(np.full(64_000, 1 / 3), abs=1e-3)
+    spend = {arm: data.outcomes["spend"][data.arm == i].mean() for i, arm in enumerate(data.arms)}
     assert spend == pytest.approx(
         {"No E-Mail": 0.653, "Mens E-Mail": 1.423, "Womens E-Mail": 1.077}, abs=5e-4
     )
+    assert set(data.outcomes) == {"spend", "visit"} and data.conversion.sum() == 578
     x = data.inputs(data.arm)
-    assert x.shape == (64_000, len(HILLSTROM_USER_INPUTS) + 3)
-    arm_block = x[:, len(HILLSTROM_USER_INPUTS) :]
+    assert x.shape == (64_000, 12 + 3)
+    arm_block = x[:, 12:]
     assert np.array_equal(arm_block[:, 0] == 1, data.arm == 0), "column 0 is is_control"
     assert np.array_equal(arm_block.argmax(axis=1), data.arm)
     assert np.array_equal(data.inputs(2)[:, -1], np.ones(64_000, dtype=np.float32))
     small = data.subset(np.arange(10))
-    assert len(small) == 10 and np.array_equal(small.spend, data.spend[:10])
+    assert len(small) == 10 and np.array_equal(small.outcomes["spend"], data.outcomes["spend"][:10])
 
 
 def test_hillstrom_uplift_pipeline_runs_on_a_subsample(hillstrom_encoded) -> None:
