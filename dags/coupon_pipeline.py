@@ -222,10 +222,21 @@ def coupon_retrain():
 
         return forget_old_feedback(_workspace(), _days(ds)[-1])
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    @task
     def gate(trained: dict) -> bool:
-        """Continue to the release only if the gate promoted the challenger."""
-        return bool(trained["gate"]["promote"])
+        """Continue to the release only if the gate promoted the challenger. A refusal
+        skips this task and with it the release path, so a refused day is pink in the
+        grid, not green like a release; this task's log lists the checks that failed."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        checks = trained["gate"]["checks"]
+        for check in checks:
+            mark = "x" if check["passed"] else " "
+            log.info("[%s] %s: %s", mark, check["check"], check["detail"])
+        if not trained["gate"]["promote"]:
+            failed = "; ".join(f"{c['check']}: {c['detail']}" for c in checks if not c["passed"])
+            raise AirflowSkipException(f"refused by the gate, nothing released: {failed}")
+        return True
 
     @task(**TRANSIENT, execution_timeout=timedelta(minutes=20))
     def build_bento(trained: dict) -> dict:
