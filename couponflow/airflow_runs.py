@@ -118,7 +118,12 @@ def run_note(summary: dict[str, Any]) -> str:
     """The day's decision and its reasons in a few lines, for a DAG run's note: what a
     reviewer needs before opening anything."""
     steps = summary.get("steps", {})
-    out = [f"{summary.get('day')}: {summary.get('outcome')}"]
+    outcome = str(summary.get("outcome"))
+    if outcome.startswith("waiting for") and steps.get("validate"):
+        rows = sum(steps["validate"].get("rows", {}).values())
+        waiting = outcome.removeprefix("waiting for ")
+        outcome = f"batch accepted ({rows} rows validated); next: {waiting}"
+    out = [f"{summary.get('day')}: {outcome}"]
     for reason in summary.get("rejection") or []:
         out.append(f"- rejected: {reason}")
     trained = steps.get("train") or {}
@@ -166,5 +171,56 @@ def fix_runs(runs: list[dict[str, str]]) -> None:
                 run.note = wanted["note"]
 
 
+def note_finished_runs(api: Any, summary_of: Any, dag_ids: tuple[str, ...], noted: set) -> int:
+    """Give each ended run of `dag_ids` without a note the day's decision as its note,
+    through the REST client `api` (a task cannot write its own run's note): the day is
+    the one its `summary` task returned, else its logical date; `summary_of(day)` is that
+    day's summary or None. `noted` remembers the runs seen. How many were noted."""
+    from urllib.parse import quote
+
+    count = 0
+    for dag_id in dag_ids:
+        listed = api.get(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            params={"state": ["success", "failed"], "order_by": "-end_date", "limit": 20},
+        )
+        for run in listed.json().get("dag_runs", []) if listed.status_code == 200 else []:
+            key = (dag_id, run["dag_run_id"])
+            if key in noted or run.get("note"):
+                noted.add(key)
+                continue
+            path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}"
+            xcom = api.get(f"{path}/taskInstances/summary/xcomEntries/return_value")
+            value = xcom.json().get("value") if xcom.status_code == 200 else None
+            if isinstance(value, str):
+                value = json.loads(value)
+            days = (value or {}).get("days") or [str(run.get("logical_date") or "")[:10]]
+            summary = summary_of(days[-1]) if days[-1] else None
+            noted.add(key)
+            if summary is None:
+                continue
+            api.patch(path, json={"note": run_note(summary)}, params={"update_mask": "note"})
+            count += 1
+    return count
+
+
+def repair_start_dates() -> int:
+    """In the workspace's Airflow environment: every run recorded as started before it was
+    even due (`airflow dags test` of older versions of `couponflow run`) started when its
+    first task did. How many were repaired."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        wrong = session.scalars(select(DagRun).where(DagRun.start_date < DagRun.run_after)).all()
+        runs = [{"dag_id": run.dag_id, "run_id": run.run_id} for run in wrong]
+    fix_runs(runs)
+    return len(runs)
+
+
 if __name__ == "__main__":
-    fix_runs(json.loads(Path(sys.argv[1]).read_text()))
+    if sys.argv[1] == "--repair":
+        print(f"{repair_start_dates()} runs' start dates repaired")
+    else:
+        fix_runs(json.loads(Path(sys.argv[1]).read_text()))

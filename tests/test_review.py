@@ -195,3 +195,41 @@ def test_the_gate_skips_the_release_path_visibly() -> None:
         gate.python_callable(refused)
     assert gate.python_callable({"gate": {"promote": True, "checks": []}}) is True
     assert json.dumps(retrain.get_task("build_bento").trigger_rule) == '"all_success"'
+
+
+def test_runs_the_scheduler_made_get_the_days_decision_as_their_note() -> None:
+    """`couponflow airflow` notes ended runs through the REST API: the day comes from the
+    summary task's XCom, a run already noted is left alone."""
+    import httpx
+
+    from couponflow.airflow_runs import note_finished_runs
+
+    runs = {
+        "coupon_retrain": [
+            {"dag_run_id": "asset_triggered__1+00:00", "note": None, "logical_date": None},
+            {"dag_run_id": "scheduled__2", "note": "a person's note", "logical_date": None},
+        ]
+    }
+    patched: dict[str, dict] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and path.endswith("/dagRuns"):
+            return httpx.Response(200, json={"dag_runs": runs.get(path.split("/")[4], [])})
+        if request.method == "GET" and path.endswith("/xcomEntries/return_value"):
+            return httpx.Response(200, json={"value": {"days": ["2026-01-07"]}})
+        if request.method == "PATCH":
+            patched[path] = json.loads(request.content)
+            assert request.url.params["update_mask"] == "note"
+            return httpx.Response(200, json={})
+        return httpx.Response(404)
+
+    api = httpx.Client(base_url="http://airflow", transport=httpx.MockTransport(answer))
+    noted: set = set()
+    days = {"2026-01-07": summary("refused by gate")}
+    dag_ids = ("coupon_ingest", "coupon_retrain")
+    assert note_finished_runs(api, days.get, dag_ids, noted) == 1
+    ((path, body),) = patched.items()
+    assert path.endswith("/dagRuns/asset_triggered__1+00:00") or "asset_triggered__1" in path
+    assert body["note"].startswith("2026-01-07: refused by gate")
+    assert note_finished_runs(api, days.get, dag_ids, noted) == 0  # each run once
