@@ -167,11 +167,7 @@ class ProblemMiddleware:
 
         async def rewriting(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = dict(message.get("headers", []))
-                if 400 <= status < 500 and not headers.get(b"content-type", b"").startswith(
-                    PROBLEM_JSON.encode()
-                ):
+                if 400 <= message["status"] < 500 and not _is_problem(message):
                     held["start"], held["body"] = message, b""
                     return
                 await send(message)
@@ -185,6 +181,11 @@ class ProblemMiddleware:
                 await send(message)
 
         await self.app(scope, receive, rewriting)
+
+
+def _is_problem(start: Message) -> bool:
+    headers = dict(start.get("headers", []))
+    return headers.get(b"content-type", b"").startswith(PROBLEM_JSON.encode())
 
 
 async def _answer(
