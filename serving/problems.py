@@ -236,6 +236,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
 }
+SUMMARIES = {  # the routes an app calls, first, under one tag, each with a summary
+    "/recommend": "Coupon offers for a shopper",
+    "/feedback": "Report what the shopper did with them",
+}
 ROUTE_PROBLEMS = {
     "/recommend": {400: "invalid-body", 401: "unauthorized"},
     "/feedback": {400: "invalid-body", 401: "unauthorized", 404: "unknown-request"},
@@ -244,12 +248,23 @@ ROUTE_PROBLEMS = {
 
 def documented(spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's OpenAPI of the service with each route's 4xx answers as problems (BentoML
-    documents its own error shapes, which the middleware no longer sends), and without
-    BentoML's team as the API's contact."""
+    documents its own error shapes, which the middleware no longer sends), the two routes
+    an app calls first and together, and without BentoML's team as the API's contact."""
     spec = json.loads(json.dumps(spec))
     spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     spec.get("info", {}).pop("contact", None)
     ref = {"$ref": "#/components/schemas/Problem"}
+    paths = spec.get("paths", {})
+    tags = paths.get("/feedback", {}).get("post", {}).get("tags")
+    for path, summary in SUMMARIES.items():
+        if "post" in paths.get(path, {}):
+            paths[path]["post"]["summary"] = summary
+            if tags:
+                paths[path]["post"]["tags"] = tags
+    spec["paths"] = {
+        **{path: paths[path] for path in SUMMARIES if path in paths},
+        **{path: item for path, item in paths.items() if path not in SUMMARIES},
+    }
     for path, item in spec.get("paths", {}).items():
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:

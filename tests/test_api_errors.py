@@ -95,6 +95,9 @@ def test_the_openapi_documents_the_problems_and_the_slate_rule(server: Server) -
     assert "event loop" not in described and "worker" not in described
     assert "budget" in described and "`k` is a most" in described
     assert "request_id" in spec["paths"]["/feedback"]["post"]["description"]
+    assert list(spec["paths"])[:2] == ["/recommend", "/feedback"]
+    routes = [spec["paths"][path]["post"] for path in ("/recommend", "/feedback")]
+    assert routes[0]["tags"] == routes[1]["tags"] and all(r["summary"] for r in routes)
 
 
 # -- without a server ------------------------------------------------------------------------
@@ -177,6 +180,7 @@ def test_the_documented_spec_replaces_bentomls_error_shapes() -> None:
     assert set(responses) == {"200", "400", "401", "404", "500"}
     assert responses["404"]["content"][PROBLEM_JSON]["schema"]["$ref"].endswith("/Problem")
     assert "contact" not in spec["info"] and "contact" in bentoml_spec["info"]  # a copy
+    assert list(spec["paths"])[0] == "/feedback" and spec["paths"]["/feedback"]["post"]["summary"]
 
 
 def test_k_is_a_most_the_slate_ends_where_no_coupon_is_worth_more() -> None:
