@@ -62,11 +62,22 @@ def seed_history(ws: Workspace) -> list[str]:
 
 def airflow_env(ws: Workspace) -> dict[str, str]:
     """Environment for the Airflow CLI: metadata DB and logs inside the workspace, our DAGs,
-    no examples, quiet."""
+    no examples, quiet. Every path is derived here, from where the workspace is now, never
+    stored in it (`airflow_home`), so a moved or copied workspace runs where it is."""
+    home = airflow_home(ws)
+    derived = {  # a deployment's own setting (its PostgreSQL, say) wins
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(
+            home / "logs" / "dag_processor"
+        ),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+    }
     return {
+        **derived,
         **os.environ,
         HOME_ENV: str(ws.root),
-        "AIRFLOW_HOME": str(ws.root / "airflow"),
+        "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -76,6 +87,36 @@ def airflow_env(ws: Workspace) -> dict[str, str]:
         "DVC_NO_ANALYTICS": "1",
         "BENTOML_DO_NOT_TRACK": "True",
     }
+
+
+AIRFLOW_CFG = """# couponflow: Airflow's settings for this workspace come from the environment
+# (couponflow.cli.airflow_env), derived from where the workspace is: no path is stored
+# here, so the workspace can be moved or copied. Only its generated secrets are kept.
+[core]
+fernet_key = {fernet}
+
+[api]
+secret_key = {secret}
+
+[api_auth]
+jwt_secret = {jwt}
+"""
+
+
+def airflow_home(ws: Workspace) -> Path:
+    """The workspace's AIRFLOW_HOME, with an airflow.cfg of ours (Airflow would write one
+    holding the absolute paths of the folder it was made in)."""
+    import base64
+    import secrets
+
+    home = ws.root / "airflow"
+    cfg = home / "airflow.cfg"
+    if not cfg.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fernet = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        secret, jwt = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        cfg.write_text(AIRFLOW_CFG.format(fernet=fernet, secret=secret, jwt=jwt))
+    return home
 
 
 def airflow(ws: Workspace, *args: str, log: Path | None = None) -> int:

@@ -104,12 +104,22 @@ def _close(steps_by_day: dict[str, dict], last_dag: bool, refusal: dict | None =
             failures.append(f"{day}: {summary['outcome']}")
     if failures:
         raise AirflowFailException("; ".join(failures))
-    return {
+    return {  # paths inside the workspace, which may move
         "days": sorted(steps_by_day),
         "outcome": summary["outcome"],
-        "summary_json": summary["summary_json"],
-        "summary_markdown": summary["summary_markdown"],
+        "summary_json": _inside(ws, summary["summary_json"]),
+        "summary_markdown": _inside(ws, summary["summary_markdown"]),
     }
+
+
+def _inside(ws, path: str) -> str:
+    """`path` relative to the workspace's root, when it is inside it."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).relative_to(ws.root))
+    except ValueError:
+        return path
 
 
 def _read(summary: dict) -> str:
