@@ -166,10 +166,11 @@ def dags_test(ws: Workspace, dag_id: str, day: str, log: Path, runs: list[dict])
 
     cmd = [str(Path(sys.executable).parent / "airflow"), "dags", "test", dag_id, day]
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = airflow_env(ws)
     progress = Progress()
     with open(log, "w") as out:
         process = subprocess.Popen(
-            cmd, env=airflow_env(ws), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace",
         )  # fmt: skip
         assert process.stdout is not None
@@ -178,7 +179,7 @@ def dags_test(ws: Workspace, dag_id: str, day: str, log: Path, runs: list[dict])
             if said := progress.feed(line):
                 print(said, flush=True)
         code = process.wait()
-    write_task_logs(progress.tasks, ws.root / "airflow" / "logs")
+    write_task_logs(progress.tasks, Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]))
     if progress.tasks:
         path = summary_path(ws, day)
         note = run_note(json.loads(path.read_text())) if path.exists() else ""
