@@ -72,3 +72,28 @@ def test_a_moved_workspace_runs_its_next_day_where_it_is(
     assert not old.exists(), "something wrote into the workspace's old folder"
     assert files_naming(new, str(old), moved) == []  # nothing written since names it
     assert (new / "airflow" / "logs").is_dir()
+    assert_readable_in_the_ui(new, second["day"])
+
+
+def assert_readable_in_the_ui(root: Path, day: str) -> None:
+    """What `couponflow run` adds to its `airflow dags test` runs (issue #18): each run
+    started when it did, not at its logical date, noted with the day's decision, and the
+    `summary` task's log where the UI reads it."""
+    import sqlite3
+
+    with sqlite3.connect(root / "airflow" / "airflow.db") as db:
+        runs = db.execute(
+            "select dag_id, run_id, start_date, run_after, end_date, content from dag_run"
+            " left join dag_run_note on dag_run_note.dag_run_id = dag_run.id"
+            " where logical_date like ?",
+            (f"{day}%",),
+        ).fetchall()
+    assert {dag_id for dag_id, *_ in runs} == {"coupon_ingest", "coupon_features", "coupon_retrain"}
+    for dag_id, run_id, start, run_after, end, note in runs:
+        assert start >= run_after[:19] and start <= end, (dag_id, start, run_after, end)
+        assert note and note.startswith(day), (dag_id, note)
+        log = (
+            root / "airflow" / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+            / "task_id=summary" / "attempt=1.log"
+        )  # fmt: skip
+        assert f"# couponflow {day}" in log.read_text(), log
