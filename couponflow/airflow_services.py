@@ -122,6 +122,23 @@ def unpause_couponflow(api: httpx.Client) -> list[str]:
     return [found["dag_id"] for found in dags]
 
 
+def note_runs(ws: Workspace, api: httpx.Client, noted: set) -> None:
+    """The day's decision as the note of each couponflow run that ended (the scheduler's
+    runs; `couponflow run` notes its own). Never fatal: a note is for reading."""
+    from couponflow.airflow_runs import note_finished_runs
+    from couponflow.cli import DAG_IDS
+    from couponflow.report import summary_path
+
+    def summary_of(day: str) -> dict | None:
+        path = summary_path(ws, day)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    try:
+        note_finished_runs(api, summary_of, DAG_IDS, noted)
+    except (httpx.HTTPError, ValueError, KeyError) as failed:
+        print(f"(could not note the runs: {failed!r})", flush=True)
+
+
 def run_ui(ws: Workspace, port: int, user: str, password: str) -> None:
     """Migrate the metadata DB and run the three components until Ctrl-C. Nothing runs on
     a clock: the workspace's world is simulated, so runs are triggered from the UI (or
@@ -130,6 +147,9 @@ def run_ui(ws: Workspace, port: int, user: str, password: str) -> None:
     env = service_env(ws, port, {user: password}, manual)
     if airflow(ws, "db", "migrate", log=ws.root / "logs" / "airflow-db-migrate.log"):
         sys.exit("airflow db migrate failed: see logs/airflow-db-migrate.log")
+    # runs of older `couponflow run`s recorded as started at their logical date
+    subprocess.run([sys.executable, "-m", "couponflow.airflow_runs", "--repair"], env=env,
+                   capture_output=True, check=False)  # fmt: skip
     services = AirflowServices(env, ws.root / "logs" / "airflow")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the components are in
         signal.signal(sig, signal.default_int_handler)  # other groups: stop them too
@@ -137,15 +157,20 @@ def run_ui(ws: Workspace, port: int, user: str, password: str) -> None:
         for component in COMPONENTS:
             services.start(component)
         services.wait_healthy(env["AIRFLOW__API__BASE_URL"])
-        with api_client(env["AIRFLOW__API__BASE_URL"], user, password) as api:
-            unpause_couponflow(api)
+        api = api_client(env["AIRFLOW__API__BASE_URL"], user, password)
+        unpause_couponflow(api)
         print(
             f"Airflow UI: {env['AIRFLOW__API__BASE_URL']}  (user {user}, password {password}); "
             f"workspace {ws.root}; logs {services.log_dir}. Ctrl-C stops it.",
             flush=True,
         )
+        noted: set = set()
+        polls = 0
         while all(proc.poll() is None for proc in services.procs.values()):
             time.sleep(2)
+            polls += 1
+            if polls % 5 == 0:  # every 10 s
+                note_runs(ws, api, noted)
         print("a component exited; stopping the others", flush=True)
     except KeyboardInterrupt:
         pass

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace
 from couponflow.logs import quiet_libraries
 
+DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph
 # One day is these DAGs in order; under `airflow dags test` asset events trigger nothing,
 # so the CLI runs each in turn for the day, as the scheduler would on the Assets' events.
 DAG_IDS = ("coupon_ingest", "coupon_features", "coupon_retrain")
@@ -62,11 +63,22 @@ def seed_history(ws: Workspace) -> list[str]:
 
 def airflow_env(ws: Workspace) -> dict[str, str]:
     """Environment for the Airflow CLI: metadata DB and logs inside the workspace, our DAGs,
-    no examples, quiet."""
+    no examples, quiet. Every path is derived here, from where the workspace is now, never
+    stored in it (`airflow_home`), so a moved or copied workspace runs where it is."""
+    home = airflow_home(ws)
+    derived = {  # a deployment's own setting (its PostgreSQL, say) wins
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(
+            home / "logs" / "dag_processor"
+        ),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+    }
     return {
+        **derived,
         **os.environ,
         HOME_ENV: str(ws.root),
-        "AIRFLOW_HOME": str(ws.root / "airflow"),
+        "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -76,6 +88,36 @@ def airflow_env(ws: Workspace) -> dict[str, str]:
         "DVC_NO_ANALYTICS": "1",
         "BENTOML_DO_NOT_TRACK": "True",
     }
+
+
+AIRFLOW_CFG = """# couponflow: Airflow's settings for this workspace come from the environment
+# (couponflow.cli.airflow_env), derived from where the workspace is: no path is stored
+# here, so the workspace can be moved or copied. Only its generated secrets are kept.
+[core]
+fernet_key = {fernet}
+
+[api]
+secret_key = {secret}
+
+[api_auth]
+jwt_secret = {jwt}
+"""
+
+
+def airflow_home(ws: Workspace) -> Path:
+    """The workspace's AIRFLOW_HOME, with an airflow.cfg of ours (Airflow would write one
+    holding the absolute paths of the folder it was made in)."""
+    import base64
+    import secrets
+
+    home = ws.root / "airflow"
+    cfg = home / "airflow.cfg"
+    if not cfg.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fernet = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        secret, jwt = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        cfg.write_text(AIRFLOW_CFG.format(fernet=fernet, secret=secret, jwt=jwt))
+    return home
 
 
 def airflow(ws: Workspace, *args: str, log: Path | None = None) -> int:
@@ -100,11 +142,13 @@ def run_days(ws: Workspace, days: list[str]) -> list[dict]:
     summaries = []
     for day in days:
         started = time.monotonic()
+        runs: list[dict[str, str]] = []
         for dag_id in DAG_IDS:
             log = ws.root / "logs" / f"{dag_id}-{day}.log"
-            code = airflow(ws, "dags", "test", dag_id, day, log=log)
+            code = dags_test(ws, dag_id, day, log, runs)
             if code != 0:
                 break
+        fix_dag_runs(ws, runs)
         path = summary_path(ws, day)
         summary = json.loads(path.read_text()) if path.exists() else {"outcome": "no summary"}
         summary["airflow_exit_code"] = code
@@ -112,6 +156,51 @@ def run_days(ws: Workspace, days: list[str]) -> list[dict]:
         print(f"{day}: {summary['outcome']} ({summary['wall_seconds']} s, log {log})", flush=True)
         summaries.append(summary)
     return summaries
+
+
+def dags_test(ws: Workspace, dag_id: str, day: str, log: Path, runs: list[dict]) -> int:
+    """`airflow dags test` of `dag_id` for `day`, its output in `log` and a line per task
+    as it ends; then each task's log where the UI reads it, and the run (with the day's
+    summary for its note) appended to `runs` for `fix_dag_runs`. The exit code."""
+    from couponflow.airflow_runs import Progress, run_note, write_task_logs
+    from couponflow.report import summary_path
+
+    cmd = [str(Path(sys.executable).parent / "airflow"), "dags", "test", dag_id, day]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = airflow_env(ws)
+    progress = Progress()
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace",
+        )  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            out.write(line)
+            if said := progress.feed(line):
+                print(said, flush=True)
+        code = process.wait()
+    write_task_logs(progress.tasks, Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]))
+    if progress.tasks:
+        path = summary_path(ws, day)
+        note = run_note(json.loads(path.read_text())) if path.exists() else ""
+        runs.append({"dag_id": dag_id, "run_id": progress.tasks[0].run_id, "note": note})
+    return code
+
+
+def fix_dag_runs(ws: Workspace, runs: list[dict]) -> None:
+    """The day's runs started when their first task did (`dags test` says at the logical
+    date) and noted with the day's decision; a failure here costs the UI, not the day."""
+    if not runs:
+        return
+    request = ws.root / "logs" / "dag-runs-to-fix.json"
+    request.write_text(json.dumps(runs))
+    done = subprocess.run(
+        [sys.executable, "-m", "couponflow.airflow_runs", str(request)],
+        env=airflow_env(ws), capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        print(f"   (the runs' notes and start times were not set: {done.stderr[-300:]})")
 
 
 def next_days(ws: Workspace, n: int) -> list[str]:
@@ -194,16 +283,21 @@ def print_status(ws: Workspace, live: bool) -> None:
     from serving.deployment import deployment_record, front_door
 
     record = deployment_record(ws)
-    for slot in ("live", "standby"):
+    for slot in ("live", "standby", "candidate"):
         if record[slot]:
             print(f"{slot} server: {record[slot]['bento_tag']} on port {record[slot]['port']}")
     if record["router"]:
         print(f"front door: {front_door(ws)}")
     if live:
-        from serving.bento import live_answer
+        from serving.deployment import NotServing, ask_live
 
-        print("\none live recommendation:")
-        print(json.dumps(live_answer(ws, release["bento_tag"]), indent=2))
+        try:
+            answer = ask_live(ws)
+        except NotServing as idle:
+            print(f"\nno live recommendation: {idle}")
+        else:
+            print(f"\none live recommendation, from {front_door(ws)}:")
+            print(json.dumps(answer, indent=2))
 
 
 def roll_back(ws: Workspace, reason: str) -> None:
@@ -242,27 +336,95 @@ def stop(ws: Workspace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="couponflow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="couponflow",
+        description=DESCRIPTION,
+        epilog=f"The workspace is --workspace, else ${HOME_ENV}, else var/demo. "
+        "`couponflow VERB -h` says more of each verb; docs/runbook.md of everything.",
+    )
     parser.add_argument("--workspace", type=Path, help=f"default: ${HOME_ENV} or var/demo")
-    sub = parser.add_subparsers(dest="verb", required=True)
-    p_init = sub.add_parser("init", help="create a workspace and seed its history days")
-    p_init.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p_run = sub.add_parser("run", help="run the DAG for the given days (or the next N)")
-    p_run.add_argument("days", nargs="*")
-    p_run.add_argument("--next", type=int, default=0, metavar="N")
-    p_status = sub.add_parser("status", help="what the runs did and the live release")
-    p_status.add_argument("--live", action="store_true", help="also ask the live bento once")
-    p_rollback = sub.add_parser("rollback", help="make the previous release production again")
-    p_rollback.add_argument("--reason", default="manual rollback", help="kept in the history")
-    sub.add_parser("serve", help="serve the production release behind the front door")
-    sub.add_parser("stop", help="stop the front door and every bento server")
-    p_demo = sub.add_parser("demo", help="init, run consecutive days, print the status")
-    p_demo.add_argument("--days", type=int, default=3)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p_init = sub.add_parser(
+        "init",
+        help="create a workspace and seed its history days",
+        description="Create the workspace (params.yaml, a git + DVC project) if it is not "
+        "there, and land, validate and store its history days (world.history_days) so the "
+        "first run has days to train on. Re-running it on a workspace is harmless.",
+    )
+    p_init.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a param of the new workspace, dotted (world.n_users=2000); repeatable",
+    )  # fmt: skip
+    p_run = sub.add_parser(
+        "run",
+        help="run the DAG for the given days (or the next N)",
+        description="Run each day's three DAGs (coupon_ingest, coupon_features, "
+        "coupon_retrain) with `airflow dags test`, a line per task as it ends; each DAG's "
+        "log is logs/<dag_id>-<day>.log, each day's summary reports/runs/<day>.md.",
+    )
+    p_run.add_argument("days", nargs="*", help="dates, YYYY-MM-DD (default: the next day)")
+    p_run.add_argument(
+        "--next", type=int, default=0, metavar="N",
+        help="the N days after the newest in the offline store",
+    )  # fmt: skip
+    p_status = sub.add_parser(
+        "status",
+        help="what the runs did and the live release",
+        description="Each day's summary (outcome, validation, features, the gate's checks, "
+        "the release), the production release and the servers on this host.",
+    )
+    p_status.add_argument(
+        "--live", action="store_true",
+        help="also ask the serving deployment (its front door) for one recommendation; "
+        "starts nothing",
+    )  # fmt: skip
+    p_rollback = sub.add_parser(
+        "rollback",
+        help="make the previous release production again",
+        description="The release before the current one becomes production again: traffic "
+        "first (the warm standby when it serves that release, else a server started and "
+        "checked for it), then the release record and the champion. Refused, with nothing "
+        "changed, when there is no earlier release.",
+    )
+    p_rollback.add_argument(
+        "--reason", default="manual rollback", help="why, kept in the release history"
+    )
+    sub.add_parser(
+        "serve",
+        help="serve the production release behind the front door (serving.port)",
+        description="Start the production release's server and the front door on "
+        "serving.host:serving.port of the workspace's params.yaml (127.0.0.1:3300 by "
+        "default), unless they already run; they keep running until `couponflow stop`. "
+        "A port taken by another process is refused at once and nothing is started: free "
+        "it, or set serving.port.",
+    )
+    sub.add_parser(
+        "stop",
+        help="stop the front door and every bento server",
+        description="Stop the front door and every server of the workspace (live, standby, "
+        "candidate). The release record is kept: `couponflow serve` starts it again.",
+    )
+    p_demo = sub.add_parser(
+        "demo",
+        help="init, run consecutive days, print the status",
+        description="`init`, then `run` the next --days days, then `status --live`; the "
+        "servers a release started are stopped at the end unless --keep-serving.",
+    )
+    p_demo.add_argument("--days", type=int, default=3, help="days to run (default 3)")
     p_demo.add_argument(
         "--keep-serving", action="store_true", help="leave a released model's servers running"
     )
-    p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p_trial = sub.add_parser("trial", help="our learner vs two-model on a randomised trial")
+    p_demo.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a param of the new workspace, dotted; repeatable",
+    )  # fmt: skip
+    p_trial = sub.add_parser(
+        "trial",
+        help="our learner vs two-model on a randomised trial",
+        description="Cross-fit the project's learner and a two-model baseline on a public "
+        "randomised trial described by a YAML spec (public_data/hillstrom.yaml) and print "
+        "each policy's value at the budget with paired intervals.",
+    )
     p_trial.add_argument("--spec", required=True, type=Path, help="the trial's YAML spec")
     p_trial.add_argument("--outcome", action="append", help="an outcome of the spec (default: all)")
     p_trial.add_argument("--budget-share", type=float, default=1 / 3, help="most treated, a share")
@@ -273,10 +435,15 @@ def main(argv: list[str] | None = None) -> None:
     p_trial.add_argument("--rows", type=int, help="a random subsample of this many customers")
     p_trial.add_argument("--epochs", type=int, help="the network's epochs (default: the spec's)")
     p_trial.add_argument("--json", type=Path, help="also write the figures to this file")
-    p_ui = sub.add_parser("airflow", help="api-server, scheduler and dag-processor: the UI")
-    p_ui.add_argument("--port", type=int, default=8080)
-    p_ui.add_argument("--user", default="admin")
-    p_ui.add_argument("--password", default="admin", help="local use only")
+    p_ui = sub.add_parser(
+        "airflow",
+        help="api-server, scheduler and dag-processor: the UI",
+        description="The Airflow UI over the workspace's runs (those of `run` and `demo` "
+        "too) until Ctrl-C; nothing runs on a clock: trigger coupon_ingest for a date.",
+    )
+    p_ui.add_argument("--port", type=int, default=8080, help="the UI's port (default 8080)")
+    p_ui.add_argument("--user", default="admin", help="the UI's user (default admin)")
+    p_ui.add_argument("--password", default="admin", help="local use only (default admin)")
     args = parser.parse_args(argv)
 
     quiet_libraries()

@@ -73,7 +73,7 @@ def init_workspace(root: Path, overrides: dict[str, Any] | None = None) -> Works
     if not (root / ".dvc").exists():
         dvc(ws, "init", "-q")
         dvc(ws, "config", "core.autostage", "true")
-        dvc(ws, "remote", "add", "-d", "-f", "local", str(root / "dvc-remote"))
+        dvc(ws, "remote", "add", "-d", "-f", "local", "dvc-remote")  # relative: portable
         commit(ws, "workspace created")
     return ws
 

@@ -104,12 +104,22 @@ def _close(steps_by_day: dict[str, dict], last_dag: bool, refusal: dict | None =
             failures.append(f"{day}: {summary['outcome']}")
     if failures:
         raise AirflowFailException("; ".join(failures))
-    return {
+    return {  # paths inside the workspace, which may move
         "days": sorted(steps_by_day),
         "outcome": summary["outcome"],
-        "summary_json": summary["summary_json"],
-        "summary_markdown": summary["summary_markdown"],
+        "summary_json": _inside(ws, summary["summary_json"]),
+        "summary_markdown": _inside(ws, summary["summary_markdown"]),
     }
+
+
+def _inside(ws, path: str) -> str:
+    """`path` relative to the workspace's root, when it is inside it."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).relative_to(ws.root))
+    except ValueError:
+        return path
 
 
 def _read(summary: dict) -> str:
@@ -222,10 +232,21 @@ def coupon_retrain():
 
         return forget_old_feedback(_workspace(), _days(ds)[-1])
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    @task
     def gate(trained: dict) -> bool:
-        """Continue to the release only if the gate promoted the challenger."""
-        return bool(trained["gate"]["promote"])
+        """Continue to the release only if the gate promoted the challenger. A refusal
+        skips this task and with it the release path, so a refused day is pink in the
+        grid, not green like a release; this task's log lists the checks that failed."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        checks = trained["gate"]["checks"]
+        for check in checks:
+            mark = "x" if check["passed"] else " "
+            log.info("[%s] %s: %s", mark, check["check"], check["detail"])
+        if not trained["gate"]["promote"]:
+            failed = "; ".join(f"{c['check']}: {c['detail']}" for c in checks if not c["passed"])
+            raise AirflowSkipException(f"refused by the gate, nothing released: {failed}")
+        return True
 
     @task(**TRANSIENT, execution_timeout=timedelta(minutes=20))
     def build_bento(trained: dict) -> dict:

@@ -58,6 +58,7 @@ from great_expectations.expectations.metadata_types import FailureSeverity
 from couponflow.config import Workspace
 from couponflow.contract import TABLES, Table
 from expectations import trailing
+from expectations.offline_docs import make_offline
 from expectations.suites import (
     CRITICAL,
     STATISTICS,
@@ -313,6 +314,7 @@ def _data_docs(
         if _show_sampled_rows(result, TABLES[name].key):
             context.validation_results_store.set(runs[name], result)
     url = context.build_data_docs(resource_identifiers=[*suites, *runs.values()])[SITE]
+    make_offline(_path(url).parent)  # GX's pages load their styles and scripts from CDNs
     pages = {
         name: _path(context.get_docs_sites_urls(key, site_name=SITE)[0]["site_url"])
         for name, key in runs.items()

@@ -8,8 +8,14 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from serving.problems import PROBLEM_JSON, encode, problem
+
 API_KEY_ENV = "COUPONFLOW_API_KEY"
 PROTECTED = ("/recommend", "/feedback")
+
+UNAUTHORIZED = encode(
+    problem("unauthorized", 401, "missing or wrong API key (Authorization: Bearer or x-api-key)")
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,12 +49,12 @@ class ApiKeyMiddleware:
                         "type": "http.response.start",
                         "status": 401,
                         "headers": [
-                            (b"content-type", b"application/json"),
+                            (b"content-type", PROBLEM_JSON.encode()),
+                            (b"content-length", str(len(UNAUTHORIZED)).encode()),
                             (b"www-authenticate", b"Bearer"),
                         ],
                     }
                 )
-                body = b'{"error": "missing or wrong API key (Authorization: Bearer or x-api-key)"}'
-                await send({"type": "http.response.body", "body": body})
+                await send({"type": "http.response.body", "body": UNAUTHORIZED})
                 return
         await self.app(scope, receive, send)

@@ -14,9 +14,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from couponflow.config import PROJECT_ROOT, Workspace
 from couponflow.landing import offline_days, read_offline
@@ -28,7 +25,6 @@ from serving import (
     MODEL_TAG_ENV,
     bentoml_env,
 )
-from serving.server import free_port, start_server
 
 BENTOFILE = Path(__file__).resolve().parent / "bentofile.yaml"
 
@@ -68,16 +64,6 @@ def build_bento(ws: Workspace, model_tag: str) -> str:
     )  # fmt: skip
     out = _run(build, ws, **{MODEL_TAG_ENV: model_tag})  # the service declares this model
     return out.strip().splitlines()[-1].removeprefix("__tag__:")
-
-
-def live_answer(ws: Workspace, bento_tag: str, user_id: int = 0) -> dict[str, Any]:
-    """One real answer of `bento_tag` for `user_id` (the server runs only for it, on a
-    port of its own: serving.port belongs to the front door)."""
-    body = {"user_id": user_id, "k": int(ws.params["policy"]["k"])}
-    with start_server(ws, bento_tag, free_port()) as server:
-        response = httpx.post(f"{server.base_url}/recommend", json=body, timeout=10)
-    response.raise_for_status()
-    return response.json()
 
 
 def _bentoml(*args: str) -> list[str]:

@@ -190,17 +190,14 @@ class CouponflowClient:
 
 
 def _reason(response: httpx.Response) -> str:
-    """The service's reason: the fields at fault of a validation error, or its message."""
+    """The service's reason: a problem's `detail` (every 4xx: serving.problems names the
+    field at fault there), else whatever text came back."""
     try:
         payload = response.json()
     except ValueError:
         return response.text[:200]
-    detail = payload.get("detail") if isinstance(payload, dict) else None
-    if isinstance(detail, list):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in error.get('loc', []))}: {error.get('msg', '')}"
-            for error in detail
-        )
+    if isinstance(payload, dict) and isinstance(payload.get("detail"), str):
+        return payload["detail"]
     if isinstance(payload, dict):
-        return str(payload.get("error") or detail or payload)
+        return str(payload.get("error") or payload)
     return str(payload)

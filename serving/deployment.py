@@ -128,6 +128,8 @@ def serve_production(ws: Workspace) -> dict[str, Any]:
     if release is None:
         raise CandidateRefused("nothing has been released yet")
     record = deployment_record(ws)
+    if not _router_running(record):
+        _front_door_free(ws)  # at once: not after starting a server it could never front
     live = record["live"]
     if not (live and live["bento_tag"] == release["bento_tag"] and _running(live)):
         start_candidate(ws, release["model_tag"], release["bento_tag"])
@@ -151,6 +153,32 @@ def stop_deployment(ws: Workspace) -> list[str]:
     return stopped
 
 
+class NotServing(RuntimeError):
+    """No front door and live server answer for the workspace on this host."""
+
+
+def ask_live(ws: Workspace, user_id: int = 0) -> dict[str, Any]:
+    """One answer of the deployment that is serving, through its front door, as a shopper's
+    app would get it (a `golden` request: readers of the decision log can tell it apart).
+    NotServing when nothing serves: starting a server just to answer would say nothing
+    about the one shoppers reach."""
+    record = deployment_record(ws)
+    if not (_router_running(record) and record["live"] and _running(record["live"])):
+        raise NotServing("nothing is serving: `couponflow serve` puts the release behind it")
+    body = {
+        "user_id": user_id,
+        "k": int(ws.params["policy"]["k"]),
+        "context": {"channel": "golden"},
+    }
+    try:
+        response = httpx.post(f"{front_door(ws)}/recommend", json=body, timeout=10)
+    except httpx.HTTPError as failed:
+        raise NotServing(f"the front door {front_door(ws)} did not answer: {failed!r}") from None
+    if response.status_code != 200:
+        raise NotServing(f"the front door answered {response.status_code}: {response.text[:300]}")
+    return response.json()
+
+
 def front_door(ws: Workspace) -> str:
     """The URL downstream apps call."""
     cfg = ws.params["serving"]
@@ -161,7 +189,13 @@ def front_door(ws: Workspace) -> str:
 def _switch(ws: Workspace, record: dict[str, Any], new_live: dict[str, Any]) -> None:
     """Point the front door at `new_live` and check the answer through it; the old live
     server becomes the standby, any other server is stopped."""
-    router = record["router"] if _router_running(record) else _start_router(ws)
+    try:
+        router = record["router"] if _router_running(record) else _start_router(ws)
+    except CandidateRefused:
+        if record["candidate"] and record["candidate"]["bento_tag"] == new_live["bento_tag"]:
+            _stop_slot(record, "candidate")  # nothing may stay running that no record shows
+            _write(ws, {**record, "candidate": None})
+        raise
     old_live = record["live"]
     for slot in ("standby", "candidate"):
         if record[slot] and record[slot] is not new_live and record[slot] != new_live:
@@ -188,13 +222,22 @@ def _wait_for_version(url: str, version: str, timeout_s: float = 10.0) -> None:
 
 
 # -- the router and the slots ----------------------------------------------------------------
+def _front_door_free(ws: Workspace) -> None:
+    """CandidateRefused unless the front door's port is free for it to take."""
+    cfg = ws.params["serving"]
+    if listening(int(cfg["port"]), cfg["host"]):
+        raise CandidateRefused(
+            f"port {cfg['port']} (serving.port) on {cfg['host']} is taken by another process: "
+            f"stop it, or set serving.port in {ws.params_file}"
+        )
+
+
 def _start_router(ws: Workspace) -> dict[str, Any]:
     """Start the front door on `serving.port`, in a session of its own so it outlives the
     task that started it."""
     cfg = ws.params["serving"]
     port = int(cfg["port"])
-    if listening(port, cfg["host"]):
-        raise CandidateRefused(f"port {port} (serving.port) is taken by another process")
+    _front_door_free(ws)
     log = bentoml_home(ws) / "logs" / "router.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "serving.router", "--port", str(port), "--host", cfg["host"],

@@ -230,8 +230,11 @@ def _server_home(ws: Workspace, port: int) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     for shared in ("bentos", "models"):
         link = home / shared
+        target = Path("..", "..", shared)  # relative: the workspace may move
+        if link.is_symlink() and Path(os.readlink(link)) != target:
+            link.unlink()  # an absolute link of an older version
         if not link.is_symlink():
-            link.symlink_to(bentoml_home(ws) / shared, target_is_directory=True)
+            link.symlink_to(target, target_is_directory=True)
     return home
 
 

@@ -16,8 +16,12 @@ once, where the typed API's wrapper cost a request ~0.1 ms of CPU more (docs/sca
 The route is a plain async function handing the body to the worker's service instance,
 not one of BentoML's FastAPI class views: those inject `self` through a sync dependency,
 which FastAPI runs on a thread pool, a hand-over to a thread and back on every request.
-BentoML publishes the mounted app's OpenAPI in its own /docs.json, so both routes are
-documented and fuzzed alike, and both refuse a bad body with the same 400 naming the field.
+It runs on the worker's event loop: only the feature read leaves it (awaited, bounded by
+serving.feature_timeout_s); scoring, pacing and landing the decision (~0.5 ms) run in
+place, which costs a request less than handing it to a thread and back.
+
+Every 4xx is an RFC 9457 problem body naming the field at fault (serving.problems); the
+API's documentation is Swagger UI at /docs over the OpenAPI at /docs.json, both offline.
 """
 
 from __future__ import annotations
@@ -35,12 +39,19 @@ from uuid import uuid4
 import bentoml
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from couponflow.config import Workspace
 from couponflow.contract import CATEGORIES
 from serving import ACCESS_LOG_ENV, DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
 from serving.auth import API_KEY_ENV, ApiKeyMiddleware
+from serving.problems import (
+    PROBLEM_JSON,
+    ProblemMiddleware,
+    encode,
+    invalid_body,
+    problem,
+)
 
 if TYPE_CHECKING:
     from serving.feedback import FeedbackLog
@@ -154,12 +165,15 @@ def json_response(answer: BaseModel) -> Response:
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
-def refused(exc: ValidationError) -> JSONResponse:
-    """400 for a body failing validation, each error naming its field (`loc`), in the shape
-    BentoML's typed API answers /feedback with."""
-    detail = exc.errors(include_url=False, include_context=False, include_input=False)
-    error = f"{exc.error_count()} validation error for {exc.title}"
-    return JSONResponse({"error": error, "detail": detail}, status_code=400)
+def refused(exc: ValidationError, path: str) -> Response:
+    """400 for a body failing validation: a problem naming each field at fault, the shape
+    every 4xx of the API has (serving.problems)."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return problem_response(invalid_body(errors, path))
+
+
+def problem_response(body: dict[str, Any]) -> Response:
+    return Response(encode(body), status_code=body["status"], media_type=PROBLEM_JSON)
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -270,7 +284,7 @@ class CouponRecommender:
         try:
             asked = RecommendRequest.model_validate_json(body)
         except ValidationError as exc:
-            return refused(exc)
+            return refused(exc, "/recommend")
         user_id, k, context = asked.user_id, asked.k, asked.context
         started = time.perf_counter()
         now = context.now if context else None
@@ -323,10 +337,14 @@ class CouponRecommender:
         event: Literal["shown", "redeemed", "purchased"],
         amount: Amount | None = None,
     ) -> FeedbackAck:
-        """Land an outcome of a decision for the next training run and push the user's fresh
-        counters online; a repeated event is acknowledged (`recorded: false`) but neither
-        landed nor counted twice. 404 for a request id never answered; 503 when the feedback
-        index or landing zone fails (nothing landed: report the event again later)."""
+        """Report what the shopper did with the offers of a `/recommend` answer, quoting its
+        `request_id`: `shown` once they saw them, `redeemed` when a coupon was used,
+        `purchased` for an order (its `amount`, if known). The outcome trains the next
+        model and updates the shopper's counters at once (`pushed`). Reporting an event
+        twice is harmless: it is acknowledged with `recorded: false` and counted once.
+        404 (`unknown-request`) when this deployment made no decision `request_id`, or
+        made it longer ago than it keeps feedback for; 503 when the event could not be
+        recorded: report it again later."""
         from serving.feedback import FeedbackUnavailable, UnknownRequest
 
         pushed: list[bool] = []  # bounded by serving.feature_timeout_s; a failure lands too
@@ -338,9 +356,9 @@ class CouponRecommender:
                 lambda row: pushed.append(self.recommender.push_outcome(row)),
             )
         except UnknownRequest:
-            raise bentoml.exceptions.NotFound(
-                f"request_id: no decision {request_id!r} was made by this deployment"
-            ) from None
+            detail = f"request_id: no decision {request_id!r} was made by this deployment"
+            unknown = problem("unknown-request", 404, detail, "/feedback", field="request_id")
+            return problem_response(unknown)  # type: ignore[return-value]
         except FeedbackUnavailable:
             if not self._feedback_failing:  # log the change, not every request while it lasts
                 logger.exception("feedback index failing: /feedback answers 503")
@@ -374,19 +392,30 @@ class CouponRecommender:
     "/recommend",
     response_model=Recommendation,
     openapi_extra=json_body(RecommendRequest),
-    responses={400: {"description": "a field of the body is invalid (named in `detail`)"}},
 )
 async def recommend(request: Request) -> Response:
-    """Up to k coupons for `user_id`; unknown users get the cold-start features. With
-    `explain`, each offer names the inputs that drove it.
+    """Up to `k` coupon offers for the shopper `user_id`, best first. Show them, then
+    report what the shopper did with `POST /feedback`, quoting `request_id`.
 
-    Runs on the worker's event loop: only the feature read leaves it (awaited, bounded by
-    serving.feature_timeout_s); scoring, pacing and landing the decision (~0.5 ms, each
-    store bounded by its timeout) run in place, which costs a request less than handing it
-    to a thread and back."""
+    `k` is a most, not a promise: the slate ends at the first slot where offering no
+    coupon is worth more than every eligible coupon left (its expected incremental profit
+    less its cost at the day's budget price), or where the day's budget left cannot pay
+    for another. With a trained model and a tight budget that is usually after one offer,
+    or none (an empty `offers` is an answer, not an error): asking for more never makes
+    an unprofitable coupon worth offering. The policy explores: a small share of slots
+    picks at random among the eligible coupons (each offer's `propensity` says how likely
+    it was). A shopper the feature store does not know gets cold-start features
+    (`cold_start: true`); a store or model failure answers from cold-start features or
+    without offers (`degraded: true`), never with an error. `context.category` keeps
+    coupons of other categories out; `context.now` judges coupon validity at that time.
+    With `explain`, each offer names the shopper's inputs that drove it most."""
     service: CouponRecommender = bentoml.get_current_service()
     return await service.recommend(await request.body())
 
 
+# Outermost of ours: every 4xx below it (BentoML's, Starlette's, the API key's) a problem.
+CouponRecommender.add_asgi_middleware(
+    ProblemMiddleware, openapi=lambda: CouponRecommender.openapi_spec.asdict()
+)
 if os.environ.get(API_KEY_ENV):
     CouponRecommender.add_asgi_middleware(ApiKeyMiddleware, key=os.environ[API_KEY_ENV])
