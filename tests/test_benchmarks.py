@@ -1,0 +1,59 @@
+"""Every benchmark at a tiny scale, so none can rot unnoticed (bench_policy once crashed as
+committed for weeks). The figures they print are not judged here: that they run to the end
+and print their tables is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from couponflow.config import PROJECT_ROOT
+
+
+def run_benchmark(*args: str) -> str:
+    """`python -m benchmarks.<args>` from the project root; its output, or a failure with it."""
+    done = subprocess.run(
+        [sys.executable, "-m", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "printed"),
+    [
+        ("bench_world", ["--events", "3000"], "events"),
+        ("bench_training", ["--rows", "4000", "--epochs", "1"], "samples"),
+        ("bench_validation", ["--rows", "3000"], "rows"),
+        ("bench_features", ["--users", "400", "--reads", "20", "--stores", "sqlite"], "users"),
+    ],
+)
+def test_benchmark_runs_at_a_tiny_scale(module: str, args: list[str], printed: str) -> None:
+    assert printed in run_benchmark(f"benchmarks.{module}", *args).lower()
+
+
+def test_bench_uplift_judges_every_design_on_the_truth() -> None:
+    from benchmarks.bench_uplift import DESIGNS, main
+
+    (result,) = main(["--users", "600", "--days", "5", "--seeds", "1", "--epochs", "2",
+                      "--tradeoff", "0", "1"])  # fmt: skip
+    assert result["oracle"] > 0
+    for design in DESIGNS:
+        assert {"true_profit", "share_of_oracle", "spearman", "offers"} <= result[design].keys()
+    assert set(result["tradeoff"]) == {0.0, 1.0}
+    assert set(result["true_lift_pt"]) == {"sure_thing", "persuadable", "lost_cause",
+                                           "sleeping_dog"}  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_bench_policy_runs_the_real_stages_over_seeds(tmp_path) -> None:
+    from benchmarks.bench_policy import main
+
+    medians = main(["--users", "400", "--history-days", "5", "--seeds", "1",
+                    "--workspace", str(tmp_path)])  # fmt: skip
+    assert {"challenger_profit", "share_of_oracle", "share_of_ceiling", "spearman"} <= set(
+        medians
+    )
