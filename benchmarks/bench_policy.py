@@ -101,14 +101,15 @@ def main() -> None:
     trained = time.perf_counter()
     evaluation = result["evaluation"]
     oracle = evaluation["oracle"]
+    last_day = evaluation["days"][-1]
     print(
         f"\n{args.users} users, {args.history_days} days of history, evaluated on "
-        f"{evaluation['evaluation_day']}: seeding {seeded - started:.0f} s, dvc repro "
+        f"{', '.join(evaluation['days'])}: seeding {seeded - started:.0f} s, dvc repro "
         f"{trained - seeded:.0f} s (workspace {root})"
     )
     print(
         f"budget {oracle['budget']:.0f}; oracle policy earns "
-        f"{oracle['oracle']['incremental_profit']:.1f} spending {oracle['oracle']['cost']:.1f}\n"
+        f"{oracle['oracle_policy']:.1f} spending {oracle['oracle_cost']:.1f}\n"
     )
     print(f"{'policy':<18}{'true profit':>12}{'of oracle':>11}{'true cost':>11}{'offers':>8}"
           f"   challenger's lead (90% interval over users)")  # fmt: skip
@@ -119,13 +120,13 @@ def main() -> None:
         )
         print(
             f"{name:<18}{p['incremental_profit']:>12.1f}{p['share_of_oracle']:>11.1%}"
-            f"{p['true_cost']:>11.1f}{p['offers']:>8d}   {lead_text}"
+            f"{p['true_cost']:>11.1f}{p['offers']:>8.0f}   {lead_text}"
         )
     gate = result["gate"]
     print(f"\ngate: {'PROMOTE' if gate['promote'] else 'REFUSE'}")
     for check in gate["checks"]:
         print(f"  [{'x' if check['passed'] else ' '}] {check['check']}: {check['detail']}")
-    ceiling = observable_ceiling(ws, pd.Timestamp(evaluation["evaluation_day"]))
+    ceiling = observable_ceiling(ws, pd.Timestamp(last_day))
     print(
         f"\nobservable ceiling on half the users: {ceiling['ceiling']:.1f} of the oracle's "
         f"{ceiling['oracle']:.1f} ({ceiling['share']:.1%}), learned from the true profits"

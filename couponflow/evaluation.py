@@ -83,6 +83,7 @@ class OracleTruth:
     users: int
     budget: float
     oracle_policy: float  # the oracle policy's true incremental profit at the budget
+    oracle_cost: float  # ... and its true coupon cost
     policies: dict[str, dict[str, float]]  # name -> incremental_profit, true_cost, offers
     challenger_lead: dict[str, Estimate]  # true lead in total, interval over users
 
@@ -228,9 +229,36 @@ def render_lines(report: EvaluationReport, gate: dict[str, Any] | None = None) -
             f"| {i + 1} | {p:+.3f} | {r:+.3f} | {n} |"
             for i, (p, r, n) in enumerate(zip(cal.predicted, cal.realised, cal.count, strict=True))
         ]
+    if report.oracle is not None:
+        o = report.oracle
+        ch = o.policies.get("challenger", {})
+        out += [
+            "",
+            f"Truth on all {o.users} users of {report.days[-1]} at a budget of {o.budget:.0f}: "
+            f"the challenger earns {ch.get('incremental_profit', float('nan')):+.1f} of the "
+            f"oracle policy's {o.oracle_policy:+.1f}",
+        ]
+    if report.ab_readout:
+        out += ["", f"A/B readout on the logged days: {ab_line(report.ab_readout)}"]
     if gate is not None:
-        out += ["", f"Decision: {'PROMOTE' if gate['promote'] else 'REFUSE'}", ""]
+        verdict = "PROMOTE" if gate["promote"] else "REFUSE: the champion keeps serving"
+        out += ["", f"Decision: {verdict}", ""]
         out += [
             f"- [{'x' if c['passed'] else ' '}] {c['check']}: {c['detail']}" for c in gate["checks"]
         ]
     return out
+
+
+def ab_line(readout: dict[str, Any]) -> str:
+    """A policy's realised lift over its random holdout (metrics.ab_readout), in a line."""
+    if readout.get("lift") is None:
+        return readout.get("note", "no readout")
+    lift = readout["lift"]
+    days = readout.get("days") or []
+    span = f" over {len(days)} days" if len(days) > 1 else ""
+    verdict = "significant" if readout.get("significant") else "not significant"
+    return (
+        f"{readout['decisions']} decisions, {readout['holdout']} held out{span}; profit per "
+        f"decision {readout['policy_mean']:.3f} against {readout['holdout_mean']:.3f} held "
+        f"out: lift {lift['value']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}] ({verdict})"
+    )

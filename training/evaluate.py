@@ -590,7 +590,7 @@ def oracle_report(
             **d.summary(),
         }
     leads = {name: Estimate(**lead) for name, lead in true_leads(per_user, level).items()}
-    return OracleTruth(len(truth.gain), budget, best.incremental_profit, policies, leads)
+    return OracleTruth(len(truth.gain), budget, best.incremental_profit, best.cost, policies, leads)
 
 
 def budget_curve(
