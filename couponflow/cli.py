@@ -124,10 +124,9 @@ def next_days(ws: Workspace, n: int) -> list[str]:
 def print_training(trained: dict) -> None:
     """The challenger against the champion and the baselines, the truth where the data is
     simulated, and every check of the gate: the evaluation's one renderer, indented."""
-    from couponflow.evaluation import EvaluationReport, render_lines
+    from couponflow.evaluation import render_summary
 
-    report = EvaluationReport.from_dict(trained["evaluation"])
-    for line in render_lines(report, trained["gate"]):
+    for line in render_summary(trained["evaluation"], trained["gate"]):
         print(f"   {line}" if line else "")
     plan = trained["budget_plan"]
     print(

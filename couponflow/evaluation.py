@@ -51,6 +51,7 @@ class PolicyResult:
     qini: float | None = None
     auuc: float | None = None
     true_value: float | None = None  # oracle: true incremental profit per decision
+    gain: Estimate | None = None  # DR value less no coupon's (paired): estimated incremental
 
 
 @dataclass
@@ -126,6 +127,16 @@ class EvaluationReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def render_summary(evaluation: dict[str, Any], gate: dict[str, Any] | None) -> list[str]:
+    """`render_lines` of a report as stored in a run summary; one recorded before the typed
+    report existed is named, not rendered."""
+    try:
+        report = EvaluationReport.from_dict(evaluation)
+    except (KeyError, TypeError):
+        return ["(evaluation recorded in an older format: see the run report)"]
+    return render_lines(report, gate)
+
+
 def _build(tp: Any, data: Any) -> Any:
     """`data` (parsed JSON) as type `tp`: dataclasses, optionals, lists and dicts of them."""
     if data is None:
@@ -155,8 +166,9 @@ def _num(x: float | None, digits: int = 3) -> str:
 def policy_table(report: EvaluationReport) -> list[str]:
     """Every policy's estimated and (simulated) true value per decision, Markdown."""
     out = [
-        "| policy | version | AUC | DR value per decision [interval] | true value | offers |",
-        "|---|---|---:|---|---:|---:|",
+        "| policy | version | AUC | DR profit per decision | estimated gain over no coupon "
+        "| true gain | offers |",
+        "|---|---|---:|---|---|---:|---:|",
     ]
     order = ["challenger", "champion", LOGGING]
     names = [n for n in order if n in report.policies]
@@ -164,9 +176,10 @@ def policy_table(report: EvaluationReport) -> list[str]:
     for name in names:
         p = report.policies[name]
         auc = f"{p.prediction['auc']:.3f}" if p.prediction else ""
+        gain = p.gain.text() if p.gain is not None else ""
         out.append(
-            f"| {name} | {p.version or ''} | {auc} | {p.dr.text()} | {_num(p.true_value)} "
-            f"| {p.offer_rate:.0%} |"
+            f"| {name} | {p.version or ''} | {auc} | {p.dr.text()} | {gain} "
+            f"| {_num(p.true_value)} | {p.offer_rate:.0%} |"
         )
     return out
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from couponflow.config import Workspace
-from couponflow.evaluation import EvaluationReport, ab_line, render_lines
+from couponflow.evaluation import ab_line, render_summary
 
 # The steps of one day in order, and the DAG that runs them.
 STEPS = {
@@ -156,8 +156,7 @@ def served_line(readout: dict[str, Any]) -> str:
 
 def _training_markdown(trained: dict[str, Any]) -> list[str]:
     """The evaluation and the gate's verdict, by the one renderer (couponflow.evaluation)."""
-    report = EvaluationReport.from_dict(trained["evaluation"])
     out = ["", "## Challenger against champion", ""]
-    out += render_lines(report, trained["gate"])
+    out += render_summary(trained["evaluation"], trained["gate"])
     out += ["", f"Run report: {trained['report']}"]
     return out

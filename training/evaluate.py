@@ -352,6 +352,13 @@ class Judged:
         return float(np.concatenate(parts).mean())
 
     def policy(self, name: str, kind: str, version: str | None = None) -> PolicyResult:
+        result = self._policy(name, kind, version)
+        if NO_COUPON in self.boot:
+            diff = self.boot[name]["dr"] - self.boot[NO_COUPON]["dr"]
+            result.gain = Estimate(**diff.interval(self.level).as_dict())
+        return result
+
+    def _policy(self, name: str, kind: str, version: str | None) -> PolicyResult:
         est = {k: Estimate(**b.interval(self.level).as_dict()) for k, b in self.boot[name].items()}
         if name == LOGGING:
             offered = np.concatenate([d.logged > 0 for d in self.days])
