@@ -86,7 +86,7 @@ def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
     """Train on the seeded workspace and judge the result against the world's truth."""
     result = repro(ws, offline_days(ws)[-1])
     evaluation, world = result["evaluation"], World(ws.params["world"])
-    day = evaluation["evaluation_day"]
+    day = evaluation["days"][-1]  # the newest judged day: the rank and lift figures
     ids, users, arms = population(SimulatedLog(ws, world, offline_days(ws)), day)
     oracle = Oracle(world)
     truth = oracle.truth(day, ids)
@@ -107,7 +107,7 @@ def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
     policies = evaluation["oracle"]["policies"]
     return SeedResult(
         seed=seed,
-        oracle=float(evaluation["oracle"]["oracle"]["incremental_profit"]),
+        oracle=float(evaluation["oracle"]["oracle_policy"]),
         ceiling_share=observable_ceiling(gain, cost, x, budget),
         profits={name: float(p["incremental_profit"]) for name, p in policies.items()},
         spearman=float(spearmanr(scores.expected_gain[:, 1:].ravel(), gain[:, 1:].ravel())[0]),

@@ -211,37 +211,18 @@ def next_days(ws: Workspace, n: int) -> list[str]:
     return [str((last + pd.Timedelta(days=i)).date()) for i in range(1, n + 1)]
 
 
-def _interval(entry: dict[str, float]) -> str:
-    return f"{entry['value']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]"
-
-
 def print_training(trained: dict) -> None:
     """The challenger against the champion and the baselines, the truth where the data is
-    simulated, and every check of the gate."""
-    ev = trained["evaluation"]
-    for name, p in ev["policies"].items():
-        quality = f"auc {p['auc']:.3f}, ece {p['ece']:.3f}, " if "auc" in p else ""
-        print(
-            f"   {name:<17} {p.get('version', ''):<18} {quality}"
-            f"DR {_interval(p['dr'])}/decision, offers {p['offer_rate']:.0%}"
-        )
-    if "oracle" in ev:
-        o = ev["oracle"]
-        share = o["policies"]["challenger"]["share_of_oracle"]
-        print(
-            f"   true incremental profit (oracle): challenger "
-            f"{o['policies']['challenger']['incremental_profit']:.0f} of the oracle policy's "
-            f"{o['oracle']['incremental_profit']:.0f}"
-            + (f" ({share:.0%})" if share is not None else "")
-        )
+    simulated, and every check of the gate: the evaluation's one renderer, indented."""
+    from couponflow.evaluation import render_summary
+
+    for line in render_summary(trained["evaluation"], trained["gate"]):
+        print(f"   {line}" if line else "")
     plan = trained["budget_plan"]
     print(
         f"   budget plan: multiplier {plan['multiplier']:.3f}, "
         f"daily budget {plan['daily_budget']:.0f}"
     )
-    print(f"   gate: {'PROMOTE' if trained['gate']['promote'] else 'REFUSE'}")
-    for check in trained["gate"]["checks"]:
-        print(f"     [{'x' if check['passed'] else ' '}] {check['check']}: {check['detail']}")
     print(f"   report: {trained['report']}")
 
 

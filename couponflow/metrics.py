@@ -426,21 +426,105 @@ def mean_difference(a: np.ndarray, b: np.ndarray, level: float) -> dict[str, flo
 
 def ab_readout(table: pd.DataFrame, level: float) -> dict[str, Any]:
     """The served policy's realised profit per decision (`reward`) over its random holdout
-    slice (`policy_version` ending in HOLDOUT_SUFFIX), with a `level` interval."""
+    slice (`policy_version` ending in HOLDOUT_SUFFIX), with a `level` interval, pooled over
+    every day in `table` (a `day` column names them): one day's holdout is small, so the
+    lift is read on the days pooled and `significant` says whether its interval excludes 0."""
     holdout = table["policy_version"].astype(str).str.endswith(HOLDOUT_SUFFIX).to_numpy()
     reward = table["reward"].to_numpy(float)
     versions = sorted(set(table["policy_version"].astype(str).str.removesuffix(HOLDOUT_SUFFIX)))
+    days = (
+        sorted(str(pd.Timestamp(d).date()) for d in table["day"].dropna().unique())
+        if "day" in table
+        else []
+    )
     out: dict[str, Any] = {
         "policy_version": ", ".join(versions),
+        "days": days,
         "decisions": int((~holdout).sum()),
         "holdout": int(holdout.sum()),
     }
     if holdout.sum() < 2 or (~holdout).sum() < 2:
-        return {**out, "lift": None, "note": "no holdout slice in the log"}
+        return {**out, "lift": None, "significant": False, "note": "no holdout slice in the log"}
     lift = mean_difference(reward[~holdout], reward[holdout], level)
     return {
         **out,
         "policy_mean": float(reward[~holdout].mean()),
         "holdout_mean": float(reward[holdout].mean()),
         "lift": lift,
+        "significant": bool(lift["low"] > 0 or lift["high"] < 0),
     }
+
+
+# -- the gate's power and the calibration of an estimated gain ----------------------------
+def minimum_detectable_effect(se: float, level: float, power: float = 0.8) -> float:
+    """The smallest true lead a check "lower bound of the `level` two-sided interval above 0"
+    detects with probability `power`, for an estimate with standard error `se`:
+    (z_{(1+level)/2} + z_power) * se, 2.49 se at level 0.9."""
+    return float((norm.ppf((1 + level) / 2) + norm.ppf(power)) * se)
+
+
+@dataclass(frozen=True)
+class GainCalibrationCurve:
+    """Predicted gain against the realised contrast by quantile bin, and the slope."""
+
+    predicted: np.ndarray
+    realised: np.ndarray
+    count: np.ndarray
+    slope: Interval
+
+
+def gain_pseudo_outcomes(
+    logged: np.ndarray, reward: np.ndarray, arm_prob: np.ndarray, q: np.ndarray
+) -> np.ndarray:
+    """Doubly robust pseudo-outcomes of each coupon's incremental reward over "no coupon"
+    for randomised rows, (n, arms - 1): (q_c - q_0) + 1[a = c] (r - q_c) / p_c
+    - 1[a = 0] (r - q_0) / p_0, whose mean over rows is unbiased for the true mean gain
+    whatever the reward model `q` (n, arms) when `arm_prob` (n, arms) is the randomisation.
+    A logged arm of -1 (not open) contributes only the model's terms."""
+    n, m = q.shape
+    rows = np.arange(n)
+    hit = np.zeros((n, m))
+    ok = logged >= 0
+    hit[rows[ok], logged[ok]] = 1.0
+    resid = (np.asarray(reward, float)[:, None] - q) * hit / arm_prob
+    return (q[:, 1:] - q[:, :1]) + resid[:, 1:] - resid[:, :1]
+
+
+def gain_calibration(
+    predicted: np.ndarray,
+    pseudo: np.ndarray,
+    level: float,
+    bins: int = 10,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> GainCalibrationCurve:
+    """Calibration of an estimated gain `predicted` (n, k) against DR pseudo-outcomes
+    `pseudo` (n, k) of the same (row, coupon) pairs (non-finite predictions are left out):
+    the mean of each by quantile bin of the prediction, and the least-squares slope of
+    pseudo-outcome on prediction with a bootstrap interval over rows (pairs of one row
+    move together). A slope below 0 is a ranking that points the wrong way."""
+    predicted = np.asarray(predicted, float)
+    ok = np.isfinite(predicted) & np.isfinite(pseudo)
+    g, y = np.where(ok, predicted, 0.0), np.where(ok, pseudo, 0.0)
+    flat_g, flat_y = predicted[ok], pseudo[ok]
+    if flat_g.size < bins:
+        nan = Interval(float("nan"), float("nan"), float("nan"))
+        return GainCalibrationCurve(np.array([]), np.array([]), np.array([], int), nan)
+    edges = np.unique(np.quantile(flat_g, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, flat_g, side="right") - 1, 0, len(edges) - 2)
+    count = np.bincount(which, minlength=len(edges) - 1)
+    keep = count > 0
+    mean_g = np.bincount(which, flat_g, len(edges) - 1)[keep] / count[keep]
+    mean_y = np.bincount(which, flat_y, len(edges) - 1)[keep] / count[keep]
+    # per-row sums make the slope of any resample of rows one matrix product
+    stats = np.column_stack([ok.sum(1), g.sum(1), (g * g).sum(1), y.sum(1), (g * y).sum(1)])
+
+    def slope(s: np.ndarray) -> np.ndarray:
+        n, sg, sgg, sy, sgy = (s[:, j] for j in range(5))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (sgy - sg * sy / n) / (sgg - sg * sg / n)
+
+    point = float(slope(stats.sum(0)[None, :])[0])
+    reps = np.concatenate([slope(c @ stats) for c in bootstrap_counts(len(g), n_boot, seed)])
+    interval = Bootstrapped(point, reps).interval(level)
+    return GainCalibrationCurve(mean_g, mean_y, count[keep], interval)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from couponflow.config import Workspace
+from couponflow.evaluation import ab_line, render_summary
 
 # The steps of one day in order, and the DAG that runs them.
 STEPS = {
@@ -150,38 +151,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 def served_line(readout: dict[str, Any]) -> str:
     """The A/B readout of the day's served decisions against the holdout, in a line."""
-    if readout.get("lift") is None:
-        return readout.get("note", "no readout")
-    lift = readout["lift"]
-    return (
-        f"{readout['decisions']} decisions, {readout['holdout']} held out; profit per decision"
-        f" {readout['policy_mean']:.3f} against {readout['holdout_mean']:.3f} held out: lift "
-        f"{lift['value']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]"
-    )
+    return ab_line(readout)
 
 
 def _training_markdown(trained: dict[str, Any]) -> list[str]:
-    policies = trained["evaluation"]["policies"]
-    out = [
-        "",
-        "## Challenger against champion",
-        "",
-        "| policy | version | AUC | DR value per decision [interval] | offers |",
-        "|---|---|---:|---|---:|",
-    ]
-    for name in ("challenger", "champion", *sorted(set(policies) - {"challenger", "champion"})):
-        if name not in policies:
-            continue
-        p = policies[name]
-        dr = p["dr"]
-        auc = f"{p['auc']:.3f}" if "auc" in p else ""
-        out.append(
-            f"| {name} | {p.get('version', '')} | {auc} | {dr['value']:+.3f} "
-            f"[{dr['low']:+.3f}, {dr['high']:+.3f}] | {p['offer_rate']:.0%} |"
-        )
-    gate = trained["gate"]
-    out += ["", f"## Decision: {'PROMOTE' if gate['promote'] else 'REFUSE'}", ""]
-    for check in gate["checks"]:
-        out.append(f"- [{'x' if check['passed'] else ' '}] {check['check']}: {check['detail']}")
+    """The evaluation and the gate's verdict, by the one renderer (couponflow.evaluation)."""
+    out = ["", "## Challenger against champion", ""]
+    out += render_summary(trained["evaluation"], trained["gate"])
     out += ["", f"Run report: {trained['report']}"]
     return out

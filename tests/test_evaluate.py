@@ -122,3 +122,108 @@ def test_the_population_sample_is_fixed_and_gets_its_share_of_the_budget(tmp_pat
     assert sampled["user_id"].is_monotonic_increasing
     rows = everyone.reset_index().merge(sampled, on=list(sampled.columns))["index"]
     np.testing.assert_array_equal(part.users, whole.users[rows.to_numpy()])
+
+
+# -- the judged days: pooled, randomised, through the real gate ----------------------------
+def known_gain_days(n: int, days: int, seed: int) -> list:
+    """Days of a uniformly randomised log (the explore slice) over "no coupon" and two
+    coupons of known true gain: coupon 1 earns x per user (x ~ N(0, 1)), coupon 2 loses
+    0.5 for everyone."""
+    from training.evaluate import EvalDay
+
+    rng = np.random.default_rng(seed)
+    arms = pd.DataFrame({"coupon_id": [None, "C1", "C2"]})
+    out = []
+    for k in range(days):
+        x = rng.normal(size=n)
+        gain = np.column_stack([np.zeros(n), x, np.full(n, -0.5)])
+        logged = rng.integers(0, 3, n)
+        reward = 1.0 + gain[np.arange(n), logged] + rng.normal(scale=2.0, size=n)
+        rows = pd.DataFrame(
+            {
+                "user_id": np.arange(n) + k * n,
+                "reward": reward,
+                "propensity": 1 / 3,
+                "slice": "explore",
+            }
+        )
+        day = EvalDay(f"2026-01-0{k + 5}", rows, x[:, None], arms, logged, float(n))
+        day.true_gain = gain
+        out.append(day)
+    return out
+
+
+def gate_on(days: list, values: dict[str, list[np.ndarray]]) -> dict[str, dict]:
+    """Each candidate (value matrices per day) judged as a first model by the real gate."""
+    from couponflow.config import PROJECT_ROOT, load_params
+    from couponflow.evaluation import NO_COUPON
+    from training.evaluate import Priced, build_report, judge
+    from training.gate import decide
+
+    gate = load_params(PROJECT_ROOT / "params.yaml")["gate"]
+    cost = [np.where(np.arange(3) > 0, 0.1, 0.0) * np.ones((len(d.rows), 1)) for d in days]
+    none = [np.where(np.arange(3) > 0, -1.0, 0.0) * np.ones((len(d.rows), 1)) for d in days]
+    priced = {
+        name: [Priced(v, c) for v, c in zip(vs, cost, strict=True)]
+        for name, vs in {**values, NO_COUPON: none}.items()
+    }
+    q = [np.zeros((len(d.rows), 3)) for d in days]  # DR with no model: IPS, still unbiased
+    judged = judge(days, priced, q, 0.9, 200)
+    kinds = {name: "candidate" for name in priced}
+    return {name: decide(build_report(judged, name, {}, kinds, None), gate) for name in values}
+
+
+def test_the_gate_passes_the_oracle_and_refuses_harmful_policies_on_a_big_sample() -> None:
+    days = known_gain_days(4_000, 3, seed=5)
+    truth = [d.true_gain for d in days]
+    verdicts = gate_on(
+        days,
+        {
+            "oracle": truth,
+            "everyone_coupon_2": [np.where(np.arange(3) == 2, 1.0, 0.0) * t for t in truth],
+            "anti_calibrated": [-t for t in truth],
+        },
+    )
+    assert verdicts["oracle"]["promote"], verdicts["oracle"]["checks"]
+    assert not verdicts["everyone_coupon_2"]["promote"]
+    anti = verdicts["anti_calibrated"]
+    assert not anti["promote"]
+    assert any("anti-calibrated" in c["check"] and not c["passed"] for c in anti["checks"])
+
+
+def test_pooling_days_shrinks_the_standard_error_of_the_lead() -> None:
+    from couponflow.evaluation import NO_COUPON
+    from training.evaluate import Priced, judge
+
+    days = known_gain_days(1_000, 4, seed=6)
+    se = []
+    for k in (1, 4):
+        part = days[:k]
+        none = [np.where(np.arange(3) > 0, -1.0, 0.0) * np.ones((1_000, 1)) for _ in part]
+        cost = [np.zeros((1_000, 3)) for _ in part]
+        priced = {
+            "oracle": [Priced(d.true_gain, c) for d, c in zip(part, cost, strict=True)],
+            NO_COUPON: [Priced(v, c) for v, c in zip(none, cost, strict=True)],
+        }
+        judged = judge(part, priced, [np.zeros((1_000, 3)) for _ in part], 0.9, 300)
+        se.append(judged.lead("oracle", NO_COUPON).se)
+    assert se[1] == pytest.approx(se[0] / 2, rel=0.25)  # 1 / sqrt(4 days)
+
+
+def test_bench_gate_runs_at_tiny_scale() -> None:
+    """benchmarks/bench_gate.py end to end on one small world, so it cannot rot."""
+    import argparse
+
+    from benchmarks.bench_gate import CANDIDATES, bench
+    from couponflow.config import PROJECT_ROOT, load_params
+
+    args = argparse.Namespace(
+        cases=1, users=400, train_days=2, eval_days=2, rows="all", confidence=0.9,
+        bootstrap=50, first_seed=3,
+    )  # fmt: skip
+    gate = load_params(PROJECT_ROOT / "params.yaml")["gate"]
+    frame = bench(args, gate)
+    assert list(frame["candidate"]) == list(CANDIDATES)
+    assert frame["true_lead"].notna().all() and (frame["se"] >= 0).all()
+    oracle = frame[frame["candidate"] == "oracle"]
+    assert oracle["true_lead"].item() > 0 and oracle["se"].item() > 0

@@ -91,12 +91,13 @@ def test_the_run_report_judges_every_policy_with_pictures(pipeline) -> None:
     for picture in ("qini.png", "calibration.png", "budget.png"):
         assert (report.parent / picture).stat().st_size > 5_000, picture
     text = report.read_text()
-    for section in ("## The gate", "## Champion, challenger and baselines", "## The truth"):
+    for section in ("## Evaluation and the gate", "## Every estimator", "## The truth"):
         assert section in text
     evaluation = trained["evaluation"]
     baselines = {"no_coupon", "random", "most_redeemed", "response", "two_model_uplift"}
-    assert baselines | {"challenger"} == set(evaluation["policies"])
-    assert set(evaluation["oracle"]["policies"]) == set(evaluation["policies"])
+    assert baselines | {"challenger", "logging"} == set(evaluation["policies"])
+    assert set(evaluation["oracle"]["policies"]) == set(evaluation["policies"]) - {"logging"}
+    assert evaluation["champion"] == "no_coupon" and "mde" in evaluation["leads"]["no_coupon"]
     assert trained["budget_plan"]["daily_budget"] > 0
     for name, policy in evaluation["policies"].items():
         assert policy["dr"]["low"] <= policy["dr"]["value"] <= policy["dr"]["high"], name

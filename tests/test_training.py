@@ -48,7 +48,16 @@ def test_time_split_keeps_the_newest_day_for_evaluation() -> None:
     table = pd.DataFrame({"day": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"] * 2)})
     train, stop, evaluate = split_days(table)
     assert list(train) == [pd.Timestamp("2026-01-02")]
-    assert stop == pd.Timestamp("2026-01-03") and evaluate == pd.Timestamp("2026-01-04")
+    assert stop == pd.Timestamp("2026-01-03") and evaluate == [pd.Timestamp("2026-01-04")]
+
+
+def test_time_split_judges_several_days_after_training_and_early_stopping() -> None:
+    days = pd.date_range("2026-01-02", periods=7)
+    train, stop, evaluate = split_days(pd.DataFrame({"day": days}), evaluation_days=3)
+    assert list(train) == list(days[:3]) and stop == days[3] and list(evaluate) == list(days[4:])
+    # a short log keeps a training day and the early-stopping day before what it judges
+    train, stop, evaluate = split_days(pd.DataFrame({"day": days[:4]}), evaluation_days=3)
+    assert list(train) == [days[0]] and stop == days[1] and list(evaluate) == list(days[2:4])
 
 
 def test_time_split_needs_three_days() -> None:

@@ -20,19 +20,32 @@ plots); training/report.py turns them into the run report. Run from the workspac
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from sklearn.ensemble import HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits
 
 from couponflow.config import Workspace
+from couponflow.contract import ALL_CATEGORIES, COUPON_KINDS, RANDOMISED_SLICES
+from couponflow.evaluation import (
+    LOGGING,
+    NO_COUPON,
+    Estimate,
+    EvaluationReport,
+    GainCalibration,
+    Lead,
+    OracleTruth,
+    PolicyResult,
+)
 from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.landing import read_offline
 from couponflow.logs import quiet_libraries
 from couponflow.metrics import (
+    Bootstrapped,
     TargetTerms,
     ab_readout,
     auuc,
@@ -40,6 +53,9 @@ from couponflow.metrics import (
     bootstrap_indices,
     calibration_curve,
     effective_sample_size,
+    gain_calibration,
+    gain_pseudo_outcomes,
+    minimum_detectable_effect,
     off_policy_bootstrap,
     prediction_metrics,
     qini_coefficient,
@@ -47,7 +63,7 @@ from couponflow.metrics import (
 )
 from couponflow.model import CouponNet, encode, load_model, predict, user_chunks
 from couponflow.policy import Scores, allocate, eligible, score, user_cap_mask, with_control
-from training.baselines import fit_baselines
+from training.baselines import GB_PARAMS, fit_baselines
 from training.train import split_days
 
 SEGMENTS = ("region", "age_band", "new")
@@ -186,13 +202,19 @@ def ranks(d: Decisions) -> bool:
     return finite.size > 0 and np.ptp(finite) > 0
 
 
-def uplift_report(d: Decisions, logged: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
+def uplift_report(days: list[EvalDay], decided: list[Decisions]) -> dict[str, Any]:
     """Qini and AUUC of each user's best coupon by the policy's own values, against "no
-    coupon": rows the log gave that coupon are treated, rows logged without one are the
-    controls, each weighted by its inverse propensity so the comparison is randomised."""
-    best = 1 + d.value[:, 1:].argmax(axis=1)
-    treated, weight = best_arm_view(logged, best, table["propensity"].to_numpy(float))
-    args = (d.value[np.arange(len(best)), best], treated, table["reward"].to_numpy(float), weight)
+    coupon", on the pooled days: rows the log gave that coupon are treated, rows logged
+    without one are the controls, each weighted by its inverse propensity so the
+    comparison is randomised."""
+    parts = []
+    for day, d in zip(days, decided, strict=True):
+        best = 1 + d.value[:, 1:].argmax(axis=1)
+        treated, weight = best_arm_view(day.logged, best, day.rows["propensity"].to_numpy(float))
+        value = d.value[np.arange(len(best)), best]
+        parts.append((value, treated, day.rows["reward"].to_numpy(float), weight))
+    args = [np.concatenate(x) for x in zip(*parts, strict=True)]
+    args[0] = np.where(np.isfinite(args[0]), args[0], -1e12)
     curve = qini_curve(*args)
     return {
         "qini": float(qini_coefficient(*args)),
@@ -201,37 +223,256 @@ def uplift_report(d: Decisions, logged: np.ndarray, table: pd.DataFrame) -> dict
     }
 
 
-def ope_report(
-    decided: dict[str, Decisions],
-    reward_model: np.ndarray,
-    logged: np.ndarray,
-    table: pd.DataFrame,
-    cfg: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Off-policy values (IPS, SNIPS, DR) of each greedy policy with bootstrap intervals,
-    and the challenger's paired DR lead over every other policy."""
-    reward = table["reward"].to_numpy(float)
-    propensity = table["propensity"].to_numpy(float)
-    targets = {
-        name: TargetTerms.from_actions(logged, d.arms, reward_model) for name, d in decided.items()
+# -- the judged days: pooled logged decisions ------------------------------------------------
+@dataclass
+class EvalDay:
+    """One evaluation day's logged decisions, the arms open, the budget prorated to them,
+    the randomisation of its randomised rows and (simulated data) the truth."""
+
+    day: str
+    rows: pd.DataFrame  # logged decisions whose arm was open: reward, propensity, slice, ...
+    users: np.ndarray  # (n, len(USER_FEATURES))
+    arms: pd.DataFrame  # with_control(...), "no coupon" first
+    logged: np.ndarray  # (n,) arm index of the logged decision
+    budget: float
+    true_gain: np.ndarray | None = None  # (n, m) true incremental profit of every arm
+
+    @property
+    def randomised(self) -> np.ndarray:
+        """Rows decided at random: uniform exploration and the holdout (contract)."""
+        return self.rows["slice"].astype(str).isin(RANDOMISED_SLICES).to_numpy()
+
+    def arm_prob(self) -> np.ndarray:
+        """(n, m) probability of each arm for a randomised row given it was randomised:
+        explore is uniform over the open arms, the holdout is "no coupon", mixed by their
+        shares of the day's randomised rows (slices are drawn independently of the user)."""
+        n, m = len(self.rows), len(self.arms)
+        randomised = self.randomised
+        explore = self.rows["slice"].astype(str).to_numpy() == "explore"
+        share = explore.sum() / max(randomised.sum(), 1)
+        prob = np.full((n, m), share / m)
+        prob[:, 0] += 1 - share
+        return prob
+
+
+def arm_features(frame: pd.DataFrame) -> np.ndarray:
+    """The reward model's arm block: coupon or not, its kind, value, threshold and scope."""
+    kind = frame["kind"].astype(object).where(frame["kind"].notna(), "").to_numpy()
+    coupon = kind != ""
+    return np.column_stack(
+        [
+            coupon,
+            *[kind == k for k in COUPON_KINDS],
+            np.nan_to_num(frame["value"].astype(float).to_numpy()),
+            np.nan_to_num(frame["min_spend"].astype(float).to_numpy()),
+            frame["category"].astype(object).where(frame["category"].notna(), "").to_numpy()
+            == ALL_CATEGORIES,
+        ]
+    ).astype(np.float32)
+
+
+# the reward model's boosting: shallow and regularised, profit is mostly noise
+REWARD_GB = {**GB_PARAMS, "max_iter": 100, "min_samples_leaf": 50}
+
+
+class RewardModel:
+    """The doubly robust estimate's reward model, fitted apart from the challenger:
+    gradient boosting of the logged profit on the user's features and the arm, cross-fitted
+    over users (each fold of the evaluation days is predicted by a model that never saw its
+    outcomes, trained on the training days and the other folds), so its errors are not the
+    challenger's and the estimate is not flattered by rows it fitted."""
+
+    def __init__(self, folds: int = 2, seed: int = 0) -> None:
+        self.folds, self.seed = folds, seed
+
+    def fold_of(self, user_ids: pd.Series) -> np.ndarray:
+        """A user's fold, fixed by their id (a user is in one fold on every day)."""
+        hashed = pd.util.hash_pandas_object(user_ids.astype(str), index=False).to_numpy()
+        return (hashed % np.uint64(self.folds)).astype(int)
+
+    def predict(self, train: pd.DataFrame, days: list[EvalDay]) -> list[np.ndarray]:
+        """(n, m) expected reward of every arm for every evaluation row of each day."""
+
+        def inputs(users: np.ndarray, arm_block: np.ndarray) -> np.ndarray:
+            return np.column_stack([users, arm_block])
+
+        train_x = inputs(train[USER_FEATURES].to_numpy(np.float32), arm_features(train))
+        train_y = train["reward"].to_numpy(float)
+        rows_x = [inputs(d.users, arm_features(d.rows)) for d in days]
+        rows_y = [d.rows["reward"].to_numpy(float) for d in days]
+        folds = [self.fold_of(d.rows["user_id"]) for d in days]
+        out = [np.zeros((len(d.rows), len(d.arms))) for d in days]
+        for k in range(self.folds):
+            x = np.concatenate([train_x, *[r[f != k] for r, f in zip(rows_x, folds, strict=True)]])
+            y = np.concatenate([train_y, *[r[f != k] for r, f in zip(rows_y, folds, strict=True)]])
+            model = HistGradientBoostingRegressor(**{**REWARD_GB, "random_state": self.seed})
+            with threadpool_limits(1):  # OpenMP over busy cores was 10x slower than one
+                model.fit(x, y)
+            for d, f, o in zip(days, folds, out, strict=True):
+                users = d.users[f == k]
+                if not len(users):
+                    continue
+                block = arm_features(d.arms)
+                m = len(block)
+                pairs = np.column_stack(
+                    [np.repeat(users, m, axis=0), np.tile(block, (len(users), 1))]
+                )
+                with threadpool_limits(1):
+                    o[f == k] = model.predict(pairs).reshape(len(users), m)
+        return out
+
+
+@dataclass
+class Judged:
+    """Every policy's off-policy values on the pooled days on shared resamples, from which
+    any of them can be read as the challenger against the others."""
+
+    days: list[EvalDay]
+    decided: dict[str, list[Decisions]]
+    boot: dict[str, dict[str, Bootstrapped]]
+    q: list[np.ndarray]
+    rows: np.ndarray  # which pooled rows the estimates use
+    level: float
+    n_boot: int
+    estimator: str
+
+    @property
+    def decisions(self) -> int:
+        return int(sum(len(d.rows) for d in self.days))
+
+    def true_value(self, name: str) -> float | None:
+        """True incremental profit per decision of a policy's choices on the judged rows
+        (the logging policy: of its logged arms)."""
+        if any(d.true_gain is None for d in self.days):
+            return None
+        parts = []
+        for k, d in enumerate(self.days):
+            arm = d.logged if name == LOGGING else self.decided[name][k].arms
+            parts.append(d.true_gain[np.arange(len(arm)), arm])
+        return float(np.concatenate(parts).mean())
+
+    def policy(self, name: str, kind: str, version: str | None = None) -> PolicyResult:
+        result = self._policy(name, kind, version)
+        if NO_COUPON in self.boot:
+            diff = self.boot[name]["dr"] - self.boot[NO_COUPON]["dr"]
+            result.gain = Estimate(**diff.interval(self.level).as_dict())
+        return result
+
+    def _policy(self, name: str, kind: str, version: str | None) -> PolicyResult:
+        est = {k: Estimate(**b.interval(self.level).as_dict()) for k, b in self.boot[name].items()}
+        if name == LOGGING:
+            offered = np.concatenate([d.logged > 0 for d in self.days])
+            return PolicyResult(
+                name, kind, version, est["dr"], est["ips"], est["snips"],
+                offer_rate=float(offered.mean()), planned_cost=float("nan"),
+                coupon_evidence=float(offered.sum()), true_value=self.true_value(name),
+            )  # fmt: skip
+        ds = self.decided[name]
+        arms = np.concatenate([d.arms for d in ds])
+        logged = np.concatenate([d.logged for d in self.days])
+        propensity = np.concatenate([d.rows["propensity"].to_numpy(float) for d in self.days])
+        backed = (arms == logged) & (arms > 0)
+        return PolicyResult(
+            name, kind, version, est["dr"], est["ips"], est["snips"],
+            offer_rate=float((arms > 0).mean()),
+            planned_cost=float(np.concatenate([d.chosen(d.cost) for d in ds]).mean()),
+            coupon_evidence=effective_sample_size(backed / propensity),
+            true_value=self.true_value(name),
+        )  # fmt: skip
+
+    def lead(self, challenger: str, over: str) -> Lead:
+        """The challenger's paired DR lead over another policy, its standard error and the
+        smallest lead the gate's lower-bound check detects with 80 % power."""
+        diff = self.boot[challenger]["dr"] - self.boot[over]["dr"]
+        se = float(np.nanstd(diff.replicates, ddof=1))
+        t_c, t_o = self.true_value(challenger), self.true_value(over)
+        return Lead(
+            over,
+            Estimate(**diff.interval(self.level).as_dict()),
+            se,
+            minimum_detectable_effect(se, self.level),
+            None if t_c is None or t_o is None else t_c - t_o,
+        )
+
+    def gain_calibration(self, name: str) -> GainCalibration | None:
+        """The policy's own values of each coupon against DR pseudo-outcomes of that
+        coupon's gain on the randomised rows (see `metrics.gain_calibration`)."""
+        predicted, pseudo = [], []
+        width = max(len(d.arms) for d in self.days) - 1
+        for k, d in enumerate(self.days):
+            r = d.randomised
+            if not r.any():
+                continue
+            value = self.decided[name][k].value[r, 1:]
+            y = gain_pseudo_outcomes(
+                d.logged[r], d.rows["reward"].to_numpy(float)[r], d.arm_prob()[r], self.q[k][r]
+            )
+            pad = ((0, 0), (0, width - value.shape[1]))
+            predicted.append(np.pad(value, pad, constant_values=np.nan))
+            pseudo.append(np.pad(y, pad, constant_values=np.nan))
+        if not predicted:
+            return None
+        curve = gain_calibration(np.concatenate(predicted), np.concatenate(pseudo), self.level)
+        return GainCalibration(
+            [float(x) for x in curve.predicted],
+            [float(x) for x in curve.realised],
+            [int(x) for x in curve.count],
+            Estimate(**curve.slope.as_dict()),
+            int(sum(d.randomised.sum() for d in self.days)),
+        )
+
+
+ESTIMATORS = {
+    "all": "DR on every logged decision with its exact logging propensity",
+    "randomised": "DR on the randomised slices (explore + holdout) with their in-slice "
+    "propensities",
+}
+
+
+def judge(
+    days: list[EvalDay],
+    priced: dict[str, list[Priced]],
+    q: list[np.ndarray],
+    level: float,
+    n_boot: int,
+    rows: str = "all",
+) -> Judged:
+    """Every priced policy decided on each day at its budget and valued off-policy on the
+    pooled logged decisions (IPS, SNIPS, DR with the reward model `q`), with the logging
+    policy's own realised value, all on the same bootstrap resamples so leads are paired.
+    `rows`: "all" uses every logged decision with its logged propensity; "randomised"
+    only the randomised slices with their in-slice propensities."""
+    decided = {
+        name: [p.decide(d.budget) for p, d in zip(ps, days, strict=True)]
+        for name, ps in priced.items()
     }
-    level = float(cfg["confidence"])
-    boot = off_policy_bootstrap(reward, propensity, targets, int(cfg["bootstrap"]), seed=0)
-    values = {
-        name: {est: b.interval(level).as_dict() for est, b in by_estimator.items()}
-        for name, by_estimator in boot.items()
-    }
-    # every policy on the same resamples, so the differences are paired
-    leads = {
-        name: (boot["challenger"]["dr"] - boot[name]["dr"]).interval(level).as_dict()
-        for name in decided
-        if name != "challenger"
-    }
-    for name, d in decided.items():
-        # the logged rows that back this policy's coupon decisions, as equally weighted rows
-        backed = (d.arms == logged) & (d.arms > 0)
-        values[name]["coupon_evidence"] = effective_sample_size(backed / propensity)
-    return values, leads
+    use = np.concatenate(
+        [d.randomised if rows == "randomised" else np.ones(len(d.rows), bool) for d in days]
+    )
+    if rows == "randomised":
+        propensity = np.concatenate([d.arm_prob()[np.arange(len(d.rows)), d.logged] for d in days])
+    else:
+        propensity = np.concatenate([d.rows["propensity"].to_numpy(float) for d in days])
+    logged_propensity = np.concatenate([d.rows["propensity"].to_numpy(float) for d in days])
+    reward = np.concatenate([d.rows["reward"].to_numpy(float) for d in days])
+    targets = {}
+    for name, ds in decided.items():
+        terms = [
+            TargetTerms.from_actions(d.logged, x.arms, qk)
+            for d, x, qk in zip(days, ds, q, strict=True)
+        ]
+        targets[name] = TargetTerms(
+            *(np.concatenate([getattr(t, f) for t in terms])[use] for f in TERM_FIELDS)
+        )
+    zeros = np.zeros(int(use.sum()))
+    # the logging policy as a target: its own reward on every row (weight 1), or on the
+    # randomised rows reweighted from their randomisation to its propensities
+    targets[LOGGING] = TargetTerms(logged_propensity[use], zeros, zeros)
+    boot = off_policy_bootstrap(reward[use], propensity[use], targets, n_boot, seed=0)
+    return Judged(days, decided, boot, q, use, level, n_boot, ESTIMATORS[rows])
+
+
+TERM_FIELDS = ("prob", "q_logged", "q_expected")
 
 
 # -- on everyone known that day ------------------------------------------------------------
@@ -337,7 +578,7 @@ def true_leads(per_user: dict[str, np.ndarray], level: float) -> dict[str, dict[
 
 def oracle_report(
     truth: GroundTruth, decided: dict[str, Decisions], budget: float, level: float
-) -> dict[str, Any]:
+) -> OracleTruth:
     """True incremental profit and cost of each policy's choices, the oracle policy's at
     the same budget and each policy's share of it, and the challenger's lead over every
     other policy with a bootstrap interval over users."""
@@ -349,22 +590,14 @@ def oracle_report(
         policies[name] = {
             "incremental_profit": gain,
             "true_cost": float(d.chosen(truth.cost).sum()),
-            "offers": int((d.arms > 0).sum()),
-            "share_of_oracle": gain / best.incremental_profit if best.incremental_profit else None,
+            "offers": float((d.arms > 0).sum()),
+            "share_of_oracle": (
+                gain / best.incremental_profit if best.incremental_profit else float("nan")
+            ),
             **d.summary(),
         }
-    leads = true_leads(per_user, level)
-    return {
-        "users": len(truth.gain),
-        "budget": budget,
-        "oracle": {
-            "incremental_profit": best.incremental_profit,
-            "cost": best.cost,
-            "offers": best.offers,
-        },
-        "policies": policies,
-        "challenger_lead": leads,
-    }
+    leads = {name: Estimate(**lead) for name, lead in true_leads(per_user, level).items()}
+    return OracleTruth(len(truth.gain), budget, best.incremental_profit, best.cost, policies, leads)
 
 
 def budget_curve(
@@ -407,99 +640,163 @@ def load_policies(ws: Workspace, margin: float) -> dict[str, ModelPolicy]:
     return policies
 
 
-def evaluate(ws: Workspace) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
-    """Everything the gate and the report need; returns the metrics and the plot tables."""
+def evaluation_days(ws: Workspace, table: pd.DataFrame, days: list) -> list[EvalDay]:
+    """The logged decisions of each evaluation day with its open arms (coupon stats as the
+    day began, from Feast), users' features, and its budget prorated to them."""
     from feature_repo.store import coupon_stats_at, open_store
 
+    store = open_store(ws)
+    per_user = float(ws.params["policy"]["budget_per_user"])
+    out = []
+    for day in days:
+        day = pd.Timestamp(day)
+        date = str(day.date())
+        coupons = coupon_stats_at(store, read_offline(ws, "coupons", [date]), day)
+        arms = with_control(eligible(coupons, day))
+        held = table[table["day"] == day].reset_index(drop=True)
+        logged = logged_arm_index(held["coupon_id"], arms)
+        held, logged = held[logged >= 0].reset_index(drop=True), logged[logged >= 0]
+        n_users = len(read_offline(ws, "users", [date]))
+        n_offers = len(read_offline(ws, "offers", [date]))
+        # The day's budget prorated to the decisions logged, as the service would pace it.
+        budget = per_user * n_users * len(held) / max(n_offers, 1)
+        out.append(
+            EvalDay(date, held, held[USER_FEATURES].to_numpy(np.float32), arms, logged, budget)
+        )
+    return out
+
+
+def with_truth(ws: Workspace, days: list[EvalDay]) -> None:
+    """Each day's true incremental profit of every arm for its logged users (oracle)."""
+    from couponflow.oracle import Oracle
+    from couponflow.world import World
+
+    oracle = Oracle(World(ws.params["world"]))
+    for d in days:
+        truth = oracle.truth(pd.Timestamp(d.day), d.rows["user_id"].to_numpy())
+        d.true_gain = truth.incremental_profit[:, truth.arm_index(list(d.arms["coupon_id"]))]
+
+
+def build_report(
+    judged: Judged,
+    challenger: str,
+    versions: dict[str, str],
+    kinds: dict[str, str],
+    champion: str | None,
+    predictions: dict[str, dict[str, float]] | None = None,
+    uplift: dict[str, dict[str, Any]] | None = None,
+) -> EvaluationReport:
+    """The typed report with `challenger` as the challenger: every policy's values, the
+    challenger's leads over every other, and the calibration of its estimated gain.
+    `champion` is the released policy's name among the judged ones (None: no release yet,
+    the champion is no coupon)."""
+    predictions, uplift = predictions or {}, uplift or {}
+    policies = {}
+    for name in [*judged.decided, LOGGING]:
+        p = judged.policy(name, kinds.get(name, "logging"), versions.get(name))
+        p.prediction = predictions.get(name)
+        p.qini, p.auuc = (uplift.get(name, {}).get(k) for k in ("qini", "auuc"))
+        policies[name] = p
+    leads = {over: judged.lead(challenger, over) for over in policies if over != challenger}
+    if champion is not None and champion != "champion":
+        leads["champion"] = leads[champion]
+    budget = sum(d.budget for d in judged.days) / max(judged.decisions, 1)
+    return EvaluationReport(
+        days=[d.day for d in judged.days],
+        decisions=judged.decisions,
+        randomised_decisions=int(sum(d.randomised.sum() for d in judged.days)),
+        confidence=judged.level,
+        estimator=judged.estimator,
+        challenger=versions.get(challenger, challenger),
+        champion=NO_COUPON if champion is None else versions.get(champion, champion),
+        budget_per_decision=budget,
+        policies={("challenger" if n == challenger else n): p for n, p in policies.items()},
+        leads=leads,
+        gain_calibration=judged.gain_calibration(challenger),
+    )
+
+
+def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
+    """Everything the gate and the report need; returns the report and the plot tables."""
     params = ws.params
     cfg, policy_cfg = params["evaluation"], params["policy"]
     margin, cap = float(params["world"]["margin"]), int(policy_cfg["max_offers_7d"])
     budget_per_user = float(policy_cfg["budget_per_user"])
+    level = float(cfg["confidence"])
     table = pd.read_parquet(ws.training_set / "offers.parquet")
-    _, _, day = split_days(table)
-    day = pd.Timestamp(day)
-    date = str(day.date())
-    coupons = coupon_stats_at(open_store(ws), read_offline(ws, "coupons", [date]), day)
-    arms = with_control(eligible(coupons, day))
-
-    held = table[table["day"] == day].reset_index(drop=True)
-    logged = logged_arm_index(held["coupon_id"], arms)
-    held, logged = held[logged >= 0].reset_index(drop=True), logged[logged >= 0]
-    n_users = len(read_offline(ws, "users", [date]))
-    n_offers = len(read_offline(ws, "offers", [date]))
-    # The day's budget prorated to the decisions logged, as the service would pace it.
-    logged_day = Day(
-        held[USER_FEATURES].to_numpy(np.float32),
-        arms,
-        budget_per_user * n_users * len(held) / max(n_offers, 1),
-    )
+    train_days, stop_day, eval_days = split_days(table, int(cfg["days"]))
+    first = pd.Timestamp(eval_days[0])
+    days = evaluation_days(ws, table, eval_days)
+    if cfg["oracle"]:
+        with_truth(ws, days)
 
     models = load_policies(ws, margin)
     challenger = models["challenger"]
     max_weight = float(params["model"]["max_inverse_propensity"])
-    baselines = fit_baselines(table[table["day"] < day], max_weight)
+    before = table[table["day"] < first]
+    baselines = fit_baselines(before, max_weight)
     policies: dict[str, Policy] = {**models, **{b.name: b for b in baselines}}
+    priced = {name: [price(p, d.users, d.arms, cap) for d in days] for name, p in policies.items()}
+    q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days)
+    judged = judge(days, priced, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
-    decided = {
-        name: price(p, logged_day.users, arms, cap).decide(logged_day.budget)
-        for name, p in policies.items()
+    pooled = pd.concat([d.rows for d in days], ignore_index=True)
+    pooled_users = np.concatenate([d.users for d in days])
+    predictions, calibration = {}, []
+    for name, policy in models.items():
+        prediction = prediction_report(policy.net, pooled_users, pooled)
+        curve = prediction.pop("calibration")
+        calibration.append(pd.DataFrame(curve).assign(model=name))
+        predictions[name] = prediction
+    uplift = {
+        name: uplift_report(days, ds)
+        for name, ds in judged.decided.items()
+        if all(ranks(x) for x in ds)
     }
-    reward_model = challenger.expected_reward(logged_day.users, arms)
-    values, leads = ope_report(decided, reward_model, logged, held, cfg)
-    uplift = {name: uplift_report(d, logged, held) for name, d in decided.items() if ranks(d)}
+    report = build_report(
+        judged,
+        "challenger",
+        {name: m.version for name, m in models.items()},
+        {name: ("model" if name in models else "baseline") for name in policies},
+        "champion" if "champion" in models else None,
+        predictions,
+        uplift,
+    )
+    report.ab_readout = ab_readout(pooled, level)
 
+    # whole-population figures on the last evaluation day
+    last = days[-1]
     sample = cfg.get("population_sample")
     segments, everyone = population(
         ws,
-        day,
-        arms,
+        pd.Timestamp(last.day),
+        last.arms,
         budget_per_user,
         int(cfg["new_user_days"]),
         None if sample is None else int(sample),
     )
-    priced = {name: price(p, everyone.users, arms, cap) for name, p in policies.items()}
-    on_everyone = {name: p.decide(everyone.budget) for name, p in priced.items()}
-    truth = simulated_truth(ws, day, segments, arms) if cfg["oracle"] else None
-    everyone_reward = challenger.expected_reward(everyone.users, arms)
-
-    report: dict[str, Any] = {
-        "evaluation_day": date,
-        "confidence": float(cfg["confidence"]),
-        "decisions": len(held),
-        "budget_per_decision": logged_day.budget / max(len(held), 1),
-        "logging_policy": {"reward_per_decision": float(held["reward"].mean())},
-        "policies": {},
-        "challenger_lead_dr": leads,
-        "ab_readout": ab_readout(held, float(cfg["confidence"])),
-        "population": {"users": len(segments), "known_users": n_users},
-        "segments": segment_report(
-            segments, on_everyone["challenger"], truth.gain if truth else None
-        ),
-    }
-    calibration = []
-    for name, policy in policies.items():
-        entry: dict[str, Any] = {"kind": "model" if name in models else "baseline"}
-        if isinstance(policy, ModelPolicy):
-            entry["version"] = policy.version
-            prediction = prediction_report(policy.net, logged_day.users, held)
-            curve = prediction.pop("calibration")
-            calibration.append(pd.DataFrame(curve).assign(model=name))
-            entry.update(prediction)
-        entry.update({k: v for k, v in uplift.get(name, {}).items() if k != "curve"})
-        entry.update(values[name])
-        entry.update(decided[name].summary())
-        report["policies"][name] = entry
+    on_pop = {name: price(p, everyone.users, last.arms, cap) for name, p in policies.items()}
+    on_everyone = {name: p.decide(everyone.budget) for name, p in on_pop.items()}
+    truth = (
+        simulated_truth(ws, pd.Timestamp(last.day), segments, last.arms) if cfg["oracle"] else None
+    )
+    report.population = {"users": len(segments), "known_users": len(everyone.users)}
+    report.segments = segment_report(
+        segments, on_everyone["challenger"], truth.gain if truth else None
+    )
     if truth is not None:
-        report["oracle"] = oracle_report(
-            truth, on_everyone, everyone.budget, float(cfg["confidence"])
-        )
+        report.oracle = oracle_report(truth, on_everyone, everyone.budget, level)
     plots = {
         "qini": pd.concat(
             [pd.DataFrame(u["curve"]).assign(policy=name) for name, u in uplift.items()]
         ),
         "calibration": pd.concat(calibration),
         "budget": budget_curve(
-            priced, everyone.budget, list(cfg["budget_multiples"]), truth, everyone_reward
+            on_pop,
+            everyone.budget,
+            list(cfg["budget_multiples"]),
+            truth,
+            challenger.expected_reward(everyone.users, last.arms),
         ),
     }
     return report, plots
@@ -509,13 +806,12 @@ def main() -> None:
     quiet_libraries()
     ws = Workspace(Path.cwd())
     report, plots = evaluate(ws)
-    ws.metrics.mkdir(parents=True, exist_ok=True)
-    (ws.metrics / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
+    report.write(ws.metrics / "evaluation.json")
     (ws.metrics / "plots").mkdir(exist_ok=True)
     for name, frame in plots.items():
         frame.to_csv(ws.metrics / "plots" / f"{name}.csv", index=False)
-    ch = report["policies"]["challenger"]
-    print(f"challenger {ch['version']}: auc {ch['auc']:.3f}, DR {ch['dr']['value']:.3f}/decision")
+    ch = report.policies["challenger"]
+    print(f"challenger {ch.version}: DR {ch.dr.text()}/decision on {report.decisions} decisions")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
 """DVC stage `gate`: promote the challenger only when the evidence says it is better.
 
-- Against the champion: its doubly robust policy value must lead the champion's with the
-  lower bound of the paired bootstrap interval (level `evaluation.confidence`) above
-  `gate.min_lift_over_champion`, and prediction may not regress beyond tolerance.
-- With no champion yet: it must beat every baseline (offering nothing included), the lower
-  bound of its paired DR lead over each above `gate.min_lift_over_baselines`.
-- Always: a floor on AUC, a ceiling on calibration error, and enough logged evidence for
-  the coupons it would offer (the effective sample size of the rows behind its estimate;
-  a few heavily weighted rows make an overconfident bootstrap).
+It reads the typed evaluation report (couponflow.evaluation.EvaluationReport):
+
+- Champion semantics: before any release the champion is "no coupon". A first model must
+  beat it and the logging policy: the lower bound of its paired DR lead (pooled evaluation
+  days, level `evaluation.confidence`) over each above `gate.min_lift_over_baselines`. A
+  later challenger must beat the released champion the same way (`min_lift_over_champion`)
+  and may not regress in prediction beyond tolerance. A refused challenger changes nothing:
+  the champion keeps serving.
+- Always, for a model: a floor on AUC and a ceiling on calibration error of P(purchase).
+- Always: enough logged evidence for the coupons it would offer (effective sample size),
+  and its estimated gain, what it ranks by, not anti-calibrated on the randomised rows
+  (slope of the realised contrast on the predicted gain at least `gate.min_gain_slope`).
+
+Every lead check states the smallest effect it could have detected (MDE, 80 % power), so
+a refusal says whether the challenger lost or the evidence was too thin to tell.
 
 The decision and every reason behind it are a DVC metric (metrics/gate.json) and go into
 the run report. Run from the workspace root: `python -m training.gate`.
@@ -20,90 +27,109 @@ from pathlib import Path
 from typing import Any
 
 from couponflow.config import Workspace
+from couponflow.evaluation import LOGGING, NO_COUPON, EvaluationReport, Lead
 
 
-def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
-    return {"check": name, "passed": bool(passed), "detail": detail}
+def _check(name: str, passed: bool, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"check": name, "passed": bool(passed), "detail": detail, **extra}
 
 
-def _lead(lead: dict[str, float]) -> str:
-    return f"{lead['value']:+.4f} [{lead['low']:+.4f}, {lead['high']:+.4f}] per decision"
+def _lead_check(name: str, lead: Lead, floor: float) -> dict[str, Any]:
+    return _check(
+        name,
+        lead.estimate.low > floor,
+        f"lead {lead.estimate.text(4)} per decision; lower bound must exceed {floor}; "
+        f"smallest detectable lead {lead.mde:.4f} (SE {lead.se:.4f})",
+        mde=lead.mde,
+    )
 
 
-def decide(evaluation: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
-    """The gate's decision: `promote` and the list of checks with their outcome."""
-    policies = evaluation["policies"]
-    ch, champ = policies["challenger"], policies.get("champion")
-    leads = evaluation["challenger_lead_dr"]
-    checks = [
-        _check(
-            "AUC of P(purchase) at least the floor",
-            ch["auc"] >= gate["min_auc"],
-            f"{ch['auc']:.4f} vs floor {gate['min_auc']}",
-        ),
-        _check(
-            "calibration error of P(purchase) within bounds",
-            ch["ece"] <= gate["max_ece"],
-            f"{ch['ece']:.4f} vs ceiling {gate['max_ece']}",
-        ),
-    ]
-    if ch["offer_rate"] > 0:
+def decide(report: EvaluationReport, gate: dict[str, Any]) -> dict[str, Any]:
+    """The gate's decision: `promote`, the champion it is judged against, and the list of
+    checks with their outcome."""
+    ch = report.policies["challenger"]
+    checks = []
+    if ch.prediction is not None:
+        auc, ece = ch.prediction["auc"], ch.prediction["ece"]
+        checks += [
+            _check(
+                "AUC of P(purchase) at least the floor",
+                auc >= gate["min_auc"],
+                f"{auc:.4f} vs floor {gate['min_auc']}",
+            ),
+            _check(
+                "calibration error of P(purchase) within bounds",
+                ece <= gate["max_ece"],
+                f"{ece:.4f} vs ceiling {gate['max_ece']}",
+            ),
+        ]
+    if ch.offer_rate > 0:
         checks.append(
             _check(
                 "enough logged evidence for the coupons it would offer",
-                ch["coupon_evidence"] >= gate["min_coupon_evidence"],
-                f"effective sample {ch['coupon_evidence']:.1f} logged rows vs at least "
+                ch.coupon_evidence >= gate["min_coupon_evidence"],
+                f"effective sample {ch.coupon_evidence:.1f} logged rows vs at least "
                 f"{gate['min_coupon_evidence']}",
             )
         )
-    if champ is not None:
-        lead = leads["champion"]
-        checks += [
-            _check(
-                "DR policy value beats the champion's with confidence",
-                lead["low"] > gate["min_lift_over_champion"],
-                f"lead {_lead(lead)}; lower bound must exceed {gate['min_lift_over_champion']}",
-            ),
-            _check(
-                "AUC no worse than the champion's beyond tolerance",
-                ch["auc"] >= champ["auc"] - gate["max_auc_regression"],
-                f"{ch['auc']:.4f} vs champion {champ['auc']:.4f} "
-                f"(tolerance {gate['max_auc_regression']})",
-            ),
-            _check(
-                "log loss no worse than the champion's beyond tolerance",
-                ch["log_loss"] <= champ["log_loss"] + gate["max_log_loss_regression"],
-                f"{ch['log_loss']:.4f} vs champion {champ['log_loss']:.4f} "
-                f"(tolerance {gate['max_log_loss_regression']})",
-            ),
-        ]
-    else:
-        for name, entry in policies.items():
-            if entry["kind"] != "baseline":
-                continue
-            lead = leads[name]
+        cal = report.gain_calibration
+        if cal is not None:
             checks.append(
                 _check(
-                    f"first model beats the {name} baseline (DR)",
-                    lead["low"] > gate["min_lift_over_baselines"],
-                    f"lead {_lead(lead)}; lower bound must exceed "
-                    f"{gate['min_lift_over_baselines']}",
+                    "estimated gain not anti-calibrated on randomised decisions",
+                    cal.slope.value >= gate["min_gain_slope"],
+                    f"slope of realised on predicted gain {cal.slope.text(2)} over "
+                    f"{cal.rows} randomised decisions vs at least {gate['min_gain_slope']}",
                 )
             )
+    if report.first_model:
+        floor = gate["min_lift_over_baselines"]
+        checks += [
+            _lead_check(
+                "first model beats the champion, no coupon (DR)", report.leads[NO_COUPON], floor
+            ),
+            _lead_check("first model beats the logging policy (DR)", report.leads[LOGGING], floor),
+        ]
+    else:
+        champ = report.policies["champion"]
+        checks.append(
+            _lead_check(
+                "DR policy value beats the champion's with confidence",
+                report.leads["champion"],
+                gate["min_lift_over_champion"],
+            )
+        )
+        if ch.prediction is not None and champ.prediction is not None:
+            a, b = ch.prediction, champ.prediction
+            checks += [
+                _check(
+                    "AUC no worse than the champion's beyond tolerance",
+                    a["auc"] >= b["auc"] - gate["max_auc_regression"],
+                    f"{a['auc']:.4f} vs champion {b['auc']:.4f} "
+                    f"(tolerance {gate['max_auc_regression']})",
+                ),
+                _check(
+                    "log loss no worse than the champion's beyond tolerance",
+                    a["log_loss"] <= b["log_loss"] + gate["max_log_loss_regression"],
+                    f"{a['log_loss']:.4f} vs champion {b['log_loss']:.4f} "
+                    f"(tolerance {gate['max_log_loss_regression']})",
+                ),
+            ]
     return {
         "promote": all(c["passed"] for c in checks),
-        "challenger": ch["version"],
-        "champion": champ["version"] if champ else None,
+        "challenger": report.challenger,
+        "champion": report.champion,
         "checks": checks,
     }
 
 
 def main() -> None:
     ws = Workspace(Path.cwd())
-    evaluation = json.loads((ws.metrics / "evaluation.json").read_text())
-    decision = decide(evaluation, ws.params["gate"])
+    report = EvaluationReport.read(ws.metrics / "evaluation.json")
+    decision = decide(report, ws.params["gate"])
     (ws.metrics / "gate.json").write_text(json.dumps(decision, indent=2))
-    print(f"gate: {'PROMOTE' if decision['promote'] else 'REFUSE'} {decision['challenger']}")
+    verdict = "PROMOTE" if decision["promote"] else "REFUSE (the champion keeps serving)"
+    print(f"gate: {verdict} {decision['challenger']} against {decision['champion']}")
 
 
 if __name__ == "__main__":

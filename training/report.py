@@ -20,28 +20,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from couponflow.config import Workspace  # noqa: E402
+from couponflow.evaluation import EvaluationReport, render_lines  # noqa: E402
 
 REPORT_DIR = Path("reports") / "evaluation"
 FIGURES = {
     "qini": "Qini curves: cumulative incremental profit by share targeted",
-    "calibration": "Calibration of P(purchase) on the held-out day",
+    "calibration": "Calibration of P(purchase) on the judged days",
     "budget": "Incremental profit against the daily budget",
 }
-
-
-def _interval(entry: dict[str, float] | None, digits: int = 3) -> str:
-    if not entry:
-        return "-"
-    return f"{entry['value']:+.{digits}f} [{entry['low']:+.{digits}f}, {entry['high']:+.{digits}f}]"
 
 
 def _number(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _population(evaluation: dict[str, Any]) -> str:
+def _population(population: dict[str, int]) -> str:
     """Who the whole-population figures cover: every known user, or a sample of them."""
-    population = evaluation["population"]
     if population["users"] == population["known_users"]:
         return f"Every user of the day ({population['users']})"
     return (
@@ -92,27 +86,25 @@ def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str) -> None:
 
 
 def render(
-    evaluation: dict[str, Any], gate: dict[str, Any], model: dict[str, Any], plan: dict[str, Any]
+    evaluation: EvaluationReport, gate: dict[str, Any], model: dict[str, Any], plan: dict[str, Any]
 ) -> str:
-    """The report's Markdown."""
+    """The report's Markdown: the evaluation and the verdict by the one renderer
+    (couponflow.evaluation.render_lines, as the run summary and the CLI print them), then
+    what only the run report shows: every estimator, the figures, the whole-population
+    truth, the budget plan and the segments."""
     verdict = "PROMOTE" if gate["promote"] else "REFUSE"
-    policies = evaluation["policies"]
+    policies = evaluation.policies
     parts = [
         f"# Model {model['version']}: {verdict}",
-        f"Evaluated on {evaluation['evaluation_day']} ({evaluation['decisions']} logged "
-        f"decisions); trained on {model.get('train_rows', '?')} offers of "
-        f"{model['data_days'][0]} .. {model['data_days'][-1]}, code {model.get('code_commit')}, "
-        f"device {model.get('device')}.",
-        "## The gate",
-        _table(
-            ["check", "passed", "detail"],
-            [[c["check"], "yes" if c["passed"] else "**no**", c["detail"]] for c in gate["checks"]],
-        ),
-        "## Champion, challenger and baselines on the held-out day",
-        "Policy values are profit per decision estimated off-policy from the logged "
-        "propensities (IPS, self-normalised IPS, doubly robust with the challenger's reward "
-        f"model), each at the same budget, with {evaluation['confidence']:.0%} bootstrap "
-        "intervals; the lead is the challenger's paired DR lead.",
+        f"Trained on {model.get('train_rows', '?')} offers of {model['data_days'][0]} .. "
+        f"{model.get('early_stopping_day', model['data_days'][-1])} (early stopping on the "
+        f"last), code {model.get('code_commit')}, device {model.get('device')}.",
+        "## Evaluation and the gate",
+        "\n".join(render_lines(evaluation, gate)),
+        "## Every estimator",
+        f"Profit per decision off-policy ({evaluation.estimator}; the DR reward model is "
+        "gradient boosting cross-fitted over users, not the challenger), each policy at the "
+        f"same budget, {evaluation.confidence:.0%} bootstrap intervals.",
         _table(
             [
                 "policy",
@@ -124,37 +116,32 @@ def render(
                 "IPS",
                 "SNIPS",
                 "DR",
-                "lead",
                 "offer rate",
-            ],  # fmt: skip
+            ],
             [
                 [
-                    f"{name} {p.get('version', '')}".strip(),
-                    _number(p.get("auc")),
-                    _number(p.get("log_loss")),
-                    _number(p.get("ece")),
-                    _number(p.get("qini")),
-                    _number(p.get("auuc")),
-                    _interval(p["ips"]),
-                    _interval(p["snips"]),
-                    _interval(p["dr"]),
-                    _interval(evaluation["challenger_lead_dr"].get(name)),
-                    f"{p['offer_rate']:.1%}",
+                    f"{name} {p.version or ''}".strip(),
+                    _number((p.prediction or {}).get("auc")),
+                    _number((p.prediction or {}).get("log_loss")),
+                    _number((p.prediction or {}).get("ece")),
+                    _number(p.qini),
+                    _number(p.auuc),
+                    p.ips.text(),
+                    p.snips.text(),
+                    p.dr.text(),
+                    f"{p.offer_rate:.1%}",
                 ]
                 for name, p in policies.items()
             ],
         ),
-        f"The logging policy earned {evaluation['logging_policy']['reward_per_decision']:.3f} "
-        "per decision that day.",
         f"![{FIGURES['qini']}](qini.png) ![{FIGURES['calibration']}](calibration.png)",
     ]
-    if "oracle" in evaluation:
-        o = evaluation["oracle"]
+    if evaluation.oracle is not None:
+        o = evaluation.oracle
         parts += [
-            "## The truth (simulated world)",
-            f"{_population(evaluation)} decided for at a budget of {o['budget']:.0f}; "
-            f"the oracle policy, which sees the hidden traits, earns "
-            f"{o['oracle']['incremental_profit']:.1f} spending {o['oracle']['cost']:.1f}.",
+            "## The truth on the whole population (simulated world)",
+            f"{_population(evaluation.population)} decided for at a budget of {o.budget:.0f}; "
+            f"the oracle policy, which sees the hidden traits, earns {o.oracle_policy:.1f}.",
             _table(
                 [
                     "policy",
@@ -164,47 +151,38 @@ def render(
                     "planned cost",
                     "offers",
                     "challenger's lead",
-                ],  # fmt: skip
+                ],
                 [
                     [
                         name,
                         f"{p['incremental_profit']:.1f}",
-                        "-" if p["share_of_oracle"] is None else f"{p['share_of_oracle']:.1%}",
+                        f"{p['share_of_oracle']:.1%}",
                         f"{p['true_cost']:.1f}",
                         f"{p['planned_cost']:.1f}",
-                        str(p["offers"]),
-                        _interval(o["challenger_lead"].get(name), 1),
+                        f"{p['offers']:.0f}",
+                        o.challenger_lead[name].text(1) if name in o.challenger_lead else "-",
                     ]
-                    for name, p in o["policies"].items()
+                    for name, p in o.policies.items()
                 ],
-            ),
+            ),  # fmt: skip
         ]
     parts += [
         f"![{FIGURES['budget']}](budget.png)",
         "## The budget plan shipped with the model",
         _table(["", ""], [[k, str(v)] for k, v in plan.items()]),
-        "## Segments (the challenger's allocation over every user)",
-        _table(
-            list(evaluation["segments"][0].keys()),
-            [
-                [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
-                for row in evaluation["segments"]
-            ],
-        ),
-        "## A/B readout: the served policy against its random holdout",
-        _ab(evaluation["ab_readout"]),
     ]
+    if evaluation.segments:
+        parts += [
+            "## Segments (the challenger's allocation over every user)",
+            _table(
+                list(evaluation.segments[0].keys()),
+                [
+                    [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+                    for row in evaluation.segments
+                ],
+            ),
+        ]
     return "\n\n".join(parts) + "\n"
-
-
-def _ab(ab: dict[str, Any]) -> str:
-    head = f"Policy {ab['policy_version']}: {ab['decisions']} decisions, {ab['holdout']} held out."
-    if ab["lift"] is None:
-        return f"{head} {ab['note']}."
-    return (
-        f"{head} Profit per decision {ab['policy_mean']:.3f} vs {ab['holdout_mean']:.3f} in the "
-        f"holdout: lift {_interval(ab['lift'])}."
-    )
 
 
 def main() -> None:
@@ -215,7 +193,7 @@ def main() -> None:
     plots = {name: pd.read_csv(ws.metrics / "plots" / f"{name}.csv") for name in FIGURES}
     draw(plots, out)
     text = render(
-        read(ws.metrics / "evaluation.json"),
+        EvaluationReport.read(ws.metrics / "evaluation.json"),
         read(ws.metrics / "gate.json"),
         read(ws.models / "model.json"),
         read(ws.models / "policy.json"),

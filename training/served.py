@@ -57,11 +57,16 @@ def served_outcomes(ws: Workspace, day: str) -> pd.DataFrame:
     return table.assign(reward=margin * table["amount"].to_numpy(float) - cost)
 
 
-def served_readout(ws: Workspace, day: str) -> dict[str, Any]:
-    """The A/B readout of `day`'s served decisions (what each DAG run reports for the day
-    before its own), with how much feedback backs it."""
-    table = served_outcomes(ws, day)
+def served_readout(ws: Workspace, day: str, days: int | None = None) -> dict[str, Any]:
+    """The A/B readout of the served decisions of `day` and the `days - 1` days before it
+    (default `evaluation.days`), pooled (what each DAG run reports for the day before its
+    own): one day's holdout slice is a few percent of the requests, too few to see a lift,
+    so the readout pools days and says whether the lift is significant."""
     level = float(ws.params["evaluation"]["confidence"])
+    n = int(days or ws.params["evaluation"].get("days", 1))
+    span = [str((pd.Timestamp(day) - pd.Timedelta(days=k)).date()) for k in range(n)][::-1]
+    parts = [served_outcomes(ws, d).assign(day=pd.Timestamp(d)) for d in span]
+    table = pd.concat([p for p in parts if len(p)] or parts[-1:], ignore_index=True)
     readout = {"day": day, "feedback_decisions": int(len(table))}
     if table.empty:
         return {**readout, "lift": None, "note": "no served decisions were reported"}

@@ -51,12 +51,16 @@ EVAL_CHUNK = 65_536  # rows per forward pass when scoring the validation day
 TARGETS = ("purchased", "log_amount", "redeemed", "offered", "weight")  # packed in this order
 
 
-def split_days(table: pd.DataFrame) -> tuple[list, pd.Timestamp, pd.Timestamp]:
-    """Time split: (training days, early-stopping day, evaluation day)."""
+def split_days(table: pd.DataFrame, evaluation_days: int = 1) -> tuple[list, pd.Timestamp, list]:
+    """Time split: (training days, early-stopping day, evaluation days). The newest
+    `evaluation_days` days are judged (params `evaluation.days`), fewer when the log is
+    short: at least one training day and the early-stopping day come first, so the model
+    never sees an outcome it is judged on."""
     days = sorted(table["day"].unique())
     if len(days) < 3:
         raise ValueError(f"need at least 3 days of labelled offers, have {len(days)}")
-    return days[:-2], days[-2], days[-1]
+    k = max(1, min(int(evaluation_days), len(days) - 2))
+    return days[: -k - 1], days[-k - 1], days[-k:]
 
 
 def inverse_propensity_weights(propensity: np.ndarray, max_weight: float) -> np.ndarray:
@@ -434,7 +438,9 @@ def main() -> None:
     ws = Workspace(Path.cwd())
     table = pd.read_parquet(ws.training_set / "offers.parquet")
     cfg = ws.params["model"]
-    train_days, stop_day, eval_day = split_days(table)
+    train_days, stop_day, eval_days = split_days(
+        table, int(ws.params.get("evaluation", {}).get("days", 1))
+    )
     max_weight = float(cfg["max_stabilised_weight"])
     training_rows = table[table["day"].isin(train_days)]
     train = TrainingArrays.from_table(training_rows, max_weight)
@@ -449,7 +455,8 @@ def main() -> None:
         "train_rows": len(train),
         "valid_rows": len(valid),
         "early_stopping_day": str(pd.Timestamp(stop_day).date()),
-        "evaluation_day": str(pd.Timestamp(eval_day).date()),
+        "evaluation_day": str(pd.Timestamp(eval_days[-1]).date()),
+        "evaluation_days": [str(pd.Timestamp(d).date()) for d in eval_days],
         "params": cfg,
         "data_version": data_version(ws),
         "code_commit": code_commit(),
