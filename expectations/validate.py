@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,11 +57,15 @@ from great_expectations.exceptions import DataContextError
 from great_expectations.expectations.metadata_types import FailureSeverity
 
 from couponflow.config import Workspace
-from couponflow.contract import TABLES, Table
-from expectations import trailing
+from couponflow.contract import EVENTS, TABLES, Table, normalise
+from couponflow.landing import offline_days
+from expectations import rules, trailing
 from expectations.suites import (
     CRITICAL,
+    REFERENCE,
     STATISTICS,
+    TOLERANCE,
+    TRAILING,
     WARNING,
     build_suite,
     derive,
@@ -118,28 +123,62 @@ class QuarantinedBatch(Exception):
 
 
 def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
-    """Validate the landing partition of `day`; on failure, move it to quarantine."""
+    """Validate the landing partition of `day`; on failure, move it to quarantine.
+
+    Every landed batch gets a verdict: an exception raised while judging it (data nobody
+    foresaw) is a failure reason naming where it was raised, and the batch is quarantined
+    like any other failure, never left in landing without a report."""
     partition = ws.landing_partition(day)
     if not partition.is_dir():
         raise FileNotFoundError(f"no landing partition for {day} at {partition}")
+    try:
+        return _validate(ws, day)
+    except Exception as exc:
+        log.exception("validation of %s raised; the batch is quarantined", day)
+        return _crashed(ws, day, exc)
+
+
+def _validate(ws: Workspace, day: str) -> ValidationOutcome:
+    partition = ws.landing_partition(day)
     batch, failures = _read(partition)
     cfg = ws.params["validation"]
     past = trailing.history(ws, day, int(cfg["trailing_days"]))
-    windows = trailing.windows(past, cfg)
+    windows = {TRAILING: trailing.windows(past, cfg)}
+    reference_days, reference = trailing.reference(ws, day, cfg)
+    if reference_days != trailing.trailing_days(ws, day, int(cfg["trailing_days"])):
+        windows[REFERENCE] = trailing.windows(reference, cfg, TOLERANCE[REFERENCE])
     context = open_context(ws)
     suites = {name: store_suite(context, table, cfg) for name, table in TABLES.items()}
-    params = suite_parameters(day, {sid: w.bands for sid, w in windows.items()})
+    params = suite_parameters(
+        day,
+        {sid: w.bands for sid, w in windows[TRAILING].items()},
+        {sid: w.bands for sid, w in windows.get(REFERENCE, {}).items()},
+    )
     run_id = RunIdentifier(run_name=f"landing-{day}", run_time=datetime.now(UTC))
     results: dict[str, ExpectationSuiteValidationResult] = {}
     warnings: list[str] = []
+    judged = {**batch, **_across_days(ws, day)}
+    failures += rules.missing_users(judged)
     for name, table in TABLES.items():
         if name not in batch:
             continue
-        results[name] = validate_table(context, suites[name], batch, day, params, run_id)
-        critical, warned = _reasons(table, batch[name], results[name], windows)
+        try:
+            results[name] = validate_table(
+                context, suites[name], judged, day, params, run_id, failures
+            )
+            critical, warned = _reasons(table, batch[name], results[name], windows)
+        except Exception as exc:  # a verdict, never a crash
+            log.exception("validating %s of %s raised", name, day)
+            results.pop(name, None)
+            critical, warned = [f"{name}: validation could not run ({_where(exc)})"], []
         failures += critical
         warnings += warned
-    index, pages = _data_docs(context, results)
+    try:
+        index, pages = _data_docs(context, results)
+    except Exception as exc:
+        log.exception("rendering the Data Docs of %s raised", day)
+        index, pages = ws.root / "gx" / "uncommitted" / "data_docs" / SITE / "index.html", {}
+        warnings.append(f"Data Docs not rendered ({_where(exc)})")
 
     outcome = ValidationOutcome(
         day=day,
@@ -149,7 +188,7 @@ def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
         report_path=ws.validation_reports / f"{day}.json",
         data_docs=index,
         warnings=warnings,
-        notes=_skipped(windows, past, day, cfg),
+        notes=_skipped(windows[TRAILING], past, day, cfg),
         pages=pages,
         statistics=_observed(results),
     )
@@ -160,6 +199,52 @@ def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
     if outcome.passed and ws.quarantine_partition(day).is_dir():
         _mark_superseded(ws.quarantine_partition(day), outcome)
     return outcome
+
+
+def _where(exc: BaseException) -> str:
+    """An exception in one line: its type, message and the innermost frame of our code."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)]
+    ours = [f for f in frames if "site-packages" not in f.filename] or frames
+    at = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno} in {ours[-1].name}" if ours else ""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {message}{at}"
+
+
+def _crashed(ws: Workspace, day: str, exc: BaseException) -> ValidationOutcome:
+    """The verdict on a batch whose validation raised outside any one table: quarantined,
+    with the exception as its reason."""
+    outcome = ValidationOutcome(
+        day=day,
+        passed=False,
+        rows={},
+        failures=[f"validation could not finish ({_where(exc)})"],
+        report_path=ws.validation_reports / f"{day}.json",
+        data_docs=ws.root / "gx" / "uncommitted" / "data_docs" / SITE / "index.html",
+    )
+    trailing.record(ws, day, None)
+    if ws.landing_partition(day).is_dir():
+        outcome.quarantine_path = _quarantine(ws, outcome)
+    _write_report(outcome, {})
+    return outcome
+
+
+def _across_days(ws: Workspace, day: str) -> dict[str, pd.DataFrame]:
+    """What the rules across days compare with (see `expectations.rules`): the keys of each
+    event table accepted on other dates, and the last accepted users snapshot before `day`."""
+    dates = [d for d in offline_days(ws) if d != day]
+    found: dict[str, pd.DataFrame] = {}
+    for name in EVENTS:
+        key = TABLES[name].key
+        parts = [ws.offline / name / f"date={d}" / "part.parquet" for d in dates]
+        frames = [pd.read_parquet(p, columns=[key]) for p in parts if p.exists()]
+        if frames:
+            found[rules.ACCEPTED.format(name)] = pd.concat(frames, ignore_index=True)
+    before = [d for d in dates if d < day]
+    if before:
+        path = ws.offline / "users" / f"date={before[-1]}" / "part.parquet"
+        if path.exists():
+            found[rules.PREVIOUS_USERS] = pd.read_parquet(path, columns=["user_id", "signup_date"])
+    return found
 
 
 def require_valid(ws: Workspace, day: str) -> ValidationOutcome:
@@ -182,9 +267,12 @@ def _read(partition: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
             failures.append(f"{path.stem}: table not in the contract")
             continue
         try:
-            batch[path.stem] = pd.read_parquet(path)
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            failures.append(f"{path.stem}: unreadable parquet ({exc})")
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow's ArrowInvalid is a ValueError; any is a verdict
+            failures.append(f"{path.stem}: unreadable parquet ({_where(exc)})")
+            continue
+        batch[path.stem], problems = normalise(TABLES[path.stem], frame)
+        failures += problems
     failures += [
         f"{name}: table missing from the landing partition"
         for name in TABLES
@@ -239,11 +327,13 @@ def validate_table(
     day: str,
     params: dict[str, Any],
     run_id: RunIdentifier | None = None,
+    errors: list[str] | None = None,
 ) -> ExpectationSuiteValidationResult:
     """Validate one table of `batch` (the suite's name) against its stored suite, its derived
-    columns added, keeping PARTIAL offending values with their rows' keys."""
+    columns added, keeping PARTIAL offending values with their rows' keys. A derived rule that
+    raises is a reason in `errors` (see `suites.derive`)."""
     table = TABLES[suite.name]
-    frame = derive(table, batch, day)
+    frame = derive(table, batch, day, errors)
     return _validation_definition(context, suite).run(
         batch_parameters={"dataframe": frame},
         expectation_parameters=params,
@@ -342,7 +432,7 @@ def _reasons(
     table: Table,
     frame: pd.DataFrame,
     result: ExpectationSuiteValidationResult,
-    windows: dict[str, trailing.Window],
+    windows: dict[str, dict[str, trailing.Window]],
 ) -> tuple[list[str], list[str]]:
     """Failures and warnings: one line per broken rule, naming table and column, quoting a few
     offending values (or, for a statistic, the band and the window it came from).
@@ -358,7 +448,10 @@ def _reasons(
         if r.expectation_config.type == "expect_column_values_to_be_of_type"
     }
     critical_statistics = {
-        (r.expectation_config.meta or {}).get("statistic")
+        (
+            (r.expectation_config.meta or {}).get("statistic"),
+            (r.expectation_config.meta or {}).get("against", TRAILING),
+        )
         for r in failed
         if r.expectation_config.severity == CRITICAL
     }
@@ -370,6 +463,7 @@ def _reasons(
         where = f"{table.name}.{column}" if column else table.name
         violation = meta.get("violation", config.type)
         statistic = STATISTIC_IDS.get(meta.get("statistic"))
+        against = meta.get("against", TRAILING)
         error = _error(r)
         out = reasons[config.severity]
         if config.type == "expect_table_columns_to_match_set":
@@ -384,16 +478,20 @@ def _reasons(
         ):
             continue
         elif statistic is not None:
-            if frame.empty or (config.severity == WARNING and statistic.id in critical_statistics):
+            if frame.empty or (
+                config.severity == WARNING and (statistic.id, against) in critical_statistics
+            ):
                 continue
             observed = r.result.get("observed_value")
             if observed is None:
                 out.append(f"{where}: {statistic.label} could not be computed")
                 continue
             lo, hi = config.kwargs["min_value"], config.kwargs["max_value"]
+            window = windows[against][statistic.id]
+            period = "" if against == TRAILING else " of the reference period"
             out.append(
                 f"{where}: {statistic.label} {observed:.4g} outside the {config.severity.value} "
-                f"band {lo:.4g}..{hi:.4g} ({windows[statistic.id].describe()})"
+                f"band{period} {lo:.4g}..{hi:.4g} ({window.describe()})"
             )
         elif error:
             out.append(f"{where}: {config.type} could not be evaluated ({error})")
