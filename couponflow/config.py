@@ -247,7 +247,7 @@ def _check_leaf(path: str, want: Any, value: Any) -> str | None:
     if value is None:
         if want is None or path in NULLABLE:
             return None
-        return f"`{path}` is empty (null); give it a value like the project's params.yaml ({want!r})"
+        return f"`{path}` is empty (null); give it a value like the project's ({want!r})"
     if path in DATES:
         if not _is_date(value):
             return f"`{path}` is {value!r}, not a date: write it as YYYY-MM-DD"

@@ -163,8 +163,10 @@ CLOCK = "UTC"  # naive contract timestamps are UTC; a zone-aware column is conve
 
 
 def _scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | bytes | int | float | bool | np.generic) or (
-        not hasattr(value, "__len__") and not isinstance(value, dict | set)
+    return (
+        value is None
+        or isinstance(value, str | bytes | int | float | bool | np.generic)
+        or (not hasattr(value, "__len__") and not isinstance(value, dict | set))
     )
 
 
@@ -178,7 +180,7 @@ def _to_timestamps(values: pd.Series, where: str) -> tuple[pd.Series, str | None
             return values.astype(TS), None
         except (ValueError, OverflowError) as exc:
             return values, f"{where}: timestamps outside the representable range ({exc})"
-    if isinstance(dtype, pd.ArrowDtype) or dtype == object:
+    if isinstance(dtype, pd.ArrowDtype) or pd.api.types.is_object_dtype(dtype):
         present = values.dropna()
         if present.empty:
             return values, None
@@ -235,16 +237,18 @@ def _to_string(values: pd.Series) -> pd.Series:
     dtype = values.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         categories = dtype.categories
-        if len(categories) == 0 or pd.api.types.is_string_dtype(categories.dtype) and all(
-            isinstance(c, str) for c in categories
+        if (
+            len(categories) == 0
+            or pd.api.types.is_string_dtype(categories.dtype)
+            and all(isinstance(c, str) for c in categories)
         ):
             return values.astype(object).astype("string")
         return values
-    if isinstance(dtype, pd.ArrowDtype) or (
+    arrow = isinstance(dtype, pd.ArrowDtype) or (
         isinstance(dtype, pd.StringDtype) and dtype.storage != "python"
-    ):
-        if pd.api.types.is_string_dtype(dtype):
-            return values.astype("string")
+    )
+    if arrow and pd.api.types.is_string_dtype(dtype):
+        return values.astype("string")
     return values
 
 
@@ -264,7 +268,7 @@ def normalise(table: Table, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str
         where = f"{table.name}.{col.name}"
         values = out[col.name]
         try:
-            if values.dtype == object:
+            if pd.api.types.is_object_dtype(values.dtype):
                 odd = values.map(lambda v: not _scalar(v))
                 if odd.any():
                     kind = type(values[odd].iloc[0]).__name__

@@ -337,6 +337,5 @@ def missing_users(batch: Batch, examples: int = 3) -> list[str]:
         return []
     shown = ", ".join(str(v) for v in gone.head(examples))
     return [
-        f"users.user_id: {len(gone)} users of the last accepted snapshot missing "
-        f"(e.g. {shown})"
+        f"users.user_id: {len(gone)} users of the last accepted snapshot missing (e.g. {shown})"
     ]

@@ -277,9 +277,7 @@ def derived_columns(table: Table) -> list[str]:
     ]
 
 
-def derive(
-    table: Table, batch: Batch, day: str, errors: list[str] | None = None
-) -> pd.DataFrame:
+def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None) -> pd.DataFrame:
     """`table`'s frame of the batch with the derived columns added (a new frame).
 
     A rule that raises on data it did not foresee is a failure reason naming its table and
