@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import great_expectations as gx
+import numpy as np
 import pandas as pd
 from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.core.expectation_validation_result import (
@@ -193,6 +194,7 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
         statistics=_observed(results),
     )
     trailing.record(ws, day, outcome.statistics if outcome.passed else None)
+    _record_keys(ws, day, batch if outcome.passed else None)
     if not outcome.passed:
         outcome.quarantine_path = _quarantine(ws, outcome)
     _write_report(outcome, results)
@@ -222,24 +224,51 @@ def _crashed(ws: Workspace, day: str, exc: BaseException) -> ValidationOutcome:
         data_docs=ws.root / "gx" / "uncommitted" / "data_docs" / SITE / "index.html",
     )
     trailing.record(ws, day, None)
+    _record_keys(ws, day, None)
     if ws.landing_partition(day).is_dir():
         outcome.quarantine_path = _quarantine(ws, outcome)
     _write_report(outcome, {})
     return outcome
 
 
-def _across_days(ws: Workspace, day: str) -> dict[str, pd.DataFrame]:
-    """What the rules across days compare with (see `expectations.rules`): the keys of each
-    event table accepted on other dates, and the last accepted users snapshot before `day`."""
-    dates = [d for d in offline_days(ws) if d != day]
-    found: dict[str, pd.DataFrame] = {}
+def _keys_folder(ws: Workspace, table: str) -> Path:
+    return ws.validation_reports / "keys" / table
+
+
+def _record_keys(ws: Workspace, day: str, batch: dict[str, pd.DataFrame] | None) -> None:
+    """Keep the key hashes of an accepted batch's event tables (`rules.KeyIndex`); `None` (a
+    rejected batch) forgets the date's, like its statistics."""
     for name in EVENTS:
+        path = _keys_folder(ws, name) / f"{day}.npy"
+        frame = (batch or {}).get(name)
         key = TABLES[name].key
-        parts = [ws.offline / name / f"date={d}" / "part.parquet" for d in dates]
-        frames = [pd.read_parquet(p, columns=[key]) for p in parts if p.exists()]
-        if frames:
-            found[rules.ACCEPTED.format(name)] = pd.concat(frames, ignore_index=True)
-    before = [d for d in dates if d < day]
+        if frame is None or key not in frame:
+            path.unlink(missing_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, rules.key_hashes(frame[key]))
+
+
+def _across_days(ws: Workspace, day: str) -> dict[str, Any]:
+    """What the rules across days compare with (see `expectations.rules`): the keys of each
+    event table accepted on other dates (hashes kept at acceptance; an offline date without
+    them, from an older workspace, is hashed once from the store) and the last accepted users
+    snapshot before `day`."""
+    offline = [d for d in offline_days(ws) if d != day]
+    found: dict[str, Any] = {}
+    for name in EVENTS:
+        folder = _keys_folder(ws, name)
+        for d in offline:
+            part = ws.offline / name / f"date={d}" / "part.parquet"
+            if not (folder / f"{d}.npy").exists() and part.exists():
+                key = TABLES[name].key
+                folder.mkdir(parents=True, exist_ok=True)
+                np.save(folder / f"{d}.npy", rules.key_hashes(pd.read_parquet(part)[key]))
+        dates = {p.stem: p for p in folder.glob("*.npy") if p.stem != day}
+        found[rules.ACCEPTED.format(name)] = rules.KeyIndex(
+            {d: np.load(p) for d, p in sorted(dates.items())}
+        )
+    before = [d for d in offline if d < day]
     if before:
         path = ws.offline / "users" / f"date={before[-1]}" / "part.parquet"
         if path.exists():
