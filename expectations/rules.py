@@ -147,7 +147,10 @@ def _holdout_with_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     if not _usable(frame, TABLES["offers"], ["policy_version", "coupon_id"]):
         return _none(frame)
     held = frame["policy_version"].astype("string").str.endswith(HOLDOUT_SUFFIX)
-    return (held.fillna(False).astype(bool) & frame["coupon_id"].notna()).astype(bool)
+    held = held.fillna(False).astype(bool)
+    if "slice" in frame.columns:  # offers that say which logging slice made them
+        held |= frame["slice"].astype("string").eq("holdout").fillna(False).astype(bool)
+    return (held & frame["coupon_id"].notna()).astype(bool)
 
 
 def _coupons(columns: list[str], rule: Callable[[pd.DataFrame], pd.Series]) -> Broken:
