@@ -286,6 +286,7 @@ def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None
     frame = batch[table.name]
     start = pd.Timestamp(day).normalize()
     context = {**batch, "day": pd.DataFrame({"end": [start + pd.Timedelta(days=1)]})}
+    context["cache"] = {}  # type: ignore[assignment]  # lookups shared by rules (rules.CACHE)
     added: dict[str, pd.Series] = {}
     for rule in derived_rules(table):
         values = pd.Series(None, index=frame.index, dtype=object)
