@@ -132,6 +132,7 @@ def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
     partition = ws.landing_partition(day)
     if not partition.is_dir():
         raise FileNotFoundError(f"no landing partition for {day} at {partition}")
+    ws.params  # noqa: B018 - broken params (config.ParamsError) are not the batch's fault: raise
     try:
         return _validate(ws, day)
     except Exception as exc:
@@ -205,7 +206,7 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
 
 def _where(exc: BaseException) -> str:
     """An exception in one line: its type, message and the innermost frame of our code."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)]
+    frames = list(traceback.extract_tb(exc.__traceback__))
     ours = [f for f in frames if "site-packages" not in f.filename] or frames
     at = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno} in {ours[-1].name}" if ours else ""
     message = str(exc).splitlines()[0] if str(exc) else ""
