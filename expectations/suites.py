@@ -13,10 +13,12 @@ used to get the referenced ids as a suite parameter, which it copies element by 
 metric lookup (37 s for 100k orders against 100k users); a hash lookup in pandas is milliseconds,
 and the failing values and rows still show in the result and the Data Docs.
 
-Statistics (`STATISTICS`: volume, redemption rate, mean basket, share of new users) are checked
-against the trailing window of accepted batches (`expectations.trailing`): each has a warning
-band and a wider critical band. Without enough history their bounds are None and GX lets any
-value pass; the outcome notes that the checks were skipped.
+Statistics (`STATISTICS`: volume of every table, redemption rate, mean basket, share of new
+users) are checked against the trailing window of accepted batches (`expectations.trailing`)
+and against a fixed reference period (the first `reference_days` accepted batches, skipped while
+it is the trailing window itself): each has a warning band and a wider critical band. Without
+enough history their bounds are None and GX lets any value pass; the outcome notes that the
+checks were skipped.
 
 Severity is declared here, on each expectation (GX's own `severity` field): every contract rule
 keeps GX's default, CRITICAL (the batch is quarantined); a statistic outside its warning band is

@@ -22,6 +22,16 @@ pick it up. Fixing a batch means landing it again; the re-landed partition is va
 When it passes, the old quarantine folder is kept as evidence but gets a `SUPERSEDED.md` pointing
 at the passing report, so nobody replays it by mistake.
 
+Every batch gets a verdict. Tables are normalised as they are read (`contract.normalise`:
+lossless encodings such as int32 ids, categoricals, DATE columns and zone-aware timestamps are
+converted to the contract's types; values that are not scalars or mix time zones are reasons).
+An exception inside a rule, a table's validation or the run is a failure reason naming where it
+was raised, and the batch is quarantined. The rules across days (`expectations.rules`) see the
+key hashes each accepted date left (`reports/validation/keys/<table>/<day>.npy`, forgotten when
+the date is rejected, like its statistics) and the last accepted users snapshot of the offline
+store. Statistics are judged against the trailing window and a fixed reference period
+(`trailing.reference`), so a slow drift cannot widen its own band.
+
 `require_valid` is the Airflow entry point: it raises `QuarantinedBatch` so the run shows red,
 and logs the warnings of a batch it lets through.
 """
