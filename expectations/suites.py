@@ -236,13 +236,14 @@ def _statistic_rules(stat: Statistic, cfg: dict[str, Any]) -> list[gxe.Expectati
     kind = "a factor 1 + t of" if stat.relative else "t of"
     period = {
         TRAILING: f"the last {cfg['trailing_days']} accepted batches",
-        REFERENCE: f"the first {cfg['reference_days']} accepted batches (from "
-        f"{cfg.get('reference_from') or 'the first'})",
+        REFERENCE: f"the first {cfg.get('reference_days', 'reference_days')} accepted batches "
+        f"(from {cfg.get('reference_from') or 'the first'})",
     }
     rules: list[gxe.Expectation] = []
     for against in (TRAILING, REFERENCE):
         for severity in BANDS:
-            tolerance = cfg[TOLERANCE[against]][stat.name][severity.value]
+            # a workspace made before the reference period existed: the trailing tolerances
+            tolerance = cfg.get(TOLERANCE[against], cfg["tolerance"])[stat.name][severity.value]
             bounds = {
                 "min_value": {"$PARAMETER": stat.parameter(severity, "min", against)},
                 "max_value": {"$PARAMETER": stat.parameter(severity, "max", against)},

@@ -70,7 +70,7 @@ def reference(ws: Workspace, day: str, cfg: dict[str, Any]) -> tuple[list[str], 
     drift, so a drift that widens the trailing band still leaves this band."""
     start = str(cfg.get("reference_from") or "")
     days = sorted(p for p in _folder(ws).glob("*.json") if start <= p.stem < day)
-    days = days[: int(cfg["reference_days"])]
+    days = days[: int(cfg.get("reference_days", 0))]  # none configured (an older workspace): none
     return [p.stem for p in days], [json.loads(p.read_text()) for p in days]
 
 
@@ -94,7 +94,7 @@ def windows(
         bands = {}
         for severity in BANDS:
             spread = float(cfg["sigmas"][severity.value]) * sd
-            t = float(cfg[tolerance][stat.name][severity.value])
+            t = float(cfg.get(tolerance, cfg["tolerance"])[stat.name][severity.value])
             lo, hi = (mean / (1 + t), mean * (1 + t)) if stat.relative else (mean - t, mean + t)
             bands[severity] = (max(min(mean - spread, lo), 0.0), max(mean + spread, hi))
         found[stat.id] = Window(len(values), mean, sd, bands)

@@ -157,7 +157,9 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
     past = trailing.history(ws, day, int(cfg["trailing_days"]))
     windows = {TRAILING: trailing.windows(past, cfg)}
     reference_days, reference = trailing.reference(ws, day, cfg)
-    if reference_days != trailing.trailing_days(ws, day, int(cfg["trailing_days"])):
+    if "reference_days" in cfg and reference_days != trailing.trailing_days(
+        ws, day, int(cfg["trailing_days"])
+    ):
         windows[REFERENCE] = trailing.windows(reference, cfg, TOLERANCE[REFERENCE])
     context = open_context(ws)
     suites = {name: store_suite(context, table, cfg) for name, table in TABLES.items()}

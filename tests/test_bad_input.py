@@ -397,3 +397,19 @@ def test_random_dtypes_values_and_shapes_get_a_verdict(tmp_path, clean) -> None:
         trailing.record(ws, DAY, None)
 
     judged()
+
+
+def test_a_workspace_made_before_the_reference_period_still_validates(tmp_path, clean) -> None:
+    import yaml
+
+    ws = make_workspace(tmp_path, 300)
+    params = yaml.safe_load(ws.params_file.read_text())
+    for key in ("reference_days", "reference_from", "reference_tolerance"):
+        del params["validation"][key]
+    ws.params_file.write_text(yaml.safe_dump(params))
+    ws = Workspace(ws.root)
+    land(ws, clean)
+
+    outcome = validate_batch(ws, DAY)
+
+    assert outcome.passed, outcome.failures
