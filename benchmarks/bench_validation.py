@@ -5,7 +5,8 @@
 For each size a valid batch is built (N orders from N users, a catalogue of 20 coupons, one
 offer per redemption) and the orders suite runs on it as the validate task runs it: contract
 rules, the rules across tables (references, validity windows, offered coupons) and the
-statistics against trailing bands. Each size runs in a fresh process, so each peak resident set
+statistics against trailing bands, the money, time-order and identity rules (the order ids checked
+against IDENTITY_DATES accepted days). Each size runs in a fresh process, so each peak resident set
 size is that size's alone. "derive" is the pandas part (the derived columns of the rules across
 tables), "gx" the Great Expectations run including it. Figures print; nothing is asserted.
 
@@ -40,6 +41,7 @@ from expectations.validate import open_context, store_suite, validate_table
 DAY = pd.Timestamp("2026-01-05")
 N_COUPONS = 20
 REDEEMED = 0.25  # share of orders redeeming a coupon, as in the simulated world
+IDENTITY_DATES = 30  # accepted days whose order ids the batch is checked against
 
 
 def _ids(prefix: str, n: int) -> pd.arrays.StringArray:
@@ -53,6 +55,10 @@ def make_batch(n: int, seed: int = 0) -> dict[str, pd.DataFrame]:
     coupons = pd.DataFrame(
         {
             "coupon_id": _ids("C", N_COUPONS),
+            "kind": "amount_off",  # the terms the money rules check each redemption against
+            "value": 5.0,
+            "min_spend": 0.0,
+            "category": "all",
             "valid_from": DAY - pd.Timedelta(days=10),
             "valid_to": DAY + pd.Timedelta(days=20),
         }
@@ -75,7 +81,11 @@ def make_batch(n: int, seed: int = 0) -> dict[str, pd.DataFrame]:
     )
     offered = orders[redeemed]
     offers = pd.DataFrame(
-        {"user_id": offered["user_id"].to_numpy(), "coupon_id": offered["coupon_id"].array}
+        {
+            "user_id": offered["user_id"].to_numpy(),
+            "coupon_id": offered["coupon_id"].array,
+            "ts": DAY + pd.Timedelta(hours=1),  # before the orders: the time-order rule runs
+        }
     )
     return {
         "users": users,
@@ -96,6 +106,26 @@ def trailing_bands(orders: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any]:
     return {sid: w.bands for sid, w in trailing.windows(past, cfg).items()}
 
 
+def identity_index(n: int, dates: int = IDENTITY_DATES) -> dict[str, Any]:
+    """The ids of `dates` accepted days of n orders each, as the rule across days gets them
+    (expectations.rules.KeyIndex; none before that rule existed)."""
+    try:
+        from expectations.rules import ACCEPTED, KeyIndex, key_hashes
+    except ImportError:
+        return {}
+    past = {f"d{d}": key_hashes(pd.Series(_ids(f"{d}-r", n))) for d in range(dates)}
+    return {ACCEPTED.format("orders"): KeyIndex(past)}
+
+
+def remember_keys(orders: pd.DataFrame) -> None:
+    """What an accepted batch costs besides: hashing its keys for the days after it."""
+    try:
+        from expectations.rules import key_hashes
+    except ImportError:
+        return
+    key_hashes(orders["order_id"])
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -114,17 +144,22 @@ def measure(n: int, broken: float) -> dict[str, Any]:
         (Path(root) / "params.yaml").write_text(yaml.safe_dump(params))
         context = open_context(Workspace(Path(root)))
         suite = store_suite(context, TABLES["orders"], params["validation"])
+        accepted = identity_index(n)
+        batch.update(accepted)
         t0 = time.perf_counter()
         derive(TABLES["orders"], batch, day)
         t1 = time.perf_counter()
         result = validate_table(context, suite, batch, day, values)
         t2 = time.perf_counter()
+        remember_keys(batch["orders"])
+        t3 = time.perf_counter()
     return {
         "rows": n,
         "expectations": len(result.results),
         "failed": [r.expectation_config.type for r in result.results if not r.success],
         "derive_s": t1 - t0,
         "gx_s": t2 - t1,
+        "keys_s": t3 - t2,
         "baseline_rss_mb": baseline,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -141,7 +176,7 @@ def main() -> None:
         return
 
     print(
-        f"{'rows':>10} {'rules':>6} {'derive s':>9} {'gx s':>7} {'rows/s':>9} "
+        f"{'rows':>10} {'rules':>6} {'derive s':>9} {'gx s':>7} {'keys s':>7} {'rows/s':>9} "
         f"{'peak MB':>8} {'base MB':>8}  failed"
     )
     for n in args.rows:
@@ -151,6 +186,7 @@ def main() -> None:
         r = json.loads(done.stdout.splitlines()[-1])
         print(
             f"{r['rows']:>10,} {r['expectations']:>6} {r['derive_s']:>9.2f} {r['gx_s']:>7.2f} "
+            f"{r['keys_s']:>7.2f} "
             f"{r['rows'] / r['gx_s']:>9,.0f} {r['peak_rss_mb']:>8.0f} "
             f"{r['baseline_rss_mb']:>8.0f}  {', '.join(r['failed']) or 'none'}"
         )

@@ -18,12 +18,14 @@ Feast, GX or BentoML.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pandas as pd
 import yaml
@@ -154,6 +156,8 @@ def run_days(ws: Workspace, days: list[str]) -> list[dict]:
         summary["airflow_exit_code"] = code
         summary["wall_seconds"] = round(time.monotonic() - started, 1)
         print(f"{day}: {summary['outcome']} ({summary['wall_seconds']} s, log {log})", flush=True)
+        for reason in summary.get("rejection") or []:
+            print(f"   - {reason}", flush=True)
         summaries.append(summary)
     return summaries
 
@@ -201,6 +205,17 @@ def fix_dag_runs(ws: Workspace, runs: list[dict]) -> None:
     )  # fmt: skip
     if done.returncode != 0:
         print(f"   (the runs' notes and start times were not set: {done.stderr[-300:]})")
+
+
+def failed_days(summaries: list[dict]) -> list[str]:
+    """`day: outcome` of each day that did not end in a release or a refusal by the gate."""
+    from couponflow.report import GOOD_OUTCOMES
+
+    return [
+        f"{s.get('day', '?')}: {s['outcome']}"
+        for s in summaries
+        if s.get("airflow_exit_code") or s["outcome"] not in GOOD_OUTCOMES
+    ]
 
 
 def next_days(ws: Workspace, n: int) -> list[str]:
@@ -316,8 +331,58 @@ def stop(ws: Workspace) -> None:
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(text: str) -> int:
+    """A count of at least 1, for `--next` and `--days`."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text} days: give at least 1")
+    return n
+
+
+def _day(text: str) -> str:
+    """A date as YYYY-MM-DD."""
+    try:
+        return str(datetime.date.fromisoformat(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: write YYYY-MM-DD") from None
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """`key=value` of `--set`, the value read as YAML."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE, e.g. world.n_users=500")
+    try:
+        return key, yaml.safe_load(value)
+    except ValueError:  # e.g. 2026-02-30: the params schema says what is wrong with it
+        return key, value
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML") from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    """The command line; an error the user can fix is one line and a non-zero exit."""
+    from couponflow.config import ParamsError
+    from couponflow.workspace import WorkspaceError
+
+    try:
+        _main(argv)
+    except (ParamsError, WorkspaceError) as exc:
+        sys.exit(f"couponflow: error: {exc}")
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = _Parser(
         prog="couponflow",
         description=DESCRIPTION,
         epilog=f"The workspace is --workspace, else ${HOME_ENV}, else var/demo. "
@@ -333,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         "first run has days to train on. Re-running it on a workspace is harmless.",
     )
     p_init.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set", action="append", default=[], metavar="KEY=VALUE", type=_assignment,
         help="a param of the new workspace, dotted (world.n_users=2000); repeatable",
     )  # fmt: skip
     p_run = sub.add_parser(
@@ -343,9 +408,11 @@ def main(argv: list[str] | None = None) -> None:
         "coupon_retrain) with `airflow dags test`, a line per task as it ends; each DAG's "
         "log is logs/<dag_id>-<day>.log, each day's summary reports/runs/<day>.md.",
     )
-    p_run.add_argument("days", nargs="*", help="dates, YYYY-MM-DD (default: the next day)")
     p_run.add_argument(
-        "--next", type=int, default=0, metavar="N",
+        "days", nargs="*", type=_day, help="dates, YYYY-MM-DD (default: the next day)"
+    )
+    p_run.add_argument(
+        "--next", type=_count, default=0, metavar="N",
         help="the N days after the newest in the offline store",
     )  # fmt: skip
     p_status = sub.add_parser(
@@ -391,12 +458,12 @@ def main(argv: list[str] | None = None) -> None:
         description="`init`, then `run` the next --days days, then `status --live`; the "
         "servers a release started are stopped at the end unless --keep-serving.",
     )
-    p_demo.add_argument("--days", type=int, default=3, help="days to run (default 3)")
+    p_demo.add_argument("--days", type=_count, default=3, help="days to run (default 3)")
     p_demo.add_argument(
         "--keep-serving", action="store_true", help="leave a released model's servers running"
     )
     p_demo.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set", action="append", default=[], metavar="KEY=VALUE", type=_assignment,
         help="a param of the new workspace, dotted; repeatable",
     )  # fmt: skip
     p_trial = sub.add_parser(
@@ -434,18 +501,38 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[HOME_ENV] = str(ws.root)
     os.environ.setdefault("BENTOML_HOME", str(ws.root / "bentoml"))
 
+    if ws.root.exists() and not ws.root.is_dir():
+        parser.error(f"workspace {ws.root} is a file, not a folder: pass --workspace a folder")
+    if args.verb not in ("init", "demo") and not ws.params_file.exists():
+        parser.error(f"no workspace at {ws.root}: create it with `couponflow init` first")
     if args.verb in ("init", "demo"):
+        from couponflow.config import params_notices
         from couponflow.workspace import init_workspace
+        from expectations.validate import QuarantinedBatch
 
-        overrides = dict(item.split("=", 1) for item in args.set)
-        ws = init_workspace(ws.root, {k: yaml.safe_load(v) for k, v in overrides.items()})
+        ws = init_workspace(ws.root, dict(args.set))
         from couponflow.landing import offline_days
 
-        if not offline_days(ws):
-            days = seed_history(ws)
+        for notice in params_notices(ws.params):
+            print(notice, flush=True)
+        if len(offline_days(ws)) < int(ws.params["world"]["history_days"]):  # resumes, too
+            try:
+                days = seed_history(ws)
+            except QuarantinedBatch as rejected:
+                o = rejected.outcome
+                sys.exit(
+                    f"couponflow: error: seeding stopped, {o.day} was quarantined at "
+                    f"{o.quarantine_path} ({o.failures[0]}); fix the params and re-run init"
+                )
             print(f"workspace {ws.root}: seeded {days[0]} .. {days[-1]}", flush=True)
     if args.verb == "run":
-        run_days(ws, args.days or next_days(ws, args.next or 1))
+        from couponflow.landing import offline_days
+
+        if not (args.days or offline_days(ws)):
+            parser.error(f"nothing seeded in {ws.root}: re-run `couponflow init`, or name the days")
+        failed = failed_days(run_days(ws, args.days or next_days(ws, args.next or 1)))
+        if failed:
+            sys.exit(f"couponflow: {len(failed)} day(s) rejected or failed: {'; '.join(failed)}")
     if args.verb == "demo":
         run_days(ws, next_days(ws, args.days))
         print_status(ws, live=True)

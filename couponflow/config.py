@@ -7,9 +7,12 @@ feature store state, DVC-tracked models and metrics, releases). Every room recei
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
+import math
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,10 @@ class Workspace:
 
     @cached_property
     def params(self) -> dict[str, Any]:
-        return load_params(self.params_file)
+        """The workspace's params.yaml, checked against the schema (`check_params`: unknown
+        keys, types, ranges; a key it lacks is only refused at `init`): a bad one raises
+        ParamsError naming the key, before any task works with it."""
+        return checked_params(self.params_file, complete=False)
 
     @property
     def params_file(self) -> Path:
@@ -117,6 +123,262 @@ class RedisSettings:
 def load_params(path: Path) -> dict[str, Any]:
     with open(path) as fh:
         return yaml.safe_load(fh)
+
+
+# -- the schema of params.yaml ------------------------------------------------------------------
+class ParamsError(ValueError):
+    """params.yaml (or a `--set`) breaks the schema; the message is one line saying what to
+    fix."""
+
+
+@cache
+def _template() -> dict[str, Any]:
+    """The project's params.yaml: its keys are the known keys, its values' types the types."""
+    return load_params(PROJECT_ROOT / "params.yaml")
+
+
+# Keys whose value may be null, and what they hold otherwise (the template's value is null,
+# or null has a meaning: "everyone", "one per GPU", "no shock").
+NULLABLE: dict[str, type] = {
+    "world.drift.price_shock_date": dt.date,
+    "model.processes": int,
+    "evaluation.population_sample": int,
+    "validation.reference_from": dt.date,
+}
+DATES = {"world.start_date", "world.drift.price_shock_date", "public_data.hillstrom.date"}
+DATES |= {"validation.reference_from"}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "features.online_store": ("sqlite", "redis"),
+    "serving.spend_store": ("sqlite", "redis"),
+    "serving.feedback_index": ("sqlite", "redis"),
+}
+_SHARE = (0.0, 1.0)
+_POSITIVE = (1, None)
+# dotted key (a `*` matches any one key) -> (lowest, highest), both inclusive, None: unbounded
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "world.seed": (0, None),
+    "world.history_days": _POSITIVE,
+    "world.n_users": _POSITIVE,
+    "world.n_coupons": _POSITIVE,
+    "world.sessions_per_user": (0, None),
+    "world.offers_per_user": _SHARE,
+    "world.random_share": _SHARE,
+    "world.holdout_share": (0.0, 0.99),
+    "world.margin": _SHARE,
+    "world.fatigue_window_days": _POSITIVE,
+    "world.segment_mix.*": (0, None),
+    "world.drift.new_coupons_per_week": (0, None),
+    "world.drift.new_users_per_day": (0, None),
+    "world.drift.new_user_mix.*": (0, None),
+    "world.drift.price_shock": (-0.99, None),
+    "validation.min_rows.*": (0, None),
+    "validation.max_rows.*": _POSITIVE,
+    "validation.trailing_days": (2, None),
+    "validation.min_trailing_days": (2, None),
+    "validation.reference_days": (2, None),
+    "validation.sigmas.*": (0, None),
+    "validation.tolerance.*.*": (0, None),
+    "validation.reference_tolerance.*.*": (0, None),
+    "features.online_write_batch": _POSITIVE,
+    "model.seed": (0, None),
+    "model.hidden": _POSITIVE,
+    "model.epochs": _POSITIVE,
+    "model.batch_size": _POSITIVE,
+    "model.lr": (1e-12, None),
+    "model.patience": _POSITIVE,
+    "model.max_inverse_propensity": (1, None),
+    "model.threads": _POSITIVE,
+    "model.processes": _POSITIVE,
+    "evaluation.confidence": (0.01, 0.999),
+    "evaluation.bootstrap": _POSITIVE,
+    "evaluation.new_user_days": _POSITIVE,
+    "evaluation.population_sample": _POSITIVE,
+    "evaluation.budget_multiples": (0, None),
+    "gate.min_auc": _SHARE,
+    "gate.max_ece": _SHARE,
+    "gate.min_coupon_evidence": (0, None),
+    "policy.k": _POSITIVE,
+    "policy.epsilon": _SHARE,
+    "policy.budget_per_user": (0, None),
+    "policy.max_offers_7d": (0, None),
+    "policy.holdout_share": (0.0, 0.99),
+    "serving.port": (1, 65535),
+    "serving.workers": _POSITIVE,
+    "serving.smoke_timeout_s": (0.001, None),
+    "serving.feature_timeout_s": (0.001, None),
+    "serving.spend_timeout_s": (0.001, None),
+    "serving.rollout.latency_requests": _POSITIVE,
+    "serving.rollout.max_p99_ms": (0.001, None),
+    "serving.feedback_retention_days": _POSITIVE,
+}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _nearest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _range_of(path: str) -> tuple[float | None, float | None] | None:
+    if path in RANGES:
+        return RANGES[path]
+    parts = path.split(".")
+    for pattern, bounds in RANGES.items():
+        pat = pattern.split(".")
+        if len(pat) == len(parts) and all(p in ("*", q) for p, q in zip(pat, parts, strict=True)):
+            return bounds
+    return None
+
+
+def _is_date(value: Any) -> bool:
+    if isinstance(value, dt.date):
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_leaf(path: str, want: Any, value: Any) -> str | None:
+    """What is wrong with one value (None: nothing)."""
+    if value is None:
+        if want is None or path in NULLABLE:
+            return None
+        return f"`{path}` is empty (null); give it a value like the project's ({want!r})"
+    if path in DATES:
+        if not _is_date(value):
+            return f"`{path}` is {value!r}, not a date: write it as YYYY-MM-DD"
+        return None
+    kind = NULLABLE.get(path) or type(want)
+    if want is None and path not in NULLABLE:
+        return None  # a free-form key the template leaves empty
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    elif kind is list:
+        if not isinstance(value, list):
+            return f"`{path}` is {value!r}, not a list: write it like [{', '.join(map(str, want))}]"
+        for i, item in enumerate(value):
+            problem = _check_leaf(f"{path}", want[0] if want else item, item)
+            if problem:
+                return problem.replace(f"`{path}`", f"`{path}[{i}]`", 1)
+        return None
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        return (
+            f"`{path}` is {value!r}, not {_TYPE_NAMES.get(kind, kind.__name__)}: "
+            f"set it like the project's params.yaml ({want!r})"
+        )
+    if path in CHOICES and value not in CHOICES[path]:
+        return f"`{path}` is {value!r}: it must be one of {', '.join(CHOICES[path])}"
+    bounds = _range_of(path) if isinstance(value, int | float) else None
+    if bounds:
+        lo, hi = bounds
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            return f"`{path}` is {value!r}, out of range: it must be {span}"
+    return None
+
+
+def _walk(want: Any, value: Any, path: str, complete: bool, out: list[str]) -> None:
+    if isinstance(want, dict):
+        if not isinstance(value, dict):
+            out.append(f"`{path}` is {value!r}, not a section: it holds {', '.join(want)}")
+            return
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in want:
+                known = [f"{path}.{k}" if path else str(k) for k in want]
+                out.append(f"unknown key `{where}`{_nearest(where, known)}")
+            else:
+                _walk(want[key], item, where, complete, out)
+        if complete:
+            for key in want:
+                if key not in value:
+                    where = f"{path}.{key}" if path else str(key)
+                    out.append(
+                        f"`{where}` is missing: copy it from the project's params.yaml "
+                        f"({PROJECT_ROOT / 'params.yaml'})"
+                    )
+        return
+    problem = _check_leaf(path, want, value)
+    if problem:
+        out.append(problem)
+
+
+def _across(params: dict[str, Any]) -> list[str]:
+    """Rules between keys."""
+    out = []
+    v = params.get("validation") or {}
+    try:
+        if int(v["min_trailing_days"]) > int(v["trailing_days"]):
+            out.append(
+                "`validation.min_trailing_days` is above `validation.trailing_days`: the "
+                "statistics would never be judged; lower it"
+            )
+        for table, lo in (v.get("min_rows") or {}).items():
+            if lo > (v.get("max_rows") or {}).get(table, math.inf):
+                out.append(f"`validation.min_rows.{table}` is above `validation.max_rows.{table}`")
+        for name in ("tolerance", "reference_tolerance"):
+            for stat, band in (v.get(name) or {}).items():
+                if band["warning"] > band["critical"]:
+                    out.append(
+                        f"`validation.{name}.{stat}.warning` is above its critical band: "
+                        "a warning band lies inside the critical one"
+                    )
+    except (KeyError, TypeError, ValueError):
+        pass  # a missing or mistyped key is already reported on its own
+    return out
+
+
+def check_params(params: Any, complete: bool = True) -> list[str]:
+    """Every way `params` breaks the schema: the project's params.yaml is the schema (its keys
+    and their types), with NULLABLE, DATES, CHOICES and RANGES on top. `complete`: a key the
+    project has and `params` lacks is a problem too. One line per problem, saying what to do."""
+    if not isinstance(params, dict):
+        return [f"params is {type(params).__name__}, not a mapping of sections"]
+    out: list[str] = []
+    _walk(_template(), params, "", complete, out)
+    return out + _across(params)
+
+
+def checked_params(path: Path, complete: bool = True) -> dict[str, Any]:
+    """params.yaml at `path`, raising ParamsError (one line) when it breaks the schema."""
+    try:
+        params = load_params(path)
+    except FileNotFoundError:
+        raise ParamsError(
+            f"no params.yaml at {path}: is {path.parent} a workspace? Create one with "
+            "`couponflow init`"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    problems = check_params(params, complete)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ParamsError(f"{path}: {problems[0]}{more}")
+    return params
+
+
+def params_notices(params: dict[str, Any]) -> list[str]:
+    """What is allowed but worth saying loudly (printed by `couponflow init`)."""
+    seeded = int(params["world"]["history_days"])
+    needed = int(params["validation"]["min_trailing_days"])
+    if seeded < needed:
+        return [
+            f"NOTE: world.history_days ({seeded}) < validation.min_trailing_days ({needed}): "
+            f"the statistics of the first {needed - seeded} DAG days will not be judged (each "
+            "validation report says so)"
+        ]
+    return []
 
 
 def set_param(params: dict[str, Any], dotted: str, value: Any) -> None:

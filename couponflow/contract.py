@@ -162,3 +162,139 @@ ORDERS = Table(
 TABLES: dict[str, Table] = {t.name: t for t in (USERS, COUPONS, SESSIONS, OFFERS, ORDERS)}
 DIMENSIONS = ("users", "coupons")  # full snapshots in every batch
 EVENTS = ("sessions", "offers", "orders")  # the day's facts
+
+
+# -- normalisation: lossless encodings of valid data, converted to the contract's types ---------
+CLOCK = "UTC"  # naive contract timestamps are UTC; a zone-aware column is converted to it
+
+
+def _scalar(value: object) -> bool:
+    return (
+        value is None
+        or isinstance(value, str | bytes | int | float | bool | np.generic)
+        or (not hasattr(value, "__len__") and not isinstance(value, dict | set))
+    )
+
+
+def _to_timestamps(values: pd.Series, where: str) -> tuple[pd.Series, str | None]:
+    """A column meant to hold timestamps, as naive `datetime64[ns]` on the contract's clock."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert(CLOCK).dt.tz_localize(None).astype(TS), None
+    if pd.api.types.is_datetime64_dtype(dtype):  # other units: s, ms, us
+        try:
+            return values.astype(TS), None
+        except (ValueError, OverflowError) as exc:
+            return values, f"{where}: timestamps outside the representable range ({exc})"
+    if isinstance(dtype, pd.ArrowDtype) or pd.api.types.is_object_dtype(dtype):
+        present = values.dropna()
+        if present.empty:
+            return values, None
+        kinds = {type(v) for v in present}
+        import datetime as dt
+
+        if not all(issubclass(k, dt.date) for k in kinds):
+            return values, None  # not a timestamp encoding: the dtype rule names it
+        aware = {getattr(v, "tzinfo", None) is not None for v in present}
+        if aware == {True, False}:
+            return values, f"{where}: mixes time-zone-aware and naive timestamps"
+        try:
+            if aware == {True}:
+                out = pd.to_datetime(values, utc=True).dt.tz_localize(None)
+            else:
+                out = pd.to_datetime(values)
+            return out.astype(TS), None
+        except (ValueError, OverflowError, TypeError) as exc:
+            return values, f"{where}: dates not convertible to timestamps ({exc})"
+    return values, None
+
+
+def _to_int(values: pd.Series) -> pd.Series:
+    """Integers of any width (nullable or not) as int64 when every value fits."""
+    dtype = values.dtype
+    if not pd.api.types.is_integer_dtype(dtype) or str(dtype) in ("int64", "Int64"):
+        return values
+    present = values.dropna()
+    info = np.iinfo(np.int64)
+    if len(present) and (int(present.max()) > info.max or int(present.min()) < info.min):
+        return values  # lossy: the dtype rule names it
+    if values.isna().any():
+        return values.astype("Int64")
+    return values.astype("int64")
+
+
+def _to_float(values: pd.Series) -> pd.Series:
+    """Narrower floats and integers that a float64 holds exactly, as float64."""
+    dtype = values.dtype
+    if str(dtype) == "float64" or isinstance(dtype, pd.CategoricalDtype):
+        return values
+    if pd.api.types.is_float_dtype(dtype):
+        return values.astype("float64")
+    if pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        present = values.dropna()
+        if len(present) and present.abs().max() > 2**53:
+            return values
+        return values.astype("float64")
+    return values
+
+
+def _to_string(values: pd.Series) -> pd.Series:
+    """Categoricals of strings and Arrow strings as the contract's `string`."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        categories = dtype.categories
+        if (
+            len(categories) == 0
+            or pd.api.types.is_string_dtype(categories.dtype)
+            and all(isinstance(c, str) for c in categories)
+        ):
+            return values.astype(object).astype("string")
+        return values
+    arrow = isinstance(dtype, pd.ArrowDtype) or (
+        isinstance(dtype, pd.StringDtype) and dtype.storage != "python"
+    )
+    if arrow and pd.api.types.is_string_dtype(dtype):
+        return values.astype("string")
+    return values
+
+
+def normalise(table: Table, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """`frame` with lossless encodings converted to the contract's types, and a reason for each
+    column that cannot be judged as it is (values that are not scalars, mixed time zones,
+    timestamps out of range). Converted: integers of any width that fit into int64 (ids,
+    counts), integers and narrower floats into float64, categoricals and Arrow strings into
+    `string`, DATE columns, timestamps of other units and zone-aware timestamps (converted to
+    the contract's clock, CLOCK) into naive `datetime64[ns]`. Anything else is left as it is
+    for the dtype rules to name. Never raises."""
+    out = frame.copy()
+    problems: list[str] = []
+    for col in table.columns:
+        if col.name not in out:
+            continue
+        where = f"{table.name}.{col.name}"
+        values = out[col.name]
+        try:
+            if pd.api.types.is_object_dtype(values.dtype):
+                odd = values.map(lambda v: not _scalar(v))
+                if odd.any():
+                    kind = type(values[odd].iloc[0]).__name__
+                    problems.append(
+                        f"{where}: {int(odd.sum())} values of type {kind}, not scalars "
+                        f"(the contract says {col.dtype})"
+                    )
+                    out[col.name] = values.map(repr).astype(object)
+                    continue
+            if col.dtype == TS:
+                values, problem = _to_timestamps(values, where)
+                if problem:
+                    problems.append(problem)
+            elif col.dtype == "int64":
+                values = _to_int(values)
+            elif col.dtype == "float64":
+                values = _to_float(values)
+            elif col.dtype == "string":
+                values = _to_string(values)
+            out[col.name] = values
+        except Exception as exc:  # a verdict, never a crash: the dtype rules judge the rest
+            problems.append(f"{where}: could not be read as {col.dtype} ({type(exc).__name__})")
+    return out, problems

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from couponflow.config import Workspace
-from couponflow.contract import TABLES
+from couponflow.contract import TABLES, normalise
 
 
 def write_batch(partition: Path, batch: dict[str, pd.DataFrame]) -> None:
@@ -28,8 +28,14 @@ def write_batch(partition: Path, batch: dict[str, pd.DataFrame]) -> None:
 
 
 def read_batch(partition: Path) -> dict[str, pd.DataFrame]:
-    """Read every table of a partition (a missing table reads as absent, not empty)."""
-    return {p.stem: pd.read_parquet(p) for p in sorted(partition.glob("*.parquet"))}
+    """Read every table of a partition (a missing table reads as absent, not empty), lossless
+    encodings of contract tables converted to the contract's types (`contract.normalise`:
+    the validator judged the batch so converted, and the offline store keeps it so)."""
+    batch = {}
+    for path in sorted(partition.glob("*.parquet")):
+        frame = pd.read_parquet(path)
+        batch[path.stem] = normalise(TABLES[path.stem], frame)[0] if path.stem in TABLES else frame
+    return batch
 
 
 def write_partition(frame: pd.DataFrame, folder: Path) -> None:

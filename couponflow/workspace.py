@@ -11,12 +11,22 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.config import (
+    HOME_ENV,
+    PROJECT_ROOT,
+    ParamsError,
+    Workspace,
+    check_params,
+    checked_params,
+    load_params,
+    set_param,
+)
 
 GITIGNORE = "\n".join(
     ["/dvc-remote", "/bentoml", "/airflow", "/gx/uncommitted", "/feature_store", "/data/landing"]
@@ -50,21 +60,59 @@ def dvc(ws: Workspace, *args: str) -> str:
     return run([sys.executable, "-m", "dvc", *args], ws.root, env)
 
 
+class WorkspaceError(Exception):
+    """A workspace cannot be created or used as asked; the message says what to do."""
+
+
 def init_workspace(root: Path, overrides: dict[str, Any] | None = None) -> Workspace:
-    """Create (or re-create the missing parts of) a workspace at `root`."""
+    """Create (or re-create the missing parts of) a workspace at `root`.
+
+    The params are checked against the schema (`config.check_params`) before anything is
+    written: a bad `--set` leaves no workspace behind. Overrides apply only when creating
+    one: on an existing workspace they are refused (its params.yaml is the place to change
+    them). Creating is all or nothing: when a step fails, what this call made is removed,
+    so re-running starts clean."""
     root = root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise WorkspaceError(f"{root} is a file, not a folder: pass --workspace a folder")
     ws = Workspace(root)
-    if not ws.params_file.exists():
-        params = load_params(PROJECT_ROOT / "params.yaml")
-        params["code_dir"] = str(PROJECT_ROOT)
-        for key, value in (overrides or {}).items():
-            set_param(params, key, value)
-        ws.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    if ws.params_file.exists():
+        if overrides:
+            keys = ", ".join(sorted(overrides))
+            raise WorkspaceError(
+                f"workspace {root} exists: --set ({keys}) applies only when creating one; "
+                f"edit {ws.params_file} or init a new --workspace"
+            )
+        checked_params(ws.params_file, complete=True)
+        return _create(ws, None)
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    params["code_dir"] = str(PROJECT_ROOT)
+    for key, value in (overrides or {}).items():
+        set_param(params, key, value.isoformat() if isinstance(value, date) else value)
+    problems = check_params(params)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ParamsError(f"--set: {problems[0]}{more}")
+    fresh = not root.exists() or not any(root.iterdir())
+    try:
+        return _create(ws, params)
+    except BaseException:
+        if fresh:  # all or nothing: leave no half-built workspace
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _create(ws: Workspace, params: dict[str, Any] | None) -> Workspace:
+    root = ws.root
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
     for folder in (ws.landing, ws.offline, ws.features, ws.models, ws.metrics, ws.champion):
         folder.mkdir(parents=True, exist_ok=True)
     (ws.champion / ".keep").touch()
+    if params is not None:
+        tmp = ws.params_file.with_name("params.yaml.tmp")
+        tmp.write_text(yaml.safe_dump(params, sort_keys=False))
+        tmp.replace(ws.params_file)
     if not (root / ".git").exists():
         (root / ".gitignore").write_text(GITIGNORE)
         run(["git", "init", "-q", "-b", "main"], root)

@@ -13,10 +13,12 @@ used to get the referenced ids as a suite parameter, which it copies element by 
 metric lookup (37 s for 100k orders against 100k users); a hash lookup in pandas is milliseconds,
 and the failing values and rows still show in the result and the Data Docs.
 
-Statistics (`STATISTICS`: volume, redemption rate, mean basket, share of new users) are checked
-against the trailing window of accepted batches (`expectations.trailing`): each has a warning
-band and a wider critical band. Without enough history their bounds are None and GX lets any
-value pass; the outcome notes that the checks were skipped.
+Statistics (`STATISTICS`: volume of every table, redemption rate, mean basket, share of new
+users) are checked against the trailing window of accepted batches (`expectations.trailing`)
+and against a fixed reference period (the first `reference_days` accepted batches, skipped while
+it is the trailing window itself): each has a warning band and a wider critical band. Without
+enough history their bounds are None and GX lets any value pass; the outcome notes that the
+checks were skipped.
 
 Severity is declared here, on each expectation (GX's own `severity` field): every contract rule
 keeps GX's default, CRITICAL (the batch is quarantined); a statistic outside its warning band is
@@ -50,6 +52,9 @@ DAY_END = "day_end"
 CRITICAL = FailureSeverity.CRITICAL  # the batch is quarantined
 WARNING = FailureSeverity.WARNING  # the batch goes through; the warning is reported
 BANDS = (WARNING, CRITICAL)
+TRAILING = "trailing"  # bands from the last `trailing_days` accepted batches
+REFERENCE = "reference"  # bands from a fixed reference period: slow drift cannot widen them
+TOLERANCE = {TRAILING: "tolerance", REFERENCE: "reference_tolerance"}  # their params keys
 
 # How GX's pandas type check spells a contract dtype (a StringDtype column reports `str`).
 GX_TYPE = {"string": "str"}
@@ -90,9 +95,14 @@ class Derived:
 def _usable(frame: pd.DataFrame | None, table: Table, columns: list[str]) -> bool:
     """Whether `frame` has `columns` in dtypes the rule can compute on. When not, the rule stays
     silent: the schema and dtype rules already name the cause."""
-    return frame is not None and all(
-        c in frame and _USABLE[table.dtypes[c]](frame[c].dtype) for c in columns
-    )
+    if frame is None:
+        return False
+    for c in columns:
+        if c not in frame.columns or not _USABLE[table.dtypes[c]](frame[c].dtype):
+            return False
+        if table.dtypes[c] == TS and isinstance(frame[c].dtype, pd.DatetimeTZDtype):
+            return False  # normalised at reading; zone-aware here cannot meet naive bounds
+    return True
 
 
 def _none(frame: pd.DataFrame) -> pd.Series:
@@ -174,7 +184,9 @@ def derived_rules(table: Table) -> list[Derived]:
     for col, (other, same) in table.occurs_in.items():
         where = f"{other} for the same {', '.join(same)}"
         rules.append(Derived(f"{col} not in {where}", col, f"not in {where}", _absent(table, col)))
-    return rules
+    from expectations import rules as across  # money, terms, time order, identity across days
+
+    return rules + across.rules(table)
 
 
 # -- statistics against the trailing window ----------------------------------------------------
@@ -203,13 +215,15 @@ class Statistic:
             return f"{self.column} in batch day"
         return self.column
 
-    def parameter(self, severity: FailureSeverity, end: str) -> str:
-        """The suite parameter holding one bound (`end`: min or max) of one band."""
-        return f"{self.table}_{self.name}_{severity.value}_{end}"
+    def parameter(self, severity: FailureSeverity, end: str, against: str = TRAILING) -> str:
+        """The suite parameter holding one bound (`end`: min or max) of one band, of the
+        trailing window or (`against` REFERENCE) of the fixed reference period."""
+        infix = "" if against == TRAILING else f"{against}_"
+        return f"{self.table}_{self.name}_{infix}{severity.value}_{end}"
 
 
 STATISTICS: tuple[Statistic, ...] = (
-    *(Statistic("volume", name, None, "rows", relative=True) for name in EVENTS),
+    *(Statistic("volume", name, None, "rows", relative=True) for name in (*EVENTS, *DIMENSIONS)),
     Statistic("redemption_rate", "orders", "coupon_id", "non_null_share", relative=False),
     Statistic("mean_basket", "orders", "amount", "mean", relative=True),
     Statistic("new_user_share", "users", "signup_date", "share_in_batch_day", relative=False),
@@ -217,31 +231,41 @@ STATISTICS: tuple[Statistic, ...] = (
 
 
 def _statistic_rules(stat: Statistic, cfg: dict[str, Any]) -> list[gxe.Expectation]:
-    """A statistic's warning and critical bands, bounds from suite parameters."""
+    """A statistic's warning and critical bands, against the trailing window and against the
+    fixed reference period, bounds from suite parameters."""
     kind = "a factor 1 + t of" if stat.relative else "t of"
+    period = {
+        TRAILING: f"the last {cfg['trailing_days']} accepted batches",
+        REFERENCE: f"the first {cfg.get('reference_days', 'reference_days')} accepted batches "
+        f"(from {cfg.get('reference_from') or 'the first'})",
+    }
     rules: list[gxe.Expectation] = []
-    for severity in BANDS:
-        tolerance = cfg["tolerance"][stat.name][severity.value]
-        bounds = {
-            "min_value": {"$PARAMETER": stat.parameter(severity, "min")},
-            "max_value": {"$PARAMETER": stat.parameter(severity, "max")},
-            "severity": severity,
-            "meta": {"statistic": stat.id, "column": stat.column},
-            "notes": (
-                f"{severity.value} band of the {stat.label}: the wider of mean ± "
-                f"{cfg['sigmas'][severity.value]} sd and within {kind} the mean (t = "
-                f"{tolerance}) over the last {cfg['trailing_days']} accepted batches; no bounds "
-                f"before {cfg['min_trailing_days']} accepted batches"
-            ),
-        }
-        if stat.measure == "rows":
-            rules.append(gxe.ExpectTableRowCountToBeBetween(**bounds))
-        elif stat.measure == "non_null_share":
-            rules.append(
-                gxe.ExpectColumnProportionOfNonNullValuesToBeBetween(column=stat.column, **bounds)
-            )
-        else:
-            rules.append(gxe.ExpectColumnMeanToBeBetween(column=stat.gx_column, **bounds))
+    for against in (TRAILING, REFERENCE):
+        for severity in BANDS:
+            # a workspace made before the reference period existed: the trailing tolerances
+            tolerance = cfg.get(TOLERANCE[against], cfg["tolerance"])[stat.name][severity.value]
+            bounds = {
+                "min_value": {"$PARAMETER": stat.parameter(severity, "min", against)},
+                "max_value": {"$PARAMETER": stat.parameter(severity, "max", against)},
+                "severity": severity,
+                "meta": {"statistic": stat.id, "column": stat.column, "against": against},
+                "notes": (
+                    f"{severity.value} band of the {stat.label} against {against}: the wider of "
+                    f"mean ± {cfg['sigmas'][severity.value]} sd and within {kind} the mean "
+                    f"(t = {tolerance}) over {period[against]}; no bounds before "
+                    f"{cfg['min_trailing_days']} accepted batches"
+                ),
+            }
+            if stat.measure == "rows":
+                rules.append(gxe.ExpectTableRowCountToBeBetween(**bounds))
+            elif stat.measure == "non_null_share":
+                rules.append(
+                    gxe.ExpectColumnProportionOfNonNullValuesToBeBetween(
+                        column=stat.column, **bounds
+                    )
+                )
+            else:
+                rules.append(gxe.ExpectColumnMeanToBeBetween(column=stat.gx_column, **bounds))
     return rules
 
 
@@ -256,19 +280,44 @@ def derived_columns(table: Table) -> list[str]:
     ]
 
 
-def derive(table: Table, batch: Batch, day: str) -> pd.DataFrame:
-    """`table`'s frame of the batch with the derived columns added (a new frame)."""
+def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None) -> pd.DataFrame:
+    """`table`'s frame of the batch with the derived columns added (a new frame).
+
+    A rule that raises on data it did not foresee is a failure reason naming its table and
+    column, appended to `errors` (re-raised when no list is given), never a crash; its column
+    is left null."""
     frame = batch[table.name]
+    start = pd.Timestamp(day).normalize()
+    context = {**batch, "day": pd.DataFrame({"end": [start + pd.Timedelta(days=1)]})}
+    context["cache"] = {}  # type: ignore[assignment]  # lookups shared by rules (rules.CACHE)
     added: dict[str, pd.Series] = {}
     for rule in derived_rules(table):
-        broken = rule.broken(frame, batch)
         values = pd.Series(None, index=frame.index, dtype=object)
-        if broken.any():
-            values[broken] = frame.loc[broken, rule.column].astype(object)
+        try:
+            broken = pd.Series(rule.broken(frame, context), index=frame.index)
+            broken = broken.fillna(False).astype(bool)
+            if broken.any():
+                values[broken] = frame.loc[broken, rule.column].astype(object)
+        except Exception as exc:
+            if errors is None:
+                raise
+            errors.append(
+                f"{table.name}.{rule.column}: rule '{rule.name}' could not be evaluated "
+                f"({type(exc).__name__}: {exc})"
+            )
         added[rule.name] = values
     for stat in STATISTICS:
         if stat.table == table.name and stat.measure == "share_in_batch_day":
-            added[stat.gx_column] = _in_batch_day(frame, table, stat.column, day)
+            try:
+                added[stat.gx_column] = _in_batch_day(frame, table, stat.column, day)
+            except Exception as exc:
+                if errors is None:
+                    raise
+                errors.append(
+                    f"{table.name}.{stat.column}: {stat.label} could not be computed "
+                    f"({type(exc).__name__}: {exc})"
+                )
+                added[stat.gx_column] = pd.Series(float("nan"), index=frame.index)
     return frame.assign(**added)
 
 
@@ -356,18 +405,22 @@ def build_suite(table: Table, cfg: dict[str, Any]) -> gx.ExpectationSuite:
 
 
 def suite_parameters(
-    day: str, bands: dict[str, dict[FailureSeverity, tuple[float, float]]]
+    day: str,
+    bands: dict[str, dict[FailureSeverity, tuple[float, float]]],
+    reference: dict[str, dict[FailureSeverity, tuple[float, float]]] | None = None,
 ) -> dict[str, Any]:
-    """Run-time values for the suites: the batch day and each statistic's bands (None, so any
-    value passes, for a statistic without enough accepted history)."""
+    """Run-time values for the suites: the batch day and each statistic's bands, of the
+    trailing window and of the reference period (None, so any value passes, for a statistic
+    without enough accepted history, or a reference that is the trailing window itself)."""
     start = pd.Timestamp(day).normalize()
     params: dict[str, Any] = {
         DAY_START: start.isoformat(),
         DAY_END: (start + pd.Timedelta(days=1)).isoformat(),
     }
-    for stat in STATISTICS:
-        for severity in BANDS:
-            lo, hi = bands.get(stat.id, {}).get(severity, (None, None))
-            params[stat.parameter(severity, "min")] = lo
-            params[stat.parameter(severity, "max")] = hi
+    for against, found in ((TRAILING, bands), (REFERENCE, reference or {})):
+        for stat in STATISTICS:
+            for severity in BANDS:
+                lo, hi = found.get(stat.id, {}).get(severity, (None, None))
+                params[stat.parameter(severity, "min", against)] = lo
+                params[stat.parameter(severity, "max", against)] = hi
     return params

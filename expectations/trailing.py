@@ -63,9 +63,28 @@ def record(ws: Workspace, day: str, statistics: dict[str, float] | None) -> None
     path.write_text(json.dumps(statistics, indent=2))
 
 
-def windows(past: list[dict[str, float]], cfg: dict[str, Any]) -> dict[str, Window]:
+def reference(ws: Workspace, day: str, cfg: dict[str, Any]) -> tuple[list[str], list[dict]]:
+    """The fixed reference period before `day`: the dates and statistics of the first
+    `reference_days` accepted batches (on or after `reference_from` when set, to re-baseline
+    after a shift everyone agreed on). Unlike the trailing window it does not follow a slow
+    drift, so a drift that widens the trailing band still leaves this band."""
+    start = str(cfg.get("reference_from") or "")
+    days = sorted(p for p in _folder(ws).glob("*.json") if start <= p.stem < day)
+    days = days[: int(cfg.get("reference_days", 0))]  # none configured (an older workspace): none
+    return [p.stem for p in days], [json.loads(p.read_text()) for p in days]
+
+
+def trailing_days(ws: Workspace, day: str, n: int) -> list[str]:
+    """The dates `history` reads."""
+    return [p.stem for p in sorted(_folder(ws).glob("*.json")) if p.stem < day][-n:] if n else []
+
+
+def windows(
+    past: list[dict[str, float]], cfg: dict[str, Any], tolerance: str = "tolerance"
+) -> dict[str, Window]:
     """Each statistic's window over `past`; none for a statistic with fewer than
-    `min_trailing_days` values (its checks are skipped). `cfg`: params' `validation`."""
+    `min_trailing_days` values (its checks are skipped). `cfg`: params' `validation`;
+    `tolerance`: the key of its tolerances (`reference_tolerance` for the reference period)."""
     found: dict[str, Window] = {}
     for stat in STATISTICS:
         values = np.array([p[stat.id] for p in past if p.get(stat.id) is not None], dtype=float)
@@ -75,7 +94,7 @@ def windows(past: list[dict[str, float]], cfg: dict[str, Any]) -> dict[str, Wind
         bands = {}
         for severity in BANDS:
             spread = float(cfg["sigmas"][severity.value]) * sd
-            t = float(cfg["tolerance"][stat.name][severity.value])
+            t = float(cfg.get(tolerance, cfg["tolerance"])[stat.name][severity.value])
             lo, hi = (mean / (1 + t), mean * (1 + t)) if stat.relative else (mean - t, mean + t)
             bands[severity] = (max(min(mean - spread, lo), 0.0), max(mean + spread, hi))
         found[stat.id] = Window(len(values), mean, sd, bands)

@@ -22,6 +22,16 @@ pick it up. Fixing a batch means landing it again; the re-landed partition is va
 When it passes, the old quarantine folder is kept as evidence but gets a `SUPERSEDED.md` pointing
 at the passing report, so nobody replays it by mistake.
 
+Every batch gets a verdict. Tables are normalised as they are read (`contract.normalise`:
+lossless encodings such as int32 ids, categoricals, DATE columns and zone-aware timestamps are
+converted to the contract's types; values that are not scalars or mix time zones are reasons).
+An exception inside a rule, a table's validation or the run is a failure reason naming where it
+was raised, and the batch is quarantined. The rules across days (`expectations.rules`) see the
+key hashes each accepted date left (`reports/validation/keys/<table>/<day>.npy`, forgotten when
+the date is rejected, like its statistics) and the last accepted users snapshot of the offline
+store. Statistics are judged against the trailing window and a fixed reference period
+(`trailing.reference`), so a slow drift cannot widen its own band.
+
 `require_valid` is the Airflow entry point: it raises `QuarantinedBatch` so the run shows red,
 and logs the warnings of a batch it lets through.
 """
@@ -31,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +50,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import great_expectations as gx
+import numpy as np
 import pandas as pd
 from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.core.expectation_validation_result import (
@@ -56,12 +68,16 @@ from great_expectations.exceptions import DataContextError
 from great_expectations.expectations.metadata_types import FailureSeverity
 
 from couponflow.config import Workspace
-from couponflow.contract import TABLES, Table
-from expectations import trailing
+from couponflow.contract import EVENTS, TABLES, Table, normalise
+from couponflow.landing import offline_days
+from expectations import rules, trailing
 from expectations.offline_docs import make_offline
 from expectations.suites import (
     CRITICAL,
+    REFERENCE,
     STATISTICS,
+    TOLERANCE,
+    TRAILING,
     WARNING,
     build_suite,
     derive,
@@ -119,28 +135,65 @@ class QuarantinedBatch(Exception):
 
 
 def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
-    """Validate the landing partition of `day`; on failure, move it to quarantine."""
+    """Validate the landing partition of `day`; on failure, move it to quarantine.
+
+    Every landed batch gets a verdict: an exception raised while judging it (data nobody
+    foresaw) is a failure reason naming where it was raised, and the batch is quarantined
+    like any other failure, never left in landing without a report."""
     partition = ws.landing_partition(day)
     if not partition.is_dir():
         raise FileNotFoundError(f"no landing partition for {day} at {partition}")
+    ws.params  # noqa: B018 - broken params (config.ParamsError) are not the batch's fault: raise
+    try:
+        return _validate(ws, day)
+    except Exception as exc:
+        log.exception("validation of %s raised; the batch is quarantined", day)
+        return _crashed(ws, day, exc)
+
+
+def _validate(ws: Workspace, day: str) -> ValidationOutcome:
+    partition = ws.landing_partition(day)
     batch, failures = _read(partition)
     cfg = ws.params["validation"]
     past = trailing.history(ws, day, int(cfg["trailing_days"]))
-    windows = trailing.windows(past, cfg)
+    windows = {TRAILING: trailing.windows(past, cfg)}
+    reference_days, reference = trailing.reference(ws, day, cfg)
+    if "reference_days" in cfg and reference_days != trailing.trailing_days(
+        ws, day, int(cfg["trailing_days"])
+    ):
+        windows[REFERENCE] = trailing.windows(reference, cfg, TOLERANCE[REFERENCE])
     context = open_context(ws)
     suites = {name: store_suite(context, table, cfg) for name, table in TABLES.items()}
-    params = suite_parameters(day, {sid: w.bands for sid, w in windows.items()})
+    params = suite_parameters(
+        day,
+        {sid: w.bands for sid, w in windows[TRAILING].items()},
+        {sid: w.bands for sid, w in windows.get(REFERENCE, {}).items()},
+    )
     run_id = RunIdentifier(run_name=f"landing-{day}", run_time=datetime.now(UTC))
     results: dict[str, ExpectationSuiteValidationResult] = {}
     warnings: list[str] = []
+    judged = {**batch, **_across_days(ws, day)}
+    failures += rules.missing_users(judged)
     for name, table in TABLES.items():
         if name not in batch:
             continue
-        results[name] = validate_table(context, suites[name], batch, day, params, run_id)
-        critical, warned = _reasons(table, batch[name], results[name], windows)
+        try:
+            results[name] = validate_table(
+                context, suites[name], judged, day, params, run_id, failures
+            )
+            critical, warned = _reasons(table, batch[name], results[name], windows)
+        except Exception as exc:  # a verdict, never a crash
+            log.exception("validating %s of %s raised", name, day)
+            results.pop(name, None)
+            critical, warned = [f"{name}: validation could not run ({_where(exc)})"], []
         failures += critical
         warnings += warned
-    index, pages = _data_docs(context, results)
+    try:
+        index, pages = _data_docs(context, results)
+    except Exception as exc:
+        log.exception("rendering the Data Docs of %s raised", day)
+        index, pages = ws.root / "gx" / "uncommitted" / "data_docs" / SITE / "index.html", {}
+        warnings.append(f"Data Docs not rendered ({_where(exc)})")
 
     outcome = ValidationOutcome(
         day=day,
@@ -150,17 +203,91 @@ def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
         report_path=ws.validation_reports / f"{day}.json",
         data_docs=index,
         warnings=warnings,
-        notes=_skipped(windows, past, day, cfg),
+        notes=_skipped(windows[TRAILING], past, day, cfg),
         pages=pages,
         statistics=_observed(results),
     )
     trailing.record(ws, day, outcome.statistics if outcome.passed else None)
+    _record_keys(ws, day, batch if outcome.passed else None)
     if not outcome.passed:
         outcome.quarantine_path = _quarantine(ws, outcome)
     _write_report(outcome, results)
     if outcome.passed and ws.quarantine_partition(day).is_dir():
         _mark_superseded(ws.quarantine_partition(day), outcome)
     return outcome
+
+
+def _where(exc: BaseException) -> str:
+    """An exception in one line: its type, message and the innermost frame of our code."""
+    frames = list(traceback.extract_tb(exc.__traceback__))
+    ours = [f for f in frames if "site-packages" not in f.filename] or frames
+    at = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno} in {ours[-1].name}" if ours else ""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {message}{at}"
+
+
+def _crashed(ws: Workspace, day: str, exc: BaseException) -> ValidationOutcome:
+    """The verdict on a batch whose validation raised outside any one table: quarantined,
+    with the exception as its reason."""
+    outcome = ValidationOutcome(
+        day=day,
+        passed=False,
+        rows={},
+        failures=[f"validation could not finish ({_where(exc)})"],
+        report_path=ws.validation_reports / f"{day}.json",
+        data_docs=ws.root / "gx" / "uncommitted" / "data_docs" / SITE / "index.html",
+    )
+    trailing.record(ws, day, None)
+    _record_keys(ws, day, None)
+    if ws.landing_partition(day).is_dir():
+        outcome.quarantine_path = _quarantine(ws, outcome)
+    _write_report(outcome, {})
+    return outcome
+
+
+def _keys_folder(ws: Workspace, table: str) -> Path:
+    return ws.validation_reports / "keys" / table
+
+
+def _record_keys(ws: Workspace, day: str, batch: dict[str, pd.DataFrame] | None) -> None:
+    """Keep the key hashes of an accepted batch's event tables (`rules.KeyIndex`); `None` (a
+    rejected batch) forgets the date's, like its statistics."""
+    for name in EVENTS:
+        path = _keys_folder(ws, name) / f"{day}.npy"
+        frame = (batch or {}).get(name)
+        key = TABLES[name].key
+        if frame is None or key not in frame:
+            path.unlink(missing_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, rules.key_hashes(frame[key]))
+
+
+def _across_days(ws: Workspace, day: str) -> dict[str, Any]:
+    """What the rules across days compare with (see `expectations.rules`): the keys of each
+    event table accepted on other dates (hashes kept at acceptance; an offline date without
+    them, from an older workspace, is hashed once from the store) and the last accepted users
+    snapshot before `day`."""
+    offline = [d for d in offline_days(ws) if d != day]
+    found: dict[str, Any] = {}
+    for name in EVENTS:
+        folder = _keys_folder(ws, name)
+        for d in offline:
+            part = ws.offline / name / f"date={d}" / "part.parquet"
+            if not (folder / f"{d}.npy").exists() and part.exists():
+                key = TABLES[name].key
+                folder.mkdir(parents=True, exist_ok=True)
+                np.save(folder / f"{d}.npy", rules.key_hashes(pd.read_parquet(part)[key]))
+        dates = {p.stem: p for p in folder.glob("*.npy") if p.stem != day}
+        found[rules.ACCEPTED.format(name)] = rules.KeyIndex(
+            {d: np.load(p) for d, p in sorted(dates.items())}
+        )
+    before = [d for d in offline if d < day]
+    if before:
+        path = ws.offline / "users" / f"date={before[-1]}" / "part.parquet"
+        if path.exists():
+            found[rules.PREVIOUS_USERS] = pd.read_parquet(path, columns=["user_id", "signup_date"])
+    return found
 
 
 def require_valid(ws: Workspace, day: str) -> ValidationOutcome:
@@ -183,9 +310,12 @@ def _read(partition: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
             failures.append(f"{path.stem}: table not in the contract")
             continue
         try:
-            batch[path.stem] = pd.read_parquet(path)
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            failures.append(f"{path.stem}: unreadable parquet ({exc})")
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow's ArrowInvalid is a ValueError; any is a verdict
+            failures.append(f"{path.stem}: unreadable parquet ({_where(exc)})")
+            continue
+        batch[path.stem], problems = normalise(TABLES[path.stem], frame)
+        failures += problems
     failures += [
         f"{name}: table missing from the landing partition"
         for name in TABLES
@@ -240,11 +370,13 @@ def validate_table(
     day: str,
     params: dict[str, Any],
     run_id: RunIdentifier | None = None,
+    errors: list[str] | None = None,
 ) -> ExpectationSuiteValidationResult:
     """Validate one table of `batch` (the suite's name) against its stored suite, its derived
-    columns added, keeping PARTIAL offending values with their rows' keys."""
+    columns added, keeping PARTIAL offending values with their rows' keys. A derived rule that
+    raises is a reason in `errors` (see `suites.derive`)."""
     table = TABLES[suite.name]
-    frame = derive(table, batch, day)
+    frame = derive(table, batch, day, errors)
     return _validation_definition(context, suite).run(
         batch_parameters={"dataframe": frame},
         expectation_parameters=params,
@@ -344,7 +476,7 @@ def _reasons(
     table: Table,
     frame: pd.DataFrame,
     result: ExpectationSuiteValidationResult,
-    windows: dict[str, trailing.Window],
+    windows: dict[str, dict[str, trailing.Window]],
 ) -> tuple[list[str], list[str]]:
     """Failures and warnings: one line per broken rule, naming table and column, quoting a few
     offending values (or, for a statistic, the band and the window it came from).
@@ -360,7 +492,10 @@ def _reasons(
         if r.expectation_config.type == "expect_column_values_to_be_of_type"
     }
     critical_statistics = {
-        (r.expectation_config.meta or {}).get("statistic")
+        (
+            (r.expectation_config.meta or {}).get("statistic"),
+            (r.expectation_config.meta or {}).get("against", TRAILING),
+        )
         for r in failed
         if r.expectation_config.severity == CRITICAL
     }
@@ -372,6 +507,7 @@ def _reasons(
         where = f"{table.name}.{column}" if column else table.name
         violation = meta.get("violation", config.type)
         statistic = STATISTIC_IDS.get(meta.get("statistic"))
+        against = meta.get("against", TRAILING)
         error = _error(r)
         out = reasons[config.severity]
         if config.type == "expect_table_columns_to_match_set":
@@ -386,16 +522,20 @@ def _reasons(
         ):
             continue
         elif statistic is not None:
-            if frame.empty or (config.severity == WARNING and statistic.id in critical_statistics):
+            if frame.empty or (
+                config.severity == WARNING and (statistic.id, against) in critical_statistics
+            ):
                 continue
             observed = r.result.get("observed_value")
             if observed is None:
                 out.append(f"{where}: {statistic.label} could not be computed")
                 continue
             lo, hi = config.kwargs["min_value"], config.kwargs["max_value"]
+            window = windows[against][statistic.id]
+            period = "" if against == TRAILING else " of the reference period"
             out.append(
                 f"{where}: {statistic.label} {observed:.4g} outside the {config.severity.value} "
-                f"band {lo:.4g}..{hi:.4g} ({windows[statistic.id].describe()})"
+                f"band{period} {lo:.4g}..{hi:.4g} ({window.describe()})"
             )
         elif error:
             out.append(f"{where}: {config.type} could not be evaluated ({error})")

@@ -319,10 +319,11 @@ def test_derived_rules_stay_silent_on_mistyped_columns(clean_batch: Batch) -> No
 # -- the trailing window ------------------------------------------------------------------------
 def test_bands_are_the_wider_of_sigmas_and_tolerance(ws: Workspace) -> None:
     cfg = ws.params["validation"]
-    calm = [{"orders.mean_basket": 50.0, "orders.redemption_rate": 0.2} for _ in range(7)]
-    noisy = [{"orders.mean_basket": 50.0 + (10 if i % 2 else -10)} for i in range(8)]
+    needed = int(cfg["min_trailing_days"])
+    calm = [{"orders.mean_basket": 50.0, "orders.redemption_rate": 0.2} for _ in range(needed)]
+    noisy = [{"orders.mean_basket": 50.0 + (10 if i % 2 else -10)} for i in range(needed + 1)]
 
-    few = trailing.windows(calm[:6], cfg)
+    few = trailing.windows(calm[:-1], cfg)
     window = trailing.windows(calm, cfg)["orders.mean_basket"]
     rate = trailing.windows(calm, cfg)["orders.redemption_rate"]
     wide = trailing.windows(noisy, cfg)["orders.mean_basket"]

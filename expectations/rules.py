@@ -1,0 +1,409 @@
+"""Rules across columns, tables and days, beyond what `couponflow.contract` declares column by
+column: the money of a redemption, a coupon's terms, the order of events in time, dates in
+range, and the identity of rows across accepted days.
+
+Each is a `suites.Derived` rule (a derived column holding the offending value where the rule
+is broken), so GX reports it like any contract rule, names `table.column` and shows the
+failing rows in the Data Docs. They are written against contract column names only: a table
+that gains a column (e.g. an offers `slice`) keeps its rules. A rule whose columns are
+missing or mistyped stays silent (the schema and dtype rules name the cause).
+
+Rules across days read what earlier dates left, through entries `validate` adds to the batch
+under CONTEXT names (never tables of the contract): `accepted <table>` holds a `KeyIndex` of the
+keys of `<table>` accepted on other dates, `previous users` the users snapshot of the last
+accepted date before the batch in the offline store. `missing_users` is the one rule that has no
+row to hold it (a user who vanished has no row in the batch); it returns reasons directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from couponflow.contract import EVENTS, HOLDOUT_SUFFIX, TABLES, Table, coupon_cost
+from expectations.suites import Batch, Derived, _none, _usable
+
+ACCEPTED = "accepted {}"  # keys of an event table accepted on other dates
+PREVIOUS_USERS = "previous users"  # the users snapshot of the last accepted date
+CACHE = "cache"  # lookups shared by the rules of one derive run (see `_cached`)
+EARLIEST_SIGNUP = pd.Timestamp("1990-01-01")  # a signup before this is a broken date
+CENT = 0.011  # discounts are rounded to cents: a larger gap is not rounding
+Broken = Callable[[pd.DataFrame, Batch], pd.Series]
+
+
+def _cached(batch: Batch, key: str, frame: pd.DataFrame, make: Callable[[], object]) -> object:
+    """`make()` once per frame and derive run: `suites.derive` hands each table's rules a
+    fresh context dict with an empty CACHE, so several rules share a lookup (at 1M orders each
+    costs ~0.5 s); called elsewhere, it just makes it."""
+    cache = batch.get(CACHE)
+    if not isinstance(cache, dict):
+        return make()
+    slot = (key, id(frame))
+    if slot not in cache:
+        cache[slot] = make()
+    return cache[slot]
+
+
+TERMS = ["kind", "value", "min_spend", "category"]
+
+
+def _coupon_terms(frame: pd.DataFrame, batch: Batch, terms: list[str]) -> pd.DataFrame | None:
+    """The redeemed coupon's `terms` on each row of `frame` (NaN where the coupon is unknown or
+    none), or None when the coupons table cannot be used."""
+    coupons = batch.get("coupons")
+    if not _usable(coupons, TABLES["coupons"], ["coupon_id", *terms]):
+        return None
+    usable = [t for t in TERMS if _usable(coupons, TABLES["coupons"], [t])]
+
+    def lookup() -> pd.DataFrame:
+        known = coupons.drop_duplicates("coupon_id").set_index("coupon_id")
+        at = known.index.get_indexer(frame["coupon_id"])  # -1: no or unknown coupon
+        found = pd.DataFrame(index=frame.index)
+        for t in usable:
+            column = known[t].astype(object).to_numpy()
+            values = np.where(at >= 0, column[np.maximum(at, 0)] if len(column) else None, None)
+            found[t] = values
+        for number in ("value", "min_spend"):
+            if number in found:
+                found[number] = pd.to_numeric(found[number], errors="coerce")
+        return found
+
+    terms_found = _cached(batch, "coupon terms", frame, lookup)
+    return terms_found  # type: ignore[return-value]
+
+
+def _in_range(frame: pd.DataFrame, table: Table, columns: list[str]) -> pd.Series:
+    """Rows whose `columns` hold values inside their contract ranges: a rule across columns
+    stays silent on a value the column's own range rule already names."""
+    ok = pd.Series(True, index=frame.index)
+    for col in table.columns:
+        if col.name in columns and (col.min_value is not None or col.max_value is not None):
+            values = frame[col.name]
+            if col.min_value is not None:
+                ok &= ~(values < col.min_value).fillna(False).astype(bool)
+            if col.max_value is not None:
+                ok &= ~(values > col.max_value).fillna(False).astype(bool)
+    return ok
+
+
+def _orders(columns: list[str], rule: Callable[[pd.DataFrame, Batch], pd.Series]) -> Broken:
+    """A rule on orders that needs `columns` usable (else it stays silent), judged on rows
+    whose values are inside their own ranges."""
+
+    def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+        table = TABLES["orders"]
+        if not _usable(frame, table, columns):
+            return _none(frame)
+        found = rule(frame, batch).fillna(False).astype(bool)
+        return found & _in_range(frame, table, columns)
+
+    return broken
+
+
+def _discount_above_amount(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    terms = _coupon_terms(frame, batch, ["kind"])
+    shipping = terms["kind"].eq("free_shipping") if terms is not None else _none(frame)
+    return (frame["discount"] > frame["amount"] + 1e-9) & ~shipping.fillna(False).astype(bool)
+
+
+def _discount_without_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    return frame["coupon_id"].isna() & (frame["discount"] > 0)
+
+
+def _expected_discount(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    """What each redemption's coupon gives on the order's amount (NaN: no or unknown coupon)."""
+    terms = _coupon_terms(frame, batch, ["kind", "value"])
+    if terms is None:
+        return pd.Series(np.nan, index=frame.index)
+
+    def compute() -> pd.Series:
+        kind = terms["kind"].to_numpy()
+        known = pd.notna(kind) & terms["value"].notna().to_numpy()
+        cost = coupon_cost(
+            np.where(known, kind, "").astype(str),
+            terms["value"].fillna(0).to_numpy(float),
+            frame["amount"].to_numpy(float),
+        )
+        return pd.Series(np.where(known, np.round(cost, 2), np.nan), index=frame.index)
+
+    return _cached(batch, "expected discount", frame, compute)  # type: ignore[return-value]
+
+
+def _discount_above_the_terms(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    """A redemption's discount above what its coupon's kind and value give on the amount (a
+    percent taken twice, a flat discount above the coupon's value). A smaller one is left
+    alone: prices that moved after the discount was fixed are a drift, not a loss."""
+    expected = _expected_discount(frame, batch)
+    return expected.notna() & (frame["discount"] > expected + CENT)
+
+
+def _zero_discount_on_redemption(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    expected = _expected_discount(frame, batch)
+    return (expected >= 0.01) & (frame["discount"] <= 0)
+
+
+def _threshold_not_met(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    terms = _coupon_terms(frame, batch, ["kind", "min_spend"])
+    if terms is None:
+        return _none(frame)
+    return terms["kind"].eq("threshold_off") & (frame["amount"] < terms["min_spend"] - 1e-9)
+
+
+def _wrong_category(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    terms = _coupon_terms(frame, batch, ["category"])
+    if terms is None:
+        return _none(frame)
+    scoped = terms["category"].notna() & terms["category"].ne("all")
+    return scoped & terms["category"].ne(frame["category"])
+
+
+def _before_offer(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    """A redemption stamped before the first offer of that coupon to that user (the training
+    labels join each redemption to an earlier offer). Redemptions without an offer are the
+    `occurs_in` rule's."""
+    offers = batch.get("offers")
+    keys = ["user_id", "coupon_id", "ts"]
+    if not _usable(offers, TABLES["offers"], keys):
+        return _none(frame)
+    first = offers.dropna(subset=["coupon_id"]).groupby(["user_id", "coupon_id"])["ts"].min()
+    first = first.rename("offered_at").reset_index()
+    at = frame[["user_id", "coupon_id"]].merge(first, how="left", on=["user_id", "coupon_id"])
+    offered = pd.Series(at["offered_at"].to_numpy(), index=frame.index)
+    return frame["coupon_id"].notna() & offered.notna() & (frame["ts"] < offered)
+
+
+def _holdout_with_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    if not _usable(frame, TABLES["offers"], ["policy_version", "coupon_id"]):
+        return _none(frame)
+    held = frame["policy_version"].astype("string").str.endswith(HOLDOUT_SUFFIX)
+    held = held.fillna(False).astype(bool)
+    if "slice" in frame.columns:  # offers that say which logging slice made them
+        held |= frame["slice"].astype("string").eq("holdout").fillna(False).astype(bool)
+    return (held & frame["coupon_id"].notna()).astype(bool)
+
+
+def _coupons(columns: list[str], rule: Callable[[pd.DataFrame], pd.Series]) -> Broken:
+    def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+        table = TABLES["coupons"]
+        if not _usable(frame, table, columns):
+            return _none(frame)
+        return rule(frame).fillna(False).astype(bool) & _in_range(frame, table, columns)
+
+    return broken
+
+
+def _value_out_of_kind(frame: pd.DataFrame) -> pd.Series:
+    """percent_off in (0, 100]; amount_off and threshold_off above 0."""
+    kind, value = frame["kind"], frame["value"]
+    percent = kind.eq("percent_off") & ((value <= 0) | (value > 100))
+    flat = kind.isin(["amount_off", "threshold_off"]) & (value <= 0)
+    return percent | flat
+
+
+def _threshold_below_value(frame: pd.DataFrame) -> pd.Series:
+    """A threshold coupon's min_spend is above 0 and at least its value (else it is a flat
+    discount in disguise, and the discount could exceed the basket)."""
+    threshold = frame["kind"].eq("threshold_off")
+    return threshold & ((frame["min_spend"] <= 0) | (frame["min_spend"] < frame["value"]))
+
+
+def _validity_reversed(frame: pd.DataFrame) -> pd.Series:
+    return frame["valid_to"] <= frame["valid_from"]
+
+
+def _signup_out_of_range(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    """A signup after the batch day (negative tenure) or before EARLIEST_SIGNUP."""
+    if not _usable(frame, TABLES["users"], ["signup_date"]):
+        return _none(frame)
+    end = batch_end(batch)
+    at = frame["signup_date"]
+    late = (at >= end) if end is not None else _none(frame)
+    return (at.notna() & (late | (at < EARLIEST_SIGNUP))).astype(bool)
+
+
+def batch_end(batch: Batch) -> pd.Timestamp | None:
+    """The end of the batch day, as `validate` passes it (a one-row frame under `day`)."""
+    day = batch.get("day")
+    return None if day is None else pd.Timestamp(day["end"].iloc[0])
+
+
+def _signup_changed(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+    """A user whose signup date differs from the last accepted snapshot (ids reassigned)."""
+    previous = batch.get(PREVIOUS_USERS)
+    users = TABLES["users"]
+    if not (_usable(frame, users, ["user_id", "signup_date"]) and previous is not None):
+        return _none(frame)
+    before = previous.drop_duplicates("user_id").set_index("user_id")["signup_date"]
+    then = frame["user_id"].map(before)
+    return (then.notna() & frame["signup_date"].notna() & (then != frame["signup_date"])).astype(
+        bool
+    )
+
+
+def key_hashes(values: pd.Series) -> np.ndarray:
+    """64-bit hashes of keys (non-null), sorted and unique: what an accepted date leaves."""
+    present = values.dropna().astype(str).to_numpy(dtype=object)
+    return np.unique(pd.util.hash_array(present))
+
+
+class KeyIndex:
+    """The key hashes of each accepted date: which of a batch's keys were accepted before.
+    Hashing keeps a month of a million-row table at 8 bytes a key and a lookup at a binary
+    search per date; two distinct 64-bit hashes collide about once in 10^19 pairs, so a false
+    "already accepted" is practically impossible (and would name the key, for a human to see)."""
+
+    def __init__(self, dates: dict[str, np.ndarray]) -> None:
+        self.dates = {d: h for d, h in dates.items() if len(h)}
+
+    def accepted(self, values: pd.Series) -> np.ndarray:
+        """Per value: whether an accepted date had it."""
+        present = values.notna().to_numpy()
+        found = np.zeros(len(values), dtype=bool)
+        if not self.dates or not present.any():
+            return found
+        hashes = pd.util.hash_array(values[present].astype(str).to_numpy(dtype=object))
+        order = np.argsort(hashes)  # sorted queries keep each date's search cache-friendly:
+        queries = hashes[order]  # ~10x faster than searching in the rows' order
+        hit = np.zeros(len(queries), dtype=bool)
+        for known in self.dates.values():
+            at = np.minimum(np.searchsorted(known, queries), len(known) - 1)
+            hit |= known[at] == queries
+        unsorted = np.empty(len(hit), dtype=bool)
+        unsorted[order] = hit
+        found[present] = unsorted
+        return found
+
+
+def _accepted_before(table: Table) -> Broken:
+    """Keys already accepted on another date (a replayed day, ids reused across days)."""
+
+    def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
+        index = batch.get(ACCEPTED.format(table.name))
+        if not isinstance(index, KeyIndex) or not _usable(frame, table, [table.key]):
+            return _none(frame)
+        return pd.Series(index.accepted(frame[table.key]), index=frame.index)
+
+    return broken
+
+
+def rules(table: Table) -> list[Derived]:
+    """The rules of this module for `table`."""
+    found: list[Derived] = []
+    if table.name == "orders":
+        money = ["amount", "discount", "coupon_id"]
+        found += [
+            Derived(
+                "discount above amount",
+                "discount",
+                "greater than the order's amount",
+                _orders(money, _discount_above_amount),
+            ),
+            Derived(
+                "discount without coupon",
+                "discount",
+                "above 0 on an order that redeemed no coupon",
+                _orders(money, _discount_without_coupon),
+            ),
+            Derived(
+                "discount above the coupon's terms",
+                "discount",
+                "above what the redeemed coupon's kind and value give on the amount",
+                _orders(money, _discount_above_the_terms),
+            ),
+            Derived(
+                "zero discount on a redemption",
+                "discount",
+                "zero on an order that redeemed a coupon",
+                _orders(money, _zero_discount_on_redemption),
+            ),
+            Derived(
+                "amount below min_spend",
+                "amount",
+                "below the redeemed threshold coupon's min_spend",
+                _orders(["amount", "coupon_id"], _threshold_not_met),
+            ),
+            Derived(
+                "category outside the coupon's",
+                "category",
+                "not the category the redeemed coupon is for",
+                _orders(["category", "coupon_id"], _wrong_category),
+            ),
+            Derived(
+                "ts before the offer",
+                "ts",
+                "before the offer of the coupon it redeems",
+                _orders(["user_id", "coupon_id", "ts"], _before_offer),
+            ),
+        ]
+    if table.name == "offers":
+        found.append(
+            Derived(
+                "coupon on a holdout offer",
+                "coupon_id",
+                f"a coupon on a holdout offer (policy_version *{HOLDOUT_SUFFIX})",
+                _holdout_with_coupon,
+            )
+        )
+    if table.name == "coupons":
+        found += [
+            Derived(
+                "value outside its kind's range",
+                "value",
+                "outside the kind's range (percent_off 0..100, flat discounts above 0)",
+                _coupons(["kind", "value"], _value_out_of_kind),
+            ),
+            Derived(
+                "threshold min_spend below value",
+                "min_spend",
+                "of a threshold_off coupon not above 0 and its value",
+                _coupons(["kind", "value", "min_spend"], _threshold_below_value),
+            ),
+            Derived(
+                "valid_to not after valid_from",
+                "valid_to",
+                "not after valid_from",
+                _coupons(["valid_from", "valid_to"], _validity_reversed),
+            ),
+        ]
+    if table.name == "users":
+        found += [
+            Derived(
+                "signup_date out of range",
+                "signup_date",
+                f"after the batch day or before {EARLIEST_SIGNUP.date()}",
+                _signup_out_of_range,
+            ),
+            Derived(
+                "signup_date changed",
+                "signup_date",
+                "changed since the last accepted users snapshot (ids reassigned?)",
+                _signup_changed,
+            ),
+        ]
+    if table.name in EVENTS:
+        found.append(
+            Derived(
+                f"{table.key} accepted on another day",
+                table.key,
+                "already accepted on another date (a replayed or re-used batch)",
+                _accepted_before(table),
+            )
+        )
+    return found
+
+
+def missing_users(batch: Batch, examples: int = 3) -> list[str]:
+    """Users of the last accepted snapshot absent from this one (users are never deleted; a
+    snapshot that lost them is truncated or renumbered)."""
+    previous, users = batch.get(PREVIOUS_USERS), batch.get("users")
+    if previous is None or not _usable(users, TABLES["users"], ["user_id"]):
+        return []
+    gone = previous.loc[~previous["user_id"].isin(users["user_id"]), "user_id"]
+    if gone.empty:
+        return []
+    shown = ", ".join(str(v) for v in gone.head(examples))
+    return [
+        f"users.user_id: {len(gone)} users of the last accepted snapshot missing (e.g. {shown})"
+    ]
