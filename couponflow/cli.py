@@ -503,7 +503,7 @@ def _main(argv: list[str] | None = None) -> None:
 
     if ws.root.exists() and not ws.root.is_dir():
         parser.error(f"workspace {ws.root} is a file, not a folder: pass --workspace a folder")
-    if args.verb not in ("init", "demo") and not ws.params_file.exists():
+    if args.verb not in ("init", "demo", "trial") and not ws.params_file.exists():
         parser.error(f"no workspace at {ws.root}: create it with `couponflow init` first")
     if args.verb in ("init", "demo"):
         from couponflow.config import params_notices

@@ -45,7 +45,7 @@ class PolicyResult:
     ips: Estimate
     snips: Estimate
     offer_rate: float
-    planned_cost: float  # expected coupon cost per decision, by its own cost model
+    planned_cost: float | None  # expected cost per decision by its own cost model (logging: none)
     coupon_evidence: float  # effective logged rows behind its coupon choices
     prediction: dict[str, float] | None = None  # auc, log_loss, ece, redeem_* (models)
     qini: float | None = None

@@ -26,7 +26,7 @@ def run_benchmark(*args: str) -> str:
     ("module", "args", "printed"),
     [
         ("bench_world", ["--events", "3000"], "events"),
-        ("bench_training", ["--rows", "4000", "--epochs", "1"], "samples"),
+        ("bench_training", ["--rows", "4000", "--epochs", "1"], "fit/s"),
         ("bench_validation", ["--rows", "3000"], "rows"),
         ("bench_features", ["--users", "400", "--reads", "20", "--stores", "sqlite"], "users"),
     ],

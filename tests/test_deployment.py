@@ -190,7 +190,7 @@ def test_the_served_policy_is_read_out_against_its_holdout(deployment: Workspace
     for offer in (o for a in answers if a not in held for o in a["offers"]):
         assert offer["propensity"] <= 0.7 + 1e-9  # the share not held out, times the choice's
 
-    readout = served_readout(deployment, at.date().isoformat())
+    readout = served_readout(deployment, at.date().isoformat(), days=1)  # this day alone
     assert readout["feedback_decisions"] == len(answers)
     assert readout["holdout"] == len(held) and readout["redeemed"] > 0
     assert readout["lift"]["low"] <= readout["lift"]["value"] <= readout["lift"]["high"]

@@ -364,7 +364,7 @@ class Judged:
             offered = np.concatenate([d.logged > 0 for d in self.days])
             return PolicyResult(
                 name, kind, version, est["dr"], est["ips"], est["snips"],
-                offer_rate=float(offered.mean()), planned_cost=float("nan"),
+                offer_rate=float(offered.mean()), planned_cost=None,
                 coupon_evidence=float(offered.sum()), true_value=self.true_value(name),
             )  # fmt: skip
         ds = self.decided[name]

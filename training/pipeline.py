@@ -28,7 +28,9 @@ def repro(ws: Workspace, day: str) -> dict[str, Any]:
     report = ws.root / "reports" / "runs" / day
     shutil.copytree(ws.root / REPORT_DIR, report, dirs_exist_ok=True)
     sha = commit(ws, f"train on data up to {day}")
-    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    # NaN and infinities (a figure with nothing to measure) read as null: the result goes to
+    # Airflow's XCom, which takes strict JSON only.
+    read = lambda path: json.loads(path.read_text(), parse_constant=lambda _: None)  # noqa: E731
     return {
         "workspace_commit": sha,
         "model": read(ws.models / "model.json"),
