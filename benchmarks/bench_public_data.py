@@ -37,9 +37,7 @@ import tracemalloc
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from threadpoolctl import threadpool_limits
 
 from couponflow.config import PROJECT_ROOT, load_params
 from couponflow.metrics import (
@@ -59,7 +57,7 @@ from couponflow.public_data import (
 )
 from couponflow.trials import TrialArrays
 from training.train import fit
-from training.trial import training_arrays
+from training.trial import per_arm_regression, training_arrays
 
 PUBLIC = load_params(PROJECT_ROOT / "params.yaml")["public_data"]
 PUBLISHED_OBD = {"dm": 0.157, "ips": 0.311, "dr": 0.292}  # full-size "men" campaign, obp
@@ -148,24 +146,9 @@ def net_spend(
 
 
 def two_model_spend(train: TrialArrays, test: TrialArrays, seed: int) -> np.ndarray:
-    """The two-model (one per arm) uplift baseline: a gradient-boosting spend regressor fitted
-    on each arm's customers, (n, arms) predictions for the test customers."""
-    spend = np.empty((len(test), test.n_arms))
-    for arm in range(test.n_arms):
-        rows = train.arm == arm
-        model = HistGradientBoostingRegressor(  # early-stops on 10% of the arm's customers
-            learning_rate=0.05,
-            max_iter=300,
-            min_samples_leaf=100,
-            early_stopping=True,
-            random_state=seed,
-        )
-        # one OpenMP thread: on the shared 2-core machine more threads spin, not work
-        with threadpool_limits(1):
-            spend[:, arm] = model.fit(train.user[rows], train.outcomes["spend"][rows]).predict(
-                test.user
-            )
-    return spend
+    """The two-model (one per arm) uplift baseline on spend: training.trial's per-arm
+    regressor, (n, arms) predictions for the test customers."""
+    return per_arm_regression(train, train.outcomes["spend"], test, seed)
 
 
 def budget_metrics(

@@ -169,12 +169,11 @@ def network_values(
     return values
 
 
-def two_model_values(
-    spec: TrialSpec, outcome: str, train: TrialArrays, test: TrialArrays, seed: int
+def per_arm_regression(
+    train: TrialArrays, target: np.ndarray, test: TrialArrays, seed: int
 ) -> np.ndarray:
-    """The two-model baseline: a gradient-boosting regressor of the net value fitted on each
-    arm's customers, (n, arms) predictions for the test customers."""
-    reward = net_value(spec, train, outcome)
+    """A gradient-boosting regressor of `target` fitted on each arm's training customers:
+    (n, arms) predictions for the test customers (the two-model learner's core)."""
     values = np.empty((len(test), test.n_arms))
     for arm in range(test.n_arms):
         rows = train.arm == arm
@@ -187,8 +186,15 @@ def two_model_values(
         )
         # one OpenMP thread: on the shared 2-core machine more threads spin, not work
         with threadpool_limits(1):
-            values[:, arm] = model.fit(train.user[rows], reward[rows]).predict(test.user)
+            values[:, arm] = model.fit(train.user[rows], target[rows]).predict(test.user)
     return values
+
+
+def two_model_values(
+    spec: TrialSpec, outcome: str, train: TrialArrays, test: TrialArrays, seed: int
+) -> np.ndarray:
+    """The two-model baseline: the net value regressed on each arm's customers."""
+    return per_arm_regression(train, net_value(spec, train, outcome), test, seed)
 
 
 def crossfit(
