@@ -137,7 +137,7 @@ def test_the_summary_is_markdown_an_engineer_reads(pipeline) -> None:
     assert page.startswith(f"# couponflow {day}: released")
     for section in ("## Rows in", "## Features materialised", "## Challenger against champion"):
         assert section in page
-    assert "## Decision: PROMOTE" in page and "## Release" in page
+    assert "Decision: PROMOTE" in page and "## Release" in page
     assert "run summary" in (ws.root / "logs" / f"coupon_retrain-{day}.log").read_text()
 
 
