@@ -241,8 +241,9 @@ def test_a_challenger_trained_on_shuffled_labels_is_refused(pipeline) -> None:
 
 
 def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
-    """A training run that diverges (a learning rate of infinity: every weight is NaN after
-    the first step) fails the day and says why, while a shopper at the front door keeps
+    """A training run that diverges (a learning rate of 1e30, which the params schema lets
+    through as a finite number: every weight overflows in the first step) fails the day and
+    says why, while a shopper at the front door keeps
     getting answers from the live release, whose deployment nothing touches."""
     import yaml
 
@@ -256,7 +257,7 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
     releases, champion = len(release_history(ws)), (ws.champion / "model.pt").read_bytes()
     params, alerted = ws.params_file.read_text(), len(recorded_alerts(ws))
     diverging = load_params(ws.params_file)
-    set_param(diverging, "model.lr", float("inf"))
+    set_param(diverging, "model.lr", 1e30)
     ws.params_file.write_text(yaml.safe_dump(diverging, sort_keys=False))
     try:
         with shopping(front_door(ws)) as answers:
