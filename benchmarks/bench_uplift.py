@@ -28,6 +28,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,6 @@ from training.train import (
     fit,
     fit_ensemble,
     inverse_propensity_weights,
-    stabilised_weights,
 )
 
 DESIGNS = ("ipw", "stabilised", "randomised", "ensemble")
@@ -54,16 +54,16 @@ RANDOMISED = ("explore", "holdout")
 
 
 def arrays(table: pd.DataFrame, design: str) -> TrainingArrays:
-    """The training arrays of `table` as `design` weights them."""
+    """The training arrays of `table` as `design` weights them (the trainer's own
+    stabilised weights unless the design says otherwise)."""
     base = TrainingArrays.from_table(table, 10.0)
     if design == "ipw":
-        weight = inverse_propensity_weights(table["propensity"].to_numpy(), 100.0)
-    elif design == "randomised":
-        weight = np.ones(len(table), dtype=np.float32)
-    else:
-        weight = stabilised_weights(table["coupon_id"], table["propensity"].to_numpy(), 10.0)
-    return TrainingArrays(base.x, base.purchased, base.log_amount, base.redeemed, base.offered,
-                          weight)  # fmt: skip
+        return replace(
+            base, weight=inverse_propensity_weights(table["propensity"].to_numpy(), 100.0)
+        )
+    if design == "randomised":
+        return replace(base, weight=np.ones(len(table), dtype=np.float32))
+    return base
 
 
 def train(table: pd.DataFrame, design: str, cfg: dict, credibility: float) -> CouponEnsemble:

@@ -61,7 +61,7 @@ from couponflow.metrics import (
     qini_coefficient,
     qini_curve,
 )
-from couponflow.model import CouponNet, encode, load_model, predict, user_chunks
+from couponflow.model import Recommender, encode, load_model, predict, user_chunks
 from couponflow.policy import Scores, allocate, eligible, score, user_cap_mask, with_control
 from training.baselines import GB_PARAMS, fit_baselines
 from training.train import split_days
@@ -85,7 +85,7 @@ class ModelPolicy:
     """A trained network behind the shared policy maths: an arm's value is its expected
     incremental profit, its cost the expected discount (what the service does)."""
 
-    def __init__(self, name: str, net: CouponNet, version: str, margin: float) -> None:
+    def __init__(self, name: str, net: Recommender, version: str, margin: float) -> None:
         self.name, self.net, self.version, self.margin = name, net, version, margin
 
     def scores(self, users: np.ndarray, arms: pd.DataFrame) -> Scores:
@@ -171,7 +171,7 @@ def logged_arm_index(coupon_ids: pd.Series, arms: pd.DataFrame) -> np.ndarray:
 
 
 # -- on the logged decisions of the held-out day -------------------------------------------
-def prediction_report(net: CouponNet, users: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
+def prediction_report(net: Recommender, users: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
     """Prediction quality on the arms actually logged: P(purchase) on every decision,
     P(redeem) where a coupon was offered, and the calibration curve of P(purchase)."""
     pred = predict(net, encode(users, table))

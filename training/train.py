@@ -382,8 +382,8 @@ def fit_ensemble(
     members, logs = [], []
     n = int(cfg.get("members") or 1)
     for i in tqdm(range(n), desc="ensemble", unit="member", leave=False, disable=n == 1):
-        rows = np.arange(len(train)) if i == 0 else bootstrap_users(train_users, seed=i)
-        net, log = fit(train.take(rows), valid, {**cfg, "seed": int(cfg["seed"]) + i})
+        data = train if i == 0 else train.take(bootstrap_users(train_users, seed=i))
+        net, log = fit(data, valid, {**cfg, "seed": int(cfg["seed"]) + i})
         members.append(net)
         logs.append(log)
     seconds = sum(log["seconds"] for log in logs)
@@ -393,7 +393,6 @@ def fit_ensemble(
         "members": n,
         "epochs_run": [log["epochs_run"] for log in logs],
         "best_epoch": [log["best_epoch"] for log in logs],
-        "history": logs[0]["history"],
         "seconds": round(seconds, 3),
         "samples_per_second": round(rows / max(seconds, 1e-9)),
     }
