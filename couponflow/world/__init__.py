@@ -12,7 +12,7 @@ their own random streams keyed by `(seed, stream, date)`, so any day can be rege
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,25 +20,33 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from couponflow.contract import (
-    AGE_BANDS,
-    ALL_CATEGORIES,
-    CATEGORIES,
-    COUPON_KINDS,
-    DEVICES,
-    HOLDOUT_SUFFIX,
-    REGIONS,
-    SHIPPING_COST,
-    TABLES,
-    coupon_cost,
+from couponflow.contract import CATEGORIES, HOLDOUT_SUFFIX, SHIPPING_COST, TABLES, coupon_cost
+from couponflow.world.catalogue import (
+    AMOUNT,
+    FREE_SHIPPING,
+    KIND_CODE,
+    PERCENT,
+    THRESHOLD,
+    Catalogue,
 )
-
-SEGMENTS = ("sure_thing", "persuadable", "lost_cause", "sleeping_dog")
-DEFAULT_MIX = {"sure_thing": 0.25, "persuadable": 0.35, "lost_cause": 0.3, "sleeping_dog": 0.1}
-# Per segment: baseline purchase logit, price sensitivity, annoyance at being sent a coupon.
-SEGMENT_BASE = np.array([-1.6, -3.6, -5.0, -2.2])
-SEGMENT_SENSITIVITY = np.array([0.5, 7.0, 0.3, 0.5])
-SEGMENT_ANNOYANCE = np.array([0.0, 0.0, 0.0, 1.2])
+from couponflow.world.catalogue import CATEGORY_CODE as _CATEGORY_CODE
+from couponflow.world.catalogue import KIND_NAMES as _KIND_NAMES
+from couponflow.world.population import (
+    DEFAULT_MIX,
+    SEGMENT_ANNOYANCE,
+    SEGMENT_BASE,
+    SEGMENT_SENSITIVITY,
+    SEGMENTS,
+    Population,
+    Shoppers,
+)
+from couponflow.world.population import segment_mix as _mix
+from couponflow.world.streams import ACTIVITY as _ACTIVITY
+from couponflow.world.streams import DETAIL as _DETAIL
+from couponflow.world.streams import LOGGING as _LOGGING
+from couponflow.world.streams import OUTCOME as _OUTCOME
+from couponflow.world.streams import draw_categories as _draw_categories
+from couponflow.world.streams import labels as _labels
 
 BASKET_SPREAD = 0.35  # sd of the log order amount around the shopper's mean basket
 TOP_UP = 0.5  # P(a shopper close to a threshold coupon's min_spend tops the basket up)
@@ -50,14 +58,6 @@ MAX_RELEVANCE = 1.2  # cap on how much a category coupon in a liked category cou
 SEASON_AMPLITUDE = 0.25  # weekly purchase-logit swing, peaking on Saturdays
 REFERENCE_BASKET = 50.0  # the basket at which the logging heuristic ranks coupons
 OFFER_SECONDS = 6 * 3600  # offers land in [0h, 6h), orders in [6h, 24h)
-
-KIND_CODE = {k: i for i, k in enumerate(COUPON_KINDS)}
-PERCENT, AMOUNT, THRESHOLD, FREE_SHIPPING = (KIND_CODE[k] for k in COUPON_KINDS)
-_KIND_NAMES = np.array([*COUPON_KINDS, ""], dtype=object)  # code -1 (no coupon) -> ""
-_CATEGORY_CODE = {c: i for i, c in enumerate(CATEGORIES)}
-
-# Random streams: each draws for one purpose only, so regenerating a part never shifts another.
-_POPULATION, _CATALOGUE, _ACTIVITY, _LOGGING, _OUTCOME, _DETAIL = range(6)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -71,63 +71,9 @@ def _ids(prefix: str, n: int) -> pd.arrays.StringArray:
     return pd.array(joined.to_numpy(zero_copy_only=False), dtype="string")
 
 
-def _labels(names: tuple[str, ...], codes: np.ndarray) -> pd.Series:
-    """String column from integer codes, without building one Python string per row."""
-    return pd.Series(pd.Categorical.from_codes(codes, names)).astype("string")
-
-
-def _draw_categories(rng: np.random.Generator, cdf: np.ndarray) -> np.ndarray:
-    """One categorical draw per row of `cdf` (cumulative probabilities, last column 1)."""
-    u = rng.random(len(cdf))
-    return (u[:, None] > cdf).sum(axis=1).clip(0, cdf.shape[1] - 1)
-
-
 def _season(day: pd.Timestamp) -> float:
     """The weekly swing in the purchase logit (and in browsing), highest on Saturdays."""
     return SEASON_AMPLITUDE * float(np.cos(2 * np.pi * (day.dayofweek - 5) / 7))
-
-
-def _mix(cfg: dict[str, float] | None) -> np.ndarray:
-    """Segment shares from a {segment: share} mapping, normalised."""
-    shares = np.array([float((cfg or DEFAULT_MIX).get(s, 0.0)) for s in SEGMENTS])
-    if shares.sum() <= 0:
-        raise ValueError(f"segment mix needs a positive share for one of {SEGMENTS}")
-    return shares / shares.sum()
-
-
-@dataclass
-class Population:
-    """Observable user attributes plus the hidden traits only the simulator and oracle see."""
-
-    users: pd.DataFrame
-    segment: np.ndarray  # index into SEGMENTS
-    base_logit: np.ndarray  # daily purchase logit without a coupon
-    basket: np.ndarray  # mean order amount at today's prices
-    sensitivity: np.ndarray  # logit gained per unit of relative price cut
-    annoyance: np.ndarray  # logit lost for being sent any coupon ("sleeping dogs")
-    fatigue: np.ndarray  # decay of coupon response per coupon received in the window
-    preference: np.ndarray  # (n, n_categories) category preference, rows sum to 1
-    preference_cdf: np.ndarray  # its row-wise cumulative sum, for categorical draws
-
-    def __len__(self) -> int:
-        return len(self.segment)
-
-    def head(self, n: int) -> Population:
-        """The first `n` users (those signed up by some day: ids grow with signup)."""
-        if n == len(self):
-            return self
-        parts = {f.name: getattr(self, f.name)[:n] for f in fields(self) if f.name != "users"}
-        return Population(users=self.users.iloc[:n], **parts)
-
-    @staticmethod
-    def concat(parts: list[Population]) -> Population:
-        arrays = {
-            f.name: np.concatenate([getattr(p, f.name) for p in parts])
-            for f in fields(Population)
-            if f.name != "users"
-        }
-        users = pd.concat([p.users for p in parts], ignore_index=True)
-        return Population(users=users, **arrays)
 
 
 @dataclass(frozen=True)
@@ -179,157 +125,31 @@ class World:
         shock_date = drift.get("price_shock_date")
         self.shock_date = pd.Timestamp(shock_date) if shock_date else None
         self.price_shock = float(drift.get("price_shock", 0.0))
-        rng = np.random.default_rng([self.seed, _POPULATION])
-        signup = self.start - pd.to_timedelta(rng.integers(1, 720, self.n_users), unit="D")
-        self._population = self._draw_population(rng, self.n_users, 0, signup, self.mix)
-        self._launches: dict[int, pd.DataFrame] = {}
-        self.standing_coupons = self._standing_coupons(int(cfg["n_coupons"]))
+        self.shoppers = Shoppers(
+            self.seed, self.start, self.n_users, self.mix, self.new_users_per_day, self.new_user_mix
+        )
+        self.coupon_catalogue = Catalogue(
+            self.seed, self.start, int(cfg["n_coupons"]), self.new_coupons_per_week
+        )
         self._coupon_days: OrderedDict[int, np.ndarray] = OrderedDict()
         self._context: DayContext | None = None
 
-    # -- who shops ------------------------------------------------------------------------
-    def _draw_population(
-        self,
-        rng: np.random.Generator,
-        n: int,
-        first_id: int,
-        signup: pd.DatetimeIndex,
-        mix: np.ndarray,
-    ) -> Population:
-        region = rng.integers(0, len(REGIONS), n)
-        age = rng.choice(len(AGE_BANDS), size=n, p=[0.15, 0.3, 0.25, 0.18, 0.12])
-        device = rng.choice(len(DEVICES), size=n, p=[0.6, 0.3, 0.1])
-        # Segments lean on what can be seen: the young and mobile are more often persuadable,
-        # older shoppers more often sure things, so observable data carries uplift signal.
-        weights = np.tile(mix, (n, 1))
-        weights[:, 1] *= np.where(age <= 1, 1.5, 1.0) * np.where(device == 0, 1.3, 1.0)
-        weights[:, 0] *= np.where(age >= 3, 1.4, 1.0)
-        weights /= weights.sum(axis=1, keepdims=True)
-        segment = _draw_categories(rng, weights.cumsum(axis=1))
-        established = (self.start - signup).days.to_numpy() > 365
-        base = SEGMENT_BASE[segment] + 0.25 * established + rng.normal(0, 0.4, n)
-        sensitivity = SEGMENT_SENSITIVITY[segment] * rng.lognormal(0, 0.3, n)
-        annoyance = SEGMENT_ANNOYANCE[segment] * rng.lognormal(0, 0.3, n)
-        fatigue = rng.lognormal(np.log(0.1), 0.5, n)
-        basket = rng.lognormal(np.log(45) + 0.08 * age, 0.4, n)
-        gamma = rng.standard_gamma(0.4, (n, len(CATEGORIES))) + 1e-12
-        preference = gamma / gamma.sum(axis=1, keepdims=True)
-        users = pd.DataFrame(
-            {
-                "user_id": np.arange(first_id, first_id + n, dtype="int64"),
-                "signup_date": signup,
-                "region": _labels(REGIONS, region),
-                "age_band": _labels(AGE_BANDS, age),
-                "device": _labels(DEVICES, device),
-            }
-        )
-        return Population(
-            users, segment, base, basket, sensitivity, annoyance, fatigue, preference,
-            preference.cumsum(axis=1),
-        )  # fmt: skip
-
-    def users_on(self, day: pd.Timestamp) -> int:
+    # -- who shops, what can be offered ---------------------------------------------------
+    def users_on(self, day: str | pd.Timestamp) -> int:
         """How many users have signed up by the end of `day` (new ones arrive with drift)."""
-        days = (pd.Timestamp(day).normalize() - self.start).days + 1
-        return self.n_users + self.new_users_per_day * max(days, 0)
+        return self.shoppers.users_on(pd.Timestamp(day).normalize())
 
     def population_on(self, day: str | pd.Timestamp) -> Population:
         """The users signed up by the end of `day`, with their hidden traits."""
-        day = pd.Timestamp(day).normalize()
-        n = self.users_on(day)
-        pop = self._population
-        if n > len(pop):
-            have = (len(pop) - self.n_users) // max(self.new_users_per_day, 1)
-            cohorts = [pop]
-            for k in range(have, (day - self.start).days + 1):
-                date = self.start + pd.Timedelta(days=k)
-                cohorts.append(
-                    self._draw_population(
-                        np.random.default_rng([self.seed, _POPULATION, 2, date.toordinal()]),
-                        self.new_users_per_day,
-                        first_id=self.n_users + k * self.new_users_per_day,
-                        signup=pd.DatetimeIndex([date] * self.new_users_per_day),
-                        mix=self.new_user_mix,
-                    )
-                )
-            self._population = pop = Population.concat(cohorts)
-        return pop.head(n)
-
-    # -- what can be offered --------------------------------------------------------------
-    def _draw_coupons(
-        self,
-        rng: np.random.Generator,
-        ids: list[str],
-        valid_from: pd.DatetimeIndex,
-        days: np.ndarray,
-    ) -> pd.DataFrame:
-        n = len(ids)
-        kind = rng.integers(0, len(COUPON_KINDS), n)
-        value = np.select(
-            [kind == PERCENT, kind == AMOUNT, kind == THRESHOLD],
-            [
-                rng.choice([5, 10, 15, 20], n),
-                rng.choice([5, 10, 15], n),
-                rng.choice([10, 15, 20], n),
-            ],
-            default=SHIPPING_COST,
-        ).astype(float)
-        # min_spend >= value for thresholds: the oracle relies on the discount being `value`.
-        min_spend = np.where(kind == THRESHOLD, rng.choice([50.0, 75.0, 100.0], n), 0.0)
-        scoped = rng.random(n) >= 0.4
-        category = np.where(scoped, rng.integers(0, len(CATEGORIES), n), -1)
-        return pd.DataFrame(
-            {
-                "coupon_id": pd.array(ids, dtype="string"),
-                "kind": np.array(COUPON_KINDS)[kind],
-                "value": value,
-                "min_spend": min_spend,
-                "category": np.array([*CATEGORIES, ALL_CATEGORIES])[category],
-                "valid_from": valid_from,
-                "valid_to": valid_from + pd.to_timedelta(days, unit="D"),
-                "budget_share": 0.0,
-            }
-        )
-
-    def _standing_coupons(self, n: int) -> pd.DataFrame:
-        """The catalogue at the start: mostly long-lived coupons, a quarter expiring soon."""
-        rng = np.random.default_rng([self.seed, _CATALOGUE])
-        starts = self.start - pd.to_timedelta(rng.integers(0, 30, n), unit="D")
-        lifetimes = np.where(rng.random(n) < 0.75, 3650, rng.integers(7, 30, n))
-        ids = [f"C{i:03d}" for i in range(n)]
-        return self._draw_coupons(rng, ids, starts, lifetimes)
-
-    def _promotions(self, week: int) -> pd.DataFrame:
-        """The short promotions launched in `week` (weeks counted from 0001-01-01, a Monday)."""
-        if week not in self._launches:
-            self._launches[week] = self._launch(week)
-        return self._launches[week]
-
-    def _launch(self, week: int) -> pd.DataFrame:
-        rng = np.random.default_rng([self.seed, _CATALOGUE, week])
-        n = self.new_coupons_per_week
-        launch = pd.Timestamp.fromordinal(7 * week + 1) + pd.to_timedelta(
-            np.sort(rng.integers(0, 7, n)), unit="D"
-        )
-        ids = [f"C{d:%Y%m%d}-{i}" for i, d in enumerate(launch)]  # C<launch date>-<i>
-        return self._draw_coupons(rng, ids, launch, rng.integers(7, 29, n))
+        return self.shoppers.on(pd.Timestamp(day).normalize())
 
     def catalogue(self, day: str | pd.Timestamp) -> pd.DataFrame:
         """Every coupon launched by `day` that may still be valid on it (and the standing ones)."""
-        day = pd.Timestamp(day).normalize()
-        frames = [self.standing_coupons]
-        if self.new_coupons_per_week:
-            week = (day.toordinal() - 1) // 7
-            frames += [self._promotions(w) for w in range(week - 5, week + 1)]
-        return pd.concat(frames, ignore_index=True)
+        return self.coupon_catalogue.on(day)
 
     def active_coupons(self, day: str | pd.Timestamp) -> pd.DataFrame:
         """The coupons valid on `day`, each with an equal share of the day's budget."""
-        day = pd.Timestamp(day).normalize()
-        c = self.catalogue(day)
-        active = c[(c["valid_from"] <= day) & (c["valid_to"] > day)].reset_index(drop=True)
-        active["budget_share"] = 1.0 / max(len(active), 1)
-        return TABLES["coupons"].conform(active)
+        return self.coupon_catalogue.active(day)
 
     # -- the causal model -----------------------------------------------------------------
     def context(self, day: str | pd.Timestamp) -> DayContext:
@@ -358,7 +178,7 @@ class World:
         """The outcome distribution for each (user, arm) pair on the context's day; `arm`
         indexes `coupons` (default: the day's catalogue), -1 meaning "no coupon"."""
         coupons = ctx.coupons if coupons is None else coupons
-        pop = self._population
+        pop = self.shoppers.drawn
         users = np.asarray(users, dtype=np.int64)
         arm = np.broadcast_to(np.asarray(arm, dtype=np.int64), users.shape)
         # A sentinel "no coupon" row at the end, so arm -1 indexes it.
@@ -414,7 +234,7 @@ class World:
         n = len(buy)
         pulled = rng.random(n) < out.pull[buy]
         bought = np.where(
-            pulled, category, _draw_categories(rng, self._population.preference_cdf[users])
+            pulled, category, _draw_categories(rng, self.shoppers.drawn.preference_cdf[users])
         )
         amount = out.basket[buy] * np.exp(
             BASKET_SPREAD * rng.standard_normal(n) - BASKET_SPREAD**2 / 2
@@ -586,3 +406,16 @@ class World:
             "offers": TABLES["offers"].conform(offers),
             "orders": TABLES["orders"].conform(order_table),
         }
+
+
+__all__ = [  # re-exported for the modules that import them from here
+    "DEFAULT_MIX",
+    "SEGMENTS",
+    "SEGMENT_ANNOYANCE",
+    "SEGMENT_BASE",
+    "SEGMENT_SENSITIVITY",
+    "DayContext",
+    "Outcome",
+    "Population",
+    "World",
+]
