@@ -11,7 +11,6 @@ their own random streams keyed by `(seed, stream, date)`, so any day can be rege
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from couponflow.contract import CATEGORIES, HOLDOUT_SUFFIX, SHIPPING_COST, TABLES, coupon_cost
+from couponflow.world.activity import SEASON_AMPLITUDE, browse, season
 from couponflow.world.catalogue import (
     AMOUNT,
     FREE_SHIPPING,
@@ -31,6 +31,8 @@ from couponflow.world.catalogue import (
 )
 from couponflow.world.catalogue import CATEGORY_CODE as _CATEGORY_CODE
 from couponflow.world.catalogue import KIND_NAMES as _KIND_NAMES
+from couponflow.world.exposure import Exposure, offered_mask
+from couponflow.world.logging_policy import REFERENCE_BASKET, Decisions, LoggingPolicy
 from couponflow.world.population import (
     DEFAULT_MIX,
     SEGMENT_ANNOYANCE,
@@ -41,10 +43,9 @@ from couponflow.world.population import (
     Shoppers,
 )
 from couponflow.world.population import segment_mix as _mix
-from couponflow.world.streams import ACTIVITY as _ACTIVITY
 from couponflow.world.streams import DETAIL as _DETAIL
-from couponflow.world.streams import LOGGING as _LOGGING
 from couponflow.world.streams import OUTCOME as _OUTCOME
+from couponflow.world.streams import day_rng
 from couponflow.world.streams import draw_categories as _draw_categories
 from couponflow.world.streams import labels as _labels
 
@@ -55,8 +56,6 @@ TOP_UP_RANGE = 5.0  # a topped-up basket lands uniformly in [min_spend, min_spen
 CATEGORY_PULL = 0.3  # P(a category coupon steers the order into its category)
 MAX_APPEAL = 0.35  # cap on a coupon's relative value
 MAX_RELEVANCE = 1.2  # cap on how much a category coupon in a liked category counts extra
-SEASON_AMPLITUDE = 0.25  # weekly purchase-logit swing, peaking on Saturdays
-REFERENCE_BASKET = 50.0  # the basket at which the logging heuristic ranks coupons
 OFFER_SECONDS = 6 * 3600  # offers land in [0h, 6h), orders in [6h, 24h)
 
 
@@ -69,11 +68,6 @@ def _ids(prefix: str, n: int) -> pd.arrays.StringArray:
     numbers = pc.cast(pa.array(np.arange(n, dtype=np.int64)), pa.string())
     joined = pc.binary_join_element_wise(pa.scalar(prefix), numbers, "")
     return pd.array(joined.to_numpy(zero_copy_only=False), dtype="string")
-
-
-def _season(day: pd.Timestamp) -> float:
-    """The weekly swing in the purchase logit (and in browsing), highest on Saturdays."""
-    return SEASON_AMPLITUDE * float(np.cos(2 * np.pi * (day.dayofweek - 5) / 7))
 
 
 @dataclass(frozen=True)
@@ -131,7 +125,13 @@ class World:
         self.coupon_catalogue = Catalogue(
             self.seed, self.start, int(cfg["n_coupons"]), self.new_coupons_per_week
         )
-        self._coupon_days: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.logging_policy = LoggingPolicy(
+            self.seed,
+            offers_per_user=float(cfg["offers_per_user"]),
+            random_share=float(cfg["random_share"]),
+            holdout_share=float(cfg.get("holdout_share", 0.0)),
+        )
+        self.offers_seen = Exposure(self.fatigue_window, self._replay_offers)
         self._context: DayContext | None = None
 
     # -- who shops, what can be offered ---------------------------------------------------
@@ -151,6 +151,26 @@ class World:
         """The coupons valid on `day`, each with an equal share of the day's budget."""
         return self.coupon_catalogue.active(day)
 
+    def exposure(self, day: str | pd.Timestamp) -> np.ndarray:
+        """Per user, on how many of the `fatigue_window_days` before `day` the logging policy
+        offered them a coupon (what wears their response down)."""
+        day = pd.Timestamp(day).normalize()
+        return self.offers_seen.counts(day, self.users_on(day))
+
+    def _decide(
+        self, day: pd.Timestamp, coupons: pd.DataFrame
+    ) -> tuple[Decisions, tuple[np.ndarray, np.ndarray]]:
+        """The day's browsing and the logging policy's decisions on it."""
+        pop = self.population_on(day)
+        sessions = browse(self.seed, day, pop, float(self.cfg["sessions_per_user"]))
+        n = self.users_on(day)
+        return self.logging_policy.decide(day, n, coupons, *sessions), sessions
+
+    def _replay_offers(self, day: pd.Timestamp) -> np.ndarray:
+        """Who was offered a coupon on a past day, regenerated from that day's streams."""
+        decisions, _ = self._decide(day, self.active_coupons(day))
+        return offered_mask(decisions.reached, decisions.arm, self.users_on(day))
+
     # -- the causal model -----------------------------------------------------------------
     def context(self, day: str | pd.Timestamp) -> DayContext:
         """The day's season, prices, catalogue and every user's recent coupon exposure."""
@@ -163,7 +183,7 @@ class World:
                 n_users=self.users_on(day),
                 coupons=self.active_coupons(day),
                 exposure=self.exposure(day),
-                season=_season(day),
+                season=season(day),
                 price=1.0 + (self.price_shock if shocked else 0.0),
             )
         return self._context
@@ -256,93 +276,6 @@ class World:
             "discount": np.round(discount, 2),
         }
 
-    # -- the logging policy ---------------------------------------------------------------
-    def _rng(self, stream: int, day: pd.Timestamp) -> np.random.Generator:
-        return np.random.default_rng([self.seed, stream, day.toordinal()])
-
-    def _activity(self, day: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
-        """The day's browsing sessions: (user, category code) per session."""
-        rng = self._rng(_ACTIVITY, day)
-        pop = self.population_on(day)
-        rate = 2 * float(self.cfg["sessions_per_user"]) * _sigmoid(pop.base_logit + 1.5)
-        user = np.repeat(np.arange(len(pop)), rng.poisson(rate * np.exp(_season(day))))
-        return user, _draw_categories(rng, pop.preference_cdf[user])
-
-    def _log_offers(
-        self,
-        day: pd.Timestamp,
-        n: int,
-        coupons: pd.DataFrame,
-        session_user: np.ndarray,
-        session_category: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The logging policy: a uniform slice over {coupons, none} mixed with a heuristic
-        (the coupon worth most at a reference basket in the category the user browsed most
-        today, else the best site-wide one; nothing for a user who did not browse), and a
-        random holdout slice (`holdout_share` of the reached users) that gets no coupon.
-
-        Returns the reached users, their arm (-1: none), its exact propensity over all
-        slices, and the slice that decided (contract.SLICES)."""
-        rng = self._rng(_LOGGING, day)
-        share = float(self.cfg["random_share"])
-        reached = np.flatnonzero(rng.random(n) < float(self.cfg["offers_per_user"]))
-        m = len(coupons)
-        worth = coupon_cost(
-            coupons["kind"].to_numpy(object),
-            coupons["value"].to_numpy(float),
-            np.full(m, REFERENCE_BASKET),
-        )
-        category = coupons["category"].to_numpy(object)
-        best = np.full(len(CATEGORIES) + 1, -1)  # per category code; the last slot: site-wide
-        for j in np.argsort(-worth, kind="stable")[::-1]:  # the most valuable last, so it wins
-            best[_CATEGORY_CODE.get(category[j], len(CATEGORIES))] = j
-        best[:-1] = np.where(best[:-1] >= 0, best[:-1], best[-1])
-        counts = np.bincount(
-            session_user * len(CATEGORIES) + session_category, minlength=n * len(CATEGORIES)
-        ).reshape(n, len(CATEGORIES))[reached]
-        heuristic = np.where(counts.sum(axis=1) > 0, best[counts.argmax(axis=1)], -1)
-        heuristic = np.where(heuristic >= 0, heuristic, m)  # arm m: "no coupon"
-        explore = rng.random(len(reached)) < share
-        arm = np.where(explore, rng.integers(0, m + 1, len(reached)), heuristic)
-        holdout_share = float(self.cfg.get("holdout_share", 0.0))
-        holdout = rng.random(len(reached)) < holdout_share  # drawn last: other draws keep
-        arm = np.where(holdout, m, arm)
-        logging = share / (m + 1) + (1 - share) * (arm == heuristic)
-        propensity = (1 - holdout_share) * logging + holdout_share * (arm == m)
-        slice_ = np.where(holdout, "holdout", np.where(explore, "explore", "heuristic"))
-        return reached, np.where(arm == m, -1, arm), propensity, slice_
-
-    def _coupon_mask(self, day: pd.Timestamp) -> np.ndarray:
-        """Who the logging policy offered a coupon on `day` (cached: exposure reads a window)."""
-        key = day.toordinal()
-        if key in self._coupon_days:
-            self._coupon_days.move_to_end(key)
-        else:
-            n = self.users_on(day)
-            reached, arm, _, _ = self._log_offers(
-                day, n, self.active_coupons(day), *self._activity(day)
-            )
-            self._remember(key, reached, arm, n)
-        return self._coupon_days[key]
-
-    def _remember(self, key: int, reached: np.ndarray, arm: np.ndarray, n: int) -> None:
-        mask = np.zeros(n, dtype=bool)
-        mask[reached[arm >= 0]] = True
-        self._coupon_days[key] = mask
-        self._coupon_days.move_to_end(key)
-        while len(self._coupon_days) > self.fatigue_window + 1:
-            self._coupon_days.popitem(last=False)
-
-    def exposure(self, day: str | pd.Timestamp) -> np.ndarray:
-        """Per user, on how many of the `fatigue_window_days` before `day` the logging policy
-        offered them a coupon (what wears their response down)."""
-        day = pd.Timestamp(day).normalize()
-        total = np.zeros(self.users_on(day))
-        for k in range(self.fatigue_window, 0, -1):
-            mask = self._coupon_mask(day - pd.Timedelta(days=k))
-            total[: len(mask)] += mask
-        return total
-
     # -- one day of events ----------------------------------------------------------------
     def simulate_day(self, day: str | pd.Timestamp) -> dict[str, pd.DataFrame]:
         """The landing-zone batch for `day`: user and coupon snapshots and the day's events."""
@@ -351,16 +284,17 @@ class World:
         tag = day.strftime("%Y%m%d")
         pop = self.population_on(day)
 
-        session_user, session_category = self._activity(day)
-        reached, arm, propensity, slice_ = self._log_offers(
-            day, n, coupons, session_user, session_category
-        )
-        self._remember(day.toordinal(), reached, arm, n)
+        decisions, (session_user, session_category) = self._decide(day, coupons)
+        reached, arm = decisions.reached, decisions.arm
+        propensity, slice_ = decisions.propensity, decisions.slice
+        self.offers_seen.remember(day, offered_mask(reached, arm, n))
         held = np.full(n, -1)
         held[reached] = arm
-        orders = self.draw_orders(self._rng(_OUTCOME, day), self.outcome(ctx, np.arange(n), held))
+        orders = self.draw_orders(
+            day_rng(self.seed, _OUTCOME, day), self.outcome(ctx, np.arange(n), held)
+        )
 
-        rng = self._rng(_DETAIL, day)
+        rng = day_rng(self.seed, _DETAIL, day)
         coupon_ids = np.append(coupons["coupon_id"].to_numpy(object), None)
         sessions = pd.DataFrame(
             {
@@ -414,7 +348,11 @@ __all__ = [  # re-exported for the modules that import them from here
     "SEGMENT_ANNOYANCE",
     "SEGMENT_BASE",
     "SEGMENT_SENSITIVITY",
+    "REFERENCE_BASKET",
+    "SEASON_AMPLITUDE",
     "DayContext",
+    "Decisions",
+    "LoggingPolicy",
     "Outcome",
     "Population",
     "World",
