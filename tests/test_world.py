@@ -3,14 +3,20 @@ four uplift segments, a catalogue that changes, and the drifts it can be asked f
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
+import sys
 from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+import couponflow.world
+from couponflow.config import PROJECT_ROOT
 from couponflow.contract import CATEGORIES, HOLDOUT_SUFFIX, TABLES, coupon_cost
 from couponflow.world import SEGMENTS, World
 
@@ -296,3 +302,38 @@ def test_the_world_is_bit_for_bit_what_it_was(variant: str) -> None:
         cfg["drift"].update(DRIFTED)
     days = pd.date_range("2026-01-01", periods=5)
     assert _digest(World(cfg), days, "2026-01-04") == GOLDEN[variant]
+
+
+# -- the package's shape ----------------------------------------------------------------------
+WORLD_DIR = Path(couponflow.world.__file__).parent
+
+
+def test_the_world_imports_only_the_core() -> None:
+    """The parts may import each other and couponflow.contract, never a tool room (training,
+    serving, expectations, dags) nor the rest of the core: the oracle and the pipeline build on
+    the world, not the other way round."""
+    allowed = {"couponflow.contract", "numpy", "pandas", "pyarrow", "pyarrow.compute"}
+    for path in WORLD_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                ok = (
+                    name in allowed
+                    or name.startswith("couponflow.world")
+                    or name.split(".")[0] in sys.stdlib_module_names
+                )
+                assert ok, f"{path.name} imports {name}"
+
+
+def test_evaluation_depends_on_every_part_of_the_world() -> None:
+    """dvc.yaml lists the world's files one by one, so a new part must be listed too, or
+    `dvc repro` would not re-run evaluation when it changes."""
+    deps = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["deps"]
+    listed = {d.removeprefix("${code_dir}/") for d in deps}
+    parts = {f"couponflow/world/{p.name}" for p in WORLD_DIR.glob("*.py")}
+    assert parts <= listed, sorted(parts - listed)
