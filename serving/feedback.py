@@ -31,12 +31,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import redis
 
 from couponflow.config import RedisSettings, Workspace
-from couponflow.contract import COUPON_KINDS
-from couponflow.features import USER_FEATURES, WINDOWS
 from serving.spend import (
     Connections,
     redis_client,
@@ -417,46 +414,6 @@ def read_feedback(ws: Workspace, day: str, kind: str) -> list[dict[str, Any]]:
         for path in sorted(folder.glob(f"{kind}-*.jsonl"))
         for line in path.read_text().splitlines()
     ]
-
-
-def fresh_counters(
-    features: np.ndarray, event: str, kinds: list[str], amount: float | None
-) -> np.ndarray:
-    """A user's feature row after one outcome, updated as couponflow.features computes it
-    from the day's events: `shown` counts the decision's offers (`kinds`, one per coupon)
-    in every window, `redeemed` one redemption (by kind only when a single coupon was
-    offered: otherwise which one is unknown), `purchased` an order of `amount`; rates,
-    the average basket and the recency follow."""
-    out = np.asarray(features, dtype=np.float64).copy()
-    at = {name: i for i, name in enumerate(USER_FEATURES)}
-
-    def add(name: str, value: float) -> None:
-        out[at[name]] += value
-
-    used = {k: out[at[f"redemption_rate_{k}_30d"]] * max(out[at[f"offers_{k}_30d"]], 1.0)
-            for k in COUPON_KINDS}  # fmt: skip
-    for w in WINDOWS:
-        if event == "shown":
-            add(f"offers_{w}d", len(kinds))
-        elif event == "redeemed":
-            add(f"redemptions_{w}d", 1.0)
-        elif event == "purchased":
-            add(f"orders_{w}d", 1.0)
-            add(f"spend_{w}d", amount or 0.0)
-        out[at[f"redemption_rate_{w}d"]] = out[at[f"redemptions_{w}d"]] / max(
-            out[at[f"offers_{w}d"]], 1.0
-        )
-    if event == "shown":
-        for kind in kinds:
-            add(f"offers_{kind}_30d", 1.0)
-    elif event == "redeemed" and len(kinds) == 1:
-        used[kinds[0]] += 1.0
-    for k in COUPON_KINDS:
-        out[at[f"redemption_rate_{k}_30d"]] = used[k] / max(out[at[f"offers_{k}_30d"]], 1.0)
-    if event == "purchased":
-        out[at["avg_basket_30d"]] = out[at["spend_30d"]] / max(out[at["orders_30d"]], 1.0)
-        out[at["days_since_last_order"]] = 0.0
-    return out.astype(np.float32)
 
 
 def _now() -> str:

@@ -24,7 +24,12 @@ import torch
 
 from couponflow.config import Workspace
 from couponflow.contract import HOLDOUT_SUFFIX
-from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
+from couponflow.features import (
+    COUPON_FEATURES,
+    USER_FEATURES,
+    default_user_features,
+    fresh_counters,
+)
 from couponflow.model import load_model
 from couponflow.policy import (
     INELIGIBLE,
@@ -46,7 +51,6 @@ from feature_repo.store import (
     push_user_features,
 )
 from serving import CATALOGUE_FILE, POLICY_FILE
-from serving.feedback import fresh_counters
 
 logger = logging.getLogger(__name__)
 FEATURE_TIMEOUT_S = 0.1  # default `serving.feature_timeout_s`: then answer without the store

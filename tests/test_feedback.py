@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
 
@@ -34,7 +33,6 @@ from serving.feedback import (
     UnknownRequest,
     feedback_area,
     forget_old_feedback,
-    fresh_counters,
     landing_file,
     open_feedback_index,
     read_feedback,
@@ -335,27 +333,3 @@ def test_landing_files_are_named_by_host_and_pid_and_old_names_are_read(
     landed = read_feedback(ws, DAY, "decisions")
     assert len(landed) == 3 and "old" in {d["request_id"] for d in landed}
     assert len(read_feedback(ws, DAY, "events")) == 2
-
-
-def test_fresh_counters_follow_each_outcome() -> None:
-    from couponflow.features import USER_FEATURES, default_user_features
-
-    def f(row: np.ndarray, name: str) -> float:
-        return float(row[USER_FEATURES.index(name)])
-
-    start = default_user_features()
-    shown = fresh_counters(start, "shown", ["percent_off", "amount_off"], None)
-    assert [f(shown, f"offers_{w}d") for w in (1, 7, 30)] == [2.0, 2.0, 2.0]
-    assert f(shown, "offers_percent_off_30d") == f(shown, "offers_amount_off_30d") == 1.0
-    assert f(shown, "redemption_rate_7d") == 0.0
-    redeemed = fresh_counters(shown, "redeemed", ["percent_off", "amount_off"], None)
-    assert f(redeemed, "redemptions_30d") == 1.0 and f(redeemed, "redemption_rate_30d") == 0.5
-    assert f(redeemed, "redemption_rate_percent_off_30d") == 0.0  # which coupon is unknown
-    one = fresh_counters(fresh_counters(start, "shown", ["free_shipping"], None), "redeemed",
-                         ["free_shipping"], None)  # fmt: skip
-    assert f(one, "redemption_rate_free_shipping_30d") == 1.0
-    bought = fresh_counters(redeemed, "purchased", [], 80.0)
-    bought = fresh_counters(bought, "purchased", [], 20.0)
-    assert f(bought, "orders_1d") == 2.0 and f(bought, "spend_30d") == 100.0
-    assert f(bought, "avg_basket_30d") == 50.0 and f(bought, "days_since_last_order") == 0.0
-    assert f(bought, "redemption_rate_30d") == 0.5  # untouched by a purchase
