@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from couponflow.artefacts import POLICY_FILE
 from couponflow.config import (
     HOME_ENV,
     PROJECT_ROOT,
@@ -21,8 +22,8 @@ from couponflow.config import (
     load_params,
     set_param,
 )
-from serving import POLICY_FILE
-from serving.server import Server, free_port
+from couponflow.processes import free_port
+from serving.deploy.server import Server
 
 LOCAL_REDIS = RedisSettings("127.0.0.1", 6379, None)  # the machine's, no password
 
@@ -84,7 +85,7 @@ def redis_prefix_clean() -> Iterator[str]:
 
     import redis
 
-    from serving.spend import redis_client
+    from serving.runtime.spend import redis_client
 
     client = redis_client(LOCAL_REDIS)
     try:
@@ -154,7 +155,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 @pytest.fixture(scope="session")
 def bento(workspace: Workspace) -> tuple[str, str]:
     """(model tag, bento tag) in the workspace's own BentoML store."""
-    from serving.bento import build_bento, store_model
+    from serving.deploy.bento import build_bento, store_model
 
     model_tag = store_model(workspace, workspace.models)
     return model_tag, build_bento(workspace, model_tag)
@@ -162,7 +163,7 @@ def bento(workspace: Workspace) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def server(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
-    from serving.server import start_server
+    from serving.deploy.server import start_server
 
     with start_server(workspace, bento[1], free_port()) as running:
         yield running

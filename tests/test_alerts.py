@@ -28,7 +28,7 @@ from couponflow.alerts import (
     task_failed,
 )
 from couponflow.config import HOME_ENV, Workspace
-from serving.server import free_port
+from couponflow.processes import free_port
 from tests.conftest import recorded_alerts
 
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from couponflow.artefacts import POLICY_FILE
 from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.model import CouponNet
 from couponflow.policy import INELIGIBLE, BudgetPlan, best_arms, with_control
-from serving import POLICY_FILE
 from tests.conftest import value_cost
 from tests.test_policy import catalogue
 from training.budget import main, make_plan, plan_budget, population_scores

@@ -20,7 +20,8 @@ import pytest
 import redis
 
 from couponflow.config import RedisSettings, Workspace
-from serving.feedback import (
+from couponflow.landing import feedback_area, read_feedback
+from serving.runtime.feedback import (
     EVENTS,
     FEEDBACK_DB,
     PUSH_LOCK,
@@ -31,13 +32,11 @@ from serving.feedback import (
     RedisIndex,
     SqliteIndex,
     UnknownRequest,
-    feedback_area,
     forget_old_feedback,
     landing_file,
     open_feedback_index,
-    read_feedback,
 )
-from serving.spend import redis_client, redis_prefix
+from serving.runtime.spend import redis_client, redis_prefix
 from tests.conftest import LOCAL_REDIS
 
 DAY = "2026-01-05"
@@ -249,7 +248,7 @@ def test_a_push_lock_held_elsewhere_skips_the_push_not_the_event(
 def test_a_redis_that_does_not_answer_fails_the_calls(tmp_path: Path) -> None:
     """Nothing listens: indexing a decision and recording an event raise (the service
     answers the first without offers and the second with a 503), and nothing lands."""
-    from serving.server import free_port
+    from couponflow.processes import free_port
 
     nowhere = RedisSettings("127.0.0.1", free_port(), None)
     ws = Workspace(tmp_path)
@@ -317,12 +316,12 @@ def test_landing_files_are_named_by_host_and_pid_and_old_names_are_read(
 ) -> None:
     """Two pods sharing the workspace have the same small pids: each appends to a file of
     its own host. Files of older versions, named by pid alone, are read all the same."""
-    import serving.feedback
+    import serving.runtime.feedback
 
     ws = Workspace(tmp_path)
     log = FeedbackLog(ws, SqliteAt(tmp_path)())
     for host in ("couponflow-stable-7d9f-abcde", "couponflow-canary-5c4b-fghij"):
-        monkeypatch.setattr(serving.feedback, "HOST", host)
+        monkeypatch.setattr(serving.runtime.feedback, "HOST", host)
         log.log_decision(decision(f"from-{host}"))
         log.record_event(f"from-{host}", "shown", None)
         assert landing_file("events") == f"events-{host}-{os.getpid()}.jsonl"

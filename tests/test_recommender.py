@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from couponflow.artefacts import CATALOGUE_FILE, POLICY_FILE
 from couponflow.config import HOME_ENV, Workspace
 from couponflow.features import USER_FEATURES
 from couponflow.landing import offline_days, read_offline
 from couponflow.policy import BudgetPlan, LocalSpend, SpendStore, eligible, score, with_control
-from serving import CATALOGUE_FILE, POLICY_FILE
-from serving.recommender import Recommender
+from serving.runtime.recommender import Recommender
 from tests.conftest import LOCAL_REDIS
 from tests.test_budget import N_USERS, simulated_workspace
 
@@ -118,7 +118,7 @@ def share_a_budget(workspace: Workspace, tmp_path: Path, stores: list[SpendStore
 def test_two_workers_sharing_a_sqlite_spend_never_overspend_the_day(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    from serving.spend import SqliteSpend
+    from serving.runtime.spend import SqliteSpend
 
     share_a_budget(workspace, tmp_path, [SqliteSpend(tmp_path / "spend.db") for _ in range(2)])
 
@@ -127,7 +127,7 @@ def test_two_workers_sharing_a_sqlite_spend_never_overspend_the_day(
 def test_two_workers_sharing_a_redis_spend_never_overspend_the_day(
     workspace: Workspace, tmp_path: Path, redis_prefix_clean: str
 ) -> None:
-    from serving.spend import RedisSpend, redis_client
+    from serving.runtime.spend import RedisSpend, redis_client
 
     client = redis_client(LOCAL_REDIS)
     share_a_budget(workspace, tmp_path, [RedisSpend(client, redis_prefix_clean) for _ in range(2)])

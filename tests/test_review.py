@@ -136,7 +136,7 @@ def test_serve_refuses_a_taken_port_at_once_and_starts_nothing(
 ) -> None:
     from couponflow.config import HOME_ENV
     from couponflow.workspace import init_workspace
-    from serving import deployment
+    from serving.deploy import deployment
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -161,7 +161,7 @@ def test_status_live_asks_the_serving_deployment_and_starts_nothing(
 ) -> None:
     from couponflow.config import HOME_ENV
     from couponflow.workspace import init_workspace
-    from serving import deployment, server
+    from serving.deploy import deployment, server
 
     ws = init_workspace(tmp_path / "ws")
     monkeypatch.setenv(HOME_ENV, str(ws.root))

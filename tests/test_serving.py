@@ -17,14 +17,14 @@ import psutil
 import pytest
 import yaml
 
+from couponflow.artefacts import POLICY_FILE
 from couponflow.config import Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
 from couponflow.landing import offline_days
 from couponflow.policy import BudgetPlan
-from couponflow.processes import group_alive
-from serving import POLICY_FILE
+from couponflow.processes import free_port, group_alive
 from serving.client import CouponflowClient
-from serving.server import Server, free_port
+from serving.deploy.server import Server
 from tests.conftest import MODEL_VERSION, N_USERS
 
 
@@ -35,8 +35,8 @@ def recommend(server: Server, body: dict) -> httpx.Response:
 def test_the_model_and_bento_live_in_the_workspace_store(
     workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving import bentoml_home
-    from serving.bento import store_model
+    from serving.deploy import bentoml_home
+    from serving.deploy.bento import store_model
 
     model_tag, bento_tag = bento
     assert model_tag == f"couponflow-recommender:{MODEL_VERSION}"
@@ -102,8 +102,8 @@ def test_a_malformed_request_is_a_4xx_naming_the_field(
 def test_smoke_test_passes_and_stop_leaves_no_process(
     workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving.server import start_server
-    from serving.smoke import smoke_test
+    from serving.deploy.server import start_server
+    from serving.deploy.smoke import smoke_test
 
     with start_server(workspace, bento[1], free_port()) as server:
         answer = smoke_test(server.base_url)
@@ -128,7 +128,7 @@ def _pgid(pid: int) -> int | None:
 def test_a_busy_port_is_refused_rather_than_mistaken_for_ready(
     workspace: Workspace, bento: tuple[str, str], server: Server
 ) -> None:
-    from serving.server import ServerFailed, start_server
+    from serving.deploy.server import ServerFailed, start_server
 
     busy = int(server.base_url.rsplit(":", 1)[1])
     with pytest.raises(ServerFailed, match="in use"):
@@ -136,7 +136,7 @@ def test_a_busy_port_is_refused_rather_than_mistaken_for_ready(
 
 
 def test_smoke_test_fails_when_nothing_answers() -> None:
-    from serving.smoke import SmokeTestFailed, smoke_test
+    from serving.deploy.smoke import SmokeTestFailed, smoke_test
 
     with pytest.raises(SmokeTestFailed):
         smoke_test(f"http://127.0.0.1:{free_port()}", timeout_s=2)
@@ -144,7 +144,7 @@ def test_smoke_test_fails_when_nothing_answers() -> None:
 
 def test_a_release_is_recorded_and_becomes_the_champion(tmp_path) -> None:
     from couponflow.workspace import init_workspace, run
-    from serving.release import current_release, record_release
+    from serving.deploy.release import current_release, record_release
 
     ws = init_workspace(tmp_path / "ws")
     assert current_release(ws) is None
@@ -196,8 +196,8 @@ def test_parallel_requests_on_every_worker_never_overspend_the_day(
     """240 requests for slates of 10 from 32 connections at once, on a day whose budget pays
     for far fewer: both workers race for it through the shared store, and neither the store
     nor the landed decisions count more than the budget."""
-    from serving.feedback import feedback_area, read_feedback
-    from serving.spend import SqliteSpend
+    from couponflow.landing import feedback_area, read_feedback
+    from serving.runtime.spend import SqliteSpend
 
     requests, connections = 240, 32
     now = noon_after(workspace, 2)
@@ -221,8 +221,8 @@ def test_parallel_requests_on_every_worker_never_overspend_the_day(
 
 
 def test_feedback_lands_once_and_joins_its_decision(server: Server, workspace: Workspace) -> None:
+    from couponflow.landing import read_feedback
     from feature_repo.store import online_user_features, open_store
-    from serving.feedback import read_feedback
 
     now = noon_after(workspace, 3)
     store = open_store(workspace)
@@ -323,8 +323,8 @@ def guarded_degraded(
 ) -> Iterator[Server]:
     """The same bento behind an API key, in a workspace whose online store is a Redis
     nobody listens on (the feature store unreachable from the start)."""
-    from serving.auth import API_KEY_ENV
-    from serving.server import start_server
+    from serving.deploy.server import start_server
+    from serving.runtime.auth import API_KEY_ENV
 
     root = tmp_path_factory.mktemp("degraded") / "ws"
     root.mkdir()

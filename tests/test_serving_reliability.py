@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from couponflow.config import Workspace
 from couponflow.landing import offline_days
-from serving.server import Server, free_port
+from couponflow.processes import free_port
+from serving.deploy.server import Server
 from tests.conftest import MODEL_VERSION
 from tests.test_serving import metric, noon_after, recommend
 
@@ -115,8 +116,9 @@ def ready(server: Server) -> bool:
 def test_a_worker_killed_mid_load_loses_few_requests_cleanly_and_comes_back(
     workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving.feedback import feedback_area, landing_file
-    from serving.server import start_server
+    from couponflow.landing import feedback_area
+    from serving.deploy.server import start_server
+    from serving.runtime.feedback import landing_file
 
     now = noon_after(workspace, 10)  # a day of its own: its decisions land per worker pid
     landed = feedback_area(workspace) / f"date={now:%Y-%m-%d}"
@@ -189,8 +191,8 @@ def wait_gone(groups: set[int]) -> bool:
 def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_back(
     server: Server, workspace: Workspace
 ) -> None:
-    from serving.feedback import feedback_area
-    from serving.spend import SqliteSpend
+    from couponflow.landing import feedback_area
+    from serving.runtime.spend import SqliteSpend
 
     now = noon_after(workspace, 11)
     day = now.strftime("%Y-%m-%d")
@@ -228,7 +230,7 @@ def test_feedback_that_cannot_land_answers_503_and_lands_when_reported_again(
     """An event whose line cannot land (here the day's folder is a file) is neither landed
     nor indexed: a 503, logged once rather than per request, and the same report later is
     recorded as new."""
-    from serving.feedback import feedback_area, read_feedback
+    from couponflow.landing import feedback_area, read_feedback
 
     now = noon_after(workspace, 13)
     day = now.strftime("%Y-%m-%d")
@@ -262,10 +264,11 @@ def test_feedback_that_cannot_land_answers_503_and_lands_when_reported_again(
 def test_a_hung_online_store_bounds_feedback_and_the_event_still_lands(
     workspace: Workspace, bento: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import serving.recommender
-    from serving import bentoml_home
-    from serving.feedback import FeedbackLog, read_feedback
-    from serving.recommender import Recommender
+    import serving.runtime.recommender
+    from couponflow.landing import read_feedback
+    from serving.deploy import bentoml_home
+    from serving.runtime.feedback import FeedbackLog
+    from serving.runtime.recommender import Recommender
 
     stored = bentoml_home(workspace) / "models" / "couponflow-recommender" / MODEL_VERSION
     rec = Recommender(stored, workspace, as_of=offline_days(workspace)[-1])
@@ -290,7 +293,7 @@ def test_a_hung_online_store_bounds_feedback_and_the_event_still_lands(
     def hung(*args: object) -> None:
         time.sleep(3.0)
 
-    monkeypatch.setattr(serving.recommender, "push_user_features", hung)  # the write hangs
+    monkeypatch.setattr(serving.runtime.recommender, "push_user_features", hung)  # the write hangs
     row, pushed, took = record("redeemed")
     assert row["recorded"] and pushed == [False] and took < rec.feature_timeout_s + 1.0
     monkeypatch.undo()

@@ -15,8 +15,8 @@ import pytest
 
 from couponflow.config import Workspace
 from couponflow.policy import DaySpend, LocalSpend, SpendStore
-from serving.feedback import Indexed, open_feedback_index
-from serving.spend import (
+from serving.runtime.feedback import Indexed, open_feedback_index
+from serving.runtime.spend import (
     RedisSpend,
     SqliteSpend,
     open_spend,

@@ -34,7 +34,8 @@ from typing import Any, Protocol
 import redis
 
 from couponflow.config import RedisSettings, Workspace
-from serving.spend import (
+from couponflow.landing import feedback_area
+from serving.runtime.spend import (
     Connections,
     redis_client,
     redis_prefix,
@@ -62,11 +63,6 @@ class UnknownRequest(LookupError):
 class FeedbackUnavailable(RuntimeError):
     """The index or the landing zone failed (Redis down or slow, disk full): the event was
     neither landed nor indexed, so reporting it again later is safe."""
-
-
-def feedback_area(ws: Workspace) -> Path:
-    """Where decisions and outcome events land, by date."""
-    return ws.landing / "feedback"
 
 
 def landing_file(kind: str, pid: int | None = None) -> str:
@@ -403,17 +399,6 @@ class FeedbackLog:
             os.write(fd, line)
         finally:
             os.close(fd)
-
-
-def read_feedback(ws: Workspace, day: str, kind: str) -> list[dict[str, Any]]:
-    """Every landed `kind` (decisions or events) row of `day`, for the DAG and tests: every
-    process's file, named by host and pid or (older versions) by pid alone."""
-    folder = feedback_area(ws) / f"date={day}"
-    return [
-        json.loads(line)
-        for path in sorted(folder.glob(f"{kind}-*.jsonl"))
-        for line in path.read_text().splitlines()
-    ]
 
 
 def _now() -> str:
