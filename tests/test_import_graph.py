@@ -1,13 +1,18 @@
 """The rooms' imports, read from the source (ast, nothing imported): no import cycle among
 the project's modules, lazy imports inside functions included; the core (couponflow/)
 imports no room and no tool at module level but where ALLOWED says why; the service's
-runtime never imports the deployment tooling (the bento packs the runtime only); and the
-old flat paths of serving/ are shims nothing of ours imports (issue 20)."""
+runtime never imports the deployment tooling (the bento packs the runtime only); the
+old flat paths of serving/ are shims nothing of ours imports; and every third-party
+package our code imports is declared in pyproject.toml (issue 20)."""
 
 from __future__ import annotations
 
 import ast
+import re
+import sys
+import tomllib
 from collections.abc import Iterator
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -153,3 +158,47 @@ def test_the_old_flat_paths_are_imported_only_by_their_listed_users() -> None:
         if _ours(name) in SHIMS and not str(path.relative_to(PROJECT_ROOT)).startswith(SHIM_USERS)
     ]
     assert users == []
+
+
+# Import names several distributions install into, and the one we declare for them.
+NAMESPACES = {"airflow": "apache-airflow"}
+
+
+def _declared(*extras: str) -> set[str]:
+    """The distributions pyproject.toml declares (normalised names), with `extras`."""
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"]]
+    for extra in extras:
+        requirements += project["optional-dependencies"][extra]
+    return {_normal(re.match(r"[A-Za-z0-9._-]+", r)[0]) for r in requirements}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _third_party(folders: tuple[str, ...]) -> dict[str, set[str]]:
+    """distribution -> the files of `folders` importing it (stdlib and ours left out)."""
+    ours = {*ROOMS, "tests", "tools", "benchmarks"}
+    found: dict[str, set[str]] = {}
+    dists = packages_distributions()
+    for folder in folders:
+        for path in (PROJECT_ROOT / folder).rglob("*.py"):
+            for name, _ in _imports(path):
+                top = name.split(".")[0]
+                if not top or top in ours or top in sys.stdlib_module_names:
+                    continue
+                dist = NAMESPACES.get(top) or dists.get(top, [f"<no distribution: {top}>"])[0]
+                found.setdefault(_normal(dist), set()).add(path.name)
+    return found
+
+
+def test_every_package_the_code_imports_is_declared() -> None:
+    missing = {d: f for d, f in _third_party(ROOMS).items() if d not in _declared()}
+    assert missing == {}, "add them to [project] dependencies"
+
+
+def test_every_package_the_tests_import_is_declared() -> None:
+    imported = _third_party(("tests", "tools"))
+    missing = {d: f for d, f in imported.items() if d not in _declared("dev")}
+    assert missing == {}, "add them to the dev extra"
