@@ -26,6 +26,12 @@ from couponflow.processes import free_port
 from serving.deploy.server import Server
 
 LOCAL_REDIS = RedisSettings("127.0.0.1", 6379, None)  # the machine's, no password
+# The layers: unit (no mark: our code in this process, seconds; `make test-unit`),
+# integration (a tool, a server, Redis or child processes) and e2e (the real pipeline).
+# A test is integration when its module or itself says so, or when it takes a fixture that
+# builds a bento or starts a server, or needs Redis or PostgreSQL.
+SERVER_FIXTURES = {"bento", "server"}
+SERVICE_MARKS = ("redis", "postgres")
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="couponflow-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
@@ -45,6 +51,13 @@ GATE_OPEN = {
     "gate.min_coupon_evidence": 0,
     "gate.min_lift_over_baselines": -1e9,
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_service = any(item.get_closest_marker(m) for m in SERVICE_MARKS)
+        if needs_service or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def recorded_alerts(ws: Workspace) -> list[dict]:

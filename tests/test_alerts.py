@@ -31,6 +31,8 @@ from couponflow.config import HOME_ENV, Workspace
 from couponflow.processes import free_port
 from tests.conftest import recorded_alerts
 
+pytestmark = pytest.mark.integration  # Airflow connections, a mail server and a webhook server
+
 
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list[dict]]]:

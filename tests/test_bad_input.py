@@ -24,6 +24,8 @@ from expectations import trailing
 from expectations.validate import validate_batch
 from tests.test_validation import copy, days_from, land, make_workspace
 
+pytestmark = pytest.mark.integration  # Great Expectations validates real batches
+
 DAY = "2026-01-03"
 Batch = dict[str, pd.DataFrame]
 

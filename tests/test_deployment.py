@@ -20,6 +20,8 @@ from serving.deploy.server import Server
 from tests.conftest import served_workspace
 from tests.test_serving import noon_after
 
+pytestmark = pytest.mark.integration  # bentos built, servers and the front door started
+
 
 def make_model(ws: Workspace, version: str, broken: bool = False) -> tuple[str, str]:
     """A model `version` in ws.models (as training leaves it), stored and built into a

@@ -55,6 +55,8 @@ from feature_repo.store import (
     publish_features,
 )
 
+pytestmark = pytest.mark.integration  # Feast stores, and Redis
+
 N_USERS = 200
 N_DAYS = 4
 REDIS = ("127.0.0.1", 6379)

@@ -119,6 +119,7 @@ def _report_all(root: Path, make: Factory, out: multiprocessing.Queue) -> None:
     out.put(sum(row["recorded"] for row in rows))
 
 
+@pytest.mark.integration  # two processes
 def test_the_same_event_from_two_processes_lands_once(tmp_path: Path, make_index: Factory) -> None:
     log = FeedbackLog(Workspace(tmp_path), make_index())
     for i in range(10):
@@ -245,6 +246,7 @@ def test_a_push_lock_held_elsewhere_skips_the_push_not_the_event(
     assert [e["event"] for e in read_feedback(ws, DAY, "events")] == ["shown"]
 
 
+@pytest.mark.integration  # waits out Redis timeouts
 def test_a_redis_that_does_not_answer_fails_the_calls(tmp_path: Path) -> None:
     """Nothing listens: indexing a decision and recording an event raise (the service
     answers the first without offers and the second with a 503), and nothing lands."""

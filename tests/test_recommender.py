@@ -21,6 +21,8 @@ from serving.runtime.recommender import Recommender
 from tests.conftest import LOCAL_REDIS
 from tests.test_budget import N_USERS, simulated_workspace
 
+pytestmark = pytest.mark.integration  # a Feast store, SQLite and Redis spend stores
+
 EXPLORE_ALL = BudgetPlan("2026-01-04", 0.0, 1e6, 1_000.0, 1e3, 1.0, 1.0, 0.0)
 
 

@@ -131,6 +131,7 @@ def test_help_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(text.split("\n\n")) >= 3, (verb, text)  # usage, a description, options
 
 
+@pytest.mark.integration  # a git + DVC workspace
 def test_serve_refuses_a_taken_port_at_once_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,6 +157,7 @@ def test_serve_refuses_a_taken_port_at_once_and_starts_nothing(
         assert deployment.deployment_record(ws)["candidate"] is None
 
 
+@pytest.mark.integration  # a git + DVC workspace
 def test_status_live_asks_the_serving_deployment_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,8 @@ from serving.deploy.release import (
     rollback,
 )
 
+pytestmark = pytest.mark.integration  # a git + DVC workspace and its BentoML store
+
 
 def release(ws: Workspace, version: str) -> None:
     """Train-and-release stand-in: the model files in ws.models and in the workspace's

@@ -27,6 +27,8 @@ from serving.client import CouponflowClient
 from serving.deploy.server import Server
 from tests.conftest import MODEL_VERSION, N_USERS
 
+pytestmark = pytest.mark.integration  # a bento built and served
+
 
 def recommend(server: Server, body: dict) -> httpx.Response:
     return httpx.post(f"{server.base_url}/recommend", json=body, timeout=10)

@@ -27,6 +27,8 @@ from serving.deploy.server import Server
 from tests.conftest import MODEL_VERSION
 from tests.test_serving import metric, noon_after, recommend
 
+pytestmark = pytest.mark.integration  # bento servers under load and faults
+
 FUZZ_EXAMPLES = 40  # per endpoint and mode: ~160 requests, a few seconds
 WHOLE_BODY_ERRORS = {"json_invalid", "model_type", "model_attributes_type"}  # no field to name
 CLIENT_TIMEOUT_S = 5.0  # longer than any answer of a healthy worker (traffic timeout is 10 s)

@@ -33,6 +33,8 @@ from expectations.suites import (
 )
 from expectations.validate import QuarantinedBatch, require_valid, validate_batch
 
+pytestmark = pytest.mark.integration  # Great Expectations validates real batches
+
 DAY = "2026-01-03"
 Batch = dict[str, pd.DataFrame]
 
