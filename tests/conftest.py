@@ -157,7 +157,7 @@ def served_workspace(root: Path, **overrides: object) -> Workspace:
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+def serving_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """The served world of the serving tests, named by $COUPONFLOW_HOME while they run."""
     ws = served_workspace(tmp_path_factory.mktemp("serving") / "ws")
     with pytest.MonkeyPatch.context() as mp:
@@ -166,17 +166,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 
 
 @pytest.fixture(scope="session")
-def bento(workspace: Workspace) -> tuple[str, str]:
+def bento(serving_workspace: Workspace) -> tuple[str, str]:
     """(model tag, bento tag) in the workspace's own BentoML store."""
     from serving.deploy.bento import build_bento, store_model
 
-    model_tag = store_model(workspace, workspace.models)
-    return model_tag, build_bento(workspace, model_tag)
+    model_tag = store_model(serving_workspace, serving_workspace.models)
+    return model_tag, build_bento(serving_workspace, model_tag)
 
 
 @pytest.fixture(scope="session")
-def server(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
+def server(serving_workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
     from serving.deploy.server import start_server
 
-    with start_server(workspace, bento[1], free_port()) as running:
+    with start_server(serving_workspace, bento[1], free_port()) as running:
         yield running

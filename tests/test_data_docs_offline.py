@@ -12,7 +12,7 @@ import pytest
 
 from expectations.offline_docs import MARK, make_offline, offline_page
 from expectations.validate import validate_batch
-from tests.test_validation import DAY, land, make_workspace, negative_amounts
+from tests.helpers.batches import DAY, land, make_workspace, negative_amounts
 
 pytestmark = pytest.mark.integration  # Great Expectations builds Data Docs
 

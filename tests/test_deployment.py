@@ -18,7 +18,7 @@ from couponflow.config import Workspace
 from couponflow.processes import free_port
 from serving.deploy.server import Server
 from tests.conftest import served_workspace
-from tests.test_serving import noon_after
+from tests.helpers.serving import noon_after
 
 pytestmark = pytest.mark.integration  # bentos built, servers and the front door started
 
