@@ -7,7 +7,7 @@ DEMO_WORKSPACE ?= var/demo
 DEMO_DAYS ?= 3
 AIRFLOW_PORT ?= 8080
 
-.PHONY: install demo airflow test test-fast lint check-docker format lock clean
+.PHONY: install demo airflow test test-unit test-fast lint check-docker format lock clean
 
 install: $(VENV)/.installed
 
@@ -25,11 +25,15 @@ airflow: install  ## the Airflow UI over $(DEMO_WORKSPACE) (api-server, schedule
 	test -f $(DEMO_WORKSPACE)/params.yaml || $(BIN)/couponflow --workspace $(DEMO_WORKSPACE) init
 	$(BIN)/couponflow --workspace $(DEMO_WORKSPACE) airflow --port $(AIRFLOW_PORT)
 
-test: install lint
-	$(BIN)/pytest -q
+# The layers (tests/conftest.py): unit tests run our code in-process in about a minute;
+# integration tests run the tools, servers, Redis and child processes; e2e the pipeline.
+test: install lint  ## every layer, the slowest tests listed
+	$(BIN)/pytest -q --durations=15
 
-test-fast: install  ## everything but the end-to-end pipeline runs
-	$(BIN)/pytest -q -m "not e2e"
+test-unit: install  ## the unit layer only: no tool, server or child process
+	$(BIN)/pytest -q -m "not integration and not e2e"
+
+test-fast: test-unit
 
 lint: install  ## ruff, and no committed secrets (tools/check_secrets.py)
 	$(BIN)/ruff check .

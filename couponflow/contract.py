@@ -21,6 +21,9 @@ SHIPPING_COST = 6.0  # what a free-shipping coupon costs the platform per redeem
 # A served policy keeps a small random slice of its decisions as "no coupon" controls and
 # logs them with `<policy_version><HOLDOUT_SUFFIX>`: the A/B readout compares the two slices.
 HOLDOUT_SUFFIX = ":holdout"
+# The context the candidate checks' golden requests carry (serving.deploy.smoke), so readers
+# of the decision log (training/served.py) can tell them from shoppers'.
+GOLDEN = {"channel": "golden"}
 # Which slice of the logging policy made an offer: its own rule, uniform exploration over
 # {coupons, none}, or the random holdout. Exploration and holdout are randomised: learners
 # and estimators that need an unconfounded comparison read those rows.

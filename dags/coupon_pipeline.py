@@ -228,7 +228,7 @@ def coupon_retrain():
     def forget_feedback(ds: str | None = None) -> dict:
         """Forget decisions older than serving.feedback_retention_days from the feedback
         index, so it does not grow forever (their landed lines stay)."""
-        from serving.feedback import forget_old_feedback
+        from serving.runtime.feedback import forget_old_feedback
 
         return forget_old_feedback(_workspace(), _days(ds)[-1])
 
@@ -250,7 +250,7 @@ def coupon_retrain():
 
     @task(**TRANSIENT, execution_timeout=timedelta(minutes=20))
     def build_bento(trained: dict) -> dict:
-        from serving.bento import build_bento, store_model
+        from serving.deploy.bento import build_bento, store_model
 
         ws = _workspace()
         model_tag = store_model(ws, ws.models)
@@ -262,7 +262,7 @@ def coupon_retrain():
         this task with the reason, and shoppers never reach the candidate."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from serving.deployment import CandidateRefused, start_candidate
+        from serving.deploy.deployment import CandidateRefused, start_candidate
 
         try:
             return start_candidate(_workspace(), built["model_tag"], built["bento_tag"])
@@ -272,7 +272,7 @@ def coupon_retrain():
     @task(execution_timeout=timedelta(minutes=5))
     def release(checked: dict) -> dict:
         """Switch traffic to the checked candidate and record the release."""
-        from serving.deployment import switch_to_candidate
+        from serving.deploy.deployment import switch_to_candidate
 
         return switch_to_candidate(_workspace(), checked["bento_tag"], "gate passed")
 
@@ -306,7 +306,7 @@ def _refusal(pulled: dict) -> dict | None:
     """Why the candidate was refused, when a built bento never took traffic."""
     if pulled["build_bento"] is None or pulled["check_candidate"] is not None:
         return None
-    from serving.deployment import deployment_record
+    from serving.deploy.deployment import deployment_record
 
     refusal = deployment_record(_workspace()).get("last_refusal")
     return (

@@ -2,7 +2,7 @@
 column: the money of a redemption, a coupon's terms, the order of events in time, dates in
 range, and the identity of rows across accepted days.
 
-Each is a `suites.Derived` rule (a derived column holding the offending value where the rule
+Each is a `derived.Derived` rule (a derived column holding the offending value where the rule
 is broken), so GX reports it like any contract rule, names `table.column` and shows the
 failing rows in the Data Docs. They are written against contract column names only: a table
 that gains a column (e.g. an offers `slice`) keeps its rules. A rule whose columns are
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from couponflow.contract import EVENTS, HOLDOUT_SUFFIX, TABLES, Table, coupon_cost
-from expectations.suites import Batch, Derived, _none, _usable
+from expectations.derived import Batch, Derived, computable, nothing_broken
 
 ACCEPTED = "accepted {}"  # keys of an event table accepted on other dates
 PREVIOUS_USERS = "previous users"  # the users snapshot of the last accepted date
@@ -53,9 +53,9 @@ def _coupon_terms(frame: pd.DataFrame, batch: Batch, terms: list[str]) -> pd.Dat
     """The redeemed coupon's `terms` on each row of `frame` (NaN where the coupon is unknown or
     none), or None when the coupons table cannot be used."""
     coupons = batch.get("coupons")
-    if not _usable(coupons, TABLES["coupons"], ["coupon_id", *terms]):
+    if not computable(coupons, TABLES["coupons"], ["coupon_id", *terms]):
         return None
-    usable = [t for t in TERMS if _usable(coupons, TABLES["coupons"], [t])]
+    usable = [t for t in TERMS if computable(coupons, TABLES["coupons"], [t])]
 
     def lookup() -> pd.DataFrame:
         known = coupons.drop_duplicates("coupon_id").set_index("coupon_id")
@@ -94,8 +94,8 @@ def _orders(columns: list[str], rule: Callable[[pd.DataFrame, Batch], pd.Series]
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         table = TABLES["orders"]
-        if not _usable(frame, table, columns):
-            return _none(frame)
+        if not computable(frame, table, columns):
+            return nothing_broken(frame)
         found = rule(frame, batch).fillna(False).astype(bool)
         return found & _in_range(frame, table, columns)
 
@@ -104,7 +104,7 @@ def _orders(columns: list[str], rule: Callable[[pd.DataFrame, Batch], pd.Series]
 
 def _discount_above_amount(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     terms = _coupon_terms(frame, batch, ["kind"])
-    shipping = terms["kind"].eq("free_shipping") if terms is not None else _none(frame)
+    shipping = terms["kind"].eq("free_shipping") if terms is not None else nothing_broken(frame)
     return (frame["discount"] > frame["amount"] + 1e-9) & ~shipping.fillna(False).astype(bool)
 
 
@@ -147,14 +147,14 @@ def _zero_discount_on_redemption(frame: pd.DataFrame, batch: Batch) -> pd.Series
 def _threshold_not_met(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     terms = _coupon_terms(frame, batch, ["kind", "min_spend"])
     if terms is None:
-        return _none(frame)
+        return nothing_broken(frame)
     return terms["kind"].eq("threshold_off") & (frame["amount"] < terms["min_spend"] - 1e-9)
 
 
 def _wrong_category(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     terms = _coupon_terms(frame, batch, ["category"])
     if terms is None:
-        return _none(frame)
+        return nothing_broken(frame)
     scoped = terms["category"].notna() & terms["category"].ne("all")
     return scoped & terms["category"].ne(frame["category"])
 
@@ -165,8 +165,8 @@ def _before_offer(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     `occurs_in` rule's."""
     offers = batch.get("offers")
     keys = ["user_id", "coupon_id", "ts"]
-    if not _usable(offers, TABLES["offers"], keys):
-        return _none(frame)
+    if not computable(offers, TABLES["offers"], keys):
+        return nothing_broken(frame)
     first = offers.dropna(subset=["coupon_id"]).groupby(["user_id", "coupon_id"])["ts"].min()
     first = first.rename("offered_at").reset_index()
     at = frame[["user_id", "coupon_id"]].merge(first, how="left", on=["user_id", "coupon_id"])
@@ -175,8 +175,8 @@ def _before_offer(frame: pd.DataFrame, batch: Batch) -> pd.Series:
 
 
 def _holdout_with_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
-    if not _usable(frame, TABLES["offers"], ["policy_version", "coupon_id"]):
-        return _none(frame)
+    if not computable(frame, TABLES["offers"], ["policy_version", "coupon_id"]):
+        return nothing_broken(frame)
     held = frame["policy_version"].astype("string").str.endswith(HOLDOUT_SUFFIX)
     held = held.fillna(False).astype(bool)
     if "slice" in frame.columns:  # offers that say which logging slice made them
@@ -187,8 +187,8 @@ def _holdout_with_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
 def _coupons(columns: list[str], rule: Callable[[pd.DataFrame], pd.Series]) -> Broken:
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         table = TABLES["coupons"]
-        if not _usable(frame, table, columns):
-            return _none(frame)
+        if not computable(frame, table, columns):
+            return nothing_broken(frame)
         return rule(frame).fillna(False).astype(bool) & _in_range(frame, table, columns)
 
     return broken
@@ -215,11 +215,11 @@ def _validity_reversed(frame: pd.DataFrame) -> pd.Series:
 
 def _signup_out_of_range(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     """A signup after the batch day (negative tenure) or before EARLIEST_SIGNUP."""
-    if not _usable(frame, TABLES["users"], ["signup_date"]):
-        return _none(frame)
+    if not computable(frame, TABLES["users"], ["signup_date"]):
+        return nothing_broken(frame)
     end = batch_end(batch)
     at = frame["signup_date"]
-    late = (at >= end) if end is not None else _none(frame)
+    late = (at >= end) if end is not None else nothing_broken(frame)
     return (at.notna() & (late | (at < EARLIEST_SIGNUP))).astype(bool)
 
 
@@ -233,8 +233,8 @@ def _signup_changed(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     """A user whose signup date differs from the last accepted snapshot (ids reassigned)."""
     previous = batch.get(PREVIOUS_USERS)
     users = TABLES["users"]
-    if not (_usable(frame, users, ["user_id", "signup_date"]) and previous is not None):
-        return _none(frame)
+    if not (computable(frame, users, ["user_id", "signup_date"]) and previous is not None):
+        return nothing_broken(frame)
     before = previous.drop_duplicates("user_id").set_index("user_id")["signup_date"]
     then = frame["user_id"].map(before)
     return (then.notna() & frame["signup_date"].notna() & (then != frame["signup_date"])).astype(
@@ -281,8 +281,8 @@ def _accepted_before(table: Table) -> Broken:
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         index = batch.get(ACCEPTED.format(table.name))
-        if not isinstance(index, KeyIndex) or not _usable(frame, table, [table.key]):
-            return _none(frame)
+        if not isinstance(index, KeyIndex) or not computable(frame, table, [table.key]):
+            return nothing_broken(frame)
         return pd.Series(index.accepted(frame[table.key]), index=frame.index)
 
     return broken
@@ -398,7 +398,7 @@ def missing_users(batch: Batch, examples: int = 3) -> list[str]:
     """Users of the last accepted snapshot absent from this one (users are never deleted; a
     snapshot that lost them is truncated or renumbered)."""
     previous, users = batch.get(PREVIOUS_USERS), batch.get("users")
-    if previous is None or not _usable(users, TABLES["users"], ["user_id"]):
+    if previous is None or not computable(users, TABLES["users"], ["user_id"]):
         return []
     gone = previous.loc[~previous["user_id"].isin(users["user_id"]), "user_id"]
     if gone.empty:

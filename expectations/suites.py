@@ -44,9 +44,10 @@ import great_expectations.expectations as gxe
 import pandas as pd
 from great_expectations.expectations.metadata_types import FailureSeverity
 
-from couponflow.contract import DIMENSIONS, EVENTS, TABLES, TS, Column, Table
+from couponflow.contract import DIMENSIONS, EVENTS, TABLES, Column, Table
+from expectations import rules as across  # money, terms, time order, identity across days
+from expectations.derived import Batch, Derived, computable, nothing_broken
 
-Batch = dict[str, pd.DataFrame]
 DAY_START = "day_start"
 DAY_END = "day_end"
 CRITICAL = FailureSeverity.CRITICAL  # the batch is quarantined
@@ -58,13 +59,6 @@ TOLERANCE = {TRAILING: "tolerance", REFERENCE: "reference_tolerance"}  # their p
 
 # How GX's pandas type check spells a contract dtype (a StringDtype column reports `str`).
 GX_TYPE = {"string": "str"}
-# Which pandas dtypes a rule across tables can compute on, per contract dtype.
-_USABLE: dict[str, Callable[[Any], bool]] = {
-    "int64": pd.api.types.is_integer_dtype,
-    "float64": pd.api.types.is_float_dtype,
-    "string": pd.api.types.is_string_dtype,
-    TS: pd.api.types.is_datetime64_any_dtype,
-}
 
 
 def _num(value: float) -> str:
@@ -81,32 +75,6 @@ def _range(lo: float | None, hi: float | None) -> str:
 
 
 # -- rules across rows and tables, as derived columns ------------------------------------------
-@dataclass(frozen=True)
-class Derived:
-    """A rule across rows or tables: a column computed before validation that holds the
-    offending value where the rule is broken, null where it holds."""
-
-    name: str  # the column GX sees
-    column: str  # the contract column a broken rule is reported on
-    violation: str  # what the offending values did, for the reason
-    broken: Callable[[pd.DataFrame, Batch], pd.Series]  # rows breaking the rule
-
-
-def _usable(frame: pd.DataFrame | None, table: Table, columns: list[str]) -> bool:
-    """Whether `frame` has `columns` in dtypes the rule can compute on. When not, the rule stays
-    silent: the schema and dtype rules already name the cause."""
-    if frame is None:
-        return False
-    for c in columns:
-        if c not in frame.columns or not _USABLE[table.dtypes[c]](frame[c].dtype):
-            return False
-        if table.dtypes[c] == TS and isinstance(frame[c].dtype, pd.DatetimeTZDtype):
-            return False  # normalised at reading; zone-aware here cannot meet naive bounds
-    return True
-
-
-def _none(frame: pd.DataFrame) -> pd.Series:
-    return pd.Series(False, index=frame.index)
 
 
 def _unknown(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Series]:
@@ -114,8 +82,8 @@ def _unknown(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Se
     target = TABLES[table.references[column]]
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
-        if not _usable(frame, table, [column]):
-            return _none(frame)
+        if not computable(frame, table, [column]):
+            return nothing_broken(frame)
         other = batch.get(target.name)
         keys = other[target.key] if other is not None and target.key in other else []
         return frame[column].notna() & ~frame[column].isin(keys)
@@ -132,10 +100,10 @@ def _outside(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Se
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         other = batch.get(target.name)
         if not (
-            _usable(frame, table, [column, time])
-            and _usable(other, target, [target.key, start, end])
+            computable(frame, table, [column, time])
+            and computable(other, target, [target.key, start, end])
         ):
-            return _none(frame)
+            return nothing_broken(frame)
         window = other.drop_duplicates(target.key).set_index(target.key)
         lo, hi = (frame[column].map(window[edge]) for edge in (start, end))
         at = frame[time]
@@ -151,8 +119,8 @@ def _absent(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Ser
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         other = batch.get(name)
-        if not (_usable(frame, table, keys) and _usable(other, target, keys)):
-            return _none(frame)
+        if not (computable(frame, table, keys) and computable(other, target, keys)):
+            return nothing_broken(frame)
         present = frame[keys].notna().all(axis=1)
         found = (
             frame[keys]
@@ -184,8 +152,6 @@ def derived_rules(table: Table) -> list[Derived]:
     for col, (other, same) in table.occurs_in.items():
         where = f"{other} for the same {', '.join(same)}"
         rules.append(Derived(f"{col} not in {where}", col, f"not in {where}", _absent(table, col)))
-    from expectations import rules as across  # money, terms, time order, identity across days
-
     return rules + across.rules(table)
 
 
@@ -323,7 +289,7 @@ def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None
 
 def _in_batch_day(frame: pd.DataFrame, table: Table, column: str, day: str) -> pd.Series:
     """1.0 where `column` falls inside the batch day, 0.0 elsewhere (NaN if unusable)."""
-    if not _usable(frame, table, [column]):
+    if not computable(frame, table, [column]):
         return pd.Series(float("nan"), index=frame.index)
     start = pd.Timestamp(day).normalize()
     at = frame[column]

@@ -174,6 +174,7 @@ def test_same_data_and_seed_give_the_same_model() -> None:
     assert log["device"] in {"cpu", "cuda"} and log["samples_per_second"] > 0
 
 
+@pytest.mark.integration  # a process group of trainers
 def test_data_parallel_training_shares_the_work_and_learns() -> None:
     """The multi-GPU path (DistributedDataParallel, one process per device) run on the CPU
     over gloo: two processes each train on half of every epoch and end with one network

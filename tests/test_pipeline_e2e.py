@@ -25,9 +25,9 @@ from couponflow.cli import next_days, run_days, seed_history
 from couponflow.config import HOME_ENV, load_params, set_param
 from couponflow.contract import TABLES
 from couponflow.landing import offline_days, read_offline, write_batch
+from couponflow.processes import free_port
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
-from serving.server import free_port
 from tests.conftest import GATE_OPEN, TINY_WORLD, recorded_alerts
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def pipeline(tmp_path_factory):
     (day,) = next_days(ws, 1)
     (summary,) = run_days(ws, [day])
     yield ws, day, summary
-    from serving.deployment import stop_deployment
+    from serving.deploy.deployment import stop_deployment
 
     stop_deployment(ws)  # the release left its servers and the front door running
 
@@ -106,7 +106,7 @@ def test_the_run_report_judges_every_policy_with_pictures(pipeline) -> None:
 
 
 def test_a_bento_was_built_and_answered_over_http(pipeline) -> None:
-    from serving import bentoml_env
+    from serving.deploy import bentoml_env
 
     ws, _, summary = pipeline
     bento_tag = summary["steps"]["build_bento"]["bento_tag"]
@@ -121,7 +121,7 @@ def test_a_bento_was_built_and_answered_over_http(pipeline) -> None:
 
 
 def test_the_release_is_recorded(pipeline) -> None:
-    from serving.release import current_release
+    from serving.deploy.release import current_release
 
     ws, _, summary = pipeline
     release = current_release(ws)
@@ -149,7 +149,7 @@ def untimed(step: dict) -> dict:
 def test_rerunning_a_day_leaves_the_same_rows_features_and_model(pipeline) -> None:
     """A backfill or a cleared run of a day already done is harmless: the same batch, the
     same offline rows and features, the same model version, and no second release."""
-    from serving.release import release_history
+    from serving.deploy.release import release_history
 
     ws, day, first = pipeline
 
@@ -247,9 +247,9 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
     getting answers from the live release, whose deployment nothing touches."""
     import yaml
 
-    from serving.deployment import deployment_record, front_door
-    from serving.release import current_release, release_history
-    from serving.server import Server
+    from serving.deploy.deployment import deployment_record, front_door
+    from serving.deploy.release import current_release, release_history
+    from serving.deploy.server import Server
 
     ws, _, _ = pipeline
     (day,) = next_days(ws, 1)

@@ -131,12 +131,13 @@ def test_help_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(text.split("\n\n")) >= 3, (verb, text)  # usage, a description, options
 
 
+@pytest.mark.integration  # a git + DVC workspace
 def test_serve_refuses_a_taken_port_at_once_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from couponflow.config import HOME_ENV
     from couponflow.workspace import init_workspace
-    from serving import deployment
+    from serving.deploy import deployment
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -156,12 +157,13 @@ def test_serve_refuses_a_taken_port_at_once_and_starts_nothing(
         assert deployment.deployment_record(ws)["candidate"] is None
 
 
+@pytest.mark.integration  # a git + DVC workspace
 def test_status_live_asks_the_serving_deployment_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from couponflow.config import HOME_ENV
     from couponflow.workspace import init_workspace
-    from serving import deployment, server
+    from serving.deploy import deployment, server
 
     ws = init_workspace(tmp_path / "ws")
     monkeypatch.setenv(HOME_ENV, str(ws.root))
