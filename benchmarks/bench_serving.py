@@ -46,7 +46,7 @@ from couponflow.config import Workspace
 from couponflow.logs import quiet_libraries
 
 if TYPE_CHECKING:
-    from serving.server import Server
+    from serving.deploy.server import Server
 
 N_USERS = 2_000
 HOST = "127.0.0.1"
@@ -63,7 +63,7 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     from couponflow.cli import seed_history
     from couponflow.model import CouponNet, save_model
     from couponflow.workspace import init_workspace
-    from serving import POLICY_FILE
+    from couponflow.artefacts import POLICY_FILE
     from training.budget import make_plan
 
     ws = init_workspace(
@@ -178,8 +178,9 @@ def main() -> None:
     parser.add_argument("--online-store", nargs="+", default=["sqlite"])
     args = parser.parse_args()
     quiet_libraries()
-    from serving.bento import build_bento, store_model
-    from serving.server import free_port, start_server
+    from serving.deploy.bento import build_bento, store_model
+    from couponflow.processes import free_port
+    from serving.deploy.server import start_server
 
     rows = []
     for online_store in args.online_store:

@@ -45,7 +45,7 @@ from couponflow.model import (
     encode,
     save_model,
 )
-from serving.server import free_port  # the process group's rendezvous
+from couponflow.processes import free_port  # the process group's rendezvous
 
 EVAL_CHUNK = 65_536  # rows per forward pass when scoring the validation day
 TARGETS = ("purchased", "log_amount", "redeemed", "offered", "weight")  # packed in this order
