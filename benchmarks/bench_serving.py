@@ -60,10 +60,10 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     """A small world whose catalogue has `coupons` standing coupons, seeded through the
     pipeline's own path (land, validate, offline store, features), with a model and its
     budget plan in ws.models."""
+    from couponflow.artefacts import POLICY_FILE
     from couponflow.cli import seed_history
     from couponflow.model import CouponNet, save_model
     from couponflow.workspace import init_workspace
-    from couponflow.artefacts import POLICY_FILE
     from training.budget import make_plan
 
     ws = init_workspace(
@@ -178,8 +178,8 @@ def main() -> None:
     parser.add_argument("--online-store", nargs="+", default=["sqlite"])
     args = parser.parse_args()
     quiet_libraries()
-    from serving.deploy.bento import build_bento, store_model
     from couponflow.processes import free_port
+    from serving.deploy.bento import build_bento, store_model
     from serving.deploy.server import start_server
 
     rows = []
