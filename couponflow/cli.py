@@ -226,7 +226,7 @@ def next_days(ws: Workspace, n: int) -> list[str]:
     return [str((last + pd.Timedelta(days=i)).date()) for i in range(1, n + 1)]
 
 
-def print_training(trained: dict) -> None:
+def print_training(trained: dict, root: Path) -> None:
     """The challenger against the champion and the baselines, the truth where the data is
     simulated, and every check of the gate: the evaluation's one renderer, indented."""
     from couponflow.evaluation import render_summary
@@ -238,7 +238,7 @@ def print_training(trained: dict) -> None:
         f"   budget plan: multiplier {plan['multiplier']:.3f}, "
         f"daily budget {plan['daily_budget']:.0f}"
     )
-    print(f"   report: {trained['report']}")
+    print(f"   report: {root / trained['report']}")  # stored relative to the workspace
 
 
 def print_status(ws: Workspace, live: bool) -> None:
@@ -257,7 +257,7 @@ def print_status(ws: Workspace, live: bool) -> None:
             f = steps["features"]
             print(f"   features materialised: {f['users']} users x {f['features']} features")
         if steps.get("train"):
-            print_training(steps["train"])
+            print_training(steps["train"], ws.root)
         if steps.get("build_bento"):
             print(f"   bento: {steps['build_bento']['bento_tag']}")
         if s.get("candidate_refused"):

@@ -86,7 +86,7 @@ def test_model_and_metrics_are_dvc_tracked(pipeline) -> None:
 def test_the_run_report_judges_every_policy_with_pictures(pipeline) -> None:
     ws, day, summary = pipeline
     trained = summary["steps"]["train"]
-    report = Path(trained["report"])
+    report = ws.root / trained["report"]  # relative to the workspace
     assert report.parent == ws.root / "reports" / "runs" / day
     for picture in ("qini.png", "calibration.png", "budget.png"):
         assert (report.parent / picture).stat().st_size > 5_000, picture
@@ -133,7 +133,7 @@ def test_the_release_is_recorded(pipeline) -> None:
 
 def test_the_summary_is_markdown_an_engineer_reads(pipeline) -> None:
     ws, day, summary = pipeline
-    page = Path(summary["summary_markdown"]).read_text()
+    page = (ws.root / summary["summary_markdown"]).read_text()
     assert page.startswith(f"# couponflow {day}: released")
     for section in ("## Rows in", "## Features materialised", "## Challenger against champion"):
         assert section in page
@@ -267,7 +267,8 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
 
     assert summary["outcome"] == "train failed" and summary["airflow_exit_code"] != 0
     assert summary["steps"]["features"]["users"] == TINY_WORLD["world.n_users"]
-    assert Path(summary["summary_markdown"]).read_text().startswith(f"# couponflow {day}: train")
+    page = (ws.root / summary["summary_markdown"]).read_text()  # relative to the workspace
+    assert page.startswith(f"# couponflow {day}: train")
     (alert,) = recorded_alerts(ws)[alerted:]  # one, from the step that broke; the summary adds none
     assert (alert["dag_id"], alert["task_id"]) == ("coupon_retrain", "train")
     assert "ValueError: the validation loss was never finite" in alert["error"], alert["error"]
