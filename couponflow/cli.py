@@ -241,6 +241,14 @@ def print_training(trained: dict, root: Path) -> None:
     print(f"   report: {root / trained['report']}")  # stored relative to the workspace
 
 
+def rows_table(rows: dict[str, int], indent: str = "") -> str:
+    """Rows per table as an aligned table, for a person (not a Python dict)."""
+    width = max(len("table"), *map(len, rows))
+    lines = [f"{'table':<{width}}  {'rows':>9}"]
+    lines += [f"{table:<{width}}  {n:>9,}" for table, n in rows.items()]
+    return "\n".join(indent + line for line in lines)
+
+
 def print_status(ws: Workspace, live: bool) -> None:
     """What the runs did, the live release, and (with `live`) one answer from its server."""
     from couponflow.report import served_line, summary_path
@@ -250,7 +258,7 @@ def print_status(ws: Workspace, live: bool) -> None:
         steps = s["steps"]
         print(f"\n== {s['day']}: {s['outcome']}")
         if steps.get("validate"):
-            print(f"   rows validated: {steps['validate']['rows']}")
+            print("   rows validated:\n" + rows_table(steps["validate"]["rows"], "     "))
         elif s.get("rejection"):
             print("   rejected because:\n" + "\n".join(f"     - {r}" for r in s["rejection"]))
         if steps.get("features"):

@@ -136,8 +136,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         out += _training_markdown(steps["train"])
     if steps.get("release"):
         r = steps["release"]
+        checks = latency_text(r["checks"]["latency"])
         out += ["", "## Release", "", f"model {r['model_version']} served by {r['bento_tag']} "
-                f"at {r['url']}; candidate checks: {r['checks']['latency']}"]  # fmt: skip
+                f"at {r['url']}; candidate checks: {checks}"]  # fmt: skip
     elif steps.get("train"):
         out += ["", "## Release", "", "none: the live release is unchanged"]
         if summary.get("candidate_refused"):
@@ -149,6 +150,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 f"{forgot['before']} forgotten ({forgot['retention_days']} days kept)"]  # fmt: skip
     out += ["", f"Summary: {summary['summary_json']} (paths relative to the workspace)"]
     return "\n".join(out) + "\n"
+
+
+def latency_text(latency: dict[str, Any]) -> str:
+    """The candidate's latency check in words, e.g. `100 requests, p50 1.9 ms, p99 10.8 ms`."""
+    if not isinstance(latency, dict) or "requests" not in latency:
+        return str(latency)
+    quantiles = [
+        f"{k.removesuffix('_ms')} {v:.1f} ms" for k, v in latency.items() if k.endswith("_ms")
+    ]
+    return ", ".join([f"{latency['requests']} requests", *quantiles])
 
 
 def served_line(readout: dict[str, Any]) -> str:
