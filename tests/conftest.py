@@ -23,6 +23,7 @@ from couponflow.config import (
 )
 from serving import POLICY_FILE
 from serving.server import Server, free_port
+from tests.browser import browser  # noqa: F401  (the fixture: headless Chromium, or a skip)
 
 LOCAL_REDIS = RedisSettings("127.0.0.1", 6379, None)  # the machine's, no password
 
