@@ -181,7 +181,8 @@ def open_run_in_two_clicks(driver: Any, base_url: str, dag_id: str, run_id: str)
         lambda d: visible(d, f'a[href="/dags/{dag_id}/runs/{run_id}/"]'),
         f"the grid's bar of run {run_id}",
     )
-    colours = grid_colours(driver, run_id)
+    # the task cells come from a request of their own, after the runs' bars
+    colours = wait_for(driver, lambda d: grid_colours(d, run_id), f"the grid's cells of {run_id}")
     bar.click()  # click 1
     header = wait_for(
         driver,
@@ -223,6 +224,8 @@ def grid_colours(driver: Any, run_id: str) -> dict[str, str]:
     from selenium.webdriver.common.by import By
 
     cells = driver.find_elements(By.CSS_SELECTOR, f'a[id^="grid-{run_id}-"]')
+    if not any(cell.get_attribute("id").endswith("-summary") for cell in cells):
+        return {}  # not all drawn yet: the last task's cell is the summary's
     return {
         cell.get_attribute("id").removeprefix(f"grid-{run_id}-"): cell.find_element(
             By.CSS_SELECTOR, '[data-testid="task-state-badge"]'
