@@ -7,7 +7,7 @@ DEMO_WORKSPACE ?= var/demo
 DEMO_DAYS ?= 3
 AIRFLOW_PORT ?= 8080
 
-.PHONY: install demo airflow test test-unit test-fast lint check-docker format lock clean
+.PHONY: install demo airflow test test-unit test-fast lint check-docker screenshots format lock clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,15 @@ test-unit: install  ## the unit layer only: no tool, server or child process
 	$(BIN)/pytest -q -m "not integration and not e2e"
 
 test-fast: test-unit
+
+# The pages a reviewer reads, as headless Chromium shows them (docs/runbook.md, "The pages in
+# a real browser"): the browser tests run with COUPONFLOW_SCREENSHOTS set, each saving the
+# page it checked. The Airflow UI's needs a pipeline run on a tiny world (a few minutes).
+SCREENSHOTS ?= docs/screenshots
+screenshots: install
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		|| { echo "screenshots need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"; exit 1; }
+	COUPONFLOW_SCREENSHOTS=$(SCREENSHOTS) $(BIN)/pytest -q -m browser tests/test_browser.py tests/test_pipeline_e2e.py
 
 lint: install  ## ruff, and no committed secrets (tools/check_secrets.py)
 	$(BIN)/ruff check .

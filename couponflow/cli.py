@@ -80,7 +80,7 @@ def next_days(ws: Workspace, n: int) -> list[str]:
     return [str((last + pd.Timedelta(days=i)).date()) for i in range(1, n + 1)]
 
 
-def print_training(trained: dict) -> None:
+def print_training(trained: dict, root: Path) -> None:
     """The challenger against the champion and the baselines, the truth where the data is
     simulated, and every check of the gate: the evaluation's one renderer, indented."""
     from couponflow.evaluation import render_summary
@@ -92,7 +92,15 @@ def print_training(trained: dict) -> None:
         f"   budget plan: multiplier {plan['multiplier']:.3f}, "
         f"daily budget {plan['daily_budget']:.0f}"
     )
-    print(f"   report: {trained['report']}")
+    print(f"   report: {root / trained['report']}")  # stored relative to the workspace
+
+
+def rows_table(rows: dict[str, int], indent: str = "") -> str:
+    """Rows per table as an aligned table, for a person (not a Python dict)."""
+    width = max(len("table"), *map(len, rows))
+    lines = [f"{'table':<{width}}  {'rows':>9}"]
+    lines += [f"{table:<{width}}  {n:>9,}" for table, n in rows.items()]
+    return "\n".join(indent + line for line in lines)
 
 
 def print_status(ws: Workspace, live: bool) -> None:
@@ -104,14 +112,14 @@ def print_status(ws: Workspace, live: bool) -> None:
         steps = s["steps"]
         print(f"\n== {s['day']}: {s['outcome']}")
         if steps.get("validate"):
-            print(f"   rows validated: {steps['validate']['rows']}")
+            print("   rows validated:\n" + rows_table(steps["validate"]["rows"], "     "))
         elif s.get("rejection"):
             print("   rejected because:\n" + "\n".join(f"     - {r}" for r in s["rejection"]))
         if steps.get("features"):
             f = steps["features"]
             print(f"   features materialised: {f['users']} users x {f['features']} features")
         if steps.get("train"):
-            print_training(steps["train"])
+            print_training(steps["train"], ws.root)
         if steps.get("build_bento"):
             print(f"   bento: {steps['build_bento']['bento_tag']}")
         if s.get("candidate_refused"):

@@ -24,6 +24,7 @@ from couponflow.config import (
 )
 from couponflow.processes import free_port
 from serving.deploy.server import Server
+from tests.browser import browser  # noqa: F401  (the fixture: headless Chromium, or a skip)
 
 LOCAL_REDIS = RedisSettings("127.0.0.1", 6379, None)  # the machine's, no password
 # The layers: unit (no mark: our code in this process, seconds; `make test-unit`),

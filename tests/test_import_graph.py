@@ -206,7 +206,7 @@ def test_every_package_the_tests_import_is_declared() -> None:
 
 # Test modules still imported by others: the model's known-effect log, in a file the
 # model's own branch is changing now; to move to tests/helpers/ once that has landed.
-TEST_IMPORTS_PENDING = {"tests.test_model"}
+TEST_IMPORTS_PENDING: set[str] = set()
 
 
 def test_no_test_module_imports_another() -> None:

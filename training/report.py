@@ -44,6 +44,13 @@ def _population(population: dict[str, int]) -> str:
     )
 
 
+def _plan_value(value: Any) -> str:
+    """A budget plan's value for a person: floats to 3 significant figures or 2 decimals."""
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
+    return str(value)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -55,24 +62,51 @@ def draw(plots: dict[str, pd.DataFrame], out: Path) -> None:
     for policy, frame in plots["qini"].groupby("policy", sort=False):
         ax.plot(frame["fraction"], frame["incremental"], label=policy)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="share of users targeted (best first)", ylabel="incremental profit")
+    ax.set(
+        xlabel="share of logged decisions targeted (best first)",
+        ylabel="cumulative incremental profit\n(money, over the judged days' logged decisions)",
+    )
     _finish(fig, ax, out / "qini.png", FIGURES["qini"])
 
     fig, ax = plt.subplots(figsize=(6.6, 4.6))
     for model, frame in plots["calibration"].groupby("model", sort=False):
         ax.plot(frame["predicted"], frame["observed"], marker="o", label=model)
+        if "count" in frame and model == plots["calibration"]["model"].iloc[0]:  # once
+            for x, y, n in zip(frame["predicted"], frame["observed"], frame["count"], strict=True):
+                ax.annotate(
+                    f"{n:,}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
     top = float(plots["calibration"][["predicted", "observed"]].max().max())
     ax.plot([0, top], [0, top], color="grey", ls="--", lw=0.8, label="perfect")
-    ax.set(xlabel="predicted P(purchase)", ylabel="observed purchase rate")
+    ax.set(
+        xlabel="predicted P(purchase), equal-count bins (decisions per bin beside each point)",
+        ylabel="observed purchase rate",
+    )
     _finish(fig, ax, out / "calibration.png", FIGURES["calibration"])
 
     fig, ax = plt.subplots(figsize=(8.0, 4.2))
     budget = plots["budget"]
     for policy, frame in budget.groupby("policy", sort=False):
         style = {"color": "black", "ls": "--"} if policy == "oracle" else {}
-        ax.plot(frame["budget"], frame["incremental_profit"], marker=".", label=policy, **style)
+        ax.plot(
+            frame["budget"],
+            frame["incremental_profit"],
+            marker=".",
+            label=policy,
+            **style,
+        )
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="daily coupon budget", ylabel=f"incremental profit ({budget['measure'].iloc[0]})")
+    measure = budget["measure"].iloc[0]
+    ylabel = (
+        "true incremental profit of the day (money)"
+        if measure == "true"
+        else "incremental profit the challenger expects (money)"
+    )
+    ax.set(xlabel="daily coupon budget (money)", ylabel=ylabel)
     _finish(fig, ax, out / "budget.png", FIGURES["budget"])
 
 
@@ -86,7 +120,10 @@ def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str) -> None:
 
 
 def render(
-    evaluation: EvaluationReport, gate: dict[str, Any], model: dict[str, Any], plan: dict[str, Any]
+    evaluation: EvaluationReport,
+    gate: dict[str, Any],
+    model: dict[str, Any],
+    plan: dict[str, Any],
 ) -> str:
     """The report's Markdown: the evaluation and the verdict by the one renderer
     (couponflow.evaluation.render_lines, as the run summary and the CLI print them), then
@@ -169,7 +206,7 @@ def render(
     parts += [
         f"![{FIGURES['budget']}](budget.png)",
         "## The budget plan shipped with the model",
-        _table(["", ""], [[k, str(v)] for k, v in plan.items()]),
+        _table(["", ""], [[k, _plan_value(v)] for k, v in plan.items()]),
     ]
     if evaluation.segments:
         parts += [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -60,7 +61,8 @@ def deployment_record(ws: Workspace) -> dict[str, Any]:
     model and its server's handle), and the last refusal, if any."""
     path = record_path(ws)
     empty: dict[str, Any] = {"router": None, **dict.fromkeys(SLOTS)}
-    return {**empty, **json.loads(path.read_text())} if path.exists() else empty
+    stored = _logs_resolved(ws, json.loads(path.read_text())) if path.exists() else {}
+    return {**empty, **stored}
 
 
 def start_candidate(ws: Workspace, model_tag: str, bento_tag: str) -> dict[str, Any]:
@@ -299,8 +301,21 @@ def _stop_slot(record: dict[str, Any], slot: str) -> None:
 
 
 def _write(ws: Workspace, record: dict[str, Any]) -> None:
-    """Replace the record in one step: the router never reads half of it."""
-    write_atomic(record_path(ws), (json.dumps(record, indent=2) + "\n").encode())
+    """Replace the record in one step: the router never reads half of it. Its log paths
+    are stored relative to the workspace (`deployment_record` resolves them)."""
+    write_atomic(record_path(ws), (json.dumps(ws.relative(record), indent=2) + "\n").encode())
+
+
+def _logs_resolved(ws: Workspace, part: Any) -> Any:
+    """`part` of a stored record with each relative `log` path resolved in the workspace."""
+    if isinstance(part, dict):
+        return {
+            key: str(ws.root / value)
+            if key == "log" and isinstance(value, str) and not os.path.isabs(value)
+            else _logs_resolved(ws, value)
+            for key, value in part.items()
+        }
+    return part
 
 
 def _now() -> str:

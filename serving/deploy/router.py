@@ -137,7 +137,9 @@ async def serve(port: int, record: Path, host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logger.info("router on %s:%s, live slot from %s", host, port, record)
+    # the record's place in the workspace, not its absolute path: the log stays true if it moves
+    where = Path(*record.parts[-2:])
+    logger.info("router on %s:%s, live slot from %s of the workspace", host, port, where)
     sweeper = asyncio.create_task(retire_old_connections())
     async with server:
         await stop.wait()
