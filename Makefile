@@ -44,9 +44,10 @@ screenshots: install
 		|| { echo "screenshots need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"; exit 1; }
 	COUPONFLOW_SCREENSHOTS=$(SCREENSHOTS) $(BIN)/pytest -q -m browser tests/test_browser.py tests/test_pipeline_e2e.py
 
-lint: install  ## ruff, and no committed secrets (tools/check_secrets.py)
+lint: install  ## ruff, mypy over couponflow/ and training/ ([tool.mypy]), no committed secrets
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python tools/check_secrets.py
 
 # The deployment files without a Docker daemon or cluster: Debian's docker-compose (1.29)

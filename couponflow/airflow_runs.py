@@ -82,10 +82,10 @@ class Progress:
             attempt = 1 + sum(
                 t.task_id == match["task"] and t.run_id == match["run"] for t in self.tasks
             )
-            task = TaskRun(match["dag"], match["task"], match["run"], match["ti"], attempt,
-                           _stamp(line))  # fmt: skip
-            self.tasks.append(task)
-            self._by_ti[task.ti_id] = task
+            started = TaskRun(match["dag"], match["task"], match["run"], match["ti"], attempt,
+                              _stamp(line))  # fmt: skip
+            self.tasks.append(started)
+            self._by_ti[started.ti_id] = started
         if self.tasks:
             self.tasks[-1].lines.append(line)
         state, ti = NEW_STATE.search(line), TI_ID.search(line)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 COUPON_KINDS = ("percent_off", "amount_off", "threshold_off", "free_shipping")
@@ -31,7 +32,7 @@ SLICES = ("heuristic", "explore", "holdout")
 RANDOMISED_SLICES = ("explore", "holdout")
 
 
-def coupon_cost(kind: np.ndarray, value: np.ndarray, amount: np.ndarray) -> np.ndarray:
+def coupon_cost(kind: npt.ArrayLike, value: npt.ArrayLike, amount: npt.ArrayLike) -> np.ndarray:
     """What a redeemed coupon costs the platform on an order of `amount` (vectorised)."""
     kind = np.asarray(kind)
     value = np.asarray(value, dtype=float)

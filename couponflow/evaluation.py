@@ -145,7 +145,7 @@ def _build(tp: Any, data: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)] or [Any]
         return _build(inner, data)
-    if is_dataclass(tp):
+    if isinstance(tp, type) and is_dataclass(tp):  # a dataclass type, not an instance
         hints = typing.get_type_hints(tp)
         values = {f.name: _build(hints[f.name], data[f.name]) for f in fields(tp) if f.name in data}
         return tp(**values)

@@ -91,7 +91,7 @@ def draw(plots: dict[str, pd.DataFrame], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8.0, 4.2))
     budget = plots["budget"]
     for policy, frame in budget.groupby("policy", sort=False):
-        style = {"color": "black", "ls": "--"} if policy == "oracle" else {}
+        style: dict[str, Any] = {"color": "black", "ls": "--"} if policy == "oracle" else {}
         ax.plot(
             frame["budget"],
             frame["incremental_profit"],

@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
+from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -303,9 +304,11 @@ def _fit(
         torch.manual_seed(seed)
         net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
     with torch.no_grad():
-        net.base[-1].bias.copy_(torch.from_numpy(output_prior(train)))
+        cast(nn.Linear, net.base[-1]).bias.copy_(  # _mlp ends in a Linear layer
+            torch.from_numpy(output_prior(train))
+        )
     net = net.to(device)
-    model = net
+    model: nn.Module = net
     if world > 1:
         model = DistributedDataParallel(net, device_ids=[rank] if device.type == "cuda" else None)
     data, held_out = train.packed().to(device), valid.packed().to(device)
