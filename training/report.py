@@ -119,6 +119,78 @@ def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _estimators_table(evaluation: EvaluationReport) -> str:
+    """Every policy's prediction, uplift and off-policy figures, one row each."""
+    header = ["policy", "AUC", "log loss", "ECE", "Qini", "AUUC", "IPS", "SNIPS", "DR",
+              "offer rate"]  # fmt: skip
+    rows = [
+        [
+            f"{name} {p.version or ''}".strip(),
+            _number((p.prediction or {}).get("auc")),
+            _number((p.prediction or {}).get("log_loss")),
+            _number((p.prediction or {}).get("ece")),
+            _number(p.qini),
+            _number(p.auuc),
+            p.ips.text(),
+            p.snips.text(),
+            p.dr.text(),
+            f"{p.offer_rate:.1%}",
+        ]
+        for name, p in evaluation.policies.items()
+    ]
+    return _table(header, rows)
+
+
+def _truth_section(evaluation: EvaluationReport) -> list[str]:
+    """The whole-population truth (simulated world only; none on public data)."""
+    o = evaluation.oracle
+    if o is None:
+        return []
+    return [
+        "## The truth on the whole population (simulated world)",
+        f"{_population(evaluation.population)} decided for at a budget of {o.budget:.0f}; "
+        f"the oracle policy, which sees the hidden traits, earns {o.oracle_policy:.1f}.",
+        _table(
+            [
+                "policy",
+                "true incremental profit",
+                "share of oracle",
+                "true cost",
+                "planned cost",
+                "offers",
+                "challenger's lead",
+            ],
+            [
+                [
+                    name,
+                    f"{p['incremental_profit']:.1f}",
+                    f"{p['share_of_oracle']:.1%}",
+                    f"{p['true_cost']:.1f}",
+                    f"{p['planned_cost']:.1f}",
+                    f"{p['offers']:.0f}",
+                    o.challenger_lead[name].text(1) if name in o.challenger_lead else "-",
+                ]
+                for name, p in o.policies.items()
+            ],
+        ),  # fmt: skip
+    ]
+
+
+def _segments_section(evaluation: EvaluationReport) -> list[str]:
+    if not evaluation.segments:
+        return []
+    return [
+        "## Segments (the challenger's allocation over every user)",
+        _table(
+            list(evaluation.segments[0].keys()),
+            [
+                [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+                for row in evaluation.segments
+            ],
+        ),
+    ]
+
+
 def render(
     evaluation: EvaluationReport,
     gate: dict[str, Any],
@@ -130,7 +202,6 @@ def render(
     what only the run report shows: every estimator, the figures, the whole-population
     truth, the budget plan and the segments."""
     verdict = "PROMOTE" if gate["promote"] else "REFUSE"
-    policies = evaluation.policies
     parts = [
         f"# Model {model['version']}: {verdict}",
         f"Trained on {model.get('train_rows', '?')} offers of {model['data_days'][0]} .. "
@@ -142,83 +213,14 @@ def render(
         f"Profit per decision off-policy ({evaluation.estimator}; the DR reward model is "
         "gradient boosting cross-fitted over users, not the challenger), each policy at the "
         f"same budget, {evaluation.confidence:.0%} bootstrap intervals.",
-        _table(
-            [
-                "policy",
-                "AUC",
-                "log loss",
-                "ECE",
-                "Qini",
-                "AUUC",
-                "IPS",
-                "SNIPS",
-                "DR",
-                "offer rate",
-            ],
-            [
-                [
-                    f"{name} {p.version or ''}".strip(),
-                    _number((p.prediction or {}).get("auc")),
-                    _number((p.prediction or {}).get("log_loss")),
-                    _number((p.prediction or {}).get("ece")),
-                    _number(p.qini),
-                    _number(p.auuc),
-                    p.ips.text(),
-                    p.snips.text(),
-                    p.dr.text(),
-                    f"{p.offer_rate:.1%}",
-                ]
-                for name, p in policies.items()
-            ],
-        ),
+        _estimators_table(evaluation),
         f"![{FIGURES['qini']}](qini.png) ![{FIGURES['calibration']}](calibration.png)",
-    ]
-    if evaluation.oracle is not None:
-        o = evaluation.oracle
-        parts += [
-            "## The truth on the whole population (simulated world)",
-            f"{_population(evaluation.population)} decided for at a budget of {o.budget:.0f}; "
-            f"the oracle policy, which sees the hidden traits, earns {o.oracle_policy:.1f}.",
-            _table(
-                [
-                    "policy",
-                    "true incremental profit",
-                    "share of oracle",
-                    "true cost",
-                    "planned cost",
-                    "offers",
-                    "challenger's lead",
-                ],
-                [
-                    [
-                        name,
-                        f"{p['incremental_profit']:.1f}",
-                        f"{p['share_of_oracle']:.1%}",
-                        f"{p['true_cost']:.1f}",
-                        f"{p['planned_cost']:.1f}",
-                        f"{p['offers']:.0f}",
-                        o.challenger_lead[name].text(1) if name in o.challenger_lead else "-",
-                    ]
-                    for name, p in o.policies.items()
-                ],
-            ),  # fmt: skip
-        ]
-    parts += [
+        *_truth_section(evaluation),
         f"![{FIGURES['budget']}](budget.png)",
         "## The budget plan shipped with the model",
         _table(["", ""], [[k, _plan_value(v)] for k, v in plan.items()]),
+        *_segments_section(evaluation),
     ]
-    if evaluation.segments:
-        parts += [
-            "## Segments (the challenger's allocation over every user)",
-            _table(
-                list(evaluation.segments[0].keys()),
-                [
-                    [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
-                    for row in evaluation.segments
-                ],
-            ),
-        ]
     return "\n\n".join(parts) + "\n"
 
 
