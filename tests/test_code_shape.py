@@ -23,7 +23,6 @@ ALLOWED: dict[str, str] = {
     "couponflow/public_data.py::load_hillstrom": "one linear mapping of the public data set's "
     "columns onto the contract; not yet split",
     "training/evaluate.py::evaluate": "the evaluation stage's orchestration; not yet split",
-    "training/gate.py::decide": "the promotion gate's checks in order; not yet split",
     "training/train.py::_fit": "the training loop (AMP, DDP, early stopping) in one place; "
     "a split needs care with the process group, not yet done",
     "expectations/rules.py::rules": "the table of rules; " + ELSEWHERE,
