@@ -20,8 +20,6 @@ ELSEWHERE = "expectations/ is being changed by another engineer now: not split h
 ALLOWED: dict[str, str] = {
     "couponflow/cli.py::_main": "the argparse tree of every subcommand; issue 20 item 2 "
     "makes the CLI a thin dispatcher over the rooms, which splits it",
-    "couponflow/public_data.py::load_hillstrom": "one linear mapping of the public data set's "
-    "columns onto the contract; not yet split",
     "training/evaluate.py::evaluate": "the evaluation stage's orchestration; not yet split",
     "training/train.py::_fit": "the training loop (AMP, DDP, early stopping) in one place; "
     "a split needs care with the process group, not yet done",
