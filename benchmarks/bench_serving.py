@@ -169,6 +169,43 @@ def bare_cost_ms(ws: Workspace, samples: int = 300, warm_up: int = 30) -> dict[s
     return out
 
 
+def _print_rows(rows: list[tuple], rate: float, n_rounds: int, seconds: float) -> None:
+    """Each (store, coupons) setting's figures: rounds, the median round, bare costs."""
+    print(f"\nopen loop at {rate:.0f} req/s, {n_rounds} rounds of {seconds:.0f} s "
+          f"windows, 2 cores shared with the load generator")  # fmt: skip
+    for store, arms, rounds, ours, trivial, bare, extra, bound in rows:
+        each = ", ".join(
+            f"{mine['p99']:.1f}-{livez['p99']:.1f}={mine['p99'] - livez['p99']:.1f}"
+            for mine, livez in rounds
+        )
+        print(f"{store:>6} {arms:>4} coupons: rounds' p99 /recommend-/livez (ms): {each}")
+        print(
+            f"{'':>19}median round: /recommend p50 {ours['p50']:.1f} p95 {ours['p95']:.1f}"
+            f" p99 {ours['p99']:.1f} ms ({ours['throughput']:.0f} req/s, {ours['failures']} "
+            f"failed); /livez p99 {trivial['p99']:.1f} ms; ours less trivial {extra:.1f} ms vs"
+            f" 3x bare {bound:.1f} ms"
+        )
+        print(
+            f"{'':>19}bare p99, hot: lookup {bare['lookup_hot_p99']:.2f} + scoring "
+            f"{bare['scoring_hot_p99']:.2f} ms; cache-cold: lookup {bare['lookup_cold_p99']:.2f}"
+            f" + scoring {bare['scoring_cold_p99']:.2f} ms"
+        )
+        parts = ", ".join(
+            f"{stage} {ms:.2f} ({ms / ours['mean']:.0%})" for stage, ms in ours["stage_ms"].items()
+        )
+        rest = ours["mean"] - sum(ours["stage_ms"].values())
+        print(
+            f"{'':>19}/recommend mean {ours['mean']:.2f} ms: {parts}; the framework, queueing"
+            f" and the network {rest:.2f} ({rest / ours['mean']:.0%})"
+        )
+        for name, run in (("/recommend", ours), ("/livez", trivial)):
+            shares = "/".join(f"{share:.0%}" for share in run["worker_shares"])
+            print(
+                f"{'':>19}{name}: server CPU {run['server_cpu_ms']:.2f} ms a request (workers"
+                f" {shares}), load generator {run['load_cpu_ms']:.2f} ms"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
@@ -210,39 +247,7 @@ def main() -> None:
             extra = ours["p99"] - trivial["p99"]
             bound = 3 * (bare["lookup_hot_p99"] + bare["scoring_hot_p99"])
             rows.append((online_store, bare["arms"], rounds, ours, trivial, bare, extra, bound))
-    print(f"\nopen loop at {args.rate:.0f} req/s, {args.rounds} rounds of {args.seconds:.0f} s "
-          f"windows, 2 cores shared with the load generator")  # fmt: skip
-    for store, arms, rounds, ours, trivial, bare, extra, bound in rows:
-        each = ", ".join(
-            f"{mine['p99']:.1f}-{livez['p99']:.1f}={mine['p99'] - livez['p99']:.1f}"
-            for mine, livez in rounds
-        )
-        print(f"{store:>6} {arms:>4} coupons: rounds' p99 /recommend-/livez (ms): {each}")
-        print(
-            f"{'':>19}median round: /recommend p50 {ours['p50']:.1f} p95 {ours['p95']:.1f}"
-            f" p99 {ours['p99']:.1f} ms ({ours['throughput']:.0f} req/s, {ours['failures']} "
-            f"failed); /livez p99 {trivial['p99']:.1f} ms; ours less trivial {extra:.1f} ms vs"
-            f" 3x bare {bound:.1f} ms"
-        )
-        print(
-            f"{'':>19}bare p99, hot: lookup {bare['lookup_hot_p99']:.2f} + scoring "
-            f"{bare['scoring_hot_p99']:.2f} ms; cache-cold: lookup {bare['lookup_cold_p99']:.2f}"
-            f" + scoring {bare['scoring_cold_p99']:.2f} ms"
-        )
-        parts = ", ".join(
-            f"{stage} {ms:.2f} ({ms / ours['mean']:.0%})" for stage, ms in ours["stage_ms"].items()
-        )
-        rest = ours["mean"] - sum(ours["stage_ms"].values())
-        print(
-            f"{'':>19}/recommend mean {ours['mean']:.2f} ms: {parts}; the framework, queueing"
-            f" and the network {rest:.2f} ({rest / ours['mean']:.0%})"
-        )
-        for name, run in (("/recommend", ours), ("/livez", trivial)):
-            shares = "/".join(f"{share:.0%}" for share in run["worker_shares"])
-            print(
-                f"{'':>19}{name}: server CPU {run['server_cpu_ms']:.2f} ms a request (workers"
-                f" {shares}), load generator {run['load_cpu_ms']:.2f} ms"
-            )
+    _print_rows(rows, args.rate, args.rounds, args.seconds)
 
 
 if __name__ == "__main__":
