@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"couponflow: error: {exc}")
 
 
-def _main(argv: list[str] | None = None) -> None:
+def _parser() -> _Parser:
+    """The command line: the global options and every verb's, in the help's order."""
     parser = _Parser(
         prog="couponflow",
         description=DESCRIPTION,
@@ -252,6 +253,14 @@ def _main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workspace", type=Path, help=f"default: ${HOME_ENV} or var/demo")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_day_verbs(sub)
+    _add_release_verbs(sub)
+    _add_tool_verbs(sub)
+    return parser
+
+
+def _add_day_verbs(sub: Any) -> None:
+    """init, run and status."""
     p_init = sub.add_parser(
         "init",
         help="create a workspace and seed its history days",
@@ -288,6 +297,10 @@ def _main(argv: list[str] | None = None) -> None:
         help="also ask the serving deployment (its front door) for one recommendation; "
         "starts nothing",
     )  # fmt: skip
+
+
+def _add_release_verbs(sub: Any) -> None:
+    """rollback, serve, stop, then demo (the help lists them in this order)."""
     p_rollback = sub.add_parser(
         "rollback",
         help="make the previous release production again",
@@ -328,6 +341,10 @@ def _main(argv: list[str] | None = None) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", type=_assignment,
         help="a param of the new workspace, dotted; repeatable",
     )  # fmt: skip
+
+
+def _add_tool_verbs(sub: Any) -> None:
+    """trial and airflow."""
     p_trial = sub.add_parser(
         "trial",
         help="our learner vs two-model on a randomised trial",
@@ -354,6 +371,34 @@ def _main(argv: list[str] | None = None) -> None:
     p_ui.add_argument("--port", type=int, default=8080, help="the UI's port (default 8080)")
     p_ui.add_argument("--user", default="admin", help="the UI's user (default admin)")
     p_ui.add_argument("--password", default="admin", help="local use only (default admin)")
+
+
+def _init(ws: Workspace, args: argparse.Namespace) -> Workspace:
+    """`init` (and the start of `demo`): the workspace, then its history days seeded."""
+    from couponflow.config import params_notices
+    from couponflow.workspace import init_workspace
+    from expectations.validate import QuarantinedBatch
+
+    ws = init_workspace(ws.root, dict(args.set))
+    from couponflow.landing import offline_days
+
+    for notice in params_notices(ws.params):
+        print(notice, flush=True)
+    if len(offline_days(ws)) < int(ws.params["world"]["history_days"]):  # resumes, too
+        try:
+            days = seed_history(ws)
+        except QuarantinedBatch as rejected:
+            o = rejected.outcome
+            sys.exit(
+                f"couponflow: error: seeding stopped, {o.day} was quarantined at "
+                f"{o.quarantine_path} ({o.failures[0]}); fix the params and re-run init"
+            )
+        print(f"workspace {ws.root}: seeded {days[0]} .. {days[-1]}", flush=True)
+    return ws
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     quiet_libraries()
@@ -368,25 +413,7 @@ def _main(argv: list[str] | None = None) -> None:
     if args.verb not in ("init", "demo", "trial") and not ws.params_file.exists():
         parser.error(f"no workspace at {ws.root}: create it with `couponflow init` first")
     if args.verb in ("init", "demo"):
-        from couponflow.config import params_notices
-        from couponflow.workspace import init_workspace
-        from expectations.validate import QuarantinedBatch
-
-        ws = init_workspace(ws.root, dict(args.set))
-        from couponflow.landing import offline_days
-
-        for notice in params_notices(ws.params):
-            print(notice, flush=True)
-        if len(offline_days(ws)) < int(ws.params["world"]["history_days"]):  # resumes, too
-            try:
-                days = seed_history(ws)
-            except QuarantinedBatch as rejected:
-                o = rejected.outcome
-                sys.exit(
-                    f"couponflow: error: seeding stopped, {o.day} was quarantined at "
-                    f"{o.quarantine_path} ({o.failures[0]}); fix the params and re-run init"
-                )
-            print(f"workspace {ws.root}: seeded {days[0]} .. {days[-1]}", flush=True)
+        ws = _init(ws, args)
     if args.verb == "run":
         from couponflow.landing import offline_days
 
