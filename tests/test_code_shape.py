@@ -23,8 +23,8 @@ ALLOWED: dict[str, str] = {
     "expectations/rules.py::rules": "the table of rules; " + ELSEWHERE,
     "expectations/validate.py::_validate": ELSEWHERE,
     "expectations/validate.py::_reasons": ELSEWHERE,
-    "dags/coupon_pipeline.py::coupon_retrain": "the DAG's TaskFlow body: its tasks are "
-    "nested functions Airflow names by their def; not yet split",
+    "dags/coupon_pipeline.py::coupon_retrain": "the DAG's TaskFlow body, its eight tasks "
+    "nested as Airflow's examples do; moving them out wants the (integration) DAG tests run",
 }
 
 
