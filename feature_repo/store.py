@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 from feast import FeatureStore, RepoConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
@@ -35,6 +36,7 @@ from couponflow.features import (
     day_end,
 )
 from couponflow.landing import write_partition
+from feature_repo import bulk
 
 REPO_DIR = Path(__file__).resolve().parent
 # Each batch view and the computation of its rows for a day.
@@ -60,19 +62,35 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+# `features.online_write` -> (the SQLite store, the Redis store, the batch engine) Feast is
+# configured with: ours, which write a batch at once (feature_repo/bulk.py), or Feast's own.
+WRITERS = {
+    "bulk": (bulk.SQLITE, bulk.REDIS, bulk.ENGINE),
+    "feast": ("sqlite", "redis", "local"),
+}
+
+
 def open_store(ws: Workspace) -> FeatureStore:
     """The workspace's feature store: feature_store.yaml, with the online store chosen
     by `features.online_store` in params.yaml (sqlite by default, or redis), the Feast
-    project by `features.project` (its name prefixes every Redis key) and the rows per
-    online-store write by `features.online_write_batch`."""
+    project by `features.project` (its name prefixes every Redis key), the rows per
+    online-store write by `features.online_write_batch`, and how materialisation writes
+    by `features.online_write` (`bulk`: feature_repo/bulk.py's engine and stores; `feast`:
+    Feast's stock ones, another SQLite layout: re-materialise after switching)."""
     os.environ[HOME_ENV] = str(ws.root)  # the definitions locate their source through it
     with open(REPO_DIR / "feature_store.yaml") as fh:
         raw = yaml.safe_load(os.path.expandvars(fh.read()))
     settings = ws.params.get("features", {})
     raw["project"] = settings.get("project", raw["project"])
+    writer = settings.get("online_write", "bulk")
+    if writer not in WRITERS:
+        raise ValueError(f"features.online_write is {writer!r}: one of {', '.join(WRITERS)}")
+    sqlite_type, redis_type, engine = WRITERS[writer]
+    raw["online_store"]["type"] = sqlite_type
+    raw["batch_engine"] = {"type": engine}
     if settings.get("online_store", "sqlite") == "redis":
         raw["online_store"] = {
-            "type": "redis",
+            "type": redis_type,
             "connection_string": RedisSettings.of(ws).feast_connection_string,
             "key_ttl_seconds": 7 * 86_400,
             "skip_dedup": True,  # rewrite a re-run date like SQLite does; see materialise_day
@@ -86,6 +104,11 @@ def open_store(ws: Workspace) -> FeatureStore:
         return FeatureStore(config=RepoConfig(repo_path=REPO_DIR, **raw), repo_path=str(REPO_DIR))
 
 
+def is_sqlite(store: FeatureStore) -> bool:
+    """Whether the online store is a SQLite file (Feast's store or ours)."""
+    return isinstance(store.config.online_store, SqliteOnlineStoreConfig)
+
+
 def apply_definitions(store: FeatureStore) -> None:
     """`feast apply` for our definitions, reading the workspace open_store set (idempotent);
     a SQLite online store is put in WAL mode, so that serving's reads never wait for a
@@ -95,7 +118,7 @@ def apply_definitions(store: FeatureStore) -> None:
 
     with _quiet():
         store.apply(feast_objects(Workspace.from_env().features))
-    if store.config.online_store.type == "sqlite":
+    if is_sqlite(store):
         with contextlib.closing(sqlite3.connect(store.config.online_store.path)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
 
@@ -219,7 +242,7 @@ class OnlineUserReader:
         view = store.get_feature_view("user_activity")
         self._read = partial(store.provider.online_read, store.config, view)
         self._read_async = partial(store.provider.online_read_async, store.config, view)
-        self.in_place = store.config.online_store.type == "sqlite"
+        self.in_place = is_sqlite(store)
 
     def __call__(self, user_id: int) -> np.ndarray | None:
         # A fresh list each call: Feast's Redis store appends its timestamp key to it.
