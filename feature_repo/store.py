@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
-from feast import FeatureStore, RepoConfig
+from feast import FeatureStore, FeatureView, FileSource, RepoConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -181,20 +182,101 @@ def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataF
 
 
 def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> pd.DataFrame:
-    """The features `refs` of each row of (join key, event_timestamp) as they were at that
-    time (NaN for a null key or no row), in row order. Feast is asked once per distinct
-    pair: its file offline store keeps one row per (join keys, timestamp), so a user
-    offered two coupons at the same moment would otherwise lose one of the rows."""
+    """The features `refs` (of one view) of each row of (join key, event_timestamp) as they
+    were at that time (NaN for a null key or no row), in row order. Feast is asked once per
+    distinct pair: its file offline store keeps one row per (join keys, timestamp), so a
+    user offered two coupons at the same moment would otherwise lose one of the rows.
+
+    The pairs are joined in chunks of consecutive days (JOIN_ROWS pairs or so each), each
+    against only the partitions its times can reach (`reachable_partitions`): Feast's file
+    store reads its whole source and then matches every entity row with every row of its
+    key, so the source read and the match both grew with the history kept."""
     key = keys.columns[0]
     names = [ref.split(":")[1] for ref in refs]
     distinct = keys.dropna().drop_duplicates().reset_index(drop=True)
     distinct["pair"] = np.arange(len(distinct))
     if distinct.empty:
         return pd.DataFrame(np.nan, index=keys.index, columns=names)
-    with _quiet():
-        joined = store.get_historical_features(entity_df=distinct, features=refs).to_df()
+    view = store.get_feature_view(refs[0].split(":")[0])
+    joined = pd.concat(
+        [_join_window(store, view, chunk, refs) for chunk in _chunks(distinct)],
+        ignore_index=True,
+    )
     pair = keys.merge(distinct, on=[key, "event_timestamp"], how="left")["pair"]
     return joined.set_index("pair")[names].reindex(pair.fillna(-1)).reset_index(drop=True)
+
+
+JOIN_ROWS = 1_000_000  # entity rows per Feast join, in whole days: bounds its memory
+
+
+def _chunks(rows: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or the end."""
+    day = rows["event_timestamp"].dt.floor("D")
+    sizes = day.value_counts().sort_index()
+    start, count = None, 0
+    for when, size in sizes.items():
+        start = when if start is None else start
+        count += size
+        if count >= JOIN_ROWS or when == sizes.index[-1]:
+            yield rows[(day >= start) & (day <= when)]
+            start, count = None, 0
+
+
+def reachable_partitions(
+    dates: list[str], first: pd.Timestamp, last: pd.Timestamp, ttl: pd.Timedelta | None
+) -> list[str]:
+    """The partition dates a point-in-time join of times in [first, last] can use, when
+    partition D holds rows stamped within [D, day_end(D)] (publish_features stamps them
+    at day_end): D >= first - ttl - 1 day, so that its rows are not too old (no bound
+    without a ttl), and D <= last, so that they are not too new."""
+    first, last = (pd.Timestamp(t).tz_localize(None) for t in (first, last))
+    low = (first - ttl - pd.Timedelta(days=1)).ceil("D") if ttl else None
+    return [
+        d
+        for d in dates
+        if (low is None or pd.Timestamp(d) >= low) and pd.Timestamp(d) <= last.floor("D")
+    ]
+
+
+def _join_window(
+    store: FeatureStore, view: FeatureView, rows: pd.DataFrame, refs: list[str]
+) -> pd.DataFrame:
+    """Feast's point-in-time join of `rows` with `view`, its file source narrowed to the
+    partitions the rows' times can reach: a folder of links to them, the view's copy
+    pointing there (the registered view keeps its whole folder), the same provider join
+    FeatureStore.get_historical_features runs."""
+    source = view.batch_source
+    root = Path(source.path)
+    times = pd.to_datetime(rows["event_timestamp"], utc=True).dt.tz_convert(None)
+    ttl = pd.Timedelta(view.ttl) if view.ttl else None
+    dates = sorted(p.name.removeprefix("date=") for p in root.glob("date=*"))
+    keep = reachable_partitions(dates, times.min(), times.max(), ttl)
+    if not keep:  # nothing known yet at those times
+        names = [ref.split(":")[1] for ref in refs]
+        return rows.assign(**dict.fromkeys(names, np.nan))
+    with tempfile.TemporaryDirectory(prefix=f"{view.name}-window-") as window:
+        for date in keep:
+            (Path(window) / f"date={date}").mkdir()
+            for file in (root / f"date={date}").iterdir():
+                (Path(window) / f"date={date}" / file.name).symlink_to(file.resolve())
+        view.batch_source = FileSource(
+            name=source.name,
+            path=window,
+            timestamp_field=source.timestamp_field,
+            created_timestamp_column=source.created_timestamp_column,
+            field_mapping=source.field_mapping,
+        )
+        with _quiet():
+            job = store.provider.get_historical_features(
+                config=store.config,
+                feature_views=[view],
+                feature_refs=refs,
+                entity_df=rows,
+                registry=store.registry,
+                project=store.project,
+                full_feature_names=False,
+            )
+            return job.to_df()
 
 
 def coupon_stats_at(

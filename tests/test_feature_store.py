@@ -61,7 +61,7 @@ from feature_repo.store import (
 from serving.server import free_port, listening
 
 N_USERS = 200
-N_DAYS = 4
+N_DAYS = 5
 REDIS = ("127.0.0.1", 6379)
 
 
@@ -270,6 +270,58 @@ def test_materialising_in_batches_writes_what_one_batch_writes(
     one = open_store(ws).get_online_features(features=USER_REFS, entity_rows=everyone).to_dict()
     assert many == one
     assert all(v is not None for name in USER_FEATURES for v in many[name])
+
+
+def test_a_training_window_reads_and_covers_only_its_days(
+    sqlite_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`model.training_days: 1` with `evaluation.days: 1`: the training table covers the
+    newest three of the four labelled days (train, early stop, evaluate), its rows those
+    of the whole history's table on those days; the stage read only those days' offline
+    partitions, and the join only the feature partitions their times can reach."""
+    import feature_repo.store as store_module
+    import training.dataset as dataset
+
+    ws, days = sqlite_store
+    full = dataset.build(ws)
+    assert sorted(full["day"].dt.strftime("%Y-%m-%d").unique()) == days[1:]
+
+    windowed = Workspace(tmp_path / "windowed")
+    windowed.root.mkdir()
+    shutil.copytree(ws.offline, windowed.offline)
+    params = load_params(ws.params_file)
+    set_param(params, "model.training_days", 1)
+    set_param(params, "evaluation.days", 1)
+    windowed.params_file.write_text(yaml.safe_dump(params))
+    read, reached = [], []
+    reading, reaching = dataset.read_offline, store_module.reachable_partitions
+    monkeypatch.setattr(dataset, "read_offline", lambda w, t, d: read.extend(d) or reading(w, t, d))
+    monkeypatch.setattr(
+        store_module,
+        "reachable_partitions",
+        lambda *a: reached.extend(out := reaching(*a)) or out,
+    )
+    monkeypatch.setattr(store_module, "open_store", lambda _: open_store(ws))  # ws's features
+    table = dataset.build(windowed)
+
+    assert dataset.window(windowed) == days[-3:] and set(read) == set(days[-3:])
+    assert reached and set(reached) <= set(days)  # the ttl (7 days) reaches the whole history
+    assert sorted(table["day"].dt.strftime("%Y-%m-%d").unique()) == days[-3:]
+    expected = full[full["day"] >= pd.Timestamp(days[-3])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), expected)
+
+
+def test_a_join_reads_the_partitions_its_times_can_reach() -> None:
+    """Rows stamped at the end of their day, a 7-day ttl: times on the 15th reach back to
+    the partition of the 8th (stamped the 9th, 0:00) and no later than the 14th's."""
+    from feature_repo.store import reachable_partitions
+
+    dates = [f"2026-01-{d:02d}" for d in range(1, 21)]
+    at = pd.Timestamp("2026-01-15 12:00", tz="UTC")
+    week = pd.Timedelta(days=7)
+    got = reachable_partitions(dates, at, at, week)
+    assert got[0] == "2026-01-08" and got[-1] == "2026-01-15"
+    assert reachable_partitions(dates, at - pd.Timedelta(days=3), at, None) == dates[:15]
 
 
 def writer_workspaces(
