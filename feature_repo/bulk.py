@@ -30,9 +30,12 @@ tests/test_feature_store.py reads both writes back through `get_online_features`
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -94,7 +97,8 @@ class ArrowComputeEngineConfig(FeastConfigBaseModel):
 
 class ArrowOutputNode(LocalOutputNode):
     """Feast's output node, but a store with `online_write_arrow` gets the rows as Arrow
-    (still `materialization.online_write_batch_size` rows a write)."""
+    batches of `materialization.online_write_batch_size` rows (all of them in one call,
+    so that it may overlap one batch's encoding with the previous one's write)."""
 
     def execute(self, context: ExecutionContext) -> ArrowTableValue:
         write = getattr(context.online_store, "online_write_arrow", None)
@@ -106,8 +110,7 @@ class ArrowOutputNode(LocalOutputNode):
         if table.num_rows == 0:
             return output
         size = context.repo_config.materialization_config.online_write_batch_size
-        for batch in table.combine_chunks().to_batches(max_chunksize=size):
-            write(context.repo_config, self.feature_view, batch)
+        write(context.repo_config, self.feature_view, table.combine_chunks().to_batches(size))
         if self.feature_view.offline:
             context.offline_store.offline_write_batch(
                 config=context.repo_config,
@@ -329,6 +332,7 @@ class BulkSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     type: Literal["feature_repo.bulk.BulkSqliteOnlineStore"] = SQLITE  # type: ignore[assignment]
 
 
+WRITE_CACHE_KIB = 256 * 1024  # SQLite's page cache while materialising (its default: 2 MiB)
 LAYOUTS = "_bulk_layouts"  # id -> the feature names, in the order a row's values are stored
 
 
@@ -394,8 +398,15 @@ class BulkSqliteOnlineStore(SqliteOnlineStore):
             "created_ts = excluded.created_ts"
         )
 
-    def online_write_arrow(self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch):
-        """Write a batch of the view's rows (Arrow, as the offline store returned them)."""
+    def online_write_arrow(
+        self, config: RepoConfig, table: FeatureView, batches: Iterable[pa.RecordBatch]
+    ) -> None:
+        """Write the view's rows (Arrow batches, as the offline store returned them), one
+        transaction a batch."""
+        for batch in batches:
+            self._write_arrow(config, table, batch)
+
+    def _write_arrow(self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch) -> None:
         cells = Cells.of(table, batch)
         source = table.batch_source
         times, when = distinct_times(batch, source.timestamp_field)
@@ -408,28 +419,30 @@ class BulkSqliteOnlineStore(SqliteOnlineStore):
         for tag, payload, nulls in zip(cells.tags, cells.payloads, cells.nulls, strict=True):
             record.add(ELEMENT)  # then the ValueProto's length (< 128: one byte) and bytes
             record.add(_length_byte(nulls, len(tag) + payload.shape[1], 0))
-            present = ~nulls.reshape(-1, 1)
+            present = ~nulls.reshape(-1, 1) if nulls.any() else None
             record.add(tag, present)
             record.add(payload, present)
         blobs = record.split()
         keys = entity_keys(config, table, batch)
         event = [_sqlite_time(t) for t in times]
         made_at = [_sqlite_time(t) for t in created]
+        rows = zip(
+            keys,
+            blobs,
+            [event[i] for i in when.tolist()],
+            [made_at[i] for i in made.tolist()],
+            strict=True,
+        )
         conn = self._get_conn(config)
+        conn.execute(f"PRAGMA cache_size = -{WRITE_CACHE_KIB}")
         name = self.rows_table(config, table)
         with conn:
             self._create_rows_table(conn, name)
             layout = self._layout(conn, tuple(cells.names))
             conn.executemany(
                 self._upsert(name),
-                zip(
-                    keys,
-                    [layout] * n,
-                    blobs,
-                    [event[i] for i in when.tolist()],
-                    [made_at[i] for i in made.tolist()],
-                    strict=True,
-                ),
+                # in key order: the table's B-tree is walked once, not jumped about in
+                ((k, layout, b, e, c) for k, b, e, c in sorted(rows, key=itemgetter(0))),
             )
 
     def online_write_batch(
@@ -566,18 +579,32 @@ class BulkRedisOnlineStore(RedisOnlineStore):
     HSET then EXPIRE per key. Here the RESP commands of a batch are packed by numpy
     and sent at once on one of the client's connections."""
 
-    def online_write_arrow(self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch):
+    def online_write_arrow(
+        self, config: RepoConfig, table: FeatureView, batches: Iterable[pa.RecordBatch]
+    ) -> None:
+        """Write the view's rows (Arrow batches): each batch's commands packed while the
+        previous batch's are sent (see `_send`); a batch the packing cannot encode goes
+        through Feast's own write, as does every batch where Feast's write does more than
+        HSET and EXPIRE (a cluster, a sentinel, timestamp checks)."""
+        settings = config.online_store
+        if settings.redis_type != RedisType.redis or not settings.skip_dedup:
+            for batch in batches:
+                self.online_write_batch(config, table, _protos(config, table, batch), None)
+            return
+        commands = (self._commands(config, table, batch) for batch in batches)
+        self._send(settings, (c for c in commands if c is not None))
+
+    def _commands(
+        self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch
+    ) -> tuple[bytes, int] | None:
+        """The batch as RESP commands and the number of replies they get, or None when it
+        was written through Feast's own path instead."""
         settings = config.online_store
         cells = Cells.of(table, batch)
         times, when = distinct_times(batch, table.batch_source.timestamp_field)
-        if (
-            cells is None
-            or settings.redis_type != RedisType.redis
-            or not settings.skip_dedup  # Feast's path reads the stored timestamps first
-            or any(pd.isna(t) for t in times)
-        ):
+        if cells is None or any(pd.isna(t) for t in times):
             self.online_write_batch(config, table, _protos(config, table, batch), None)
-            return
+            return None
         n = batch.num_rows
         view = _versioned_fv_name(table, config)
         stamps = []
@@ -602,7 +629,7 @@ class BulkRedisOnlineStore(RedisOnlineStore):
             command.add(_bulk(_mmh3(f"{view}:{name}")) + b"$")
             command.add(_length_byte(nulls, ord(str(width)), ord("0")))
             command.add(b"\r\n")
-            present = ~nulls.reshape(-1, 1)
+            present = ~nulls.reshape(-1, 1) if nulls.any() else None
             command.add(tag, present)
             command.add(payload, present)
             command.add(b"\r\n")
@@ -610,19 +637,57 @@ class BulkRedisOnlineStore(RedisOnlineStore):
             command.add(b"*3\r\n" + _bulk(b"EXPIRE"))
             command.add(key_bulks, key_keep)
             command.add(_bulk(str(int(ttl)).encode()))
-        self._send(settings, command.joined(), n * (2 if ttl else 1))
+        return command.joined(), n * (2 if ttl else 1)
 
-    def _send(self, settings: RedisOnlineStoreConfig, payload: bytes, replies: int) -> None:
-        """Send packed commands on one of the client's connections and read every reply;
-        an error reply raises (the connection, its replies unread, is dropped)."""
+    def _send(self, settings: RedisOnlineStoreConfig, batches: Iterator[tuple[bytes, int]]):
+        """Send packed commands on one of the client's connections while their replies are
+        read: a thread sends each batch as soon as it is packed (Redis works through it
+        while the next one is packed), another reads the replies (one each, every one
+        read). An error reply or a broken connection raises here; the connection, its
+        other replies unread, is then dropped."""
         pool = self._get_client(settings).connection_pool
         conn = pool.get_connection()
+        failed: list[BaseException] = []
+        payloads: queue.Queue[bytes | None] = queue.Queue(maxsize=2)  # bounds the memory
+        counts: queue.Queue[int | None] = queue.Queue()
+
+        def send() -> None:
+            try:
+                for payload in iter(payloads.get, None):
+                    if not failed:
+                        conn.send_packed_command([payload])
+            except BaseException as e:
+                failed.append(e)
+                conn.disconnect()  # stops the reader
+                for _ in iter(payloads.get, None):  # let the packer finish
+                    pass
+
+        def read() -> None:
+            try:
+                for count in iter(counts.get, None):
+                    for _ in range(count):
+                        conn.read_response()
+            except BaseException as e:
+                failed.append(e)
+                conn.disconnect()  # stops the sender
+
+        threads = [
+            threading.Thread(target=send, name="bulk-redis-send", daemon=True),
+            threading.Thread(target=read, name="bulk-redis-read", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
         try:
-            conn.send_packed_command([payload])
-            for _ in range(replies):
-                conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            raise
+            for payload, count in batches:
+                if failed:
+                    break
+                counts.put(count)
+                payloads.put(payload)
         finally:
+            payloads.put(None)
+            counts.put(None)
+            for thread in threads:
+                thread.join()
             pool.release(conn)
+        if failed:
+            raise failed[0]

@@ -419,7 +419,7 @@ def test_the_bulk_write_reads_back_as_feasts_own(sqlite_store, tmp_path: Path) -
 def test_the_bulk_write_on_redis_stores_feasts_bytes(sqlite_store, tmp_path: Path) -> None:
     """Redis: the bulk write leaves every entity's hash byte for byte as Feast's stock
     write does (each under a Feast project of the test's own), with the same expiry, and
-    reads back the same; every key the test wrote is removed."""
+    reads back the same; an error reply raises; every key the test wrote is removed."""
     import redis
 
     if not redis_reachable():
@@ -444,6 +444,10 @@ def test_the_bulk_write_on_redis_stores_feasts_bytes(sqlite_store, tmp_path: Pat
             assert client.hgetall(bulk_key) == client.hgetall(feast_key)
             assert abs(client.ttl(bulk_key) - client.ttl(feast_key)) <= 60
             assert client.ttl(bulk_key) > 6 * 86_400
+        client.delete(keys["bulk"][3])
+        client.set(keys["bulk"][3], b"not a hash")  # Redis refuses an HSET on it
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            materialise_day(open_store(spaces["bulk"]), days[-1])
     finally:
         for key in client.scan_iter(match=f"*{project}_*", count=1000):
             client.delete(key)
