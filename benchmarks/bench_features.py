@@ -1,19 +1,24 @@
-"""Feature-store figures: materialisation rows per second and one user's online read
-latency (p50, p99), on the SQLite online store and on Redis.
+"""Feature-store figures: materialisation users per second and one user's online read
+latency (p50, p99), on the SQLite online store and on Redis, for each way of writing.
 
-Each store gets a throwaway workspace holding one day of synthetic feature rows shaped
-exactly like the real views (every user's USER_FEATURES, a catalogue's COUPON_FEATURES),
-published where the pipeline publishes them; then the pipeline's own calls run:
-`apply_definitions`, `materialise_day`, `online_user_features`. Redis runs under a Feast
-project of its own whose keys are removed afterwards.
+Each store and writer gets a throwaway workspace holding one day of synthetic feature
+rows shaped exactly like the real views (every user's USER_FEATURES, a catalogue's
+COUPON_FEATURES), published where the pipeline publishes them; then the pipeline's own
+calls run in a process of their own: `apply_definitions`, `materialise_day` into the empty
+store, `materialise_day` again (the daily case: every known user rewritten),
+`online_user_features`. `--writers bulk feast` compares feature_repo/bulk.py's write with
+Feast's stock one (`features.online_write`); `--rounds` alternates them and prints medians.
+Redis runs under a Feast project of its own whose keys are removed afterwards.
 
-    .venv/bin/python benchmarks/bench_features.py --users 100000 --reads 2000
+    .venv/bin/python benchmarks/bench_features.py --users 100000 --writers bulk feast
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -65,7 +70,8 @@ def workspace(root: Path, users: int, coupons: int, **features: str) -> Workspac
 
 
 def measure(ws: Workspace, users: int, coupons: int, reads: int) -> dict[str, float]:
-    """Apply, materialise DAY (timed), then time `reads` online reads of random users."""
+    """Apply, materialise DAY into the empty store (timed), again over the rows it holds
+    (timed: a daily run rewrites every known user), then time `reads` online reads."""
     from feature_repo.store import (
         apply_definitions,
         materialise_day,
@@ -76,9 +82,12 @@ def measure(ws: Workspace, users: int, coupons: int, reads: int) -> dict[str, fl
     os.environ[HOME_ENV] = str(ws.root)
     store = open_store(ws)
     apply_definitions(store)
-    started = time.perf_counter()
-    materialise_day(store, DAY)
-    seconds = time.perf_counter() - started
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        materialise_day(store, DAY)
+        seconds.append(time.perf_counter() - started)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     rng = np.random.default_rng(2)
     for user in rng.integers(0, users, 50):  # warm the registry cache and the connection
         online_user_features(store, int(user))
@@ -89,12 +98,15 @@ def measure(ws: Workspace, users: int, coupons: int, reads: int) -> dict[str, fl
         latencies.append(time.perf_counter() - tick)
         assert vector is not None
     ms = np.array(latencies) * 1000
-    if store.config.online_store.type == "redis":
+    if store.config.online_store.type.endswith(("redis", "RedisOnlineStore")):
         store.teardown()
     return {
-        "seconds": seconds,
-        "rows_per_s": (users + coupons) / seconds,
-        "values_per_s": (users * len(USER_FEATURES) + coupons * len(COUPON_FEATURES)) / seconds,
+        "first_s": seconds[0],
+        "again_s": seconds[1],
+        "users_per_s": users / seconds[0],
+        "again_users_per_s": users / seconds[1],
+        "values_per_s": (users * len(USER_FEATURES) + coupons * len(COUPON_FEATURES)) / seconds[0],
+        "peak_gb": peak_gb,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()),
@@ -116,6 +128,14 @@ def main() -> None:
     parser.add_argument("--coupons", type=int, default=20)
     parser.add_argument("--reads", type=int, default=2_000, help="online reads timed per store")
     parser.add_argument("--stores", nargs="+", default=["sqlite", "redis"])
+    parser.add_argument(
+        "--writers",
+        nargs="+",
+        default=["bulk"],
+        choices=["bulk", "feast"],
+        help="features.online_write: feature_repo/bulk.py's write, or Feast's stock one",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="each variant, alternated")
     parser.add_argument("--redis", default="127.0.0.1:6379")
     args = parser.parse_args()
     quiet_libraries()
@@ -125,28 +145,51 @@ def main() -> None:
         f"{len(COUPON_FEATURES)} stats, one day; {args.reads:,} single-user online reads"
     )
     print(
-        f"{'store':8} {'materialise':>12} {'rows/s':>10} {'values/s':>11} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'mean ms':>8}"
+        f"{'round':>5} {'store':7} {'writer':6} {'first':>8} {'users/s':>9} {'rewrite':>8} "
+        f"{'users/s':>9} {'values/s':>11} {'peak GB':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'load':>5}"
     )
     scratch = Path(tempfile.mkdtemp(prefix="bench-features-"))
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
-        for kind in args.stores:
-            if kind == "redis" and not redis_reachable(args.redis):
-                print(f"{kind:8} skipped: nothing listens on {args.redis}")
-                continue
-            settings = {"online_store": kind, "redis": args.redis}
-            if kind == "redis":
-                settings["project"] = f"couponflow_bench_{uuid.uuid4().hex[:8]}"
-            ws = workspace(scratch / kind, args.users, args.coupons, **settings)
-            r = measure(ws, args.users, args.coupons, args.reads)
-            print(
-                f"{kind:8} {r['seconds']:>11.1f}s {r['rows_per_s']:>10,.0f} "
-                f"{r['values_per_s']:>11,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                f"{r['mean_ms']:>8.2f}",
-                flush=True,
-            )
+        for round_ in range(args.rounds):
+            for kind in args.stores:
+                if kind == "redis" and not redis_reachable(args.redis):
+                    if round_ == 0:
+                        print(f"{'':5} {kind:7} skipped: nothing listens on {args.redis}")
+                    continue
+                for writer in args.writers if round_ % 2 == 0 else args.writers[::-1]:
+                    settings = {"online_store": kind, "redis": args.redis, "online_write": writer}
+                    if kind == "redis":
+                        settings["project"] = f"couponflow_bench_{uuid.uuid4().hex[:8]}"
+                    root = scratch / f"{kind}-{writer}-{round_}"
+                    ws = workspace(root, args.users, args.coupons, **settings)
+                    r = run_apart(ws, args.users, args.coupons, args.reads)
+                    shutil.rmtree(root, ignore_errors=True)
+                    results.setdefault((kind, writer), []).append(r)
+                    print(row(str(round_ + 1), kind, writer, r), flush=True)
+        if args.rounds > 1:
+            for (kind, writer), runs in results.items():
+                median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+                print(row("med", kind, writer, median))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def row(label: str, kind: str, writer: str, r: dict[str, float]) -> str:
+    return (
+        f"{label:>5} {kind:7} {writer:6} {r['first_s']:>7.1f}s {r['users_per_s']:>9,.0f} "
+        f"{r['again_s']:>7.1f}s {r['again_users_per_s']:>9,.0f} {r['values_per_s']:>11,.0f} "
+        f"{r['peak_gb']:>7.2f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['load']:>5.1f}"
+    )
+
+
+def run_apart(ws: Workspace, users: int, coupons: int, reads: int) -> dict[str, float]:
+    """`measure` in a process of its own (its peak memory is its own), with the 1-minute
+    load average at its end."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result = pool.apply(measure, (ws, users, coupons, reads))
+    return {**result, "load": os.getloadavg()[0]}
 
 
 if __name__ == "__main__":

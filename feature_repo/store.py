@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,7 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
-from feast import FeatureStore, RepoConfig
+from feast import FeatureStore, FeatureView, FileSource, RepoConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
@@ -35,6 +37,7 @@ from couponflow.features import (
     day_end,
 )
 from couponflow.landing import write_partition
+from feature_repo import bulk
 
 REPO_DIR = Path(__file__).resolve().parent
 # Each batch view and the computation of its rows for a day.
@@ -60,19 +63,35 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+# `features.online_write` -> (the SQLite store, the Redis store, the batch engine) Feast is
+# configured with: ours, which write a batch at once (feature_repo/bulk.py), or Feast's own.
+WRITERS = {
+    "bulk": (bulk.SQLITE, bulk.REDIS, bulk.ENGINE),
+    "feast": ("sqlite", "redis", "local"),
+}
+
+
 def open_store(ws: Workspace) -> FeatureStore:
     """The workspace's feature store: feature_store.yaml, with the online store chosen
     by `features.online_store` in params.yaml (sqlite by default, or redis), the Feast
-    project by `features.project` (its name prefixes every Redis key) and the rows per
-    online-store write by `features.online_write_batch`."""
+    project by `features.project` (its name prefixes every Redis key), the rows per
+    online-store write by `features.online_write_batch`, and how materialisation writes
+    by `features.online_write` (`bulk`: feature_repo/bulk.py's engine and stores; `feast`:
+    Feast's stock ones, another SQLite layout: re-materialise after switching)."""
     os.environ[HOME_ENV] = str(ws.root)  # the definitions locate their source through it
     with open(REPO_DIR / "feature_store.yaml") as fh:
         raw = yaml.safe_load(os.path.expandvars(fh.read()))
     settings = ws.params.get("features", {})
     raw["project"] = settings.get("project", raw["project"])
+    writer = settings.get("online_write", "bulk")
+    if writer not in WRITERS:
+        raise ValueError(f"features.online_write is {writer!r}: one of {', '.join(WRITERS)}")
+    sqlite_type, redis_type, engine = WRITERS[writer]
+    raw["online_store"]["type"] = sqlite_type
+    raw["batch_engine"] = {"type": engine}
     if settings.get("online_store", "sqlite") == "redis":
         raw["online_store"] = {
-            "type": "redis",
+            "type": redis_type,
             "connection_string": RedisSettings.of(ws).feast_connection_string,
             "key_ttl_seconds": 7 * 86_400,
             "skip_dedup": True,  # rewrite a re-run date like SQLite does; see materialise_day
@@ -86,6 +105,11 @@ def open_store(ws: Workspace) -> FeatureStore:
         return FeatureStore(config=RepoConfig(repo_path=REPO_DIR, **raw), repo_path=str(REPO_DIR))
 
 
+def is_sqlite(store: FeatureStore) -> bool:
+    """Whether the online store is a SQLite file (Feast's store or ours)."""
+    return isinstance(store.config.online_store, SqliteOnlineStoreConfig)
+
+
 def apply_definitions(store: FeatureStore) -> None:
     """`feast apply` for our definitions, reading the workspace open_store set (idempotent);
     a SQLite online store is put in WAL mode, so that serving's reads never wait for a
@@ -95,7 +119,7 @@ def apply_definitions(store: FeatureStore) -> None:
 
     with _quiet():
         store.apply(feast_objects(Workspace.from_env().features))
-    if store.config.online_store.type == "sqlite":
+    if is_sqlite(store):
         with contextlib.closing(sqlite3.connect(store.config.online_store.path)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
 
@@ -158,20 +182,101 @@ def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataF
 
 
 def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> pd.DataFrame:
-    """The features `refs` of each row of (join key, event_timestamp) as they were at that
-    time (NaN for a null key or no row), in row order. Feast is asked once per distinct
-    pair: its file offline store keeps one row per (join keys, timestamp), so a user
-    offered two coupons at the same moment would otherwise lose one of the rows."""
+    """The features `refs` (of one view) of each row of (join key, event_timestamp) as they
+    were at that time (NaN for a null key or no row), in row order. Feast is asked once per
+    distinct pair: its file offline store keeps one row per (join keys, timestamp), so a
+    user offered two coupons at the same moment would otherwise lose one of the rows.
+
+    The pairs are joined in chunks of consecutive days (JOIN_ROWS pairs or so each), each
+    against only the partitions its times can reach (`reachable_partitions`): Feast's file
+    store reads its whole source and then matches every entity row with every row of its
+    key, so the source read and the match both grew with the history kept."""
     key = keys.columns[0]
     names = [ref.split(":")[1] for ref in refs]
     distinct = keys.dropna().drop_duplicates().reset_index(drop=True)
     distinct["pair"] = np.arange(len(distinct))
     if distinct.empty:
         return pd.DataFrame(np.nan, index=keys.index, columns=names)
-    with _quiet():
-        joined = store.get_historical_features(entity_df=distinct, features=refs).to_df()
+    view = store.get_feature_view(refs[0].split(":")[0])
+    joined = pd.concat(
+        [_join_window(store, view, chunk, refs) for chunk in _chunks(distinct)],
+        ignore_index=True,
+    )
     pair = keys.merge(distinct, on=[key, "event_timestamp"], how="left")["pair"]
     return joined.set_index("pair")[names].reindex(pair.fillna(-1)).reset_index(drop=True)
+
+
+JOIN_ROWS = 1_000_000  # entity rows per Feast join, in whole days: bounds its memory
+
+
+def _chunks(rows: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or the end."""
+    day = rows["event_timestamp"].dt.floor("D")
+    sizes = day.value_counts().sort_index()
+    start, count = None, 0
+    for when, size in sizes.items():
+        start = when if start is None else start
+        count += size
+        if count >= JOIN_ROWS or when == sizes.index[-1]:
+            yield rows[(day >= start) & (day <= when)]
+            start, count = None, 0
+
+
+def reachable_partitions(
+    dates: list[str], first: pd.Timestamp, last: pd.Timestamp, ttl: pd.Timedelta | None
+) -> list[str]:
+    """The partition dates a point-in-time join of times in [first, last] can use, when
+    partition D holds rows stamped within [D, day_end(D)] (publish_features stamps them
+    at day_end): D >= first - ttl - 1 day, so that its rows are not too old (no bound
+    without a ttl), and D <= last, so that they are not too new."""
+    first, last = (pd.Timestamp(t).tz_localize(None) for t in (first, last))
+    low = (first - ttl - pd.Timedelta(days=1)).ceil("D") if ttl else None
+    return [
+        d
+        for d in dates
+        if (low is None or pd.Timestamp(d) >= low) and pd.Timestamp(d) <= last.floor("D")
+    ]
+
+
+def _join_window(
+    store: FeatureStore, view: FeatureView, rows: pd.DataFrame, refs: list[str]
+) -> pd.DataFrame:
+    """Feast's point-in-time join of `rows` with `view`, its file source narrowed to the
+    partitions the rows' times can reach: a folder of links to them, the view's copy
+    pointing there (the registered view keeps its whole folder), the same provider join
+    FeatureStore.get_historical_features runs."""
+    source = view.batch_source
+    root = Path(source.path)
+    times = pd.to_datetime(rows["event_timestamp"], utc=True).dt.tz_convert(None)
+    ttl = pd.Timedelta(view.ttl) if view.ttl else None
+    dates = sorted(p.name.removeprefix("date=") for p in root.glob("date=*"))
+    keep = reachable_partitions(dates, times.min(), times.max(), ttl)
+    if not keep:  # nothing known yet at those times
+        names = [ref.split(":")[1] for ref in refs]
+        return rows.assign(**dict.fromkeys(names, np.nan))
+    with tempfile.TemporaryDirectory(prefix=f"{view.name}-window-") as window:
+        for date in keep:
+            (Path(window) / f"date={date}").mkdir()
+            for file in (root / f"date={date}").iterdir():
+                (Path(window) / f"date={date}" / file.name).symlink_to(file.resolve())
+        view.batch_source = FileSource(
+            name=source.name,
+            path=window,
+            timestamp_field=source.timestamp_field,
+            created_timestamp_column=source.created_timestamp_column,
+            field_mapping=source.field_mapping,
+        )
+        with _quiet():
+            job = store.provider.get_historical_features(
+                config=store.config,
+                feature_views=[view],
+                feature_refs=refs,
+                entity_df=rows,
+                registry=store.registry,
+                project=store.project,
+                full_feature_names=False,
+            )
+            return job.to_df()
 
 
 def coupon_stats_at(
@@ -219,7 +324,7 @@ class OnlineUserReader:
         view = store.get_feature_view("user_activity")
         self._read = partial(store.provider.online_read, store.config, view)
         self._read_async = partial(store.provider.online_read_async, store.config, view)
-        self.in_place = store.config.online_store.type == "sqlite"
+        self.in_place = is_sqlite(store)
 
     def __call__(self, user_id: int) -> np.ndarray | None:
         # A fresh list each call: Feast's Redis store appends its timestamp key to it.

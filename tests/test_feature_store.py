@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
 from couponflow.config import (
     HOME_ENV,
@@ -42,8 +44,10 @@ from couponflow.model import ARM_FEATURES, encode_arms
 from couponflow.policy import with_control
 from couponflow.processes import free_port, listening
 from feature_repo.store import (
+    COUPON_REFS,
     USER_REFS,
     OnlineUserReader,
+    _user_key,
     apply_definitions,
     coupon_stats_at,
     historical_features,
@@ -53,12 +57,13 @@ from feature_repo.store import (
     online_user_features,
     open_store,
     publish_features,
+    push_user_features,
 )
 
 pytestmark = pytest.mark.integration  # Feast stores, and Redis
 
 N_USERS = 200
-N_DAYS = 4
+N_DAYS = 5
 REDIS = ("127.0.0.1", 6379)
 
 
@@ -269,6 +274,187 @@ def test_materialising_in_batches_writes_what_one_batch_writes(
     assert all(v is not None for name in USER_FEATURES for v in many[name])
 
 
+def test_a_training_window_reads_and_covers_only_its_days(
+    sqlite_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`model.training_days: 1` with `evaluation.days: 1`: the training table covers the
+    newest three of the four labelled days (train, early stop, evaluate), its rows those
+    of the whole history's table on those days; the stage read only those days' offline
+    partitions, and the join only the feature partitions their times can reach."""
+    import feature_repo.store as store_module
+    import training.dataset as dataset
+
+    ws, days = sqlite_store
+    full = dataset.build(ws)
+    assert sorted(full["day"].dt.strftime("%Y-%m-%d").unique()) == days[1:]
+
+    windowed = Workspace(tmp_path / "windowed")
+    windowed.root.mkdir()
+    shutil.copytree(ws.offline, windowed.offline)
+    params = load_params(ws.params_file)
+    set_param(params, "model.training_days", 1)
+    set_param(params, "evaluation.days", 1)
+    windowed.params_file.write_text(yaml.safe_dump(params))
+    read, reached = [], []
+    reading, reaching = dataset.read_offline, store_module.reachable_partitions
+    monkeypatch.setattr(dataset, "read_offline", lambda w, t, d: read.extend(d) or reading(w, t, d))
+    monkeypatch.setattr(
+        store_module,
+        "reachable_partitions",
+        lambda *a: reached.extend(out := reaching(*a)) or out,
+    )
+    monkeypatch.setattr(store_module, "open_store", lambda _: open_store(ws))  # ws's features
+    table = dataset.build(windowed)
+
+    assert dataset.window(windowed) == days[-3:] and set(read) == set(days[-3:])
+    assert reached and set(reached) <= set(days)  # the ttl (7 days) reaches the whole history
+    assert sorted(table["day"].dt.strftime("%Y-%m-%d").unique()) == days[-3:]
+    expected = full[full["day"] >= pd.Timestamp(days[-3])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), expected)
+
+
+def test_a_join_reads_the_partitions_its_times_can_reach() -> None:
+    """Rows stamped at the end of their day, a 7-day ttl: times on the 15th reach back to
+    the partition of the 8th (stamped the 9th, 0:00) and no later than the 14th's."""
+    from feature_repo.store import reachable_partitions
+
+    dates = [f"2026-01-{d:02d}" for d in range(1, 21)]
+    at = pd.Timestamp("2026-01-15 12:00", tz="UTC")
+    week = pd.Timedelta(days=7)
+    got = reachable_partitions(dates, at, at, week)
+    assert got[0] == "2026-01-08" and got[-1] == "2026-01-15"
+    assert reachable_partitions(dates, at - pd.Timedelta(days=3), at, None) == dates[:15]
+
+
+def writer_workspaces(
+    source: Workspace, root: Path, day: str, project: str = "couponflow", **features: object
+) -> dict[str, Workspace]:
+    """The same offline features materialised on `day` by Feast's stock write and by
+    feature_repo/bulk.py's, in two workspaces (Feast projects `<project>_<writer>`); a few
+    of the copy's values are null or NaN (Feast writes both as an empty value)."""
+    partition = pd.read_parquet(source.features / "user_activity" / f"date={day}")
+    partition.loc[partition.index[:5], "sessions_7d"] = np.nan
+    partition.loc[partition.index[7], USER_FEATURES] = np.nan
+    spaces = {}
+    for writer in ("feast", "bulk"):
+        ws = Workspace(root / writer)
+        params = load_params(source.params_file)
+        settings = {**features, "online_write": writer, "project": f"{project}_{writer}"}
+        for key, value in settings.items():
+            set_param(params, f"features.{key}", value)
+        ws.root.mkdir(parents=True)
+        ws.params_file.write_text(yaml.safe_dump(params))
+        shutil.copytree(source.features, ws.features)
+        partition.to_parquet(ws.features / "user_activity" / f"date={day}" / "part.parquet")
+        store = open_store(ws)
+        apply_definitions(store)
+        assert materialise_day(store, day) == ["user_activity", "coupon_stats"]
+        spaces[writer] = Workspace(ws.root)
+    return spaces
+
+
+def assert_reads_agree(spaces: dict[str, Workspace], coupons: list[str]) -> None:
+    """Every user (and one unknown), every coupon: `get_online_features` and the raw
+    `online_read` (timestamps included) of the bulk write equal those of Feast's own."""
+    users = [{"user_id": user} for user in [*range(N_USERS), N_USERS + 5]]
+    stores = {writer: open_store(ws) for writer, ws in spaces.items()}
+    for refs, rows in ((USER_REFS, users), (COUPON_REFS, [{"coupon_id": c} for c in coupons])):
+        read = {
+            writer: store.get_online_features(features=refs, entity_rows=rows).to_dict()
+            for writer, store in stores.items()
+        }
+        assert read["bulk"] == read["feast"]
+    assert read["bulk"]["coupon_id"] == coupons and None not in read["bulk"][COUPON_FEATURES[0]]
+    view = {writer: store.get_feature_view("user_activity") for writer, store in stores.items()}
+    keys = [_user_key(user) for user in range(0, N_USERS, 3)]
+    raw = {  # a fresh list of names each: Feast's Redis store appends to it
+        writer: store.provider.online_read(store.config, view[writer], keys, list(USER_FEATURES))
+        for writer, store in stores.items()
+    }
+    assert raw["bulk"] == raw["feast"]
+
+
+def test_the_bulk_write_reads_back_as_feasts_own(sqlite_store, tmp_path: Path) -> None:
+    """SQLite: feature_repo/bulk.py's engine and store (7 rows a write: several batches)
+    against Feast's stock materialisation of the same rows, nulls and NaNs included; a
+    store Feast wrote, opened with the bulk store, reads Feast's rows until its first bulk
+    materialisation; a push to each store reads back the same."""
+    from feature_repo import bulk
+
+    ws, days = sqlite_store
+    spaces = writer_workspaces(ws, tmp_path, days[-1], online_write_batch=7)
+    stores = {writer: open_store(w) for writer, w in spaces.items()}
+    assert stores["bulk"].config.online_store.type == bulk.SQLITE
+    assert stores["feast"].config.online_store.type == "sqlite"
+    coupons = sorted(read_offline(ws, "coupons", [days[-1]])["coupon_id"].astype(str))
+    assert_reads_agree(spaces, coupons)
+    with sqlite3.connect(stores["bulk"].config.online_store.path) as conn:
+        count = 'SELECT COUNT(*) FROM "couponflow_bulk_user_activity{}"'
+        (rows,) = conn.execute(count.format("__rows")).fetchone()
+        (values,) = conn.execute(count.format("")).fetchone()
+    assert (rows, values) == (N_USERS, 0)  # one row a user, none in Feast's layout
+
+    upgraded = Workspace(tmp_path / "upgraded")
+    shutil.copytree(spaces["feast"].root, upgraded.root)
+    params = load_params(upgraded.params_file)
+    set_param(params, "features.online_write", "bulk")
+    upgraded.params_file.write_text(yaml.safe_dump(params))
+    upgraded = Workspace(upgraded.root)
+    assert_reads_agree({"feast": spaces["feast"], "bulk": upgraded}, coupons)
+    store = open_store(upgraded)
+    apply_definitions(store)
+    materialise_day(store, days[-1])
+    assert_reads_agree({"feast": spaces["feast"], "bulk": upgraded}, coupons)
+    with pytest.raises(ValueError, match="online_write"):
+        params["features"]["online_write"] = "fast"
+        upgraded.params_file.write_text(yaml.safe_dump(params))
+        open_store(Workspace(upgraded.root))
+
+    vector = np.arange(len(USER_FEATURES), dtype=np.float32)
+    for store in stores.values():
+        push_user_features(store, 11, vector, day_end(days[-1]) + pd.Timedelta(hours=1))
+    assert_reads_agree(spaces, coupons)
+    np.testing.assert_array_equal(online_user_features(stores["bulk"], 11), vector)
+
+
+@pytest.mark.redis
+def test_the_bulk_write_on_redis_stores_feasts_bytes(sqlite_store, tmp_path: Path) -> None:
+    """Redis: the bulk write leaves every entity's hash byte for byte as Feast's stock
+    write does (each under a Feast project of the test's own), with the same expiry, and
+    reads back the same; an error reply raises; every key the test wrote is removed."""
+    import redis
+
+    if not redis_reachable():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    ws, days = sqlite_store
+    client = redis.Redis(*REDIS)
+    project = f"couponflow_test_{uuid.uuid4().hex[:12]}"
+    try:
+        spaces = writer_workspaces(
+            ws, tmp_path, days[-1], project, online_store="redis", online_write_batch=7
+        )
+        coupons = sorted(read_offline(ws, "coupons", [days[-1]])["coupon_id"].astype(str))
+        assert_reads_agree(spaces, coupons)
+        keys = {
+            writer: sorted(client.scan_iter(match=f"*{project}_{writer}", count=1000))
+            for writer in spaces
+        }
+        assert len(keys["bulk"]) == N_USERS + len(coupons)
+        suffix = len(f"{project}_bulk")
+        assert [k[:-suffix] for k in keys["bulk"]] == [k[: -suffix - 1] for k in keys["feast"]]
+        for bulk_key, feast_key in zip(keys["bulk"], keys["feast"], strict=True):
+            assert client.hgetall(bulk_key) == client.hgetall(feast_key)
+            assert abs(client.ttl(bulk_key) - client.ttl(feast_key)) <= 60
+            assert client.ttl(bulk_key) > 6 * 86_400
+        client.delete(keys["bulk"][3])
+        client.set(keys["bulk"][3], b"not a hash")  # Redis refuses an HSET on it
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            materialise_day(open_store(spaces["bulk"]), days[-1])
+    finally:
+        for key in client.scan_iter(match=f"*{project}_*", count=1000):
+            client.delete(key)
+
+
 @pytest.mark.redis
 def test_the_same_path_on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Materialise (7 rows a write), read and re-run against the real Redis, under a Feast
@@ -285,7 +471,7 @@ def test_the_same_path_on_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ws, days = featurised_workspace(
             tmp_path / "ws", online_store="redis", project=project, online_write_batch=7
         )
-        assert open_store(ws).config.online_store.type == "redis"
+        assert isinstance(open_store(ws).config.online_store, RedisOnlineStoreConfig)
         assert any(client.scan_iter(match=f"*{project}", count=1000))
         assert_offline_and_online_agree(ws, days)
         assert_rerun_is_idempotent(ws, days)

@@ -1,7 +1,9 @@
 """DVC stage `dataset`: the training table of logged offers, each with its outcome, the
 user's features and the offered coupon's stats as of the moment of the offer (a
 point-in-time join through Feast, so no label leaks back from the future), and the
-on-demand `relative_value` Feast computes from them.
+on-demand `relative_value` Feast computes from them. It covers a window of the newest
+days (`model.training_days`, plus the early-stopping and evaluation days), so the table,
+the reads and the join stop growing with the history kept.
 
 Run from the workspace root: `python -m training.dataset`.
 """
@@ -43,11 +45,26 @@ def label_offers(offers: pd.DataFrame, orders: pd.DataFrame, margin: float) -> p
     return out
 
 
+def window(ws: Workspace) -> list[str]:
+    """The offline days the training table covers: the newest `model.training_days` + 1
+    (early stopping) + `evaluation.days` of them (training.train.split_days takes them
+    apart in that order), never the first offline day, which has no features yet."""
+    days = offline_days(ws)[1:]
+    training_days = ws.params["model"].get("training_days")  # absent (older workspaces): all
+    if training_days is None:
+        return days
+    if not isinstance(training_days, int) or isinstance(training_days, bool) or training_days < 1:
+        raise ValueError(f"model.training_days is {training_days!r}: a whole number >= 1")
+    return days[-(training_days + 1 + int(ws.params["evaluation"].get("days", 1))) :]
+
+
 def build(ws: Workspace) -> pd.DataFrame:
-    """Every logged offer from the second offline day on (the first has no features yet)."""
+    """Every logged offer of the window's days. Only their partitions of the offline
+    tables are read, and the point-in-time join reads only the feature partitions their
+    times can reach (feature_repo.store.historical_features)."""
     from feature_repo.store import historical_features, open_store
 
-    days = offline_days(ws)[1:]
+    days = window(ws)
     offers = read_offline(ws, "offers", days)
     orders = read_offline(ws, "orders", days)
     labelled = label_offers(offers, orders, float(ws.params["world"]["margin"]))
