@@ -13,14 +13,33 @@ tables), "gx" the Great Expectations run including it. Figures print; nothing is
 `--broken SHARE` breaks that share of the orders twice (a negative amount, an unknown user) to
 time a rejection: GX then collects the key of every failing row before keeping a sample of them,
 a Python loop over the failing rows.
+
+The whole validation step, every table, as the DAG's validate task runs it:
+
+    .venv/bin/python benchmarks/bench_validation.py --events 1000000 [--history-days 3]
+        [--rounds 5] [--root DIR] [--trees DIR ...]
+
+A workspace at that many events a day (sessions + offers + orders; world.n_users scaled by
+bench_world's calibration, as bench_daily_run does) gets `--history-days` simulated days
+landed, validated and loaded into the offline store (no features: validation reads none), and
+the next day landed. Then each round runs the DAG's validate task on that day in a fresh
+process, as an Airflow worker runs it (bench_daily_run's child: the DAG file loaded, then
+`require_valid`): `process s` is the whole process (start-up, Airflow and GX imported), `call s`
+the task callable. A batch that fails stops the benchmark (it would leave landing). `--trees`
+alternates source trees round by round (each run with its own PYTHONPATH, e.g. a checkout of
+the code before a change) on the same workspace; `--root` keeps the workspace for later runs
+(seeding 1M events a day takes minutes). Medians print last.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,14 +184,119 @@ def measure(n: int, broken: float) -> dict[str, Any]:
     }
 
 
+def events_workspace(events: int, history_days: int, root: Path) -> tuple[Workspace, str]:
+    """A workspace at `events` a day with `history_days` accepted days (landed, validated, in
+    the offline store) and the next day landed; reused when `root` already holds it."""
+    try:
+        from benchmarks.bench_world import events_per_user
+    except ImportError:  # run as a script: benchmarks/ is first on the path
+        from bench_world import events_per_user
+
+    from couponflow.cli import next_days
+    from couponflow.landing import load_offline, read_batch, write_batch
+    from couponflow.workspace import init_workspace
+    from couponflow.world import World
+    from expectations.validate import require_valid
+
+    path = root / f"events-{events}-history-{history_days}"
+    ready = path / "bench-day.txt"
+    if ready.exists():
+        return Workspace(path), ready.read_text().strip()
+    shutil.rmtree(path, ignore_errors=True)
+    n_users = math.ceil(events / events_per_user())
+    ws = init_workspace(path, {"world.n_users": n_users, "world.history_days": history_days})
+    world = World(ws.params["world"])  # one world for every day: its first day replays the past
+    start = pd.Timestamp(ws.params["world"]["start_date"])
+    for i in range(history_days):
+        day = str((start + pd.Timedelta(days=i)).date())
+        write_batch(ws.landing_partition(day), world.simulate_day(day))
+        require_valid(ws, day)
+        load_offline(ws, day, read_batch(ws.landing_partition(day)))
+    day = next_days(ws, 1)[0]
+    batch = world.simulate_day(day)
+    write_batch(ws.landing_partition(day), batch)
+    print(
+        f"workspace {path}: {n_users:,} users, {history_days} accepted days, {day} landed: "
+        + ", ".join(f"{name} {len(frame):,}" for name, frame in batch.items()),
+        flush=True,
+    )
+    ready.write_text(day)
+    return ws, day
+
+
+def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
+    """The DAG's validate task on `day`, in a fresh process running `tree`'s code."""
+    from couponflow.cli import airflow_env
+
+    env = airflow_env(ws) | {"PYTHONPATH": str(tree)}
+    with tempfile.TemporaryDirectory(prefix="bench-validate-") as scratch:
+        out, upstream = Path(scratch) / "out.json", Path(scratch) / "in.json"
+        upstream.write_text("null")
+        cmd = [sys.executable, str(tree / "benchmarks" / "bench_daily_run.py"), "--child"]
+        cmd += ["validate", "--day", day, "--out", str(out), "--upstream", str(upstream)]
+        started = time.perf_counter()
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        ended = time.perf_counter()
+        if done.returncode != 0:
+            raise SystemExit(
+                f"validate failed with {tree}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+            )
+        result = json.loads(out.read_text())
+    return {
+        "process_s": ended - started,
+        "call_s": result["call_s"],
+        "rows": result["result"]["rows"],
+        "warnings": result["result"]["warnings"],
+        "load": os.getloadavg()[0],
+    }
+
+
+def whole_step(events: int, history_days: int, rounds: int, root: Path, trees: list[Path]) -> None:
+    """Time the validate task at `events` a day, `rounds` times per tree, trees alternating."""
+    ws, day = events_workspace(events, history_days, root)
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
+    print(f"{'round':>5} {'tree':<40} {'process s':>9} {'call s':>7} {'load':>5}")
+    times: dict[Path, list[dict[str, Any]]] = {tree: [] for tree in trees}
+    for i in range(rounds):
+        for tree in trees:
+            r = validate_task(ws, day, tree)
+            times[tree].append(r)
+            print(
+                f"{i + 1:>5} {str(tree)[-40:]:<40} {r['process_s']:>9.2f} {r['call_s']:>7.2f} "
+                f"{r['load']:>5.2f}",
+                flush=True,
+            )
+    rows = ", ".join(f"{name} {n:,}" for name, n in times[trees[0]][0]["rows"].items())
+    print(f"{day} at {events:,} events a day ({rows}); median of {rounds} rounds:")
+    for tree, found in times.items():
+        process = statistics.median(r["process_s"] for r in found)
+        call = statistics.median(r["call_s"] for r in found)
+        load = statistics.median(r["load"] for r in found)
+        print(f"  {tree}: process {process:.2f} s, call {call:.2f} s (load {load:.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--broken", type=float, default=0.0, help="share of orders to break")
+    parser.add_argument("--events", type=int, help="time the whole validate task at this scale")
+    parser.add_argument("--history-days", type=int, default=3, help="accepted days before it")
+    parser.add_argument("--rounds", type=int, default=5, help="validate runs per tree")
+    parser.add_argument("--root", type=Path, help="keep the workspace here (default: removed)")
+    parser.add_argument("--trees", type=Path, nargs="+", default=[PROJECT_ROOT])
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # rows, run in-process
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.broken)))
+        return
+    if args.events:
+        root = args.root or Path(tempfile.mkdtemp(prefix="bench-validation-"))
+        try:
+            trees = [tree.resolve() for tree in args.trees]
+            whole_step(args.events, args.history_days, args.rounds, root, trees)
+        finally:
+            if args.root is None:
+                shutil.rmtree(root, ignore_errors=True)
         return
 
     print(
