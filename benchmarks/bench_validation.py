@@ -136,13 +136,19 @@ def identity_index(n: int, dates: int = IDENTITY_DATES) -> dict[str, Any]:
     return {ACCEPTED.format("orders"): KeyIndex(past)}
 
 
-def remember_keys(orders: pd.DataFrame) -> None:
-    """What an accepted batch costs besides: hashing its keys for the days after it."""
+def remember_keys(batch: dict[str, Any]) -> None:
+    """What an accepted batch costs besides: the hashes of its keys for the days after it
+    (made once, by the rule across days, where the code keeps them under HASHES)."""
     try:
-        from expectations.rules import key_hashes
+        from expectations.rules import batch_key_hashes
     except ImportError:
+        try:
+            from expectations.rules import key_hashes
+        except ImportError:
+            return
+        key_hashes(batch["orders"]["order_id"])
         return
-    key_hashes(orders["order_id"])
+    batch_key_hashes(batch, TABLES["orders"])
 
 
 def peak_rss_mb() -> float:
@@ -165,12 +171,18 @@ def measure(n: int, broken: float) -> dict[str, Any]:
         suite = store_suite(context, TABLES["orders"], params["validation"])
         accepted = identity_index(n)
         batch.update(accepted)
+        try:  # where the rule across days leaves the hashes it made, as validate passes it
+            from expectations.rules import HASHES
+
+            batch[HASHES] = {}  # type: ignore[assignment]
+        except ImportError:
+            pass
         t0 = time.perf_counter()
         derive(TABLES["orders"], batch, day)
         t1 = time.perf_counter()
         result = validate_table(context, suite, batch, day, values)
         t2 = time.perf_counter()
-        remember_keys(batch["orders"])
+        remember_keys(batch)
         t3 = time.perf_counter()
     return {
         "rows": n,

@@ -172,7 +172,7 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
     run_id = RunIdentifier(run_name=f"landing-{day}", run_time=datetime.now(UTC))
     results: dict[str, ExpectationSuiteValidationResult] = {}
     warnings: list[str] = []
-    judged = {**batch, **_across_days(ws, day)}
+    judged = {**batch, **_across_days(ws, day), rules.HASHES: {}}
     failures += rules.missing_users(judged)
     for name, table in TABLES.items():
         if name not in batch:
@@ -208,7 +208,7 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
         statistics=_observed(results),
     )
     trailing.record(ws, day, outcome.statistics if outcome.passed else None)
-    _record_keys(ws, day, batch if outcome.passed else None)
+    _record_keys(ws, day, judged if outcome.passed else None)
     if not outcome.passed:
         outcome.quarantine_path = _quarantine(ws, outcome)
     _write_report(outcome, results)
@@ -249,9 +249,10 @@ def _keys_folder(ws: Workspace, table: str) -> Path:
     return ws.validation_reports / "keys" / table
 
 
-def _record_keys(ws: Workspace, day: str, batch: dict[str, pd.DataFrame] | None) -> None:
-    """Keep the key hashes of an accepted batch's event tables (`rules.KeyIndex`); `None` (a
-    rejected batch) forgets the date's, like its statistics."""
+def _record_keys(ws: Workspace, day: str, batch: dict[str, Any] | None) -> None:
+    """Keep the key hashes of an accepted batch's event tables (`rules.KeyIndex`; those the
+    rule across days made are not made again); `None` (a rejected batch) forgets the date's,
+    like its statistics."""
     for name in EVENTS:
         path = _keys_folder(ws, name) / f"{day}.npy"
         frame = (batch or {}).get(name)
@@ -260,7 +261,7 @@ def _record_keys(ws: Workspace, day: str, batch: dict[str, pd.DataFrame] | None)
             path.unlink(missing_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, rules.key_hashes(frame[key]))
+        np.save(path, rules.batch_key_hashes(batch, TABLES[name]))
 
 
 def _across_days(ws: Workspace, day: str) -> dict[str, Any]:
