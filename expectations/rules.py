@@ -25,28 +25,23 @@ import numpy as np
 import pandas as pd
 
 from couponflow.contract import EVENTS, HOLDOUT_SUFFIX, TABLES, Table, coupon_cost
-from expectations.suites import Batch, Derived, _none, _usable
+from expectations.suites import (
+    Batch,
+    Derived,
+    _cached,
+    _none,
+    _rows_of,
+    _taken,
+    _usable,
+    joint_codes,
+)
 
 ACCEPTED = "accepted {}"  # keys of an event table accepted on other dates
 HASHES = "key hashes"  # {table: (frame, its keys' row hashes)}, filled by the rule across days
 PREVIOUS_USERS = "previous users"  # the users snapshot of the last accepted date
-CACHE = "cache"  # lookups shared by the rules of one derive run (see `_cached`)
 EARLIEST_SIGNUP = pd.Timestamp("1990-01-01")  # a signup before this is a broken date
 CENT = 0.011  # discounts are rounded to cents: a larger gap is not rounding
 Broken = Callable[[pd.DataFrame, Batch], pd.Series]
-
-
-def _cached(batch: Batch, key: str, frame: pd.DataFrame, make: Callable[[], object]) -> object:
-    """`make()` once per frame and derive run: `suites.derive` hands each table's rules a
-    fresh context dict with an empty CACHE, so several rules share a lookup (at 1M orders each
-    costs ~0.5 s); called elsewhere, it just makes it."""
-    cache = batch.get(CACHE)
-    if not isinstance(cache, dict):
-        return make()
-    slot = (key, id(frame))
-    if slot not in cache:
-        cache[slot] = make()
-    return cache[slot]
 
 
 TERMS = ["kind", "value", "min_spend", "category"]
@@ -56,25 +51,22 @@ def _coupon_terms(frame: pd.DataFrame, batch: Batch, terms: list[str]) -> pd.Dat
     """The redeemed coupon's `terms` on each row of `frame` (NaN where the coupon is unknown or
     none), or None when the coupons table cannot be used."""
     coupons = batch.get("coupons")
-    if not _usable(coupons, TABLES["coupons"], ["coupon_id", *terms]):
+    table = TABLES["coupons"]
+    if not _usable(coupons, table, ["coupon_id", *terms]):
         return None
-    usable = [t for t in TERMS if _usable(coupons, TABLES["coupons"], [t])]
+    usable = [t for t in TERMS if _usable(coupons, table, [t])]
 
     def lookup() -> pd.DataFrame:
-        known = coupons.drop_duplicates("coupon_id").set_index("coupon_id")
-        at = known.index.get_indexer(frame["coupon_id"])  # -1: no or unknown coupon
+        rows = _rows_of(batch, frame, "coupon_id", table)  # -1: no or unknown coupon
         found = pd.DataFrame(index=frame.index)
         for t in usable:
-            column = known[t].astype(object).to_numpy()
-            values = np.where(at >= 0, column[np.maximum(at, 0)] if len(column) else None, None)
-            found[t] = values
-        for number in ("value", "min_spend"):
-            if number in found:
-                found[number] = pd.to_numeric(found[number], errors="coerce")
+            if table.dtypes[t] == "float64":  # usable: a float column
+                found[t] = _taken(coupons[t], rows, np.nan)
+            else:
+                found[t] = _taken(coupons[t].astype(object), rows, None)
         return found
 
-    terms_found = _cached(batch, "coupon terms", frame, lookup)
-    return terms_found  # type: ignore[return-value]
+    return _cached(batch, "coupon terms", frame, lookup)
 
 
 def _in_range(frame: pd.DataFrame, table: Table, columns: list[str]) -> pd.Series:
@@ -167,21 +159,29 @@ def _before_offer(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     labels join each redemption to an earlier offer). Redemptions without an offer are the
     `occurs_in` rule's."""
     offers = batch.get("offers")
-    keys = ["user_id", "coupon_id", "ts"]
-    if not _usable(offers, TABLES["offers"], keys):
+    keys = ["user_id", "coupon_id"]
+    if not _usable(offers, TABLES["offers"], [*keys, "ts"]):
         return _none(frame)
-    first = offers.dropna(subset=["coupon_id"]).groupby(["user_id", "coupon_id"])["ts"].min()
-    first = first.rename("offered_at").reset_index()
-    at = frame[["user_id", "coupon_id"]].merge(first, how="left", on=["user_id", "coupon_id"])
-    offered = pd.Series(at["offered_at"].to_numpy(), index=frame.index)
+    codes = _cached(batch, f"codes offers {keys}", frame, lambda: joint_codes(frame, offers, keys))
+    if codes is None:
+        first = offers.dropna(subset=["coupon_id"]).groupby(keys)["ts"].min()
+        at = frame[keys].merge(first.rename("offered_at").reset_index(), how="left", on=keys)
+        offered = pd.Series(at["offered_at"].to_numpy(), index=frame.index)
+    else:  # the same, on integer codes of (user_id, coupon_id)
+        ours, theirs = codes
+        keep = offers[keys].notna().all(axis=1).to_numpy()
+        first = pd.Series(offers["ts"].to_numpy()[keep]).groupby(theirs[keep]).min()
+        offered = pd.Series(first.reindex(ours).to_numpy(), index=frame.index)
     return frame["coupon_id"].notna() & offered.notna() & (frame["ts"] < offered)
 
 
 def _holdout_with_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     if not _usable(frame, TABLES["offers"], ["policy_version", "coupon_id"]):
         return _none(frame)
-    held = frame["policy_version"].astype("string").str.endswith(HOLDOUT_SUFFIX)
-    held = held.fillna(False).astype(bool)
+    # a day has a handful of policy versions: test each once, not once a row
+    codes, versions = pd.factorize(frame["policy_version"].astype("string"))
+    suffixed = np.array([str(v).endswith(HOLDOUT_SUFFIX) for v in versions] + [False])
+    held = pd.Series(suffixed[codes], index=frame.index)  # code -1 (null): the last, False
     if "slice" in frame.columns:  # offers that say which logging slice made them
         held |= frame["slice"].astype("string").eq("holdout").fillna(False).astype(bool)
     return (held & frame["coupon_id"].notna()).astype(bool)
