@@ -357,12 +357,16 @@ def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None
     context[CACHE] = {}  # type: ignore[assignment]  # lookups shared by the rules (`_cached`)
     added: dict[str, pd.Series] = {}
     for rule in derived_rules(table):
-        values = pd.Series(None, index=frame.index, dtype=object)
+        # all null as float NaN unless a row breaks the rule: GX tests an object column's
+        # nulls value by value and copies it pointer by pointer, a float column's at once
+        values = pd.Series(np.nan, index=frame.index)
         try:
             broken = pd.Series(rule.broken(frame, context), index=frame.index)
             broken = broken.fillna(False).astype(bool)
             if broken.any():
-                values[broken] = frame.loc[broken, rule.column].astype(object)
+                offending = pd.Series(None, index=frame.index, dtype=object)
+                offending[broken] = frame.loc[broken, rule.column].astype(object)
+                values = offending
         except Exception as exc:
             if errors is None:
                 raise
