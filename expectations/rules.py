@@ -254,8 +254,9 @@ def _keys_as_text(values: pd.Series) -> np.ndarray:
 
 
 def row_hashes(values: pd.Series) -> np.ndarray:
-    """The 64-bit hash of each non-null key, in the rows' order (nulls left out)."""
-    return pd.util.hash_array(_keys_as_text(values))
+    """The 64-bit hash of each non-null key, in the rows' order (nulls left out). Without
+    `categorize` (the same hashes): keys are unique, so factorising them first only costs."""
+    return pd.util.hash_array(_keys_as_text(values), categorize=False)
 
 
 def sorted_unique(hashes: np.ndarray) -> np.ndarray:

@@ -167,6 +167,17 @@ def joint_codes(
     return ours, theirs
 
 
+def _among(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """`np.isin(values, known)` for int64 codes, by a binary search in the sorted `known`
+    (np.isin would first pass both through numpy 2.3's hash-table np.unique, ~0.3 s a
+    half-million codes)."""
+    known = np.sort(known)
+    if not len(known):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(known, values), len(known) - 1)
+    return known[at] == values
+
+
 def _unknown(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Series]:
     """Values not among the referenced table's keys (a missing table offers none)."""
     target = TABLES[table.references[column]]
@@ -218,7 +229,7 @@ def _absent(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Ser
             batch, f"codes {name} {keys}", frame, lambda: joint_codes(frame, other, keys)
         )
         if codes is not None:
-            return present & ~np.isin(codes[0], codes[1])
+            return present & ~_among(codes[0], codes[1])
         found = (
             frame[keys]
             .merge(other[keys].drop_duplicates(), how="left", on=keys, indicator=True)["_merge"]

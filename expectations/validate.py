@@ -420,7 +420,9 @@ def _for_gx(frame: pd.DataFrame) -> pd.DataFrame:
     for name, dtype in frame.dtypes.items():
         if isinstance(dtype, pd.StringDtype) and dtype.storage == "python":
             out[name] = frame[name].astype(arrow)
-    return out
+    # one copy consolidates the columns into a block per dtype: GX's copies would otherwise
+    # each merge the blocks of the columns `derive` added, ~0.1 s a copy at 1M rows
+    return out.copy()
 
 
 def _validation_definition(
