@@ -17,18 +17,20 @@ a Python loop over the failing rows.
 The whole validation step, every table, as the DAG's validate task runs it:
 
     .venv/bin/python benchmarks/bench_validation.py --events 1000000 [--history-days 3]
-        [--rounds 5] [--root DIR] [--trees DIR ...]
+        [--key-days 30] [--rounds 5] [--root DIR] [--trees DIR ...]
 
 A workspace at that many events a day (sessions + offers + orders; world.n_users scaled by
 bench_world's calibration, as bench_daily_run does) gets `--history-days` simulated days
 landed, validated and loaded into the offline store (no features: validation reads none), and
-the next day landed. Then each round runs the DAG's validate task on that day in a fresh
-process, as an Airflow worker runs it (bench_daily_run's child: the DAG file loaded, then
-`require_valid`): `process s` is the whole process (start-up, Airflow and GX imported), `call s`
-the task callable. A batch that fails stops the benchmark (it would leave landing). `--trees`
-alternates source trees round by round (each run with its own PYTHONPATH, e.g. a checkout of
-the code before a change) on the same workspace; `--root` keeps the workspace for later runs
-(seeding 1M events a day takes minutes). Medians print last.
+the next day landed; `--key-days N` adds accepted dates of random keys up to N (the rule across
+days checks every accepted date: a month of them without simulating a month). Then each round
+runs the DAG's validate task on that day in a fresh process, as an Airflow worker runs it
+(bench_daily_run's child: the DAG file loaded, then `require_valid`): `process s` is the whole
+process (start-up, Airflow and GX imported), `call s` the task callable. A batch that fails
+stops the benchmark (it would leave landing). `--trees` alternates source trees round by round
+(each run with its own PYTHONPATH, e.g. a checkout of the code before a change) on the same
+workspace; `--root` keeps the workspace for later runs (seeding 1M events a day takes
+minutes). Medians print last.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import pandas as pd
 import yaml
 
 from couponflow.config import PROJECT_ROOT, Workspace, load_params
-from couponflow.contract import CATEGORIES, TABLES
+from couponflow.contract import CATEGORIES, EVENTS, TABLES
 from expectations import trailing
 from expectations.suites import derive, suite_parameters
 from expectations.validate import open_context, store_suite, validate_table
@@ -196,9 +198,14 @@ def measure(n: int, broken: float) -> dict[str, Any]:
     }
 
 
-def events_workspace(events: int, history_days: int, root: Path) -> tuple[Workspace, str]:
+def events_workspace(
+    events: int, history_days: int, root: Path, key_days: int = 0
+) -> tuple[Workspace, str]:
     """A workspace at `events` a day with `history_days` accepted days (landed, validated, in
-    the offline store) and the next day landed; reused when `root` already holds it."""
+    the offline store) and the next day landed; reused when `root` already holds it. With
+    `key_days` beyond the history, the rule across days also meets that many accepted dates'
+    keys: random hashes of a day's size each, as `validate` keeps them (a month at 1M events
+    a day without simulating one)."""
     try:
         from benchmarks.bench_world import events_per_user
     except ImportError:  # run as a script: benchmarks/ is first on the path
@@ -211,6 +218,8 @@ def events_workspace(events: int, history_days: int, root: Path) -> tuple[Worksp
     from expectations.validate import require_valid
 
     path = root / f"events-{events}-history-{history_days}"
+    if key_days > history_days:
+        path = path.with_name(f"{path.name}-keys-{key_days}")
     ready = path / "bench-day.txt"
     if ready.exists():
         return Workspace(path), ready.read_text().strip()
@@ -227,8 +236,17 @@ def events_workspace(events: int, history_days: int, root: Path) -> tuple[Worksp
     day = next_days(ws, 1)[0]
     batch = world.simulate_day(day)
     write_batch(ws.landing_partition(day), batch)
+    rng = np.random.default_rng(0)
+    for i in range(key_days - history_days):  # dates before the history: keys only
+        date = str((start - pd.Timedelta(days=i + 1)).date())
+        for name in EVENTS:
+            folder = ws.validation_reports / "keys" / name  # validate's `_keys_folder`
+            folder.mkdir(parents=True, exist_ok=True)
+            keys = rng.integers(0, 2**63, len(batch[name]), dtype=np.int64).astype(np.uint64)
+            np.save(folder / f"{date}.npy", np.unique(keys))
     print(
-        f"workspace {path}: {n_users:,} users, {history_days} accepted days, {day} landed: "
+        f"workspace {path}: {n_users:,} users, {history_days} accepted days "
+        f"({max(key_days, history_days)} dates of keys), {day} landed: "
         + ", ".join(f"{name} {len(frame):,}" for name, frame in batch.items()),
         flush=True,
     )
@@ -263,9 +281,11 @@ def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
     }
 
 
-def whole_step(events: int, history_days: int, rounds: int, root: Path, trees: list[Path]) -> None:
+def whole_step(
+    events: int, history_days: int, key_days: int, rounds: int, root: Path, trees: list[Path]
+) -> None:
     """Time the validate task at `events` a day, `rounds` times per tree, trees alternating."""
-    ws, day = events_workspace(events, history_days, root)
+    ws, day = events_workspace(events, history_days, root, key_days)
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
     print(f"{'round':>5} {'tree':<40} {'process s':>9} {'call s':>7} {'load':>5}")
     times: dict[Path, list[dict[str, Any]]] = {tree: [] for tree in trees}
@@ -293,6 +313,9 @@ def main() -> None:
     parser.add_argument("--broken", type=float, default=0.0, help="share of orders to break")
     parser.add_argument("--events", type=int, help="time the whole validate task at this scale")
     parser.add_argument("--history-days", type=int, default=3, help="accepted days before it")
+    parser.add_argument(
+        "--key-days", type=int, default=0, help="dates of accepted keys, padded past the history"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="validate runs per tree")
     parser.add_argument("--root", type=Path, help="keep the workspace here (default: removed)")
     parser.add_argument("--trees", type=Path, nargs="+", default=[PROJECT_ROOT])
@@ -305,7 +328,7 @@ def main() -> None:
         root = args.root or Path(tempfile.mkdtemp(prefix="bench-validation-"))
         try:
             trees = [tree.resolve() for tree in args.trees]
-            whole_step(args.events, args.history_days, args.rounds, root, trees)
+            whole_step(args.events, args.history_days, args.key_days, args.rounds, root, trees)
         finally:
             if args.root is None:
                 shutil.rmtree(root, ignore_errors=True)
