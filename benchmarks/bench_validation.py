@@ -264,17 +264,20 @@ def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
         upstream.write_text("null")
         cmd = [sys.executable, str(tree / "benchmarks" / "bench_daily_run.py"), "--child"]
         cmd += ["validate", "--day", day, "--out", str(out), "--upstream", str(upstream)]
-        started = time.perf_counter()
-        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-        ended = time.perf_counter()
-        if done.returncode != 0:
-            raise SystemExit(
-                f"validate failed with {tree}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
-            )
+        with open(Path(scratch) / "log", "w+") as log:
+            started = time.perf_counter()
+            process = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=log)
+            _, status, usage = os.wait4(process.pid, 0)  # the child's own peak RSS
+            ended = time.perf_counter()
+            process.returncode = os.waitstatus_to_exitcode(status)
+            if process.returncode != 0:
+                log.seek(0)
+                raise SystemExit(f"validate failed with {tree}:\n{log.read()[-4000:]}")
         result = json.loads(out.read_text())
     return {
         "process_s": ended - started,
         "call_s": result["call_s"],
+        "peak_mb": usage.ru_maxrss / 1024,  # KiB on Linux
         "rows": result["result"]["rows"],
         "warnings": result["result"]["warnings"],
         "load": os.getloadavg()[0],
@@ -287,7 +290,7 @@ def whole_step(
     """Time the validate task at `events` a day, `rounds` times per tree, trees alternating."""
     ws, day = events_workspace(events, history_days, root, key_days)
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
-    print(f"{'round':>5} {'tree':<40} {'process s':>9} {'call s':>7} {'load':>5}")
+    print(f"{'round':>5} {'tree':<40} {'process s':>9} {'call s':>7} {'peak MB':>8} {'load':>5}")
     times: dict[Path, list[dict[str, Any]]] = {tree: [] for tree in trees}
     for i in range(rounds):
         for tree in trees:
@@ -295,7 +298,7 @@ def whole_step(
             times[tree].append(r)
             print(
                 f"{i + 1:>5} {str(tree)[-40:]:<40} {r['process_s']:>9.2f} {r['call_s']:>7.2f} "
-                f"{r['load']:>5.2f}",
+                f"{r['peak_mb']:>8.0f} {r['load']:>5.2f}",
                 flush=True,
             )
     rows = ", ".join(f"{name} {n:,}" for name, n in times[trees[0]][0]["rows"].items())
@@ -304,7 +307,11 @@ def whole_step(
         process = statistics.median(r["process_s"] for r in found)
         call = statistics.median(r["call_s"] for r in found)
         load = statistics.median(r["load"] for r in found)
-        print(f"  {tree}: process {process:.2f} s, call {call:.2f} s (load {load:.2f})")
+        peak = max(r["peak_mb"] for r in found)
+        print(
+            f"  {tree}: process {process:.2f} s, call {call:.2f} s, peak RSS {peak:.0f} MB "
+            f"(load {load:.2f})"
+        )
 
 
 def main() -> None:
