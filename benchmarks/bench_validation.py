@@ -59,6 +59,8 @@ from expectations import trailing
 from expectations.suites import derive, suite_parameters
 from expectations.validate import open_context, store_suite, validate_table
 
+# bench_world and bench_daily_run, imported as scripts import them (bench_daily_run does)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DAY = pd.Timestamp("2026-01-05")
 N_COUPONS = 20
 REDEEMED = 0.25  # share of orders redeeming a coupon, as in the simulated world
@@ -206,10 +208,7 @@ def events_workspace(
     `key_days` beyond the history, the rule across days also meets that many accepted dates'
     keys: random hashes of a day's size each, as `validate` keeps them (a month at 1M events
     a day without simulating one)."""
-    try:
-        from benchmarks.bench_world import events_per_user
-    except ImportError:  # run as a script: benchmarks/ is first on the path
-        from bench_world import events_per_user
+    from bench_world import events_per_user
 
     from couponflow.cli import next_days
     from couponflow.landing import load_offline, read_batch, write_batch
@@ -255,29 +254,36 @@ def events_workspace(
 
 
 def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
-    """The DAG's validate task on `day`, in a fresh process running `tree`'s code."""
+    """The DAG's validate task on `day`, in a fresh process running `tree`'s code; its peak
+    RSS is the process's own (VmHWM at exit, through bench_daily_run's sitecustomize hook:
+    ru_maxrss would inherit this process's peak, the seeding's, across fork + exec)."""
+    from bench_daily_run import PROCESS_LOG_ENV, SITECUSTOMIZE
+
     from couponflow.cli import airflow_env
 
-    env = airflow_env(ws) | {"PYTHONPATH": str(tree)}
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as scratch:
+        hooks, exits = Path(scratch) / "hooks", Path(scratch) / "exits.jsonl"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        path = os.pathsep.join([str(hooks), str(tree)])
+        env = airflow_env(ws) | {"PYTHONPATH": path, PROCESS_LOG_ENV: str(exits)}
         out, upstream = Path(scratch) / "out.json", Path(scratch) / "in.json"
         upstream.write_text("null")
         cmd = [sys.executable, str(tree / "benchmarks" / "bench_daily_run.py"), "--child"]
         cmd += ["validate", "--day", day, "--out", str(out), "--upstream", str(upstream)]
-        with open(Path(scratch) / "log", "w+") as log:
-            started = time.perf_counter()
-            process = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=log)
-            _, status, usage = os.wait4(process.pid, 0)  # the child's own peak RSS
-            ended = time.perf_counter()
-            process.returncode = os.waitstatus_to_exitcode(status)
-            if process.returncode != 0:
-                log.seek(0)
-                raise SystemExit(f"validate failed with {tree}:\n{log.read()[-4000:]}")
+        started = time.perf_counter()
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        ended = time.perf_counter()
+        if done.returncode != 0:
+            raise SystemExit(
+                f"validate failed with {tree}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+            )
         result = json.loads(out.read_text())
+        peaks = [json.loads(line)["rss_mb"] for line in exits.read_text().splitlines()]
     return {
         "process_s": ended - started,
         "call_s": result["call_s"],
-        "peak_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "peak_mb": max(peaks, default=math.nan),
         "rows": result["result"]["rows"],
         "warnings": result["result"]["warnings"],
         "load": os.getloadavg()[0],
