@@ -286,11 +286,26 @@ def batch_key_hashes(batch: Batch, table: Table) -> np.ndarray:
 class KeyIndex:
     """The key hashes of each accepted date: which of a batch's keys were accepted before.
     Hashing keeps a month of a million-row table at 8 bytes a key and a lookup at a binary
-    search per date; two distinct 64-bit hashes collide about once in 10^19 pairs, so a false
-    "already accepted" is practically impossible (and would name the key, for a human to see)."""
+    search per date (or in their union); two distinct 64-bit hashes collide about once in 10^19
+    pairs, so a false "already accepted" is practically impossible (and would name the key, for
+    a human to see)."""
 
     def __init__(self, dates: dict[str, np.ndarray]) -> None:
         self.dates = {d: h for d, h in dates.items() if len(h)}
+        self._union: np.ndarray | None = None  # every date's hashes, sorted (`_searched`)
+
+    def _searched(self, queries: int) -> list[np.ndarray]:
+        """The sorted arrays to search `queries` keys in: each date's, or all dates' hashes in
+        one, sorted once, when the batch is large enough that one search in the union beats a
+        search per date (~30 ns a key a date, against ~15 ns a hash to sort the union: at a
+        month of 555k offers a day, 0.2 s instead of 0.45 s)."""
+        arrays = list(self.dates.values())
+        if len(arrays) < 2 or 2 * queries * len(arrays) < sum(map(len, arrays)):
+            return arrays
+        if self._union is None:
+            self._union = np.concatenate(arrays)
+            self._union.sort()
+        return [self._union]
 
     def accepted(self, values: pd.Series, hashes: np.ndarray | None = None) -> np.ndarray:
         """Per value: whether an accepted date had it. `hashes`: `row_hashes(values)`, when
@@ -304,7 +319,7 @@ class KeyIndex:
         order = np.argsort(hashes)  # sorted queries keep each date's search cache-friendly:
         queries = hashes[order]  # ~10x faster than searching in the rows' order
         hit = np.zeros(len(queries), dtype=bool)
-        for known in self.dates.values():
+        for known in self._searched(len(queries)):
             at = np.minimum(np.searchsorted(known, queries), len(known) - 1)
             hit |= known[at] == queries
         unsorted = np.empty(len(hit), dtype=bool)
