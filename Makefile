@@ -7,7 +7,7 @@ DEMO_WORKSPACE ?= var/demo
 DEMO_DAYS ?= 3
 AIRFLOW_PORT ?= 8080
 
-.PHONY: install demo airflow test test-fast lint check-docker format lock clean
+.PHONY: install demo airflow test test-unit test-fast lint check-docker screenshots format lock clean
 
 install: $(VENV)/.installed
 
@@ -25,15 +25,29 @@ airflow: install  ## the Airflow UI over $(DEMO_WORKSPACE) (api-server, schedule
 	test -f $(DEMO_WORKSPACE)/params.yaml || $(BIN)/couponflow --workspace $(DEMO_WORKSPACE) init
 	$(BIN)/couponflow --workspace $(DEMO_WORKSPACE) airflow --port $(AIRFLOW_PORT)
 
-test: install lint
-	$(BIN)/pytest -q
+# The layers (tests/conftest.py): unit tests run our code in-process in about a minute;
+# integration tests run the tools, servers, Redis and child processes; e2e the pipeline.
+test: install lint  ## every layer, the slowest tests listed
+	$(BIN)/pytest -q --durations=15
 
-test-fast: install  ## everything but the end-to-end pipeline runs
-	$(BIN)/pytest -q -m "not e2e"
+test-unit: install  ## the unit layer only: no tool, server or child process
+	$(BIN)/pytest -q -m "not integration and not e2e"
 
-lint: install  ## ruff, and no committed secrets (tools/check_secrets.py)
+test-fast: test-unit
+
+# The pages a reviewer reads, as headless Chromium shows them (docs/runbook.md, "The pages in
+# a real browser"): the browser tests run with COUPONFLOW_SCREENSHOTS set, each saving the
+# page it checked. The Airflow UI's needs a pipeline run on a tiny world (a few minutes).
+SCREENSHOTS ?= docs/screenshots
+screenshots: install
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		|| { echo "screenshots need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"; exit 1; }
+	COUPONFLOW_SCREENSHOTS=$(SCREENSHOTS) $(BIN)/pytest -q -m browser tests/test_browser.py tests/test_pipeline_e2e.py
+
+lint: install  ## ruff, mypy over couponflow/ and training/ ([tool.mypy]), no committed secrets
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python tools/check_secrets.py
 
 # The deployment files without a Docker daemon or cluster: Debian's docker-compose (1.29)

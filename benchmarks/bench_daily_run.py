@@ -223,18 +223,14 @@ def train_parts(processes: list[dict[str, Any]]) -> list[Row]:
     return parts
 
 
-def scale(
-    events: int, history_days: int | None, open_gate: bool, root: Path, min_free_gb: float
-) -> None:
-    """Seed a workspace for `events` a day and time one daily run on it; print the rows.
-    A failed step is reported and the run goes on where its inputs allow (a killed
-    `features` still leaves the day's offline features the training reads)."""
-    from couponflow.cli import next_days
-    from couponflow.landing import offline_days
+def _scale_workspace(
+    events: int, n_users: int, history_days: int | None, open_gate: bool, root: Path
+) -> tuple[Workspace, dict[str, str]]:
+    """A fresh workspace for one scale, and the environment its steps' processes run in
+    (the sitecustomize hook that logs each process's resources)."""
     from couponflow.workspace import init_workspace
     from serving.server import free_port
 
-    n_users = math.ceil(events / events_per_user())
     overrides: dict[str, Any] = {"world.n_users": n_users, "serving.port": free_port()}
     if history_days:
         overrides["world.history_days"] = history_days
@@ -245,7 +241,20 @@ def scale(
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (ws.root / "logs").mkdir(exist_ok=True)
     (ws.root / "logs" / PROCESS_LOG).touch()
-    env = child_env(ws, hooks, ws.root / "logs" / PROCESS_LOG)
+    return ws, child_env(ws, hooks, ws.root / "logs" / PROCESS_LOG)
+
+
+def scale(
+    events: int, history_days: int | None, open_gate: bool, root: Path, min_free_gb: float
+) -> None:
+    """Seed a workspace for `events` a day and time one daily run on it; print the rows.
+    A failed step is reported and the run goes on where its inputs allow (a killed
+    `features` still leaves the day's offline features the training reads)."""
+    from couponflow.cli import next_days
+    from couponflow.landing import offline_days
+
+    n_users = math.ceil(events / events_per_user())
+    ws, env = _scale_workspace(events, n_users, history_days, open_gate, root)
     days = int(ws.params["world"]["history_days"])
     print(
         f"\n{events:,} events/day: {n_users:,} users, {days} history days, gate "

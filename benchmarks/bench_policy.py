@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.ensemble import HistGradientBoostingRegressor
 
+from benchmarks.ceiling import observable_ceiling
 from benchmarks.simulated import SimulatedLog, population
 from couponflow.cli import seed_history
 from couponflow.config import Workspace
@@ -37,12 +37,10 @@ from couponflow.landing import offline_days
 from couponflow.logs import quiet_libraries
 from couponflow.model import encode_pairs, load_model
 from couponflow.oracle import Oracle
-from couponflow.policy import allocate, score
+from couponflow.policy import score
 from couponflow.workspace import init_workspace
 from couponflow.world import SEGMENTS, World
 from training.pipeline import repro
-
-CEILING_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -57,29 +55,6 @@ class SeedResult:
     lifts: dict[str, tuple[float, float]]  # segment -> (predicted, true) purchase lift, points
     promoted: bool
     seconds: float
-
-
-def observable_ceiling(gain: np.ndarray, cost: np.ndarray, x: np.ndarray, budget: float) -> float:
-    """The ceiling's share of the oracle's true profit on the half of the users it never
-    saw (see the module's docstring): `gain` and `cost` are the true (users, arms)
-    matrices, `x` the pairs' model inputs (users, arms, inputs), `budget` per user."""
-    n, m = gain.shape
-    learn = np.random.default_rng(CEILING_SEED).random(n) < 0.5
-    judge = ~learn
-
-    def fitted(target: np.ndarray) -> np.ndarray:
-        model = HistGradientBoostingRegressor(max_iter=300, max_leaf_nodes=31, random_state=0)
-        model.fit(x[learn, 1:].reshape(-1, x.shape[2]), target[learn, 1:].ravel())
-        out = np.zeros((judge.sum(), m))
-        out[:, 1:] = model.predict(x[judge, 1:].reshape(-1, x.shape[2])).reshape(-1, m - 1)
-        return out
-
-    value, estimated_cost = fitted(gain), np.maximum(fitted(cost), 1e-9)
-    estimated_cost[:, 0] = 0.0
-    rows = np.arange(judge.sum())
-    chosen, _ = allocate(value, estimated_cost, budget * judge.sum())
-    best, _ = allocate(gain[judge], cost[judge], budget * judge.sum())
-    return float(gain[judge][rows, chosen].sum() / gain[judge][rows, best].sum())
 
 
 def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:

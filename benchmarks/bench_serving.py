@@ -46,7 +46,7 @@ from couponflow.config import Workspace
 from couponflow.logs import quiet_libraries
 
 if TYPE_CHECKING:
-    from serving.server import Server
+    from serving.deploy.server import Server
 
 N_USERS = 2_000
 HOST = "127.0.0.1"
@@ -60,10 +60,10 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     """A small world whose catalogue has `coupons` standing coupons, seeded through the
     pipeline's own path (land, validate, offline store, features), with a model and its
     budget plan in ws.models."""
+    from couponflow.artefacts import POLICY_FILE
     from couponflow.cli import seed_history
     from couponflow.model import CouponNet, save_model
     from couponflow.workspace import init_workspace
-    from serving import POLICY_FILE
     from training.budget import make_plan
 
     ws = init_workspace(
@@ -169,47 +169,9 @@ def bare_cost_ms(ws: Workspace, samples: int = 300, warm_up: int = 30) -> dict[s
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=15.0, help="each window's length")
-    parser.add_argument("--rounds", type=int, default=3, help="windows of each endpoint")
-    parser.add_argument("--coupons", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--online-store", nargs="+", default=["sqlite"])
-    args = parser.parse_args()
-    quiet_libraries()
-    from serving.bento import build_bento, store_model
-    from serving.server import free_port, start_server
-
-    rows = []
-    for online_store in args.online_store:
-        for coupons in args.coupons:
-            root = Path(tempfile.mkdtemp(prefix="bench-serving-")) / "ws"
-            ws = build_workspace(root, coupons, online_store)
-            bare = bare_cost_ms(ws)
-            bento = build_bento(ws, store_model(ws, ws.models))
-            recommend = [
-                Request.post_json(
-                    HOST, "/recommend", {"user_id": random.randrange(N_USERS), "k": 1}
-                )
-                for _ in range(1000)
-            ]
-            livez = [Request.get(HOST, "/livez")]
-            with start_server(ws, bento, free_port()) as server:
-                asyncio.run(open_loop(HOST, server.port, recommend, args.rate, 2.0))  # warm up
-                rounds = [
-                    (
-                        measured(server, recommend, args.rate, args.seconds),
-                        measured(server, livez, args.rate, args.seconds),
-                    )
-                    for _ in range(args.rounds)
-                ]
-            rounds.sort(key=lambda pair: pair[0]["p99"] - pair[1]["p99"])
-            ours, trivial = rounds[len(rounds) // 2]
-            extra = ours["p99"] - trivial["p99"]
-            bound = 3 * (bare["lookup_hot_p99"] + bare["scoring_hot_p99"])
-            rows.append((online_store, bare["arms"], rounds, ours, trivial, bare, extra, bound))
-    print(f"\nopen loop at {args.rate:.0f} req/s, {args.rounds} rounds of {args.seconds:.0f} s "
+def _print_rows(rows: list[tuple], rate: float, n_rounds: int, seconds: float) -> None:
+    """Each (store, coupons) setting's figures: rounds, the median round, bare costs."""
+    print(f"\nopen loop at {rate:.0f} req/s, {n_rounds} rounds of {seconds:.0f} s "
           f"windows, 2 cores shared with the load generator")  # fmt: skip
     for store, arms, rounds, ours, trivial, bare, extra, bound in rows:
         each = ", ".join(
@@ -242,6 +204,50 @@ def main() -> None:
                 f"{'':>19}{name}: server CPU {run['server_cpu_ms']:.2f} ms a request (workers"
                 f" {shares}), load generator {run['load_cpu_ms']:.2f} ms"
             )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="each window's length")
+    parser.add_argument("--rounds", type=int, default=3, help="windows of each endpoint")
+    parser.add_argument("--coupons", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--online-store", nargs="+", default=["sqlite"])
+    args = parser.parse_args()
+    quiet_libraries()
+    from couponflow.processes import free_port
+    from serving.deploy.bento import build_bento, store_model
+    from serving.deploy.server import start_server
+
+    rows = []
+    for online_store in args.online_store:
+        for coupons in args.coupons:
+            root = Path(tempfile.mkdtemp(prefix="bench-serving-")) / "ws"
+            ws = build_workspace(root, coupons, online_store)
+            bare = bare_cost_ms(ws)
+            bento = build_bento(ws, store_model(ws, ws.models))
+            recommend = [
+                Request.post_json(
+                    HOST, "/recommend", {"user_id": random.randrange(N_USERS), "k": 1}
+                )
+                for _ in range(1000)
+            ]
+            livez = [Request.get(HOST, "/livez")]
+            with start_server(ws, bento, free_port()) as server:
+                asyncio.run(open_loop(HOST, server.port, recommend, args.rate, 2.0))  # warm up
+                rounds = [
+                    (
+                        measured(server, recommend, args.rate, args.seconds),
+                        measured(server, livez, args.rate, args.seconds),
+                    )
+                    for _ in range(args.rounds)
+                ]
+            rounds.sort(key=lambda pair: pair[0]["p99"] - pair[1]["p99"])
+            ours, trivial = rounds[len(rounds) // 2]
+            extra = ours["p99"] - trivial["p99"]
+            bound = 3 * (bare["lookup_hot_p99"] + bare["scoring_hot_p99"])
+            rows.append((online_store, bare["arms"], rounds, ours, trivial, bare, extra, bound))
+    _print_rows(rows, args.rate, args.rounds, args.seconds)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,17 @@ Designs (all through training.train.fit and the shared policy maths):
   unconfounded, but a third of the rows);
 - `ensemble`: `stabilised` as five members on bootstrap resamples of the shoppers, each
   coupon's gain discounted by `--credibility` standard deviations across them (the
-  trainer's default).
+  trainer's default);
+- `revealed`: `ensemble` with each shopper's hidden segment given as four more inputs, in
+  training and in scoring. No deployable learner has it; it measures what the noise of
+  the outcomes alone allows at this scale, beside the observable ceiling (which learns
+  from the noise-free true gains).
 
 Per design it prints the true incremental profit at the day's budget, its share of the
-oracle's, the Spearman correlation of the estimated gain with the true gain over every
-(user, coupon) pair and the offers made; with `--tradeoff`, the ensemble's true profit and
-offers at several credibility levels (profit against the risk of a wrong offer).
+oracle's (and per seed the observable ceiling's: benchmarks/ceiling.py), the Spearman
+correlation of the estimated gain with the true gain over every (user, coupon) pair and the
+offers made; with `--tradeoff`, the ensemble's true profit and offers at several
+credibility levels (profit against the risk of a wrong offer).
 
     python -m benchmarks.bench_uplift [--users 20000] [--days 15] [--seeds 1 2 3]
 """
@@ -33,24 +38,46 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import spearmanr
 
+from benchmarks.ceiling import observable_ceiling
 from benchmarks.simulated import population, simulate, training_table
 from couponflow.config import PROJECT_ROOT, load_params
 from couponflow.logs import quiet_libraries
-from couponflow.model import CouponEnsemble
+from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, CouponEnsemble, CouponNet, encode_pairs
 from couponflow.oracle import Oracle
 from couponflow.policy import allocate, score, user_cap_mask
 from couponflow.world import SEGMENTS
 from training.train import (
     TrainingArrays,
+    bootstrap_users,
     fit,
     fit_ensemble,
     inverse_propensity_weights,
 )
 
-DESIGNS = ("ipw", "stabilised", "randomised", "ensemble")
+DESIGNS = ("ipw", "stabilised", "randomised", "ensemble", "revealed")
 RANDOMISED = ("explore", "holdout")
+
+
+def with_segment(x: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Input rows with the one-hot hidden segment inserted after the user block."""
+    onehot = np.eye(len(SEGMENTS), dtype=np.float32)[segment]
+    return np.hstack([x[:, :N_USER_INPUTS], onehot, x[:, N_USER_INPUTS:]])
+
+
+class Revealed(CouponEnsemble):
+    """An ensemble whose members also read the hidden segment of the users being scored
+    (`segment`, one per user; rows come `per_user` arms a user, as `score` encodes them)."""
+
+    def __init__(self, members: list[CouponNet], segment: np.ndarray) -> None:
+        super().__init__(members)
+        self.segment = segment
+
+    def member_outputs(self, x: torch.Tensor, per_user: int = 1) -> torch.Tensor:
+        rows = np.repeat(self.segment, per_user)
+        return super().member_outputs(torch.from_numpy(with_segment(x.numpy(), rows)), per_user)
 
 
 def arrays(table: pd.DataFrame, design: str) -> TrainingArrays:
@@ -66,13 +93,31 @@ def arrays(table: pd.DataFrame, design: str) -> TrainingArrays:
     return base
 
 
-def train(table: pd.DataFrame, design: str, cfg: dict, credibility: float) -> CouponEnsemble:
-    """One design's model on the table's days but the last (early stopping on the last)."""
+def train(
+    table: pd.DataFrame, design: str, cfg: dict, credibility: float, segment: np.ndarray
+) -> CouponEnsemble:
+    """One design's model on the table's days but the last (early stopping on the last);
+    `segment` maps a user id to its hidden segment (read by `revealed` only)."""
     if design == "randomised":
         table = table[table["slice"].isin(RANDOMISED)]
     days = sorted(table["day"].unique())
     fitting, stopping = table[table["day"].isin(days[:-1])], table[table["day"] == days[-1]]
     train_arrays, valid_arrays = arrays(fitting, design), arrays(stopping, design)
+    if design == "revealed":
+        train_arrays = replace(
+            train_arrays, x=with_segment(train_arrays.x, segment[fitting["user_id"]])
+        )
+        valid_arrays = replace(
+            valid_arrays, x=with_segment(valid_arrays.x, segment[stopping["user_id"]])
+        )
+        users = fitting["user_id"].to_numpy()
+        members = [
+            fit(train_arrays if i == 0 else train_arrays.take(bootstrap_users(users, seed=i)),
+                valid_arrays, {**cfg, "seed": int(cfg["seed"]) + i},
+                n_user=N_USER_INPUTS + len(SEGMENTS), n_arm=N_ARM_INPUTS)[0]
+            for i in range(int(cfg.get("members") or 1))
+        ]  # fmt: skip
+        return Revealed(members, np.empty(0, dtype=np.int64))
     if design == "ensemble":
         net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(),
                               {**cfg, "credibility": credibility})  # fmt: skip
@@ -93,6 +138,8 @@ def lift_by_segment(p_purchase: np.ndarray, segment: np.ndarray) -> dict[str, fl
 def judge(net: CouponEnsemble, credibility: float, world: dict) -> dict[str, float]:
     """True profit, share of the oracle, rank correlation and offers of `net`'s policy."""
     net.credibility = credibility
+    if isinstance(net, Revealed):
+        net.segment = world["segment"]
     s = score(net, world["users"], world["arms"], world["margin"])
     value = s.incremental_profit.copy()
     value[user_cap_mask(world["users"], world["cap"]), 1:] = -np.inf
@@ -134,14 +181,20 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
         mine = world["segment"] == k
         true_lift[name] = round(float(100 * (p[mine, 1:] - p[mine, :1]).mean()), 2)
     cfg = {**params["model"], "epochs": args.epochs}
+    pairs = encode_pairs(users_x, arms).reshape(len(ids), len(arms), -1)
+    ceiling = observable_ceiling(world["gain"], truth.cost[:, columns], pairs,
+                                 float(params["policy"]["budget_per_user"]))  # fmt: skip
     out: dict = {
         "seed": seed,
         "oracle": round(best.incremental_profit, 1),
+        "ceiling_share": round(ceiling, 3),
         "true_lift_pt": true_lift,
     }
+    segment = log.world.population_on(day).segment
     for design in args.designs:
-        net = train(table, design, cfg, args.credibility)
-        out[design] = judge(net, args.credibility if design == "ensemble" else 0.0, world)
+        net = train(table, design, cfg, args.credibility, segment)
+        credibility = args.credibility if design in ("ensemble", "revealed") else 0.0
+        out[design] = judge(net, credibility, world)
         if design == "ensemble" and args.tradeoff:
             out["tradeoff"] = {z: judge(net, z, world) for z in args.tradeoff}
     out["seconds"] = round(time.perf_counter() - started, 1)
@@ -150,13 +203,15 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    world = load_params(PROJECT_ROOT / "params.yaml")["world"]
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    world = params["world"]
     parser.add_argument("--users", type=int, default=int(world["n_users"]))
     parser.add_argument("--days", type=int, default=int(world["history_days"]) + 1,
                         help="days simulated: the last is judged, the others train")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
-    parser.add_argument("--credibility", type=float, default=1.0)
+    parser.add_argument("--credibility", type=float,
+                        default=float(params["model"]["credibility"]))  # fmt: skip
     parser.add_argument("--tradeoff", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0])
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args(argv)
@@ -167,6 +222,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append(one_world(root, args.users, args.days, seed, args))
         print(json.dumps(results[-1]), flush=True)
     print(f"\n{args.users} users, {args.days} days; true profit (share of oracle) per seed")
+    cells = "  ".join(f"{r['oracle']:+8.1f} ({r['ceiling_share']:+.0%})" for r in results)
+    print(f"  {'oracle':<11} {cells}   (observable ceiling's share in brackets)")
     for design in args.designs:
         cells = "  ".join(f"{r[design]['true_profit']:+8.1f} ({r[design]['share_of_oracle']:+.0%})"
                           for r in results)  # fmt: skip

@@ -82,6 +82,20 @@ class Connection:
         self.writer.close()
 
 
+def _summary(latencies: np.ndarray, elapsed: float, failures: int, opened: int) -> dict:
+    """An open-loop run's figures: latency percentiles in ms (seconds in), throughput."""
+    n = len(latencies)
+    ms = latencies * 1000
+    return {
+        "requests": n,
+        "throughput": n / elapsed,
+        "failures": failures,
+        "connections": opened,
+        "mean": float(np.nanmean(ms)),
+        **{f"p{q}": float(np.nanpercentile(ms, q)) for q in (50, 95, 99)},
+    }
+
+
 async def open_loop(
     host: str, port: int, requests: list[Request], rate: float, seconds: float, warm: int = 16
 ) -> dict:
@@ -135,12 +149,4 @@ async def open_loop(
     elapsed = time.perf_counter() - start
     for connection in idle:
         connection.close()
-    ms = latencies * 1000
-    return {
-        "requests": n,
-        "throughput": n / elapsed,
-        "failures": failures,
-        "connections": opened,
-        "mean": float(np.nanmean(ms)),
-        **{f"p{q}": float(np.nanpercentile(ms, q)) for q in (50, 95, 99)},
-    }
+    return _summary(latencies, elapsed, failures, opened)

@@ -82,10 +82,10 @@ class Progress:
             attempt = 1 + sum(
                 t.task_id == match["task"] and t.run_id == match["run"] for t in self.tasks
             )
-            task = TaskRun(match["dag"], match["task"], match["run"], match["ti"], attempt,
-                           _stamp(line))  # fmt: skip
-            self.tasks.append(task)
-            self._by_ti[task.ti_id] = task
+            started = TaskRun(match["dag"], match["task"], match["run"], match["ti"], attempt,
+                              _stamp(line))  # fmt: skip
+            self.tasks.append(started)
+            self._by_ti[started.ti_id] = started
         if self.tasks:
             self.tasks[-1].lines.append(line)
         state, ti = NEW_STATE.search(line), TI_ID.search(line)
@@ -116,29 +116,35 @@ def write_task_logs(tasks: list[TaskRun], base_log_folder: Path) -> list[Path]:
 # -- the note -------------------------------------------------------------------------------
 def run_note(summary: dict[str, Any]) -> str:
     """The day's decision and its reasons in a few lines, for a DAG run's note: what a
-    reviewer needs before opening anything."""
+    reviewer needs before opening anything. The UI shows the first line under the run's
+    header and renders the whole note as Markdown when it is opened, so each part is a
+    paragraph or a list of its own (single line breaks would run together)."""
     steps = summary.get("steps", {})
     outcome = str(summary.get("outcome"))
     if outcome.startswith("waiting for") and steps.get("validate"):
         rows = sum(steps["validate"].get("rows", {}).values())
         waiting = outcome.removeprefix("waiting for ")
-        outcome = f"batch accepted ({rows} rows validated); next: {waiting}"
-    out = [f"{summary.get('day')}: {outcome}"]
-    for reason in summary.get("rejection") or []:
-        out.append(f"- rejected: {reason}")
+        outcome = f"batch accepted ({rows:,} rows validated); next: {waiting}"
+    parts = [f"{summary.get('day')}: {outcome}"]
+    if rejection := summary.get("rejection"):
+        parts.append("\n".join(f"- rejected: {reason}" for reason in rejection))
     trained = steps.get("train") or {}
     gate = trained.get("gate")
     if gate:
         failed = [c for c in gate["checks"] if not c["passed"]]
-        verdict = "promote" if gate["promote"] else f"refuse ({len(failed)} checks failed)"
-        out.append(f"gate: {verdict}")
-        out += [f"- {c['check']}: {c['detail']}" for c in failed]
+        checks = f"{len(failed)} check{'s' if len(failed) != 1 else ''} failed"
+        verdict = "promote" if gate["promote"] else f"refuse ({checks})"
+        parts.append(
+            "\n".join([f"gate: {verdict}"] + [f"- {c['check']}: {c['detail']}" for c in failed])
+        )
     if refused := summary.get("candidate_refused"):
-        out.append(f"candidate refused: {refused.get('reason')}")
+        parts.append(f"candidate refused: {refused.get('reason')}")
     if released := steps.get("release"):
-        out.append(f"released: model {released.get('model_version')} ({released.get('bento_tag')})")
-    out.append("The `summary` task's log has the whole summary.")
-    note = "\n".join(out)
+        parts.append(
+            f"released: model {released.get('model_version')} ({released.get('bento_tag')})"
+        )
+    parts.append("The `summary` task's log has the whole summary.")
+    note = "\n\n".join(parts)
     return note if len(note) <= NOTE_LIMIT else note[: NOTE_LIMIT - 1] + "…"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from couponflow.cli import airflow, airflow_env
+from couponflow.airflow_local import DAG_IDS, airflow, airflow_env
 from couponflow.config import Workspace
 from couponflow.processes import group_alive, signal_group
 
@@ -126,7 +126,6 @@ def note_runs(ws: Workspace, api: httpx.Client, noted: set) -> None:
     """The day's decision as the note of each couponflow run that ended (the scheduler's
     runs; `couponflow run` notes its own). Never fatal: a note is for reading."""
     from couponflow.airflow_runs import note_finished_runs
-    from couponflow.cli import DAG_IDS
     from couponflow.report import summary_path
 
     def summary_of(day: str) -> dict | None:

@@ -45,11 +45,11 @@ def alerts_path(ws: Workspace) -> Path:
 def send_alert(ws: Workspace, kind: str, summary: str, details: dict[str, Any]) -> dict[str, Any]:
     """Record the alert locally, then try every configured channel; return the record with
     what each channel did."""
-    alert = {
+    alert = {  # paths inside the workspace relative to it: the record stays true if it moves
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "kind": kind,
         "summary": summary,
-        **details,
+        **ws.relative(details),
     }
     alert["channels"] = {"log": "ok"}
     if webhook := os.environ.get(WEBHOOK_ENV):

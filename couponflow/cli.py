@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,13 +30,12 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace
+from couponflow.airflow_local import airflow_env as airflow_env  # the old path: benchmarks/
+from couponflow.airflow_local import run_days
+from couponflow.config import HOME_ENV, Workspace
 from couponflow.logs import quiet_libraries
 
 DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph
-# One day is these DAGs in order; under `airflow dags test` asset events trigger nothing,
-# so the CLI runs each in turn for the day, as the scheduler would on the Assets' events.
-DAG_IDS = ("coupon_ingest", "coupon_features", "coupon_retrain")
 
 
 def seed_history(ws: Workspace) -> list[str]:
@@ -63,150 +61,6 @@ def seed_history(ws: Workspace) -> list[str]:
     return days
 
 
-def airflow_env(ws: Workspace) -> dict[str, str]:
-    """Environment for the Airflow CLI: metadata DB and logs inside the workspace, our DAGs,
-    no examples, quiet. Every path is derived here, from where the workspace is now, never
-    stored in it (`airflow_home`), so a moved or copied workspace runs where it is."""
-    home = airflow_home(ws)
-    derived = {  # a deployment's own setting (its PostgreSQL, say) wins
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(
-            home / "logs" / "dag_processor"
-        ),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
-    }
-    return {
-        **derived,
-        **os.environ,
-        HOME_ENV: str(ws.root),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "GX_ANALYTICS_ENABLED": "false",
-        "FEAST_USAGE": "False",
-        "DVC_NO_ANALYTICS": "1",
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
-
-
-AIRFLOW_CFG = """# couponflow: Airflow's settings for this workspace come from the environment
-# (couponflow.cli.airflow_env), derived from where the workspace is: no path is stored
-# here, so the workspace can be moved or copied. Only its generated secrets are kept.
-[core]
-fernet_key = {fernet}
-
-[api]
-secret_key = {secret}
-
-[api_auth]
-jwt_secret = {jwt}
-"""
-
-
-def airflow_home(ws: Workspace) -> Path:
-    """The workspace's AIRFLOW_HOME, with an airflow.cfg of ours (Airflow would write one
-    holding the absolute paths of the folder it was made in)."""
-    import base64
-    import secrets
-
-    home = ws.root / "airflow"
-    cfg = home / "airflow.cfg"
-    if not cfg.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        fernet = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-        secret, jwt = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-        cfg.write_text(AIRFLOW_CFG.format(fernet=fernet, secret=secret, jwt=jwt))
-    return home
-
-
-def airflow(ws: Workspace, *args: str, log: Path | None = None) -> int:
-    """Run the Airflow CLI for this workspace; output goes to `log` when given."""
-    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
-    if log is None:
-        return subprocess.run(cmd, env=airflow_env(ws)).returncode
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        return subprocess.run(
-            cmd, env=airflow_env(ws), stdout=fh, stderr=subprocess.STDOUT
-        ).returncode
-
-
-def run_days(ws: Workspace, days: list[str]) -> list[dict]:
-    """Run the day's DAGs with `airflow dags test`, each day in turn, and return the run
-    summaries. A DAG that fails ends the day: its summary says where and why."""
-    from couponflow.report import summary_path
-
-    if not (ws.root / "airflow" / "airflow.db").exists():
-        airflow(ws, "db", "migrate", log=ws.root / "logs" / "airflow-db-migrate.log")
-    summaries = []
-    for day in days:
-        started = time.monotonic()
-        runs: list[dict[str, str]] = []
-        for dag_id in DAG_IDS:
-            log = ws.root / "logs" / f"{dag_id}-{day}.log"
-            code = dags_test(ws, dag_id, day, log, runs)
-            if code != 0:
-                break
-        fix_dag_runs(ws, runs)
-        path = summary_path(ws, day)
-        summary = json.loads(path.read_text()) if path.exists() else {"outcome": "no summary"}
-        summary["airflow_exit_code"] = code
-        summary["wall_seconds"] = round(time.monotonic() - started, 1)
-        print(f"{day}: {summary['outcome']} ({summary['wall_seconds']} s, log {log})", flush=True)
-        for reason in summary.get("rejection") or []:
-            print(f"   - {reason}", flush=True)
-        summaries.append(summary)
-    return summaries
-
-
-def dags_test(ws: Workspace, dag_id: str, day: str, log: Path, runs: list[dict]) -> int:
-    """`airflow dags test` of `dag_id` for `day`, its output in `log` and a line per task
-    as it ends; then each task's log where the UI reads it, and the run (with the day's
-    summary for its note) appended to `runs` for `fix_dag_runs`. The exit code."""
-    from couponflow.airflow_runs import Progress, run_note, write_task_logs
-    from couponflow.report import summary_path
-
-    cmd = [str(Path(sys.executable).parent / "airflow"), "dags", "test", dag_id, day]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = airflow_env(ws)
-    progress = Progress()
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace",
-        )  # fmt: skip
-        assert process.stdout is not None
-        for line in process.stdout:
-            out.write(line)
-            if said := progress.feed(line):
-                print(said, flush=True)
-        code = process.wait()
-    write_task_logs(progress.tasks, Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]))
-    if progress.tasks:
-        path = summary_path(ws, day)
-        note = run_note(json.loads(path.read_text())) if path.exists() else ""
-        runs.append({"dag_id": dag_id, "run_id": progress.tasks[0].run_id, "note": note})
-    return code
-
-
-def fix_dag_runs(ws: Workspace, runs: list[dict]) -> None:
-    """The day's runs started when their first task did (`dags test` says at the logical
-    date) and noted with the day's decision; a failure here costs the UI, not the day."""
-    if not runs:
-        return
-    request = ws.root / "logs" / "dag-runs-to-fix.json"
-    request.write_text(json.dumps(runs))
-    done = subprocess.run(
-        [sys.executable, "-m", "couponflow.airflow_runs", str(request)],
-        env=airflow_env(ws), capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        print(f"   (the runs' notes and start times were not set: {done.stderr[-300:]})")
-
-
 def failed_days(summaries: list[dict]) -> list[str]:
     """`day: outcome` of each day that did not end in a release or a refusal by the gate."""
     from couponflow.report import GOOD_OUTCOMES
@@ -226,7 +80,7 @@ def next_days(ws: Workspace, n: int) -> list[str]:
     return [str((last + pd.Timedelta(days=i)).date()) for i in range(1, n + 1)]
 
 
-def print_training(trained: dict) -> None:
+def print_training(trained: dict, root: Path) -> None:
     """The challenger against the champion and the baselines, the truth where the data is
     simulated, and every check of the gate: the evaluation's one renderer, indented."""
     from couponflow.evaluation import render_summary
@@ -238,7 +92,15 @@ def print_training(trained: dict) -> None:
         f"   budget plan: multiplier {plan['multiplier']:.3f}, "
         f"daily budget {plan['daily_budget']:.0f}"
     )
-    print(f"   report: {trained['report']}")
+    print(f"   report: {root / trained['report']}")  # stored relative to the workspace
+
+
+def rows_table(rows: dict[str, int], indent: str = "") -> str:
+    """Rows per table as an aligned table, for a person (not a Python dict)."""
+    width = max(len("table"), *map(len, rows))
+    lines = [f"{'table':<{width}}  {'rows':>9}"]
+    lines += [f"{table:<{width}}  {n:>9,}" for table, n in rows.items()]
+    return "\n".join(indent + line for line in lines)
 
 
 def print_status(ws: Workspace, live: bool) -> None:
@@ -250,21 +112,21 @@ def print_status(ws: Workspace, live: bool) -> None:
         steps = s["steps"]
         print(f"\n== {s['day']}: {s['outcome']}")
         if steps.get("validate"):
-            print(f"   rows validated: {steps['validate']['rows']}")
+            print("   rows validated:\n" + rows_table(steps["validate"]["rows"], "     "))
         elif s.get("rejection"):
             print("   rejected because:\n" + "\n".join(f"     - {r}" for r in s["rejection"]))
         if steps.get("features"):
             f = steps["features"]
             print(f"   features materialised: {f['users']} users x {f['features']} features")
         if steps.get("train"):
-            print_training(steps["train"])
+            print_training(steps["train"], ws.root)
         if steps.get("build_bento"):
             print(f"   bento: {steps['build_bento']['bento_tag']}")
         if s.get("candidate_refused"):
             print(f"   candidate refused: {s['candidate_refused']['reason']}")
         if served := steps.get("served_readout"):
             print(f"   served on {served['day']}: {served_line(served)}")
-    from serving.release import current_release
+    from serving.deploy.release import current_release
 
     release = current_release(ws)
     if release is None:
@@ -276,7 +138,7 @@ def print_status(ws: Workspace, live: bool) -> None:
         )
         return
     print(f"\nproduction release: {json.dumps(release, indent=2)}")
-    from serving.deployment import deployment_record, front_door
+    from serving.deploy.deployment import deployment_record, front_door
 
     record = deployment_record(ws)
     for slot in ("live", "standby", "candidate"):
@@ -285,7 +147,7 @@ def print_status(ws: Workspace, live: bool) -> None:
     if record["router"]:
         print(f"front door: {front_door(ws)}")
     if live:
-        from serving.deployment import NotServing, ask_live
+        from serving.deploy.deployment import NotServing, ask_live
 
         try:
             answer = ask_live(ws)
@@ -299,8 +161,8 @@ def print_status(ws: Workspace, live: bool) -> None:
 def roll_back(ws: Workspace, reason: str) -> None:
     """Restore the previous release (traffic first, then its record and champion) and say
     what is live now."""
-    from serving.deployment import CandidateRefused, roll_back
-    from serving.release import RollbackImpossible
+    from serving.deploy.deployment import CandidateRefused, roll_back
+    from serving.deploy.release import RollbackImpossible
 
     started = time.monotonic()
     try:
@@ -315,7 +177,7 @@ def roll_back(ws: Workspace, reason: str) -> None:
 
 def serve(ws: Workspace) -> None:
     """Put the production release behind the front door (it keeps running: `stop`)."""
-    from serving.deployment import CandidateRefused, front_door, serve_production
+    from serving.deploy.deployment import CandidateRefused, front_door, serve_production
 
     try:
         record = serve_production(ws)
@@ -325,7 +187,7 @@ def serve(ws: Workspace) -> None:
 
 
 def stop(ws: Workspace) -> None:
-    from serving.deployment import stop_deployment
+    from serving.deploy.deployment import stop_deployment
 
     stopped = stop_deployment(ws)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -381,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"couponflow: error: {exc}")
 
 
-def _main(argv: list[str] | None = None) -> None:
+def _parser() -> _Parser:
+    """The command line: the global options and every verb's, in the help's order."""
     parser = _Parser(
         prog="couponflow",
         description=DESCRIPTION,
@@ -390,6 +253,14 @@ def _main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workspace", type=Path, help=f"default: ${HOME_ENV} or var/demo")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_day_verbs(sub)
+    _add_release_verbs(sub)
+    _add_tool_verbs(sub)
+    return parser
+
+
+def _add_day_verbs(sub: Any) -> None:
+    """init, run and status."""
     p_init = sub.add_parser(
         "init",
         help="create a workspace and seed its history days",
@@ -426,6 +297,10 @@ def _main(argv: list[str] | None = None) -> None:
         help="also ask the serving deployment (its front door) for one recommendation; "
         "starts nothing",
     )  # fmt: skip
+
+
+def _add_release_verbs(sub: Any) -> None:
+    """rollback, serve, stop, then demo (the help lists them in this order)."""
     p_rollback = sub.add_parser(
         "rollback",
         help="make the previous release production again",
@@ -466,6 +341,10 @@ def _main(argv: list[str] | None = None) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", type=_assignment,
         help="a param of the new workspace, dotted; repeatable",
     )  # fmt: skip
+
+
+def _add_tool_verbs(sub: Any) -> None:
+    """trial and airflow."""
     p_trial = sub.add_parser(
         "trial",
         help="our learner vs two-model on a randomised trial",
@@ -492,6 +371,34 @@ def _main(argv: list[str] | None = None) -> None:
     p_ui.add_argument("--port", type=int, default=8080, help="the UI's port (default 8080)")
     p_ui.add_argument("--user", default="admin", help="the UI's user (default admin)")
     p_ui.add_argument("--password", default="admin", help="local use only (default admin)")
+
+
+def _init(ws: Workspace, args: argparse.Namespace) -> Workspace:
+    """`init` (and the start of `demo`): the workspace, then its history days seeded."""
+    from couponflow.config import params_notices
+    from couponflow.workspace import init_workspace
+    from expectations.validate import QuarantinedBatch
+
+    ws = init_workspace(ws.root, dict(args.set))
+    from couponflow.landing import offline_days
+
+    for notice in params_notices(ws.params):
+        print(notice, flush=True)
+    if len(offline_days(ws)) < int(ws.params["world"]["history_days"]):  # resumes, too
+        try:
+            days = seed_history(ws)
+        except QuarantinedBatch as rejected:
+            o = rejected.outcome
+            sys.exit(
+                f"couponflow: error: seeding stopped, {o.day} was quarantined at "
+                f"{o.quarantine_path} ({o.failures[0]}); fix the params and re-run init"
+            )
+        print(f"workspace {ws.root}: seeded {days[0]} .. {days[-1]}", flush=True)
+    return ws
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     quiet_libraries()
@@ -506,25 +413,7 @@ def _main(argv: list[str] | None = None) -> None:
     if args.verb not in ("init", "demo", "trial") and not ws.params_file.exists():
         parser.error(f"no workspace at {ws.root}: create it with `couponflow init` first")
     if args.verb in ("init", "demo"):
-        from couponflow.config import params_notices
-        from couponflow.workspace import init_workspace
-        from expectations.validate import QuarantinedBatch
-
-        ws = init_workspace(ws.root, dict(args.set))
-        from couponflow.landing import offline_days
-
-        for notice in params_notices(ws.params):
-            print(notice, flush=True)
-        if len(offline_days(ws)) < int(ws.params["world"]["history_days"]):  # resumes, too
-            try:
-                days = seed_history(ws)
-            except QuarantinedBatch as rejected:
-                o = rejected.outcome
-                sys.exit(
-                    f"couponflow: error: seeding stopped, {o.day} was quarantined at "
-                    f"{o.quarantine_path} ({o.failures[0]}); fix the params and re-run init"
-                )
-            print(f"workspace {ws.root}: seeded {days[0]} .. {days[-1]}", flush=True)
+        ws = _init(ws, args)
     if args.verb == "run":
         from couponflow.landing import offline_days
 

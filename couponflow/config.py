@@ -11,6 +11,7 @@ import datetime as dt
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -95,6 +96,22 @@ class Workspace:
 
     def quarantine_partition(self, day: str) -> Path:
         return self.quarantine / f"date={day}"
+
+    def relative(self, value: Any) -> Any:
+        """`value` (a path, a string, or dicts and lists of them) with every path inside the
+        workspace written relative to its root, so what is stored in the workspace stays
+        true when it moves (issue #18). Paths elsewhere, and other values, are kept."""
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str):
+            root = str(self.root)
+            # the root where a path starts (not inside a longer one), in a path or a message
+            return "." if value == root else re.sub(rf"(?<![\w.~/-]){re.escape(root)}/", "", value)
+        if isinstance(value, dict):
+            return {key: self.relative(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.relative(item) for item in value]
+        return value
 
 
 @dataclass(frozen=True)

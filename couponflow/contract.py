@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 COUPON_KINDS = ("percent_off", "amount_off", "threshold_off", "free_shipping")
@@ -21,6 +22,9 @@ SHIPPING_COST = 6.0  # what a free-shipping coupon costs the platform per redeem
 # A served policy keeps a small random slice of its decisions as "no coupon" controls and
 # logs them with `<policy_version><HOLDOUT_SUFFIX>`: the A/B readout compares the two slices.
 HOLDOUT_SUFFIX = ":holdout"
+# The context the candidate checks' golden requests carry (serving.deploy.smoke), so readers
+# of the decision log (training/served.py) can tell them from shoppers'.
+GOLDEN = {"channel": "golden"}
 # Which slice of the logging policy made an offer: its own rule, uniform exploration over
 # {coupons, none}, or the random holdout. Exploration and holdout are randomised: learners
 # and estimators that need an unconfounded comparison read those rows.
@@ -28,7 +32,7 @@ SLICES = ("heuristic", "explore", "holdout")
 RANDOMISED_SLICES = ("explore", "holdout")
 
 
-def coupon_cost(kind: np.ndarray, value: np.ndarray, amount: np.ndarray) -> np.ndarray:
+def coupon_cost(kind: npt.ArrayLike, value: npt.ArrayLike, amount: npt.ArrayLike) -> np.ndarray:
     """What a redeemed coupon costs the platform on an order of `amount` (vectorised)."""
     kind = np.asarray(kind)
     value = np.asarray(value, dtype=float)

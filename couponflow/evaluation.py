@@ -145,7 +145,7 @@ def _build(tp: Any, data: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)] or [Any]
         return _build(inner, data)
-    if is_dataclass(tp):
+    if isinstance(tp, type) and is_dataclass(tp):  # a dataclass type, not an instance
         hints = typing.get_type_hints(tp)
         values = {f.name: _build(hints[f.name], data[f.name]) for f in fields(tp) if f.name in data}
         return tp(**values)
@@ -164,11 +164,13 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 
 def policy_table(report: EvaluationReport) -> list[str]:
-    """Every policy's estimated and (simulated) true value per decision, Markdown."""
+    """Every policy's estimated and (simulated) true value per decision, and its true
+    profit on the whole day as a share of the oracle policy's, Markdown."""
+    truth = report.oracle.policies if report.oracle is not None else {}
     out = [
         "| policy | version | AUC | DR profit per decision | estimated gain over no coupon "
-        "| true gain | offers |",
-        "|---|---|---:|---|---|---:|---:|",
+        "| true gain | true share of the oracle's | offers |",
+        "|---|---|---:|---|---|---:|---:|---:|",
     ]
     order = ["challenger", "champion", LOGGING]
     names = [n for n in order if n in report.policies]
@@ -177,9 +179,11 @@ def policy_table(report: EvaluationReport) -> list[str]:
         p = report.policies[name]
         auc = f"{p.prediction['auc']:.3f}" if p.prediction else ""
         gain = p.gain.text() if p.gain is not None else ""
+        share = truth.get(name, {}).get("share_of_oracle")
         out.append(
             f"| {name} | {p.version or ''} | {auc} | {p.dr.text()} | {gain} "
-            f"| {_num(p.true_value)} | {p.offer_rate:.0%} |"
+            f"| {_num(p.true_value)} | {'' if share is None else f'{share:.0%}'} "
+            f"| {p.offer_rate:.0%} |"
         )
     return out
 
@@ -247,9 +251,11 @@ def render_lines(report: EvaluationReport, gate: dict[str, Any] | None = None) -
         ch = o.policies.get("challenger", {})
         out += [
             "",
-            f"Truth on all {o.users} users of {report.days[-1]} at a budget of {o.budget:.0f}: "
-            f"the challenger earns {ch.get('incremental_profit', float('nan')):+.1f} of the "
-            f"oracle policy's {o.oracle_policy:+.1f}",
+            f"Truth on all {o.users} users of {report.days[-1]} at a daily budget of "
+            f"{o.budget:.0f}, in total for the day: the challenger earns "
+            f"{_num(ch.get('incremental_profit'), 1)} of the oracle policy's "
+            f"{o.oracle_policy:+.1f} (the oracle sees the hidden traits; every policy's share "
+            "is in the table)",
         ]
     if report.ab_readout:
         out += ["", f"A/B readout on the logged days: {ab_line(report.ab_readout)}"]

@@ -66,6 +66,19 @@ WINDOWED_COUNTS: dict[str, int] = {
     "coupon_days_30d": 30,
     "spend_redeemed_30d": 30,
 }
+# What an outcome reported online (`fresh_counters`) cannot update, left to the day's
+# materialisation: features of calendar days (was a coupon already offered on the day the
+# order fell on? how many days of the window has the store seen?), which a feature row
+# does not hold, and spend on redeemed orders (an order's amount and its redemption arrive
+# as two events, either first). A pushed row keeps the batch's values of these until the
+# next materialisation replaces it; tests/test_feature_agreement.py holds both paths to it.
+BATCH_ONLY_FEATURES: tuple[str, ...] = (
+    "observed_days_30d",
+    "coupon_days_30d",
+    "order_rate_coupon_days_30d",
+    "order_rate_other_days_30d",
+    "spend_redeemed_30d",
+)
 MIN_BASKET = 20.0  # a basket below this would make a small coupon look like a huge one
 _KINDS = frozenset(COUPON_KINDS)
 
@@ -249,3 +262,53 @@ def default_user_features() -> np.ndarray:
     values["observed_days_30d"] = float(HISTORY_DAYS)  # a stranger: nothing seen in a full window
     values.update({f"affinity_{c}": 1.0 / len(CATEGORIES) for c in CATEGORIES})
     return np.array([values[f] for f in USER_FEATURES], dtype=np.float32)
+
+
+def fresh_counters(
+    features: np.ndarray, event: str, kinds: list[str], amount: float | None
+) -> np.ndarray:
+    """A user's feature row after one outcome reported online, as `compute_user_features`
+    would compute it with that outcome added to every window (the serving side's push):
+    `shown` is one offer per coupon of the decision (`kinds`, one per coupon), `redeemed`
+    an order that redeemed one of them, `purchased` an order of `amount` (an order that
+    redeemed a coupon is reported as both). Rates, the average basket and the recencies
+    follow; a redemption counts for its kind only when the decision's coupons share one
+    (otherwise which was redeemed is unknown, and the per-kind rate stays short of the
+    batch's until the next materialisation). BATCH_ONLY_FEATURES are left as they are,
+    and no event leaves a window: the next materialisation replaces the row.
+    """
+    out = np.asarray(features, dtype=np.float64).copy()
+    at = _AT
+
+    def add(name: str, value: float) -> None:
+        out[at[name]] += value
+
+    used = {k: out[at[f"redemption_rate_{k}_30d"]] * max(out[at[f"offers_{k}_30d"]], 1.0)
+            for k in COUPON_KINDS}  # fmt: skip
+    for w in WINDOWS:
+        if event == "shown":
+            add(f"offers_{w}d", len(kinds))
+        elif event == "redeemed":
+            add(f"redemptions_{w}d", 1.0)
+        elif event == "purchased":
+            add(f"orders_{w}d", 1.0)
+            add(f"spend_{w}d", amount or 0.0)
+        out[at[f"redemption_rate_{w}d"]] = out[at[f"redemptions_{w}d"]] / max(
+            out[at[f"offers_{w}d"]], 1.0
+        )
+    if event == "shown":
+        for kind in kinds:
+            add(f"offers_{kind}_30d", 1.0)
+        if kinds:
+            out[at["days_since_last_coupon"]] = 0.0
+    elif event == "redeemed" and len(set(kinds)) == 1:
+        used[kinds[0]] += 1.0
+    for k in COUPON_KINDS:
+        out[at[f"redemption_rate_{k}_30d"]] = used[k] / max(out[at[f"offers_{k}_30d"]], 1.0)
+    if event == "purchased":
+        out[at["avg_basket_30d"]] = out[at["spend_30d"]] / max(out[at["orders_30d"]], 1.0)
+        out[at["days_since_last_order"]] = 0.0
+    return out.astype(np.float32)
+
+
+_AT = {name: i for i, name in enumerate(USER_FEATURES)}

@@ -3,12 +3,18 @@
 A batch lands as `landing/date=D/<table>.parquet`; once validated it is copied to
 `offline/<table>/date=D/part.parquet`. Writing a partition replaces it whole, so
 re-running a date never duplicates rows.
+
+The service lands its decisions and the outcomes reported about them as JSON lines under
+`landing/feedback/date=D/` (serving.runtime.feedback writes them); `read_feedback` reads
+them back for the DAG's readout (training/served.py) and tests.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -79,3 +85,19 @@ def land_simulated_day(ws: Workspace, day: str) -> dict[str, int]:
     if not partition.exists():
         write_batch(partition, World(ws.params["world"]).simulate_day(day))
     return {p.stem: len(pd.read_parquet(p)) for p in sorted(partition.glob("*.parquet"))}
+
+
+def feedback_area(ws: Workspace) -> Path:
+    """Where decisions and outcome events land, by date."""
+    return ws.landing / "feedback"
+
+
+def read_feedback(ws: Workspace, day: str, kind: str) -> list[dict[str, Any]]:
+    """Every landed `kind` (decisions or events) row of `day`, for the DAG and tests: every
+    process's file, named by host and pid or (older versions) by pid alone."""
+    folder = feedback_area(ws) / f"date={day}"
+    return [
+        json.loads(line)
+        for path in sorted(folder.glob(f"{kind}-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]

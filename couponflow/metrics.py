@@ -31,7 +31,8 @@ class CalibrationCurve(NamedTuple):
 
     mean_predicted: np.ndarray
     observed: np.ndarray
-    count: np.ndarray
+    # Shadows tuple.count; renaming the field would rename a public result.
+    count: np.ndarray  # type: ignore[assignment]
 
 
 def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> CalibrationCurve:
@@ -183,7 +184,8 @@ def off_policy_bootstrap(
     reward = np.asarray(reward, dtype=float)
     propensity = np.asarray(propensity, dtype=float)
     n = len(reward)
-    columns, layout = [], {}
+    columns: list[np.ndarray] = []
+    layout: dict[str, int] = {}
     for name, t in targets.items():
         w = np.asarray(t.prob, dtype=float) / propensity
         layout[name] = len(columns)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -202,8 +202,9 @@ class CouponNet(nn.Module):
         self.n_user, self.n_arm, self.hidden = n_user, n_arm, hidden
         self.base = _mlp(n_user, hidden)
         self.delta = _mlp(n_user + n_arm, hidden)
-        nn.init.zeros_(self.delta[-1].weight)
-        nn.init.zeros_(self.delta[-1].bias)
+        last = cast(nn.Linear, self.delta[-1])  # _mlp ends in a Linear layer
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def layout(self) -> dict[str, int]:
         """What it takes to rebuild this network: input block sizes and width."""
@@ -234,7 +235,7 @@ class CouponEnsemble(nn.Module):
         self.n_user, self.n_arm, self.hidden = first.n_user, first.n_arm, first.hidden
 
     def layout(self) -> dict[str, int | float]:
-        return {**self.members[0].layout(), "members": len(self.members),
+        return {**cast(CouponNet, self.members[0]).layout(), "members": len(self.members),
                 "credibility": self.credibility}  # fmt: skip
 
     def member_outputs(self, x: torch.Tensor, per_user: int = 1) -> torch.Tensor:

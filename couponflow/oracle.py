@@ -101,10 +101,12 @@ class Truth:
     def arm_index(self, coupon_ids: Sequence[str | None]) -> np.ndarray:
         """Column of each coupon id (None or NaN: 0); raises on a coupon not offered that day."""
         column = {c: j for j, c in enumerate(self.coupon_ids) if c is not None}
-        missing = {c for c in coupon_ids if not pd.isna(c) and c not in column}
+        missing = {c for c in coupon_ids if c is not None and not pd.isna(c) and c not in column}
         if missing:
             raise KeyError(f"not valid on {self.day.date()}: {sorted(missing)}")
-        return np.array([0 if pd.isna(c) else column[c] for c in coupon_ids], dtype=np.int64)
+        return np.array(
+            [0 if c is None or pd.isna(c) else column[c] for c in coupon_ids], dtype=np.int64
+        )
 
 
 @dataclass(frozen=True)
@@ -135,14 +137,16 @@ class Oracle:
         ctx = self.world.context(day)
         catalogue = self.world.catalogue(ctx.day)
         position = {c: j for j, c in enumerate(catalogue["coupon_id"])}
-        unknown = {c for c in coupon_ids if not pd.isna(c) and c not in position}
+        unknown = {c for c in coupon_ids if c is not None and not pd.isna(c) and c not in position}
         if unknown:
             raise KeyError(f"not in the catalogue of {ctx.day.date()}: {sorted(unknown)}")
         arm = np.array([-1 if pd.isna(c) else position[c] for c in coupon_ids], dtype=np.int64)
         users = np.asarray(users, dtype=np.int64)
         out = self.world.outcome(ctx, users, arm, catalogue)
         frame = pd.DataFrame(expectations(out, self.world.margin))
-        none = expectations(self.world.outcome(ctx, users, -1), self.world.margin)["profit"]
+        # World.outcome broadcasts a scalar arm (-1: no coupon); its annotation says an array.
+        nothing = self.world.outcome(ctx, users, -1)  # type: ignore[arg-type]
+        none = expectations(nothing, self.world.margin)["profit"]
         frame["incremental_profit"] = frame["profit"] - none
         frame.insert(0, "coupon_id", pd.array(list(coupon_ids), dtype="string"))
         frame.insert(0, "user_id", users)

@@ -1,12 +1,14 @@
 """Process groups: the bento servers, their front door and Airflow's components each run in
 a session of their own, so a stop reaches every process they started. One place to
-signal a group that may already be gone and to ask whether one still has members."""
+signal a group that may already be gone and to ask whether one still has members, and
+to find a free local port or ask whether one is taken."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 
 import psutil
 
@@ -32,3 +34,16 @@ def group_alive(pgid: int) -> bool:
             if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
                 return True
     return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0

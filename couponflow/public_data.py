@@ -67,6 +67,37 @@ class HillstromData:
     covariates: pd.DataFrame  # user_id and Hillstrom's raw pre-period columns
 
 
+def _hillstrom_users(raw: pd.DataFrame, day: pd.Timestamp, user_id: np.ndarray) -> pd.DataFrame:
+    """The customers as users, their traits mapped onto the contract's."""
+    # newbie: first purchase within the last twelve months; nothing finer is known.
+    signup = day - pd.to_timedelta(np.where(raw["newbie"] == 1, 182, 730), unit="D")
+    return pd.DataFrame(
+        {
+            "user_id": user_id,
+            "signup_date": signup,
+            "region": raw["zip_code"].map(HILLSTROM_REGION),
+            "age_band": raw["history_segment"].map(HILLSTROM_AGE_BAND),
+            "device": raw["channel"].map(HILLSTROM_DEVICE),
+        }
+    )
+
+
+def _hillstrom_coupons(kind: str, value: float, day: pd.Timestamp) -> pd.DataFrame:
+    """The two e-mails as coupons of the configured kind and value."""
+    return pd.DataFrame(
+        {
+            "coupon_id": ["HM-MENS", "HM-WOMENS"],
+            "kind": kind,
+            "value": value,
+            "min_spend": 0.0,
+            "category": ALL_CATEGORIES,
+            "valid_from": day,
+            "valid_to": day + pd.Timedelta(days=14),  # the two weeks outcomes were tracked
+            "budget_share": 0.5,
+        }
+    )
+
+
 def load_hillstrom(cfg: dict[str, Any]) -> HillstromData:
     """Map the Hillstrom experiment (params `public_data.hillstrom`) into the contract.
 
@@ -81,30 +112,9 @@ def load_hillstrom(cfg: dict[str, Any]) -> HillstromData:
     n = len(raw)
     user_id = np.arange(n, dtype="int64")
     arm = raw["segment"].map(HILLSTROM_ARMS)
-    # newbie: first purchase within the last twelve months; nothing finer is known.
-    signup = day - pd.to_timedelta(np.where(raw["newbie"] == 1, 182, 730), unit="D")
-    users = pd.DataFrame(
-        {
-            "user_id": user_id,
-            "signup_date": signup,
-            "region": raw["zip_code"].map(HILLSTROM_REGION),
-            "age_band": raw["history_segment"].map(HILLSTROM_AGE_BAND),
-            "device": raw["channel"].map(HILLSTROM_DEVICE),
-        }
-    )
+    users = _hillstrom_users(raw, day, user_id)
     kind, value = str(cfg["email_kind"]), float(cfg["email_value"])
-    coupons = pd.DataFrame(
-        {
-            "coupon_id": ["HM-MENS", "HM-WOMENS"],
-            "kind": kind,
-            "value": value,
-            "min_spend": 0.0,
-            "category": ALL_CATEGORIES,
-            "valid_from": day,
-            "valid_to": day + pd.Timedelta(days=14),  # the two weeks outcomes were tracked
-            "budget_share": 0.5,
-        }
-    )
+    coupons = _hillstrom_coupons(kind, value, day)
     offers = pd.DataFrame(
         {
             "offer_id": [f"hm-o{i}" for i in range(n)],

@@ -76,7 +76,7 @@ def record_steps(ws: Workspace, day: str, steps: dict[str, Any]) -> dict[str, An
     Landing starts a day afresh, so a re-ingested day forgets its older downstream steps."""
     path = steps_path(ws, day)
     known = {} if "land" in steps or not path.exists() else json.loads(path.read_text())
-    known.update(steps)
+    known.update(ws.relative(steps))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(known, indent=2, default=str))
     return known
@@ -87,7 +87,8 @@ def write_run_summary(
 ) -> dict[str, Any]:
     """Write reports/runs/<day>.json and .md from the steps' results (None where a step did
     not finish, absent where it has not run yet) and, when a candidate was refused, why;
-    return the summary with both paths."""
+    return the summary with both paths. Every path in it is relative to the workspace's
+    root (`Workspace.relative`), so the summary stays true when the workspace moves."""
     summary: dict[str, Any] = {"day": day, "outcome": outcome_of(steps), "steps": steps}
     if refusal is not None:
         summary["candidate_refused"] = refusal
@@ -101,6 +102,7 @@ def write_run_summary(
     path = summary_path(ws, day)
     summary["summary_json"] = str(path)
     summary["summary_markdown"] = str(markdown_path(ws, day))
+    summary = ws.relative(summary)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))
     markdown_path(ws, day).write_text(render_markdown(summary))
@@ -134,8 +136,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         out += _training_markdown(steps["train"])
     if steps.get("release"):
         r = steps["release"]
+        checks = latency_text(r["checks"]["latency"])
         out += ["", "## Release", "", f"model {r['model_version']} served by {r['bento_tag']} "
-                f"at {r['url']}; candidate checks: {r['checks']['latency']}"]  # fmt: skip
+                f"at {r['url']}; candidate checks: {checks}"]  # fmt: skip
     elif steps.get("train"):
         out += ["", "## Release", "", "none: the live release is unchanged"]
         if summary.get("candidate_refused"):
@@ -145,8 +148,18 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if forgot := steps.get("forget_feedback"):
         out += ["", f"Feedback index: {forgot['forgotten']} decisions of days before "
                 f"{forgot['before']} forgotten ({forgot['retention_days']} days kept)"]  # fmt: skip
-    out += ["", f"Summary: {summary['summary_json']}"]
+    out += ["", f"Summary: {summary['summary_json']} (paths relative to the workspace)"]
     return "\n".join(out) + "\n"
+
+
+def latency_text(latency: dict[str, Any]) -> str:
+    """The candidate's latency check in words, e.g. `100 requests, p50 1.9 ms, p99 10.8 ms`."""
+    if not isinstance(latency, dict) or "requests" not in latency:
+        return str(latency)
+    quantiles = [
+        f"{k.removesuffix('_ms')} {v:.1f} ms" for k, v in latency.items() if k.endswith("_ms")
+    ]
+    return ", ".join([f"{latency['requests']} requests", *quantiles])
 
 
 def served_line(readout: dict[str, Any]) -> str:

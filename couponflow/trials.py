@@ -367,11 +367,11 @@ def _levels(
     frame: pd.DataFrame, column: str, levels: tuple[str, ...] | None
 ) -> tuple[np.ndarray, list[str]]:
     values = frame[column].astype(str)
-    levels = list(levels) if levels is not None else sorted(values.unique())
-    unlisted = sorted(set(values) - set(levels))
+    listed: list[str] = list(levels) if levels is not None else sorted(values.unique())
+    unlisted = sorted(set(values) - set(listed))
     if unlisted:
         raise TrialSpecError(f"column {column!r} has level(s) {unlisted} the spec does not list")
-    return values.map({level: i for i, level in enumerate(levels)}).to_numpy(np.int64), levels
+    return values.map({level: i for i, level in enumerate(listed)}).to_numpy(np.int64), listed
 
 
 def encode_covariates(cov: Covariates, frame: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -99,33 +99,21 @@ def _close(steps_by_day: dict[str, dict], last_dag: bool, refusal: dict | None =
     failures = []
     for day, steps in sorted(steps_by_day.items()):
         summary = write_run_summary(ws, day, record_steps(ws, day, steps), refusal)
-        log.info("run summary %s\n\n%s", summary["summary_markdown"], _read(summary))
+        log.info("run summary %s\n\n%s", summary["summary_markdown"], _read(ws, summary))
         if run_failed(summary, last_dag):
             failures.append(f"{day}: {summary['outcome']}")
     if failures:
         raise AirflowFailException("; ".join(failures))
-    return {  # paths inside the workspace, which may move
+    return {  # paths relative to the workspace, which may move
         "days": sorted(steps_by_day),
         "outcome": summary["outcome"],
-        "summary_json": _inside(ws, summary["summary_json"]),
-        "summary_markdown": _inside(ws, summary["summary_markdown"]),
+        "summary_json": summary["summary_json"],
+        "summary_markdown": summary["summary_markdown"],
     }
 
 
-def _inside(ws, path: str) -> str:
-    """`path` relative to the workspace's root, when it is inside it."""
-    from pathlib import Path
-
-    try:
-        return str(Path(path).relative_to(ws.root))
-    except ValueError:
-        return path
-
-
-def _read(summary: dict) -> str:
-    from pathlib import Path
-
-    return Path(summary["summary_markdown"]).read_text()
+def _read(ws, summary: dict) -> str:
+    return (ws.root / summary["summary_markdown"]).read_text()
 
 
 def _pulled(task_ids: list[str]) -> dict:
@@ -151,11 +139,13 @@ def coupon_ingest():
 
         from expectations.validate import QuarantinedBatch, require_valid
 
+        ws = _workspace()
         try:
-            outcome = require_valid(_workspace(), ds)
-        except QuarantinedBatch as rejected:
-            raise AirflowFailException(str(rejected)) from rejected
-        return outcome.brief()  # rows, warnings, notes, report, this run's Data Docs pages
+            outcome = require_valid(ws, ds)
+        except QuarantinedBatch as rejected:  # paths relative to the workspace, which may move
+            raise AirflowFailException(ws.relative(str(rejected))) from rejected
+        # rows, warnings, notes, report, this run's Data Docs pages
+        return ws.relative(outcome.brief())
 
     @task(outlets=[VALIDATED], execution_timeout=timedelta(minutes=10))
     def load_offline_store(ds: str | None = None) -> dict:
@@ -211,7 +201,8 @@ def coupon_retrain():
     def train(ds: str | None = None) -> dict:
         from training.pipeline import repro
 
-        return repro(_workspace(), _days(ds)[-1])
+        ws = _workspace()
+        return ws.relative(repro(ws, _days(ds)[-1]))  # the run report's path, relative
 
     @task
     def served_readout(ds: str | None = None) -> dict:
@@ -228,7 +219,7 @@ def coupon_retrain():
     def forget_feedback(ds: str | None = None) -> dict:
         """Forget decisions older than serving.feedback_retention_days from the feedback
         index, so it does not grow forever (their landed lines stay)."""
-        from serving.feedback import forget_old_feedback
+        from serving.runtime.feedback import forget_old_feedback
 
         return forget_old_feedback(_workspace(), _days(ds)[-1])
 
@@ -250,7 +241,7 @@ def coupon_retrain():
 
     @task(**TRANSIENT, execution_timeout=timedelta(minutes=20))
     def build_bento(trained: dict) -> dict:
-        from serving.bento import build_bento, store_model
+        from serving.deploy.bento import build_bento, store_model
 
         ws = _workspace()
         model_tag = store_model(ws, ws.models)
@@ -262,17 +253,18 @@ def coupon_retrain():
         this task with the reason, and shoppers never reach the candidate."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from serving.deployment import CandidateRefused, start_candidate
+        from serving.deploy.deployment import CandidateRefused, start_candidate
 
-        try:
-            return start_candidate(_workspace(), built["model_tag"], built["bento_tag"])
+        ws = _workspace()
+        try:  # the checks name the candidate's log relative to the workspace
+            return ws.relative(start_candidate(ws, built["model_tag"], built["bento_tag"]))
         except CandidateRefused as refused:
-            raise AirflowFailException(str(refused)) from refused
+            raise AirflowFailException(ws.relative(str(refused))) from refused
 
     @task(execution_timeout=timedelta(minutes=5))
     def release(checked: dict) -> dict:
         """Switch traffic to the checked candidate and record the release."""
-        from serving.deployment import switch_to_candidate
+        from serving.deploy.deployment import switch_to_candidate
 
         return switch_to_candidate(_workspace(), checked["bento_tag"], "gate passed")
 
@@ -306,7 +298,7 @@ def _refusal(pulled: dict) -> dict | None:
     """Why the candidate was refused, when a built bento never took traffic."""
     if pulled["build_bento"] is None or pulled["check_candidate"] is not None:
         return None
-    from serving.deployment import deployment_record
+    from serving.deploy.deployment import deployment_record
 
     refusal = deployment_record(_workspace()).get("last_refusal")
     return (

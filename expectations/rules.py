@@ -2,7 +2,7 @@
 column: the money of a redemption, a coupon's terms, the order of events in time, dates in
 range, and the identity of rows across accepted days.
 
-Each is a `suites.Derived` rule (a derived column holding the offending value where the rule
+Each is a `derived.Derived` rule (a derived column holding the offending value where the rule
 is broken), so GX reports it like any contract rule, names `table.column` and shows the
 failing rows in the Data Docs. They are written against contract column names only: a table
 that gains a column (e.g. an offers `slice`) keeps its rules. A rule whose columns are
@@ -25,15 +25,15 @@ import numpy as np
 import pandas as pd
 
 from couponflow.contract import EVENTS, HOLDOUT_SUFFIX, TABLES, Table, coupon_cost
-from expectations.suites import (
+from expectations.derived import (
     Batch,
     Derived,
-    _cached,
-    _none,
-    _rows_of,
-    _taken,
-    _usable,
+    cached,
+    computable,
     joint_codes,
+    nothing_broken,
+    rows_of,
+    taken,
 )
 
 ACCEPTED = "accepted {}"  # keys of an event table accepted on other dates
@@ -52,21 +52,21 @@ def _coupon_terms(frame: pd.DataFrame, batch: Batch, terms: list[str]) -> pd.Dat
     none), or None when the coupons table cannot be used."""
     coupons = batch.get("coupons")
     table = TABLES["coupons"]
-    if not _usable(coupons, table, ["coupon_id", *terms]):
+    if not computable(coupons, table, ["coupon_id", *terms]):
         return None
-    usable = [t for t in TERMS if _usable(coupons, table, [t])]
+    usable = [t for t in TERMS if computable(coupons, table, [t])]
 
     def lookup() -> pd.DataFrame:
-        rows = _rows_of(batch, frame, "coupon_id", table)  # -1: no or unknown coupon
+        rows = rows_of(batch, frame, "coupon_id", table)  # -1: no or unknown coupon
         found = pd.DataFrame(index=frame.index)
         for t in usable:
             if table.dtypes[t] == "float64":  # usable: a float column
-                found[t] = _taken(coupons[t], rows, np.nan)
+                found[t] = taken(coupons[t], rows, np.nan)
             else:
-                found[t] = _taken(coupons[t].astype(object), rows, None)
+                found[t] = taken(coupons[t].astype(object), rows, None)
         return found
 
-    return _cached(batch, "coupon terms", frame, lookup)
+    return cached(batch, "coupon terms", frame, lookup)
 
 
 def _in_range(frame: pd.DataFrame, table: Table, columns: list[str]) -> pd.Series:
@@ -89,8 +89,8 @@ def _orders(columns: list[str], rule: Callable[[pd.DataFrame, Batch], pd.Series]
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         table = TABLES["orders"]
-        if not _usable(frame, table, columns):
-            return _none(frame)
+        if not computable(frame, table, columns):
+            return nothing_broken(frame)
         found = rule(frame, batch).fillna(False).astype(bool)
         return found & _in_range(frame, table, columns)
 
@@ -99,7 +99,7 @@ def _orders(columns: list[str], rule: Callable[[pd.DataFrame, Batch], pd.Series]
 
 def _discount_above_amount(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     terms = _coupon_terms(frame, batch, ["kind"])
-    shipping = terms["kind"].eq("free_shipping") if terms is not None else _none(frame)
+    shipping = terms["kind"].eq("free_shipping") if terms is not None else nothing_broken(frame)
     return (frame["discount"] > frame["amount"] + 1e-9) & ~shipping.fillna(False).astype(bool)
 
 
@@ -123,7 +123,7 @@ def _expected_discount(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         )
         return pd.Series(np.where(known, np.round(cost, 2), np.nan), index=frame.index)
 
-    return _cached(batch, "expected discount", frame, compute)  # type: ignore[return-value]
+    return cached(batch, "expected discount", frame, compute)  # type: ignore[return-value]
 
 
 def _discount_above_the_terms(frame: pd.DataFrame, batch: Batch) -> pd.Series:
@@ -142,14 +142,14 @@ def _zero_discount_on_redemption(frame: pd.DataFrame, batch: Batch) -> pd.Series
 def _threshold_not_met(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     terms = _coupon_terms(frame, batch, ["kind", "min_spend"])
     if terms is None:
-        return _none(frame)
+        return nothing_broken(frame)
     return terms["kind"].eq("threshold_off") & (frame["amount"] < terms["min_spend"] - 1e-9)
 
 
 def _wrong_category(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     terms = _coupon_terms(frame, batch, ["category"])
     if terms is None:
-        return _none(frame)
+        return nothing_broken(frame)
     scoped = terms["category"].notna() & terms["category"].ne("all")
     return scoped & terms["category"].ne(frame["category"])
 
@@ -160,9 +160,9 @@ def _before_offer(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     `occurs_in` rule's."""
     offers = batch.get("offers")
     keys = ["user_id", "coupon_id"]
-    if not _usable(offers, TABLES["offers"], [*keys, "ts"]):
-        return _none(frame)
-    codes = _cached(batch, f"codes offers {keys}", frame, lambda: joint_codes(frame, offers, keys))
+    if not computable(offers, TABLES["offers"], [*keys, "ts"]):
+        return nothing_broken(frame)
+    codes = cached(batch, f"codes offers {keys}", frame, lambda: joint_codes(frame, offers, keys))
     if codes is None:
         first = offers.dropna(subset=["coupon_id"]).groupby(keys)["ts"].min()
         at = frame[keys].merge(first.rename("offered_at").reset_index(), how="left", on=keys)
@@ -176,8 +176,8 @@ def _before_offer(frame: pd.DataFrame, batch: Batch) -> pd.Series:
 
 
 def _holdout_with_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
-    if not _usable(frame, TABLES["offers"], ["policy_version", "coupon_id"]):
-        return _none(frame)
+    if not computable(frame, TABLES["offers"], ["policy_version", "coupon_id"]):
+        return nothing_broken(frame)
     # a day has a handful of policy versions: test each once, not once a row
     codes, versions = pd.factorize(frame["policy_version"].astype("string"))
     suffixed = np.array([str(v).endswith(HOLDOUT_SUFFIX) for v in versions] + [False])
@@ -190,8 +190,8 @@ def _holdout_with_coupon(frame: pd.DataFrame, batch: Batch) -> pd.Series:
 def _coupons(columns: list[str], rule: Callable[[pd.DataFrame], pd.Series]) -> Broken:
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         table = TABLES["coupons"]
-        if not _usable(frame, table, columns):
-            return _none(frame)
+        if not computable(frame, table, columns):
+            return nothing_broken(frame)
         return rule(frame).fillna(False).astype(bool) & _in_range(frame, table, columns)
 
     return broken
@@ -218,11 +218,11 @@ def _validity_reversed(frame: pd.DataFrame) -> pd.Series:
 
 def _signup_out_of_range(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     """A signup after the batch day (negative tenure) or before EARLIEST_SIGNUP."""
-    if not _usable(frame, TABLES["users"], ["signup_date"]):
-        return _none(frame)
+    if not computable(frame, TABLES["users"], ["signup_date"]):
+        return nothing_broken(frame)
     end = batch_end(batch)
     at = frame["signup_date"]
-    late = (at >= end) if end is not None else _none(frame)
+    late = (at >= end) if end is not None else nothing_broken(frame)
     return (at.notna() & (late | (at < EARLIEST_SIGNUP))).astype(bool)
 
 
@@ -236,8 +236,8 @@ def _signup_changed(frame: pd.DataFrame, batch: Batch) -> pd.Series:
     """A user whose signup date differs from the last accepted snapshot (ids reassigned)."""
     previous = batch.get(PREVIOUS_USERS)
     users = TABLES["users"]
-    if not (_usable(frame, users, ["user_id", "signup_date"]) and previous is not None):
-        return _none(frame)
+    if not (computable(frame, users, ["user_id", "signup_date"]) and previous is not None):
+        return nothing_broken(frame)
     before = previous.drop_duplicates("user_id").set_index("user_id")["signup_date"]
     then = frame["user_id"].map(before)
     return (then.notna() & frame["signup_date"].notna() & (then != frame["signup_date"])).astype(
@@ -333,8 +333,8 @@ def _accepted_before(table: Table) -> Broken:
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         index = batch.get(ACCEPTED.format(table.name))
-        if not isinstance(index, KeyIndex) or not _usable(frame, table, [table.key]):
-            return _none(frame)
+        if not isinstance(index, KeyIndex) or not computable(frame, table, [table.key]):
+            return nothing_broken(frame)
         hashes = row_hashes(frame[table.key])
         made = batch.get(HASHES)
         if isinstance(made, dict) and batch.get(table.name) is frame:
@@ -454,7 +454,7 @@ def missing_users(batch: Batch, examples: int = 3) -> list[str]:
     """Users of the last accepted snapshot absent from this one (users are never deleted; a
     snapshot that lost them is truncated or renumbered)."""
     previous, users = batch.get(PREVIOUS_USERS), batch.get("users")
-    if previous is None or not _usable(users, TABLES["users"], ["user_id"]):
+    if previous is None or not computable(users, TABLES["users"], ["user_id"]):
         return []
     gone = previous.loc[~previous["user_id"].isin(users["user_id"]), "user_id"]
     if gone.empty:

@@ -45,9 +45,21 @@ import numpy as np
 import pandas as pd
 from great_expectations.expectations.metadata_types import FailureSeverity
 
-from couponflow.contract import DIMENSIONS, EVENTS, TABLES, TS, Column, Table
+from couponflow.contract import DIMENSIONS, EVENTS, TABLES, Column, Table
+from expectations import rules as across  # money, terms, time order, identity across days
+from expectations.derived import (
+    CACHE,
+    Batch,
+    Derived,
+    among,
+    cached,
+    computable,
+    joint_codes,
+    nothing_broken,
+    rows_of,
+    taken,
+)
 
-Batch = dict[str, pd.DataFrame]
 DAY_START = "day_start"
 DAY_END = "day_end"
 CRITICAL = FailureSeverity.CRITICAL  # the batch is quarantined
@@ -59,13 +71,6 @@ TOLERANCE = {TRAILING: "tolerance", REFERENCE: "reference_tolerance"}  # their p
 
 # How GX's pandas type check spells a contract dtype (a StringDtype column reports `str`).
 GX_TYPE = {"string": "str"}
-# Which pandas dtypes a rule across tables can compute on, per contract dtype.
-_USABLE: dict[str, Callable[[Any], bool]] = {
-    "int64": pd.api.types.is_integer_dtype,
-    "float64": pd.api.types.is_float_dtype,
-    "string": pd.api.types.is_string_dtype,
-    TS: pd.api.types.is_datetime64_any_dtype,
-}
 
 
 def _num(value: float) -> str:
@@ -82,100 +87,6 @@ def _range(lo: float | None, hi: float | None) -> str:
 
 
 # -- rules across rows and tables, as derived columns ------------------------------------------
-@dataclass(frozen=True)
-class Derived:
-    """A rule across rows or tables: a column computed before validation that holds the
-    offending value where the rule is broken, null where it holds."""
-
-    name: str  # the column GX sees
-    column: str  # the contract column a broken rule is reported on
-    violation: str  # what the offending values did, for the reason
-    broken: Callable[[pd.DataFrame, Batch], pd.Series]  # rows breaking the rule
-
-
-def _usable(frame: pd.DataFrame | None, table: Table, columns: list[str]) -> bool:
-    """Whether `frame` has `columns` in dtypes the rule can compute on. When not, the rule stays
-    silent: the schema and dtype rules already name the cause."""
-    if frame is None:
-        return False
-    for c in columns:
-        if c not in frame.columns or not _USABLE[table.dtypes[c]](frame[c].dtype):
-            return False
-        if table.dtypes[c] == TS and isinstance(frame[c].dtype, pd.DatetimeTZDtype):
-            return False  # normalised at reading; zone-aware here cannot meet naive bounds
-    return True
-
-
-def _none(frame: pd.DataFrame) -> pd.Series:
-    return pd.Series(False, index=frame.index)
-
-
-CACHE = "cache"  # lookups shared by the rules of one derive run (see `_cached`)
-
-
-def _cached(batch: Batch, key: str, frame: pd.DataFrame, make: Callable[[], Any]) -> Any:
-    """`make()` once per frame and derive run: `derive` hands each table's rules a fresh
-    context dict with an empty CACHE, so several rules share a lookup (at 1M rows each costs
-    ~0.1-0.5 s); called elsewhere, it just makes it."""
-    cache = batch.get(CACHE)
-    if not isinstance(cache, dict):
-        return make()
-    slot = (key, id(frame))
-    if slot not in cache:
-        cache[slot] = make()
-    return cache[slot]
-
-
-def _rows_of(batch: Batch, frame: pd.DataFrame, column: str, target: Table) -> np.ndarray:
-    """For each row of `frame`, the row of the batch's `target` table whose key is the row's
-    `column` (the first such row), -1 where there is none: one hash lookup shared by every rule
-    that follows that reference (the reference, the validity window, the coupon's terms)."""
-
-    def find() -> np.ndarray:
-        keys = batch[target.name][target.key]
-        first = np.flatnonzero(~keys.duplicated().to_numpy())
-        at = pd.Index(keys.iloc[first]).get_indexer(frame[column])
-        return np.where(at >= 0, first[np.maximum(at, 0)] if len(first) else -1, -1)
-
-    return _cached(batch, f"rows of {target.name} by {column}", frame, find)
-
-
-def _taken(values: pd.Series, rows: np.ndarray, missing: Any) -> np.ndarray:
-    """`values` at `rows` (row positions), `missing` where a row is -1."""
-    array = values.to_numpy()
-    if not len(array):
-        return np.full(len(rows), missing, dtype=array.dtype)
-    return np.where(rows >= 0, array[np.maximum(rows, 0)], missing)
-
-
-def joint_codes(
-    frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """One int64 per row of `frame` and of `other` for their values of `keys` together: rows
-    with equal values get equal codes (a null is a value of its own), so matching rows across
-    the two tables is a lookup of integers instead of a merge of strings. None when the codes
-    would not fit an int64."""
-    ours, theirs, size = np.zeros(len(frame), np.int64), np.zeros(len(other), np.int64), 1
-    for key in keys:
-        codes, uniques = pd.factorize(pd.concat([frame[key], other[key]], ignore_index=True))
-        n = len(uniques) + 1  # code 0: null
-        size *= n
-        if size >= 2**62:
-            return None
-        ours = ours * n + codes[: len(frame)] + 1
-        theirs = theirs * n + codes[len(frame) :] + 1
-    return ours, theirs
-
-
-def _among(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """`np.isin(values, known)` for int64 codes, by a binary search in the sorted `known`
-    (np.isin would first pass both through numpy 2.3's hash-table np.unique, ~0.3 s a
-    half-million codes)."""
-    known = np.sort(known)
-    if not len(known):
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(known, values), len(known) - 1)
-    return known[at] == values
 
 
 def _unknown(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Series]:
@@ -183,12 +94,12 @@ def _unknown(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Se
     target = TABLES[table.references[column]]
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
-        if not _usable(frame, table, [column]):
-            return _none(frame)
+        if not computable(frame, table, [column]):
+            return nothing_broken(frame)
         other = batch.get(target.name)
         if other is None or target.key not in other:
             return frame[column].notna()
-        return frame[column].notna() & (_rows_of(batch, frame, column, target) < 0)
+        return frame[column].notna() & (rows_of(batch, frame, column, target) < 0)
 
     return broken
 
@@ -202,13 +113,13 @@ def _outside(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Se
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         other = batch.get(target.name)
         if not (
-            _usable(frame, table, [column, time])
-            and _usable(other, target, [target.key, start, end])
+            computable(frame, table, [column, time])
+            and computable(other, target, [target.key, start, end])
         ):
-            return _none(frame)
-        rows = _rows_of(batch, frame, column, target)
+            return nothing_broken(frame)
+        rows = rows_of(batch, frame, column, target)
         never = np.datetime64("NaT", "ns")
-        lo, hi = (pd.Series(_taken(other[e], rows, never), index=frame.index) for e in (start, end))
+        lo, hi = (pd.Series(taken(other[e], rows, never), index=frame.index) for e in (start, end))
         at = frame[time]
         return lo.notna() & hi.notna() & at.notna() & ~((lo <= at) & (at < hi))
 
@@ -222,14 +133,14 @@ def _absent(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Ser
 
     def broken(frame: pd.DataFrame, batch: Batch) -> pd.Series:
         other = batch.get(name)
-        if not (_usable(frame, table, keys) and _usable(other, target, keys)):
-            return _none(frame)
+        if not (computable(frame, table, keys) and computable(other, target, keys)):
+            return nothing_broken(frame)
         present = frame[keys].notna().all(axis=1)
-        codes = _cached(
+        codes = cached(
             batch, f"codes {name} {keys}", frame, lambda: joint_codes(frame, other, keys)
         )
         if codes is not None:
-            return present & ~_among(codes[0], codes[1])
+            return present & ~among(codes[0], codes[1])
         found = (
             frame[keys]
             .merge(other[keys].drop_duplicates(), how="left", on=keys, indicator=True)["_merge"]
@@ -260,8 +171,6 @@ def derived_rules(table: Table) -> list[Derived]:
     for col, (other, same) in table.occurs_in.items():
         where = f"{other} for the same {', '.join(same)}"
         rules.append(Derived(f"{col} not in {where}", col, f"not in {where}", _absent(table, col)))
-    from expectations import rules as across  # money, terms, time order, identity across days
-
     return rules + across.rules(table)
 
 
@@ -365,7 +274,7 @@ def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None
     frame = batch[table.name]
     start = pd.Timestamp(day).normalize()
     context = {**batch, "day": pd.DataFrame({"end": [start + pd.Timedelta(days=1)]})}
-    context[CACHE] = {}  # type: ignore[assignment]  # lookups shared by the rules (`_cached`)
+    context[CACHE] = {}  # type: ignore[assignment]  # lookups shared by the rules (`cached`)
     added: dict[str, pd.Series] = {}
     for rule in derived_rules(table):
         # all null as float NaN unless a row breaks the rule: GX tests an object column's
@@ -403,7 +312,7 @@ def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None
 
 def _in_batch_day(frame: pd.DataFrame, table: Table, column: str, day: str) -> pd.Series:
     """1.0 where `column` falls inside the batch day, 0.0 elsewhere (NaN if unusable)."""
-    if not _usable(frame, table, [column]):
+    if not computable(frame, table, [column]):
         return pd.Series(float("nan"), index=frame.index)
     start = pd.Timestamp(day).normalize()
     at = frame[column]

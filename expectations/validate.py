@@ -214,9 +214,9 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
     _record_keys(ws, day, judged if outcome.passed else None)
     if not outcome.passed:
         outcome.quarantine_path = _quarantine(ws, outcome)
-    _write_report(outcome, results)
+    _write_report(ws, outcome, results)
     if outcome.passed and ws.quarantine_partition(day).is_dir():
-        _mark_superseded(ws.quarantine_partition(day), outcome)
+        _mark_superseded(ws, ws.quarantine_partition(day), outcome)
     return outcome
 
 
@@ -244,7 +244,7 @@ def _crashed(ws: Workspace, day: str, exc: BaseException) -> ValidationOutcome:
     _record_keys(ws, day, None)
     if ws.landing_partition(day).is_dir():
         outcome.quarantine_path = _quarantine(ws, outcome)
-    _write_report(outcome, {})
+    _write_report(ws, outcome, {})
     return outcome
 
 
@@ -638,9 +638,10 @@ def _skipped(
 
 # -- evidence --------------------------------------------------------------------------------
 def _write_report(
-    outcome: ValidationOutcome, results: dict[str, ExpectationSuiteValidationResult]
+    ws: Workspace, outcome: ValidationOutcome, results: dict[str, ExpectationSuiteValidationResult]
 ) -> None:
-    """The JSON summary in the reports folder (and beside a quarantined batch)."""
+    """The JSON summary in the reports folder (and beside a quarantined batch), its paths
+    relative to the workspace (`Workspace.relative`)."""
     report = {
         "day": outcome.day,
         "passed": outcome.passed,
@@ -655,7 +656,7 @@ def _write_report(
         "quarantine": str(outcome.quarantine_path) if outcome.quarantine_path else None,
         "results": {name: result.to_json_dict() for name, result in results.items()},
     }
-    text = json.dumps(report, indent=2, default=str)
+    text = json.dumps(ws.relative(report), indent=2, default=str)
     outcome.report_path.parent.mkdir(parents=True, exist_ok=True)
     outcome.report_path.write_text(text)
     if outcome.quarantine_path:
@@ -670,14 +671,16 @@ def _quarantine(ws: Workspace, outcome: ValidationOutcome) -> Path:
     shutil.move(ws.landing_partition(outcome.day), target)
     warnings = f"Warnings besides:\n\n{_bullets(outcome.warnings)}\n\n" if outcome.warnings else ""
     pages = _bullets([f"{name}: {page}" for name, page in outcome.pages.items()])
-    (target / "REASONS.md").write_text(
+    reasons = (
         f"# Batch {outcome.day} quarantined\n\n"
         f"It broke the data contract ({_count(len(outcome.failures), 'reason')}):\n\n"
         f"{_bullets(outcome.failures)}\n\n{warnings}"
         f"Full result: `validation.json` here. Data Docs of this run, one page per table, "
         f"failing rows sampled by key:\n\n{pages}\n\n"
-        f"To fix: land a corrected batch at {ws.landing_partition(outcome.day)} and re-run.\n"
+        f"To fix: land a corrected batch at {ws.landing_partition(outcome.day)} and re-run "
+        "(paths relative to the workspace).\n"
     )
+    (target / "REASONS.md").write_text(ws.relative(reasons))
     return target
 
 
@@ -685,8 +688,9 @@ def _bullets(lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def _mark_superseded(quarantined: Path, outcome: ValidationOutcome) -> None:
+def _mark_superseded(ws: Workspace, quarantined: Path, outcome: ValidationOutcome) -> None:
     (quarantined / "SUPERSEDED.md").write_text(
         f"# Superseded\n\nA re-landed batch for {outcome.day} passed validation; "
-        f"see {outcome.report_path}. This folder is kept as evidence only.\n"
+        f"see {ws.relative(outcome.report_path)} in the workspace. This folder is kept as "
+        "evidence only.\n"
     )

@@ -1,40 +1,25 @@
-"""Serving: the BentoML service, how its model and bento are made, run, smoke-tested and
-released.
+"""Serving, in three rooms by job:
 
-Names shared by the service and the tooling live here so importing them stays cheap:
-the pipeline side never imports BentoML itself, it runs the `bentoml` CLI in child
-processes whose BENTOML_HOME is the workspace's own store.
+- `serving.runtime`: what runs inside the bento's workers (the BentoML service, the live
+  policy `recommender`, the shared `spend` store, the `feedback` log, API key `auth`,
+  `problems` (error bodies), Prometheus `metrics`). Never imports `serving.deploy`, so the
+  bento packs only this room (serving/bentofile.yaml).
+- `serving.deploy`: the tooling around it, run by the pipeline and the CLI (the BentoML
+  model and `bento` build, the `server` lifecycle, candidate checks `smoke`, the blue/green
+  `deployment` behind the front door `router`, the `release` record and rollback).
+- `serving.client`: the client downstream apps call the service with (httpx only).
+
+Names the runtime and the tooling share (the environment a server is started with) live
+here, so importing them stays cheap; the names of the artefacts training ships are the
+core's (couponflow.artefacts).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from couponflow.artefacts import MODEL_NAME
+from couponflow.artefacts import POLICY_FILE as POLICY_FILE  # the old path: benchmarks/ use it
 
-from couponflow.config import HOME_ENV, Workspace
-
-MODEL_NAME = "couponflow-recommender"
-BENTO_NAME = "couponflow"
-MODEL_TAG_ENV = "COUPONFLOW_MODEL_TAG"
+MODEL_TAG_ENV = "COUPONFLOW_MODEL_TAG"  # the BentoML model a server's service loads
 DEFAULT_MODEL_TAG = f"{MODEL_NAME}:latest"
 WORKERS_ENV = "COUPONFLOW_SERVING_WORKERS"
 ACCESS_LOG_ENV = "COUPONFLOW_ACCESS_LOG"  # 1: BentoML logs every request
-POLICY_FILE = "policy.json"  # the budget plan (training/budget.py)
-MODEL_FILES = ("model.pt", "model.json", POLICY_FILE)  # what training writes to ws.models
-CATALOGUE_FILE = "coupons.parquet"  # the coupon catalogue snapshot inside the model
-
-
-def bentoml_home(ws: Workspace) -> Path:
-    """The workspace's BentoML store (models, bentos), so deployments never share one."""
-    return ws.root.resolve() / "bentoml"
-
-
-def bentoml_env(ws: Workspace, **extra: str) -> dict[str, str]:
-    """The environment of a BentoML child process working for `ws`."""
-    return {
-        **os.environ,
-        HOME_ENV: str(ws.root.resolve()),
-        "BENTOML_HOME": str(bentoml_home(ws)),
-        "BENTOML_DO_NOT_TRACK": "True",
-        **extra,
-    }

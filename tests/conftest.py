@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from couponflow.artefacts import POLICY_FILE
 from couponflow.config import (
     HOME_ENV,
     PROJECT_ROOT,
@@ -21,10 +22,17 @@ from couponflow.config import (
     load_params,
     set_param,
 )
-from serving import POLICY_FILE
-from serving.server import Server, free_port
+from couponflow.processes import free_port
+from serving.deploy.server import Server
+from tests.browser import browser  # noqa: F401  (the fixture: headless Chromium, or a skip)
 
 LOCAL_REDIS = RedisSettings("127.0.0.1", 6379, None)  # the machine's, no password
+# The layers: unit (no mark: our code in this process, seconds; `make test-unit`),
+# integration (a tool, a server, Redis or child processes) and e2e (the real pipeline).
+# A test is integration when its module or itself says so, or when it takes a fixture that
+# builds a bento or starts a server, or needs Redis or PostgreSQL.
+SERVER_FIXTURES = {"bento", "server"}
+SERVICE_MARKS = ("redis", "postgres")
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="couponflow-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
@@ -44,6 +52,13 @@ GATE_OPEN = {
     "gate.min_coupon_evidence": 0,
     "gate.min_lift_over_baselines": -1e9,
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_service = any(item.get_closest_marker(m) for m in SERVICE_MARKS)
+        if needs_service or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def recorded_alerts(ws: Workspace) -> list[dict]:
@@ -84,7 +99,7 @@ def redis_prefix_clean() -> Iterator[str]:
 
     import redis
 
-    from serving.spend import redis_client
+    from serving.runtime.spend import redis_client
 
     client = redis_client(LOCAL_REDIS)
     try:
@@ -143,7 +158,7 @@ def served_workspace(root: Path, **overrides: object) -> Workspace:
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+def serving_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """The served world of the serving tests, named by $COUPONFLOW_HOME while they run."""
     ws = served_workspace(tmp_path_factory.mktemp("serving") / "ws")
     with pytest.MonkeyPatch.context() as mp:
@@ -152,17 +167,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 
 
 @pytest.fixture(scope="session")
-def bento(workspace: Workspace) -> tuple[str, str]:
+def bento(serving_workspace: Workspace) -> tuple[str, str]:
     """(model tag, bento tag) in the workspace's own BentoML store."""
-    from serving.bento import build_bento, store_model
+    from serving.deploy.bento import build_bento, store_model
 
-    model_tag = store_model(workspace, workspace.models)
-    return model_tag, build_bento(workspace, model_tag)
+    model_tag = store_model(serving_workspace, serving_workspace.models)
+    return model_tag, build_bento(serving_workspace, model_tag)
 
 
 @pytest.fixture(scope="session")
-def server(workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
-    from serving.server import start_server
+def server(serving_workspace: Workspace, bento: tuple[str, str]) -> Iterator[Server]:
+    from serving.deploy.server import start_server
 
-    with start_server(workspace, bento[1], free_port()) as running:
+    with start_server(serving_workspace, bento[1], free_port()) as running:
         yield running

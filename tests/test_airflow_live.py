@@ -153,7 +153,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
         )
         yield live
     finally:
-        from serving.deployment import stop_deployment
+        from serving.deploy.deployment import stop_deployment
 
         pgids = [proc.pid for proc in services.procs.values()]
         services.stop()

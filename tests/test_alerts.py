@@ -28,8 +28,10 @@ from couponflow.alerts import (
     task_failed,
 )
 from couponflow.config import HOME_ENV, Workspace
-from serving.server import free_port
+from couponflow.processes import free_port
 from tests.conftest import recorded_alerts
+
+pytestmark = pytest.mark.integration  # Airflow connections, a mail server and a webhook server
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.problems import PROBLEM_JSON, URN, ProblemMiddleware, documented
-from serving.server import Server
+from serving.deploy.server import Server
+from serving.runtime.problems import PROBLEM_JSON, URN, ProblemMiddleware, documented
 
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
 
@@ -200,7 +200,7 @@ def test_k_is_a_most_the_slate_ends_where_no_coupon_is_worth_more() -> None:
 
 
 def test_a_missing_api_key_is_a_problem() -> None:
-    from serving.auth import ApiKeyMiddleware
+    from serving.runtime.auth import ApiKeyMiddleware
 
     guarded = ApiKeyMiddleware(answering(200, b"application/json", b"{}"), key="k3y")
     got, headers, body = call(ProblemMiddleware(guarded, openapi=dict), "POST", "/recommend")

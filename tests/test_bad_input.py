@@ -22,7 +22,9 @@ from couponflow.landing import load_offline, read_batch, write_batch
 from couponflow.world import World
 from expectations import trailing
 from expectations.validate import validate_batch
-from tests.test_validation import copy, days_from, land, make_workspace
+from tests.helpers.batches import copy, days_from, land, make_workspace
+
+pytestmark = pytest.mark.integration  # Great Expectations validates real batches
 
 DAY = "2026-01-03"
 Batch = dict[str, pd.DataFrame]

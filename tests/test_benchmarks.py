@@ -11,6 +11,8 @@ import pytest
 
 from couponflow.config import PROJECT_ROOT
 
+pytestmark = pytest.mark.integration  # the benchmarks run as scripts
+
 
 def run_benchmark(*args: str) -> str:
     """`python -m benchmarks.<args>` from the project root; its output, or a failure with it."""

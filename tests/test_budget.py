@@ -3,24 +3,21 @@ decisions the service should expect."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.artefacts import POLICY_FILE
+from couponflow.config import Workspace
 from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.model import CouponNet
 from couponflow.policy import INELIGIBLE, BudgetPlan, best_arms, with_control
-from serving import POLICY_FILE
 from tests.conftest import value_cost
-from tests.test_policy import catalogue
+from tests.helpers.catalogue import catalogue
+from tests.helpers.workspaces import N_USERS, simulated_workspace
 from training.budget import main, make_plan, plan_budget, population_scores
 
 EPSILON = 0.05
-N_USERS = 300
 
 
 def unconstrained_spend(value: np.ndarray, cost: np.ndarray) -> float:
@@ -65,48 +62,25 @@ def test_users_at_their_cap_get_no_coupon_arm() -> None:
     assert (cost[:, 1:] > 0).all() and (cost[:, 0] == 0).all()
 
 
-def simulated_workspace(root: Path, days: int = 3) -> Workspace:
-    """`days` simulated days of a 300-user world in the offline store, their feature
-    partitions and an untrained model."""
-    from couponflow.landing import load_offline
-    from couponflow.model import save_model
-    from couponflow.world import World
-    from feature_repo.store import publish_features
-
-    params = load_params(PROJECT_ROOT / "params.yaml")
-    set_param(params, "world.n_users", N_USERS)
-    set_param(params, "policy.holdout_share", 0.0)  # every decision the policy's own
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    ws = Workspace(root)
-    world = World(params["world"])
-    start = pd.Timestamp(params["world"]["start_date"])
-    for i in range(days):
-        day = str((start + pd.Timedelta(days=i)).date())
-        load_offline(ws, day, world.simulate_day(day))
-        publish_features(ws, day)
-    save_model(CouponNet(), ws.models / "model.pt", {"version": "test"})
-    return ws
-
-
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def budget_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return simulated_workspace(tmp_path_factory.mktemp("budget"))
 
 
 def test_the_stage_plans_tomorrow_from_the_newest_features(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+    budget_workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from couponflow.landing import offline_days, read_offline
 
-    monkeypatch.chdir(workspace.root)
+    monkeypatch.chdir(budget_workspace.root)
     main()
-    plan = BudgetPlan.read(workspace.models / POLICY_FILE)
-    assert plan == make_plan(workspace)  # deterministic
-    days = offline_days(workspace)
+    plan = BudgetPlan.read(budget_workspace.models / POLICY_FILE)
+    assert plan == make_plan(budget_workspace)  # deterministic
+    days = offline_days(budget_workspace)
     assert plan.day == str((pd.Timestamp(days[-1]) + pd.Timedelta(days=1)).date())
-    policy = workspace.params["policy"]
+    policy = budget_workspace.params["policy"]
     assert plan.daily_budget == pytest.approx(policy["budget_per_user"] * N_USERS)
-    logged = np.mean([len(read_offline(workspace, "offers", [d])) for d in days])
+    logged = np.mean([len(read_offline(budget_workspace, "offers", [d])) for d in days])
     assert plan.expected_decisions == pytest.approx(logged)
     assert 0.3 * N_USERS < plan.expected_decisions < N_USERS
     assert plan.epsilon == policy["epsilon"]

@@ -9,6 +9,8 @@ import pytest
 
 from couponflow.alerts import task_failed
 
+pytestmark = pytest.mark.integration  # Airflow parses the DAG files
+
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 CHAINS = {
     "coupon_ingest": ["land", "validate", "load_offline_store", "summary"],

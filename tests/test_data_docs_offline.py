@@ -8,9 +8,13 @@ import re
 from html import unescape
 from pathlib import Path
 
+import pytest
+
 from expectations.offline_docs import MARK, make_offline, offline_page
 from expectations.validate import validate_batch
-from tests.test_validation import DAY, land, make_workspace, negative_amounts
+from tests.helpers.batches import DAY, land, make_workspace, negative_amounts
+
+pytestmark = pytest.mark.integration  # Great Expectations builds Data Docs
 
 LOADED_FROM_NETWORK = re.compile(
     r"<(script|link|img)[^>]*\b(src|href)=\"https?://|url\(['\"]?https?://", re.I

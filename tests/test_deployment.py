@@ -15,16 +15,19 @@ import pytest
 import torch
 
 from couponflow.config import Workspace
-from serving.server import Server, free_port
+from couponflow.processes import free_port
+from serving.deploy.server import Server
 from tests.conftest import served_workspace
-from tests.test_serving import noon_after
+from tests.helpers.serving import noon_after
+
+pytestmark = pytest.mark.integration  # bentos built, servers and the front door started
 
 
 def make_model(ws: Workspace, version: str, broken: bool = False) -> tuple[str, str]:
     """A model `version` in ws.models (as training leaves it), stored and built into a
     bento; `broken` fills its weights with NaN, as a corrupted training run might."""
     from couponflow.model import CouponNet, save_model
-    from serving.bento import build_bento, store_model
+    from serving.deploy.bento import build_bento, store_model
 
     net = CouponNet(hidden=64)
     if broken:
@@ -43,7 +46,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """A served world of its own (its releases and front door must not meet the other
     serving tests'), with a holdout slice big enough to read out; everything stopped at
     the end."""
-    from serving.deployment import stop_deployment
+    from serving.deploy.deployment import stop_deployment
 
     ws = served_workspace(
         tmp_path_factory.mktemp("deployment") / "ws",
@@ -56,14 +59,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
 @pytest.fixture(scope="module")
 def bento(deployment: Workspace) -> tuple[str, str]:
     """(model tag, bento tag) of the first release."""
-    from serving.bento import build_bento, store_model
+    from serving.deploy.bento import build_bento, store_model
 
     model_tag = store_model(deployment, deployment.models)
     return model_tag, build_bento(deployment, model_tag)
 
 
 def version_at(ws: Workspace) -> str:
-    from serving.deployment import front_door
+    from serving.deploy.deployment import front_door
 
     body = {"user_id": 1, "context": {"channel": "test"}}
     return httpx.post(f"{front_door(ws)}/recommend", json=body, timeout=10).json()["model_version"]
@@ -73,8 +76,8 @@ def test_a_checked_candidate_takes_traffic_only_when_switched(
     deployment: Workspace,
     bento: tuple[str, str],
 ) -> None:
-    from serving.deployment import deployment_record, front_door, start_candidate
-    from serving.deployment import switch_to_candidate as switch
+    from serving.deploy.deployment import deployment_record, front_door, start_candidate
+    from serving.deploy.deployment import switch_to_candidate as switch
 
     model_tag, bento_tag = bento
     candidate = start_candidate(deployment, model_tag, bento_tag)
@@ -93,8 +96,8 @@ def test_a_checked_candidate_takes_traffic_only_when_switched(
 
 
 def test_a_new_release_moves_traffic_without_failed_requests(deployment: Workspace) -> None:
-    from serving.deployment import deployment_record, front_door, start_candidate
-    from serving.deployment import switch_to_candidate as switch
+    from serving.deploy.deployment import deployment_record, front_door, start_candidate
+    from serving.deploy.deployment import switch_to_candidate as switch
 
     old = deployment_record(deployment)["live"]
     model_tag, bento_tag = make_model(deployment, "test-0002")
@@ -131,7 +134,7 @@ def test_a_new_release_moves_traffic_without_failed_requests(deployment: Workspa
 
 def test_a_broken_candidate_never_takes_traffic(deployment: Workspace) -> None:
     from couponflow.report import outcome_of
-    from serving.deployment import CandidateRefused, deployment_record, start_candidate
+    from serving.deploy.deployment import CandidateRefused, deployment_record, start_candidate
 
     before = deployment_record(deployment)
     model_tag, bento_tag = make_model(deployment, "test-broken", broken=True)
@@ -148,8 +151,8 @@ def test_a_broken_candidate_never_takes_traffic(deployment: Workspace) -> None:
 
 
 def test_rollback_switches_to_the_warm_standby(deployment: Workspace) -> None:
-    from serving.deployment import deployment_record, roll_back
-    from serving.release import current_release
+    from serving.deploy.deployment import deployment_record, roll_back
+    from serving.deploy.release import current_release
 
     standby = deployment_record(deployment)["standby"]
     started = time.monotonic()
@@ -167,7 +170,7 @@ def test_the_served_policy_is_read_out_against_its_holdout(deployment: Workspace
     """Shoppers through the front door, outcomes reported as a downstream app would, and
     the next run's readout of that day from the feedback logs."""
     from couponflow.contract import HOLDOUT_SUFFIX
-    from serving.deployment import front_door
+    from serving.deploy.deployment import front_door
     from training.served import served_readout
 
     at = noon_after(deployment, 1)  # a day of its own: its budget and its decisions
@@ -197,7 +200,7 @@ def test_the_served_policy_is_read_out_against_its_holdout(deployment: Workspace
 
 
 def test_stopping_leaves_no_server_and_the_front_door_closed(deployment: Workspace) -> None:
-    from serving.deployment import deployment_record, front_door, stop_deployment
+    from serving.deploy.deployment import deployment_record, front_door, stop_deployment
 
     record = deployment_record(deployment)
     servers = [Server.attach(record[slot]["server"]) for slot in ("live", "standby")]

@@ -19,7 +19,7 @@ from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
 from couponflow.model import CouponNet
 from couponflow.policy import eligible, with_control
-from tests.test_model import ARMS, MARGIN, known_effect_log
+from tests.helpers.known_effect import ARMS, MARGIN, known_effect_log
 from training.baselines import GB_PARAMS, fit_baselines
 from training.evaluate import ModelPolicy, Policy, population, price, true_leads
 

@@ -40,6 +40,7 @@ from couponflow.features import (
 from couponflow.landing import load_offline, read_offline
 from couponflow.model import ARM_FEATURES, encode_arms
 from couponflow.policy import with_control
+from couponflow.processes import free_port, listening
 from feature_repo.store import (
     USER_REFS,
     OnlineUserReader,
@@ -53,7 +54,8 @@ from feature_repo.store import (
     open_store,
     publish_features,
 )
-from serving.server import free_port, listening
+
+pytestmark = pytest.mark.integration  # Feast stores, and Redis
 
 N_USERS = 200
 N_DAYS = 4
@@ -325,7 +327,7 @@ def test_a_redis_with_a_password_is_reached_with_it_from_the_environment(
     $COUPONFLOW_REDIS_PASSWORD (it is never in params.yaml); without it they are refused."""
     import redis
 
-    from serving.spend import open_spend
+    from serving.runtime.spend import open_spend
 
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "ws"))
     monkeypatch.setenv(REDIS_PASSWORD_ENV, "secret")

@@ -88,7 +88,7 @@ def batch(
 
 
 @pytest.fixture
-def workspace(tmp_path) -> Workspace:
+def features_workspace(tmp_path) -> Workspace:
     ws = Workspace(tmp_path)
     load_offline(
         ws,
@@ -108,8 +108,8 @@ def workspace(tmp_path) -> Workspace:
     return ws
 
 
-def test_windows_count_what_they_cover(workspace) -> None:
-    f = compute_user_features(workspace, "2026-01-09").set_index("user_id")
+def test_windows_count_what_they_cover(features_workspace) -> None:
+    f = compute_user_features(features_workspace, "2026-01-09").set_index("user_id")
     assert f.loc[1, "orders_1d"] == 1 and f.loc[1, "spend_1d"] == pytest.approx(60.0)
     assert f.loc[1, "orders_7d"] == 1  # 2026-01-01 is outside the 7-day window
     assert f.loc[1, "orders_30d"] == 2
@@ -119,16 +119,16 @@ def test_windows_count_what_they_cover(workspace) -> None:
     assert f.loc[1, "tenure_days"] == 40
 
 
-def test_offers_and_redemptions_per_window(workspace) -> None:
-    f = compute_user_features(workspace, "2026-01-09").set_index("user_id")
+def test_offers_and_redemptions_per_window(features_workspace) -> None:
+    f = compute_user_features(features_workspace, "2026-01-09").set_index("user_id")
     assert (f.loc[1, "offers_1d"], f.loc[1, "redemptions_1d"]) == (1, 1)
     assert (f.loc[1, "offers_30d"], f.loc[1, "redemptions_30d"]) == (2, 1)
     assert f.loc[1, "redemption_rate_30d"] == pytest.approx(0.5)
     assert f.loc[2, "offers_1d"] == 0  # a "no coupon" control is not an offer received
 
 
-def test_response_to_each_coupon_kind(workspace) -> None:
-    f = compute_user_features(workspace, "2026-01-09").set_index("user_id")
+def test_response_to_each_coupon_kind(features_workspace) -> None:
+    f = compute_user_features(features_workspace, "2026-01-09").set_index("user_id")
     assert f.loc[1, "offers_percent_off_30d"] == 1
     assert f.loc[1, "redemption_rate_percent_off_30d"] == pytest.approx(1.0)
     assert f.loc[1, "offers_amount_off_30d"] == 1
@@ -136,29 +136,29 @@ def test_response_to_each_coupon_kind(workspace) -> None:
     assert f.loc[1, "offers_free_shipping_30d"] == 0
 
 
-def test_coupon_stats(workspace) -> None:
-    s = compute_coupon_stats(workspace, "2026-01-09").set_index("coupon_id")
+def test_coupon_stats(features_workspace) -> None:
+    s = compute_coupon_stats(features_workspace, "2026-01-09").set_index("coupon_id")
     assert list(s.loc["P10", COUPON_FEATURES]) == pytest.approx([1.0, 1.0, 1.0, 60.0])
     assert list(s.loc["A5", COUPON_FEATURES]) == pytest.approx([1.0, 0.0, 0.0, 0.0])
     assert (s["event_timestamp"] == pd.Timestamp("2026-01-10")).all()
 
 
-def test_features_never_see_the_future(workspace) -> None:
-    f = compute_user_features(workspace, "2026-01-09").set_index("user_id")
+def test_features_never_see_the_future(features_workspace) -> None:
+    f = compute_user_features(features_workspace, "2026-01-09").set_index("user_id")
     assert f.loc[2, "orders_30d"] == 0  # user 2's order is on 2026-01-10
     assert f.loc[2, "days_since_last_order"] == MAX_RECENCY_DAYS
-    early = compute_coupon_stats(workspace, "2026-01-01").set_index("coupon_id")
+    early = compute_coupon_stats(features_workspace, "2026-01-01").set_index("coupon_id")
     assert early.loc["P10", "coupon_offers_30d"] == 0  # offered on 2026-01-09
     assert (
-        compute_coupon_stats(workspace, "2026-01-09")
+        compute_coupon_stats(features_workspace, "2026-01-09")
         .set_index("coupon_id")
         .loc["A5", "coupon_redemptions_30d"]
         == 0
     )  # redeemed on 2026-01-10
 
 
-def test_rows_are_stamped_at_the_end_of_the_day(workspace) -> None:
-    f = compute_user_features(workspace, "2026-01-09")
+def test_rows_are_stamped_at_the_end_of_the_day(features_workspace) -> None:
+    f = compute_user_features(features_workspace, "2026-01-09")
     assert (f["event_timestamp"] == pd.Timestamp("2026-01-10")).all()
     assert list(f.columns) == ["user_id", *USER_FEATURES, "event_timestamp"]
 

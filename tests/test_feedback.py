@@ -16,12 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
 
 from couponflow.config import RedisSettings, Workspace
-from serving.feedback import (
+from couponflow.landing import feedback_area, read_feedback
+from serving.runtime.feedback import (
     EVENTS,
     FEEDBACK_DB,
     PUSH_LOCK,
@@ -32,14 +32,11 @@ from serving.feedback import (
     RedisIndex,
     SqliteIndex,
     UnknownRequest,
-    feedback_area,
     forget_old_feedback,
-    fresh_counters,
     landing_file,
     open_feedback_index,
-    read_feedback,
 )
-from serving.spend import redis_client, redis_prefix
+from serving.runtime.spend import redis_client, redis_prefix
 from tests.conftest import LOCAL_REDIS
 
 DAY = "2026-01-05"
@@ -122,6 +119,7 @@ def _report_all(root: Path, make: Factory, out: multiprocessing.Queue) -> None:
     out.put(sum(row["recorded"] for row in rows))
 
 
+@pytest.mark.integration  # two processes
 def test_the_same_event_from_two_processes_lands_once(tmp_path: Path, make_index: Factory) -> None:
     log = FeedbackLog(Workspace(tmp_path), make_index())
     for i in range(10):
@@ -248,10 +246,11 @@ def test_a_push_lock_held_elsewhere_skips_the_push_not_the_event(
     assert [e["event"] for e in read_feedback(ws, DAY, "events")] == ["shown"]
 
 
+@pytest.mark.integration  # waits out Redis timeouts
 def test_a_redis_that_does_not_answer_fails_the_calls(tmp_path: Path) -> None:
     """Nothing listens: indexing a decision and recording an event raise (the service
     answers the first without offers and the second with a 503), and nothing lands."""
-    from serving.server import free_port
+    from couponflow.processes import free_port
 
     nowhere = RedisSettings("127.0.0.1", free_port(), None)
     ws = Workspace(tmp_path)
@@ -319,12 +318,12 @@ def test_landing_files_are_named_by_host_and_pid_and_old_names_are_read(
 ) -> None:
     """Two pods sharing the workspace have the same small pids: each appends to a file of
     its own host. Files of older versions, named by pid alone, are read all the same."""
-    import serving.feedback
+    import serving.runtime.feedback
 
     ws = Workspace(tmp_path)
     log = FeedbackLog(ws, SqliteAt(tmp_path)())
     for host in ("couponflow-stable-7d9f-abcde", "couponflow-canary-5c4b-fghij"):
-        monkeypatch.setattr(serving.feedback, "HOST", host)
+        monkeypatch.setattr(serving.runtime.feedback, "HOST", host)
         log.log_decision(decision(f"from-{host}"))
         log.record_event(f"from-{host}", "shown", None)
         assert landing_file("events") == f"events-{host}-{os.getpid()}.jsonl"
@@ -335,27 +334,3 @@ def test_landing_files_are_named_by_host_and_pid_and_old_names_are_read(
     landed = read_feedback(ws, DAY, "decisions")
     assert len(landed) == 3 and "old" in {d["request_id"] for d in landed}
     assert len(read_feedback(ws, DAY, "events")) == 2
-
-
-def test_fresh_counters_follow_each_outcome() -> None:
-    from couponflow.features import USER_FEATURES, default_user_features
-
-    def f(row: np.ndarray, name: str) -> float:
-        return float(row[USER_FEATURES.index(name)])
-
-    start = default_user_features()
-    shown = fresh_counters(start, "shown", ["percent_off", "amount_off"], None)
-    assert [f(shown, f"offers_{w}d") for w in (1, 7, 30)] == [2.0, 2.0, 2.0]
-    assert f(shown, "offers_percent_off_30d") == f(shown, "offers_amount_off_30d") == 1.0
-    assert f(shown, "redemption_rate_7d") == 0.0
-    redeemed = fresh_counters(shown, "redeemed", ["percent_off", "amount_off"], None)
-    assert f(redeemed, "redemptions_30d") == 1.0 and f(redeemed, "redemption_rate_30d") == 0.5
-    assert f(redeemed, "redemption_rate_percent_off_30d") == 0.0  # which coupon is unknown
-    one = fresh_counters(fresh_counters(start, "shown", ["free_shipping"], None), "redeemed",
-                         ["free_shipping"], None)  # fmt: skip
-    assert f(one, "redemption_rate_free_shipping_30d") == 1.0
-    bought = fresh_counters(redeemed, "purchased", [], 80.0)
-    bought = fresh_counters(bought, "purchased", [], 20.0)
-    assert f(bought, "orders_1d") == 2.0 and f(bought, "spend_30d") == 100.0
-    assert f(bought, "avg_basket_30d") == 50.0 and f(bought, "days_since_last_order") == 0.0
-    assert f(bought, "redemption_rate_30d") == 0.5  # untouched by a purchase

@@ -25,9 +25,9 @@ from couponflow.cli import next_days, run_days, seed_history
 from couponflow.config import HOME_ENV, load_params, set_param
 from couponflow.contract import TABLES
 from couponflow.landing import offline_days, read_offline, write_batch
+from couponflow.processes import free_port
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
-from serving.server import free_port
 from tests.conftest import GATE_OPEN, TINY_WORLD, recorded_alerts
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def pipeline(tmp_path_factory):
     (day,) = next_days(ws, 1)
     (summary,) = run_days(ws, [day])
     yield ws, day, summary
-    from serving.deployment import stop_deployment
+    from serving.deploy.deployment import stop_deployment
 
     stop_deployment(ws)  # the release left its servers and the front door running
 
@@ -86,7 +86,7 @@ def test_model_and_metrics_are_dvc_tracked(pipeline) -> None:
 def test_the_run_report_judges_every_policy_with_pictures(pipeline) -> None:
     ws, day, summary = pipeline
     trained = summary["steps"]["train"]
-    report = Path(trained["report"])
+    report = ws.root / trained["report"]  # relative to the workspace
     assert report.parent == ws.root / "reports" / "runs" / day
     for picture in ("qini.png", "calibration.png", "budget.png"):
         assert (report.parent / picture).stat().st_size > 5_000, picture
@@ -106,7 +106,7 @@ def test_the_run_report_judges_every_policy_with_pictures(pipeline) -> None:
 
 
 def test_a_bento_was_built_and_answered_over_http(pipeline) -> None:
-    from serving import bentoml_env
+    from serving.deploy import bentoml_env
 
     ws, _, summary = pipeline
     bento_tag = summary["steps"]["build_bento"]["bento_tag"]
@@ -121,7 +121,7 @@ def test_a_bento_was_built_and_answered_over_http(pipeline) -> None:
 
 
 def test_the_release_is_recorded(pipeline) -> None:
-    from serving.release import current_release
+    from serving.deploy.release import current_release
 
     ws, _, summary = pipeline
     release = current_release(ws)
@@ -133,7 +133,7 @@ def test_the_release_is_recorded(pipeline) -> None:
 
 def test_the_summary_is_markdown_an_engineer_reads(pipeline) -> None:
     ws, day, summary = pipeline
-    page = Path(summary["summary_markdown"]).read_text()
+    page = (ws.root / summary["summary_markdown"]).read_text()
     assert page.startswith(f"# couponflow {day}: released")
     for section in ("## Rows in", "## Features materialised", "## Challenger against champion"):
         assert section in page
@@ -149,7 +149,7 @@ def untimed(step: dict) -> dict:
 def test_rerunning_a_day_leaves_the_same_rows_features_and_model(pipeline) -> None:
     """A backfill or a cleared run of a day already done is harmless: the same batch, the
     same offline rows and features, the same model version, and no second release."""
-    from serving.release import release_history
+    from serving.deploy.release import release_history
 
     ws, day, first = pipeline
 
@@ -247,9 +247,9 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
     getting answers from the live release, whose deployment nothing touches."""
     import yaml
 
-    from serving.deployment import deployment_record, front_door
-    from serving.release import current_release, release_history
-    from serving.server import Server
+    from serving.deploy.deployment import deployment_record, front_door
+    from serving.deploy.release import current_release, release_history
+    from serving.deploy.server import Server
 
     ws, _, _ = pipeline
     (day,) = next_days(ws, 1)
@@ -267,7 +267,8 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
 
     assert summary["outcome"] == "train failed" and summary["airflow_exit_code"] != 0
     assert summary["steps"]["features"]["users"] == TINY_WORLD["world.n_users"]
-    assert Path(summary["summary_markdown"]).read_text().startswith(f"# couponflow {day}: train")
+    page = (ws.root / summary["summary_markdown"]).read_text()  # relative to the workspace
+    assert page.startswith(f"# couponflow {day}: train")
     (alert,) = recorded_alerts(ws)[alerted:]  # one, from the step that broke; the summary adds none
     assert (alert["dag_id"], alert["task_id"]) == ("coupon_retrain", "train")
     assert "ValueError: the validation loss was never finite" in alert["error"], alert["error"]
@@ -281,6 +282,52 @@ def test_a_failed_training_leaves_the_live_release_serving(pipeline) -> None:
     print(
         f"{len(answers)} answers in {answers[-1][0] - answers[0][0]:.0f} s, all from the live model"
     )
+
+
+@pytest.mark.browser
+def test_a_reviewer_finds_why_a_day_was_refused_in_two_clicks(browser, pipeline) -> None:
+    """Issue #18's target, in headless Chromium over this workspace's Airflow UI (what
+    `make airflow` serves): from coupon_retrain's grid, click 1 on a refused day's run shows
+    the decision under the run's header, click 2 opens its note with the gate's failed
+    checks; in the grid the refused day's gate and release path are not green like a
+    release. Run alone, the first day is run again first: retraining on the same data
+    cannot beat the champion it made, so the gate refuses."""
+    from couponflow.report import summary_path
+    from tests.browser import airflow_ui, open_run_in_two_clicks, run_id_of, screenshot, wait_for
+
+    ws, day, _ = pipeline
+    refused = refused_day(ws, day)
+    gate = json.loads(summary_path(ws, refused).read_text())["steps"]["train"]["gate"]
+    failed = [check["check"] for check in gate["checks"] if not check["passed"]]
+    run_id = run_id_of(ws, "coupon_retrain", refused)
+
+    with airflow_ui(ws) as base_url:
+        seen = open_run_in_two_clicks(browser, base_url, "coupon_retrain", run_id)
+        screenshot(browser, "airflow-run-note", height=900)
+        browser.get(f"{base_url}/dags/coupon_retrain")
+        wait_for(browser, lambda d: "summary" in d.page_source and d.find_elements(
+            "css selector", f'a[id="grid-{run_id}-gate"]'), "the grid")  # fmt: skip
+        screenshot(browser, "airflow-grid", height=900)
+
+    assert seen["header"].startswith(f"{refused}: refused by gate"), seen["header"]
+    note = " ".join(seen["note"].split())
+    assert f"{refused}: refused by gate" in note and "gate: refuse" in note, note
+    assert failed and all(check in note for check in failed), (failed, note)
+    colours = seen["colours"]  # skipped (pink), where a release is green
+    assert colours["gate"] == colours["release"] != colours["train"], colours
+
+
+def refused_day(ws, day: str) -> str:
+    """The newest day the gate refused; when there is none (this test run alone), `day`
+    run again, which the gate refuses (test_rerunning_a_day_... shows why)."""
+    from couponflow.report import summary_path
+
+    for path in sorted(summary_path(ws, day).parent.glob("*.json"), reverse=True):
+        if json.loads(path.read_text())["outcome"] == "refused by gate":
+            return path.stem
+    (again,) = run_days(ws, [day])
+    assert again["outcome"] == "refused by gate", again["outcome"]
+    return day
 
 
 @contextmanager

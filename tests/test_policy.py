@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from couponflow.contract import coupon_cost
-from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
+from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.model import CouponNet
 from couponflow.policy import (
     INELIGIBLE,
@@ -24,22 +24,7 @@ from couponflow.policy import (
     with_control,
 )
 from tests.conftest import value_cost
-
-
-def catalogue() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "coupon_id": ["A", "B", "C"],
-            "kind": ["percent_off", "amount_off", "free_shipping"],
-            "value": [10.0, 5.0, 6.0],
-            "min_spend": [0.0, 0.0, 0.0],
-            "category": ["all", "fashion", "all"],
-            "valid_from": pd.to_datetime(["2026-01-01", "2026-01-01", "2026-02-01"]),
-            "valid_to": pd.to_datetime(["2026-03-01", "2026-01-03", "2026-03-01"]),
-            "budget_share": [0.3, 0.3, 0.4],
-            **dict.fromkeys(COUPON_FEATURES, [0.0, 0.0, 0.0]),
-        }
-    ).astype({"coupon_id": "string", "kind": "string", "category": "string"})
+from tests.helpers.catalogue import catalogue
 
 
 def spend(value: np.ndarray, cost: np.ndarray, multiplier: float) -> float:

@@ -1,7 +1,9 @@
 """A workspace is not tied to the folder it was made in (issue #18): one day is run, the
 workspace is moved, and the next day runs where it is now, writing nothing at the old
-place; what the tools keep (Airflow's settings, the DVC remote, BentoML's links) holds
-no absolute path of it."""
+place. No text file of the workspace names its absolute path, after `init`, after a day
+that released a model, and after the move and another day: every record names the
+workspace's files relative to it (`Workspace.relative`), and the tools keep none
+(Airflow's settings, the DVC remote, BentoML's links)."""
 
 from __future__ import annotations
 
@@ -14,47 +16,65 @@ import pytest
 
 from couponflow.cli import airflow_env, next_days, run_days, seed_history
 from couponflow.config import HOME_ENV, Workspace
+from couponflow.processes import free_port
 from couponflow.workspace import init_workspace
-from tests.conftest import TINY_WORLD
+from tests.conftest import GATE_OPEN, TINY_WORLD
 
 pytestmark = pytest.mark.e2e
 
-# Where a path of the workspace may still be written after a move, and why (the run
-# summaries, validation reports and their XComs are written by couponflow/report.py,
-# training/* and expectations/validate.py, which name the files they wrote as absolute
-# paths: the new place, never the old one).
-TEXT_SUFFIXES = {".json", ".md", ".yaml", ".yml", ".cfg", ".lock", ".txt", ".log", ""}
+# The only text files that may name the workspace's absolute path, and why. Nothing reads
+# either back: each is rewritten where the workspace is at the next use.
+UNAVOIDABLE = {
+    # Airflow logs its metadata database's URL, which it requires absolute for SQLite
+    # (a relative sqlite:/// URL is refused); couponflow derives it from where the workspace
+    # is at every start (couponflow.cli.airflow_env) and stores it nowhere.
+    "logs/airflow-db-migrate.log",
+}
 
 
-def files_naming(root: Path, needle: str, since: float) -> list[Path]:
-    """Files under `root` changed after `since` whose text contains `needle`."""
+def files_naming(root: Path, needle: str, since: float = 0.0) -> list[str]:
+    """The text files under `root` (changed after `since`) whose contents name `needle`,
+    relative to `root`: every file but binary ones (a NUL byte: SQLite, parquet, git's
+    packed objects, pickles), whatever its name, the workspace's git folder included."""
     found = []
     for path in root.rglob("*"):
-        if path.is_symlink() or not path.is_file() or ".git" in path.parts:
+        if path.is_symlink() or not path.is_file() or path.stat().st_mtime < since:
             continue
-        if path.stat().st_mtime < since or path.suffix not in TEXT_SUFFIXES:
-            continue
-        if needle in path.read_text(errors="replace"):
-            found.append(path)
-    return found
+        data = path.read_bytes()
+        if b"\0" not in data and needle.encode() in data:
+            found.append(str(path.relative_to(root)))
+    return sorted(found)
+
+
+def stored_paths(root: Path, needle: str | None = None) -> list[str]:
+    """What `files_naming` finds of `needle` (the root's own path) beyond UNAVOIDABLE."""
+    return [f for f in files_naming(root, needle or str(root)) if f not in UNAVOIDABLE]
 
 
 def test_a_moved_workspace_runs_its_next_day_where_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from serving.deploy.deployment import stop_deployment
+
     old = tmp_path / "made-here" / "ws"
-    ws = init_workspace(old, dict(TINY_WORLD))
+    ws = init_workspace(old, {**TINY_WORLD, **GATE_OPEN, "serving.port": free_port()})
+    assert stored_paths(old) == []
     monkeypatch.setenv(HOME_ENV, str(ws.root))
     seed_history(ws)
-    (first,) = run_days(ws, next_days(ws, 1))
+    try:
+        (first,) = run_days(ws, next_days(ws, 1))
+    finally:
+        stop_deployment(ws)  # the release's servers: a workspace is moved stopped
     assert first["airflow_exit_code"] == 0, first
+    assert first["outcome"] == "released", first["outcome"]  # its records hold the most
 
-    # what the tools keep names no absolute path of the workspace
+    # what the tools keep names no absolute path of the workspace; nor does anything else
     assert str(old) not in (old / "airflow" / "airflow.cfg").read_text()
     assert str(old) not in (old / ".dvc" / "config").read_text()
     for link in (old / "bentoml").rglob("*"):
         if link.is_symlink():
             assert not os.path.isabs(os.readlink(link)), link
+    assert stored_paths(old) == []
 
     new = tmp_path / "moved-there" / "ws"
     new.parent.mkdir()
@@ -65,12 +85,16 @@ def test_a_moved_workspace_runs_its_next_day_where_it_is(
     env = airflow_env(moved_ws)
     assert str(new) in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
 
-    (second,) = run_days(moved_ws, next_days(moved_ws, 1))
+    try:
+        (second,) = run_days(moved_ws, next_days(moved_ws, 1))
+    finally:
+        stop_deployment(moved_ws)
     assert second["airflow_exit_code"] == 0, second
     assert second["day"] > first["day"]
     assert second["outcome"] in ("released", "refused by gate"), second["outcome"]
     assert not old.exists(), "something wrote into the workspace's old folder"
     assert files_naming(new, str(old), moved) == []  # nothing written since names it
+    assert stored_paths(new) == [] and stored_paths(new, str(old)) == []
     assert (new / "airflow" / "logs").is_dir()
     assert_readable_in_the_ui(new, second["day"])
 

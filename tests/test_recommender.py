@@ -12,20 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from couponflow.artefacts import CATALOGUE_FILE, POLICY_FILE
 from couponflow.config import HOME_ENV, Workspace
 from couponflow.features import USER_FEATURES
 from couponflow.landing import offline_days, read_offline
 from couponflow.policy import BudgetPlan, LocalSpend, SpendStore, eligible, score, with_control
-from serving import CATALOGUE_FILE, POLICY_FILE
-from serving.recommender import Recommender
+from serving.runtime.recommender import Recommender
 from tests.conftest import LOCAL_REDIS
-from tests.test_budget import N_USERS, simulated_workspace
+from tests.helpers.workspaces import N_USERS, simulated_workspace
+
+pytestmark = pytest.mark.integration  # a Feast store, SQLite and Redis spend stores
 
 EXPLORE_ALL = BudgetPlan("2026-01-04", 0.0, 1e6, 1_000.0, 1e3, 1.0, 1.0, 0.0)
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def recommender_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The budget tests' world, materialised in its SQLite online store."""
     from feature_repo.store import apply_definitions, materialise_day, open_store
 
@@ -65,9 +67,9 @@ def offered(rec: Recommender, **kw: str) -> list[str]:
 
 
 def test_a_page_category_limits_offers_to_its_own_and_site_wide_coupons(
-    workspace: Workspace, tmp_path: Path
+    recommender_workspace: Workspace, tmp_path: Path
 ) -> None:
-    rec = recommender(workspace, EXPLORE_ALL, tmp_path)
+    rec = recommender(recommender_workspace, EXPLORE_ALL, tmp_path)
     category = rec.catalogue.set_index("coupon_id")["category"]
     anywhere = set(category[offered(rec)])
     on_home = set(category[offered(rec, category="home")])
@@ -77,60 +79,68 @@ def test_a_page_category_limits_offers_to_its_own_and_site_wide_coupons(
 
 
 def test_users_at_their_weekly_cap_get_nothing(
-    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    recommender_workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(workspace.params["policy"], "max_offers_7d", 1)
-    rec = recommender(workspace, EXPLORE_ALL, tmp_path)
-    offers_7d = read_offline(workspace, "offers", offline_days(workspace))
+    monkeypatch.setitem(recommender_workspace.params["policy"], "max_offers_7d", 1)
+    rec = recommender(recommender_workspace, EXPLORE_ALL, tmp_path)
+    offers_7d = read_offline(recommender_workspace, "offers", offline_days(recommender_workspace))
     capped = set(offers_7d[offers_7d["coupon_id"].notna()]["user_id"])
     assert capped and len(capped) < N_USERS
     got = {user for user in range(N_USERS) if rec.recommend(user, 3)["offers"]}
     assert got and not got & capped
 
 
-def test_the_days_budget_is_never_overspent(workspace: Workspace, tmp_path: Path) -> None:
+def test_the_days_budget_is_never_overspent(
+    recommender_workspace: Workspace, tmp_path: Path
+) -> None:
     tight = replace(EXPLORE_ALL, daily_budget=2.0, expected_decisions=N_USERS)
-    rec = recommender(workspace, tight, tmp_path, workers=2)
+    rec = recommender(recommender_workspace, tight, tmp_path, workers=2)
     offers = offered(rec)
-    day = offline_days(workspace)[-1]
+    day = offline_days(recommender_workspace)[-1]
     spent = rec.pacer.store.read(day)
     assert spent.decisions == N_USERS
     assert 0.8 < spent.cost <= 1.0  # this worker's half of the day's budget, spent
     assert 0 < len(offers) < N_USERS  # exploration offers stopped when the money ran out
 
 
-def share_a_budget(workspace: Workspace, tmp_path: Path, stores: list[SpendStore]) -> None:
+def share_a_budget(
+    recommender_workspace: Workspace, tmp_path: Path, stores: list[SpendStore]
+) -> None:
     """Two recommenders (two workers) over one spend store, 8 threads at once: together
     they spend the whole day's budget, never more."""
     tight = replace(EXPLORE_ALL, daily_budget=2.0, expected_decisions=N_USERS)
     recs = [
-        recommender(workspace, tight, tmp_path / str(i), spend=store)
+        recommender(recommender_workspace, tight, tmp_path / str(i), spend=store)
         for i, store in enumerate(stores)
     ]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda u: recs[u % 2].recommend(u, 3), range(N_USERS)))
-    spent = stores[0].read(offline_days(workspace)[-1])
+    spent = stores[0].read(offline_days(recommender_workspace)[-1])
     assert spent.decisions == N_USERS
     assert 1.6 < spent.cost <= 2.0  # the whole day's budget, not a share, and never more
     assert sum(a["spent"] for a in answers) == pytest.approx(spent.cost)
 
 
 def test_two_workers_sharing_a_sqlite_spend_never_overspend_the_day(
-    workspace: Workspace, tmp_path: Path
+    recommender_workspace: Workspace, tmp_path: Path
 ) -> None:
-    from serving.spend import SqliteSpend
+    from serving.runtime.spend import SqliteSpend
 
-    share_a_budget(workspace, tmp_path, [SqliteSpend(tmp_path / "spend.db") for _ in range(2)])
+    share_a_budget(
+        recommender_workspace, tmp_path, [SqliteSpend(tmp_path / "spend.db") for _ in range(2)]
+    )
 
 
 @pytest.mark.redis
 def test_two_workers_sharing_a_redis_spend_never_overspend_the_day(
-    workspace: Workspace, tmp_path: Path, redis_prefix_clean: str
+    recommender_workspace: Workspace, tmp_path: Path, redis_prefix_clean: str
 ) -> None:
-    from serving.spend import RedisSpend, redis_client
+    from serving.runtime.spend import RedisSpend, redis_client
 
     client = redis_client(LOCAL_REDIS)
-    share_a_budget(workspace, tmp_path, [RedisSpend(client, redis_prefix_clean) for _ in range(2)])
+    share_a_budget(
+        recommender_workspace, tmp_path, [RedisSpend(client, redis_prefix_clean) for _ in range(2)]
+    )
 
 
 class BrokenStore:
@@ -152,9 +162,9 @@ class BrokenStore:
 
 
 def test_a_failing_or_slow_feature_store_gives_a_fast_degraded_answer(
-    workspace: Workspace, tmp_path: Path
+    recommender_workspace: Workspace, tmp_path: Path
 ) -> None:
-    rec = recommender(workspace, EXPLORE_ALL, tmp_path, rng=np.random.default_rng(0))
+    rec = recommender(recommender_workspace, EXPLORE_ALL, tmp_path, rng=np.random.default_rng(0))
     assert rec.recommend(1, 3)["degraded"] is None
     assert asyncio.run(rec.recommend_async(1, 3))["degraded"] is None
 
@@ -171,20 +181,22 @@ def test_a_failing_or_slow_feature_store_gives_a_fast_degraded_answer(
             assert any(answer["offers"] for answer in answers)
 
 
-def test_a_failing_spend_store_makes_no_offer(workspace: Workspace, tmp_path: Path) -> None:
+def test_a_failing_spend_store_makes_no_offer(
+    recommender_workspace: Workspace, tmp_path: Path
+) -> None:
     class Broken(LocalSpend):
         def add(self, day: str, cost: float, limit: float) -> bool:
             raise ConnectionError("spend store unreachable")
 
-    rec = recommender(workspace, EXPLORE_ALL, tmp_path, spend=Broken())
+    rec = recommender(recommender_workspace, EXPLORE_ALL, tmp_path, spend=Broken())
     answer = rec.recommend(1, 3)
     assert answer["degraded"] == "spend" and answer["offers"] == [] and answer["spent"] == 0.0
 
 
 def test_explain_names_the_inputs_that_drove_each_offer(
-    workspace: Workspace, tmp_path: Path
+    recommender_workspace: Workspace, tmp_path: Path
 ) -> None:
-    rec = recommender(workspace, EXPLORE_ALL, tmp_path)
+    rec = recommender(recommender_workspace, EXPLORE_ALL, tmp_path)
     offers = [o for user in range(20) for o in rec.recommend(user, 3, explain=True)["offers"]]
     assert offers
     for offer in offers:
@@ -198,9 +210,11 @@ def test_explain_names_the_inputs_that_drove_each_offer(
     assert all(o["drivers"] is None for o in rec.recommend(1, 3)["offers"])
 
 
-def test_a_driver_effect_is_the_profit_its_value_adds(workspace: Workspace, tmp_path: Path) -> None:
+def test_a_driver_effect_is_the_profit_its_value_adds(
+    recommender_workspace: Workspace, tmp_path: Path
+) -> None:
     """Honest: resetting the top driver to its baseline changes the score by its effect."""
-    rec = recommender(workspace, EXPLORE_ALL, tmp_path)
+    rec = recommender(recommender_workspace, EXPLORE_ALL, tmp_path)
     user, offer = next(
         (u, answer["offers"][0])
         for u in range(N_USERS)

@@ -99,6 +99,8 @@ def test_the_note_gives_the_decision_and_its_reasons() -> None:
     refused = run_note(summary("refused by gate"))
     assert refused.startswith("2026-01-07: refused by gate")
     assert "beats no_coupon: lead -0.13" in refused and "AUC at least" not in refused
+    # Markdown in the UI: each part a paragraph or list of its own, not one run-on line
+    assert "\n\ngate: refuse (1 check failed)\n- beats no_coupon" in refused
     released = run_note(summary("released"))
     assert "released: model 20260107-abc" in released
     rejected = run_note(
@@ -131,12 +133,13 @@ def test_help_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(text.split("\n\n")) >= 3, (verb, text)  # usage, a description, options
 
 
+@pytest.mark.integration  # a git + DVC workspace
 def test_serve_refuses_a_taken_port_at_once_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from couponflow.config import HOME_ENV
     from couponflow.workspace import init_workspace
-    from serving import deployment
+    from serving.deploy import deployment
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -156,12 +159,13 @@ def test_serve_refuses_a_taken_port_at_once_and_starts_nothing(
         assert deployment.deployment_record(ws)["candidate"] is None
 
 
+@pytest.mark.integration  # a git + DVC workspace
 def test_status_live_asks_the_serving_deployment_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from couponflow.config import HOME_ENV
     from couponflow.workspace import init_workspace
-    from serving import deployment, server
+    from serving.deploy import deployment, server
 
     ws = init_workspace(tmp_path / "ws")
     monkeypatch.setenv(HOME_ENV, str(ws.root))
@@ -233,3 +237,35 @@ def test_runs_the_scheduler_made_get_the_days_decision_as_their_note() -> None:
     assert path.endswith("/dagRuns/asset_triggered__1+00:00") or "asset_triggered__1" in path
     assert body["note"].startswith("2026-01-07: refused by gate")
     assert note_finished_runs(api, days.get, dag_ids, noted) == 0  # each run once
+
+
+# -- the run summary and `couponflow status` read well ----------------------------------------
+def test_the_summary_reads_as_tables_and_words_not_python() -> None:
+    """Rows validated as a table, the candidate's latency in words, and every policy's true
+    profit against the oracle's beside its estimate (issue #18)."""
+    from couponflow.cli import rows_table
+    from couponflow.evaluation import OracleTruth, policy_table
+    from couponflow.report import latency_text
+    from tests.helpers.evaluation import est, evaluation, model
+
+    table = rows_table({"users": 30000, "coupon_events": 7})
+    assert (
+        "{" not in table
+        and "30,000" in table
+        and table.splitlines()[0].split()
+        == [
+            "table",
+            "rows",
+        ]
+    )
+    assert latency_text({"requests": 100, "p50_ms": 1.934, "p99_ms": 10.78}) == (
+        "100 requests, p50 1.9 ms, p99 10.8 ms"
+    )
+    report = evaluation(model("c"))
+    truth = {"challenger": {"incremental_profit": 45.0, "share_of_oracle": 0.5}}
+    truth["random"] = {"incremental_profit": -90.0, "share_of_oracle": -1.0}
+    report.oracle = OracleTruth(3000, 150.0, 90.0, 140.0, truth, {"random": est(135.0)})
+    lines = policy_table(report)
+    assert "true share of the oracle's" in lines[0]
+    row = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert "| 50% |" in row["challenger"] and "| -100% |" in row["random"]

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from couponflow.artefacts import MODEL_FILES, MODEL_NAME
 from couponflow.cli import main
 from couponflow.config import Workspace
 from couponflow.workspace import init_workspace, run
-from serving import MODEL_FILES, MODEL_NAME, bentoml_home
-from serving.release import (
+from serving.deploy import bentoml_home
+from serving.deploy.release import (
     RollbackImpossible,
     current_release,
     record_release,
@@ -20,10 +21,12 @@ from serving.release import (
     rollback,
 )
 
+pytestmark = pytest.mark.integration  # a git + DVC workspace and its BentoML store
+
 
 def release(ws: Workspace, version: str) -> None:
     """Train-and-release stand-in: the model files in ws.models and in the workspace's
-    BentoML store (where serving.bento.store_model puts them), then the release record."""
+    BentoML store (where serving.deploy.bento.store_model puts them), then the release record."""
     stored = bentoml_home(ws) / "models" / MODEL_NAME / version
     for folder in (ws.models, stored):
         folder.mkdir(parents=True, exist_ok=True)

@@ -10,41 +10,38 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
 
 import httpx
 import psutil
 import pytest
 import yaml
 
+from couponflow.artefacts import POLICY_FILE
 from couponflow.config import Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
-from couponflow.landing import offline_days
 from couponflow.policy import BudgetPlan
-from couponflow.processes import group_alive
-from serving import POLICY_FILE
+from couponflow.processes import free_port, group_alive
 from serving.client import CouponflowClient
-from serving.server import Server, free_port
+from serving.deploy.server import Server
 from tests.conftest import MODEL_VERSION, N_USERS
+from tests.helpers.serving import metric, noon_after, recommend
 
-
-def recommend(server: Server, body: dict) -> httpx.Response:
-    return httpx.post(f"{server.base_url}/recommend", json=body, timeout=10)
+pytestmark = pytest.mark.integration  # a bento built and served
 
 
 def test_the_model_and_bento_live_in_the_workspace_store(
-    workspace: Workspace, bento: tuple[str, str]
+    serving_workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving import bentoml_home
-    from serving.bento import store_model
+    from serving.deploy import bentoml_home
+    from serving.deploy.bento import store_model
 
     model_tag, bento_tag = bento
     assert model_tag == f"couponflow-recommender:{MODEL_VERSION}"
     assert bento_tag == f"couponflow:{MODEL_VERSION}"
-    stored = bentoml_home(workspace) / "models" / "couponflow-recommender" / MODEL_VERSION
+    stored = bentoml_home(serving_workspace) / "models" / "couponflow-recommender" / MODEL_VERSION
     assert {"model.pt", "model.json", "coupons.parquet"} <= {p.name for p in stored.iterdir()}
-    assert (bentoml_home(workspace) / "bentos" / "couponflow" / MODEL_VERSION).is_dir()
-    assert store_model(workspace, workspace.models) == model_tag  # idempotent
+    assert (bentoml_home(serving_workspace) / "bentos" / "couponflow" / MODEL_VERSION).is_dir()
+    assert store_model(serving_workspace, serving_workspace.models) == model_tag  # idempotent
 
 
 def test_a_known_user_gets_scored_offers(server: Server) -> None:
@@ -100,16 +97,16 @@ def test_a_malformed_request_is_a_4xx_naming_the_field(
 
 
 def test_smoke_test_passes_and_stop_leaves_no_process(
-    workspace: Workspace, bento: tuple[str, str]
+    serving_workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving.server import start_server
-    from serving.smoke import smoke_test
+    from serving.deploy.server import start_server
+    from serving.deploy.smoke import smoke_test
 
-    with start_server(workspace, bento[1], free_port()) as server:
+    with start_server(serving_workspace, bento[1], free_port()) as server:
         answer = smoke_test(server.base_url)
         groups = server.pgids
     assert answer["model_version"] == MODEL_VERSION
-    workers = int(workspace.params["serving"]["workers"])
+    workers = int(serving_workspace.params["serving"]["workers"])
     assert len(groups) >= 1 + workers  # circus gives every worker a session of its own
     deadline = time.monotonic() + 15.0  # a stopped worker may take a moment to exit
     while (alive := [g for g in groups if group_alive(g)]) and time.monotonic() < deadline:
@@ -126,17 +123,17 @@ def _pgid(pid: int) -> int | None:
 
 
 def test_a_busy_port_is_refused_rather_than_mistaken_for_ready(
-    workspace: Workspace, bento: tuple[str, str], server: Server
+    serving_workspace: Workspace, bento: tuple[str, str], server: Server
 ) -> None:
-    from serving.server import ServerFailed, start_server
+    from serving.deploy.server import ServerFailed, start_server
 
     busy = int(server.base_url.rsplit(":", 1)[1])
     with pytest.raises(ServerFailed, match="in use"):
-        start_server(workspace, bento[1], busy)
+        start_server(serving_workspace, bento[1], busy)
 
 
 def test_smoke_test_fails_when_nothing_answers() -> None:
-    from serving.smoke import SmokeTestFailed, smoke_test
+    from serving.deploy.smoke import SmokeTestFailed, smoke_test
 
     with pytest.raises(SmokeTestFailed):
         smoke_test(f"http://127.0.0.1:{free_port()}", timeout_s=2)
@@ -144,7 +141,7 @@ def test_smoke_test_fails_when_nothing_answers() -> None:
 
 def test_a_release_is_recorded_and_becomes_the_champion(tmp_path) -> None:
     from couponflow.workspace import init_workspace, run
-    from serving.release import current_release, record_release
+    from serving.deploy.release import current_release, record_release
 
     ws = init_workspace(tmp_path / "ws")
     assert current_release(ws) is None
@@ -171,16 +168,14 @@ def test_a_release_is_recorded_and_becomes_the_champion(tmp_path) -> None:
 
 
 # -- spend, explanations, feedback, metrics, the client ---------------------------------------
-def noon_after(workspace: Workspace, days: int) -> datetime:
-    """Noon `days` after the catalogue's day: a day of its own for the budget, so a test
-    spending it leaves the other tests' day alone."""
-    return datetime.fromisoformat(offline_days(workspace)[-1]) + timedelta(days=days, hours=12)
 
 
-def test_explain_names_the_inputs_behind_each_offer(server: Server, workspace: Workspace) -> None:
+def test_explain_names_the_inputs_behind_each_offer(
+    server: Server, serving_workspace: Workspace
+) -> None:
     with CouponflowClient(server.base_url, timeout_s=10) as client:
         answers = [
-            client.recommend(user, 3, explain=True, now=noon_after(workspace, 1))
+            client.recommend(user, 3, explain=True, now=noon_after(serving_workspace, 1))
             for user in range(10)
         ]
     offers = [offer for answer in answers for offer in answer.offers]
@@ -191,16 +186,16 @@ def test_explain_names_the_inputs_behind_each_offer(server: Server, workspace: W
 
 
 def test_parallel_requests_on_every_worker_never_overspend_the_day(
-    server: Server, workspace: Workspace
+    server: Server, serving_workspace: Workspace
 ) -> None:
     """240 requests for slates of 10 from 32 connections at once, on a day whose budget pays
     for far fewer: both workers race for it through the shared store, and neither the store
     nor the landed decisions count more than the budget."""
-    from serving.feedback import feedback_area, read_feedback
-    from serving.spend import SqliteSpend
+    from couponflow.landing import feedback_area, read_feedback
+    from serving.runtime.spend import SqliteSpend
 
     requests, connections = 240, 32
-    now = noon_after(workspace, 2)
+    now = noon_after(serving_workspace, 2)
     day = now.strftime("%Y-%m-%d")
     body = {"user_id": 0, "k": 10, "context": {"now": now.isoformat()}}
     with ThreadPoolExecutor(connections) as pool:
@@ -208,24 +203,26 @@ def test_parallel_requests_on_every_worker_never_overspend_the_day(
             pool.map(lambda u: recommend(server, {**body, "user_id": u % N_USERS}), range(requests))
         )
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.is_error]
-    budget = BudgetPlan.read(workspace.models / POLICY_FILE).daily_budget
-    spent = SqliteSpend(workspace.root / "live" / "spend.db").read(day)
+    budget = BudgetPlan.read(serving_workspace.models / POLICY_FILE).daily_budget
+    spent = SqliteSpend(serving_workspace.root / "live" / "spend.db").read(day)
     assert spent.decisions == requests
     assert 0.5 * budget < spent.cost <= budget  # spent, and never more
-    decisions = read_feedback(workspace, day, "decisions")
+    decisions = read_feedback(serving_workspace, day, "decisions")
     assert len(decisions) == requests
-    by_worker = list((feedback_area(workspace) / f"date={day}").glob("decisions-*.jsonl"))
-    assert len(by_worker) == int(workspace.params["serving"]["workers"]) == 2  # both served
+    by_worker = list((feedback_area(serving_workspace) / f"date={day}").glob("decisions-*.jsonl"))
+    assert len(by_worker) == int(serving_workspace.params["serving"]["workers"]) == 2  # both served
     assert sum(d["spent"] for d in decisions) == pytest.approx(spent.cost)
     assert sum(not a.json()["offers"] for a in answers[-40:]) > 20  # the money ran out
 
 
-def test_feedback_lands_once_and_joins_its_decision(server: Server, workspace: Workspace) -> None:
+def test_feedback_lands_once_and_joins_its_decision(
+    server: Server, serving_workspace: Workspace
+) -> None:
+    from couponflow.landing import read_feedback
     from feature_repo.store import online_user_features, open_store
-    from serving.feedback import read_feedback
 
-    now = noon_after(workspace, 3)
-    store = open_store(workspace)
+    now = noon_after(serving_workspace, 3)
+    store = open_store(serving_workspace)
     with CouponflowClient(server.base_url, timeout_s=10) as client:
         answer = next(
             a for u in range(50) if (a := client.recommend(u, 3, now=now)).offers
@@ -244,14 +241,16 @@ def test_feedback_lands_once_and_joins_its_decision(server: Server, workspace: W
         assert after[at] == pytest.approx(before[at] + added), name
     day = now.strftime("%Y-%m-%d")
     events = [
-        e for e in read_feedback(workspace, day, "events") if e["request_id"] == answer.request_id
+        e
+        for e in read_feedback(serving_workspace, day, "events")
+        if e["request_id"] == answer.request_id
     ]
     assert sorted(e["event"] for e in events) == ["purchased", "shown"]
     assert {e["amount"] for e in events} == {None, 42.5}
     assert all(e["coupon_ids"] == [o.coupon_id for o in answer.offers] for e in events)
     (decision,) = [
         d
-        for d in read_feedback(workspace, day, "decisions")
+        for d in read_feedback(serving_workspace, day, "decisions")
         if d["request_id"] == answer.request_id
     ]
     assert decision["user_id"] == answer.user_id
@@ -279,9 +278,9 @@ def test_feedback_refuses_unknown_requests_and_bad_fields(server: Server) -> Non
 
 
 def test_metrics_count_decisions_latency_offers_and_spend(
-    server: Server, workspace: Workspace
+    server: Server, serving_workspace: Workspace
 ) -> None:
-    fresh_day = {"now": noon_after(workspace, 4).isoformat()}  # a budget to spend
+    fresh_day = {"now": noon_after(serving_workspace, 4).isoformat()}  # a budget to spend
     for user in range(5):
         recommend(server, {"user_id": user, "k": 3, "context": fresh_day})
     recommend(server, {"user_id": 10**9})
@@ -291,13 +290,6 @@ def test_metrics_count_decisions_latency_offers_and_spend(
     assert metric(text, "couponflow_decision_seconds_count") >= 2
     assert metric(text, "couponflow_offers_total") >= 1
     assert metric(text, "couponflow_budget_spent_total") > 0
-
-
-def metric(text: str, name: str) -> float:
-    """The value of one sample of the Prometheus text `text` (summed over workers)."""
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
-    assert values, f"{name} not in /metrics"
-    return sum(values)
 
 
 def test_the_client_reports_health_and_clear_errors(server: Server) -> None:
@@ -319,21 +311,21 @@ API_KEY = "test-key-0123"
 
 @pytest.fixture(scope="module")
 def guarded_degraded(
-    workspace: Workspace, bento: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    serving_workspace: Workspace, bento: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """The same bento behind an API key, in a workspace whose online store is a Redis
     nobody listens on (the feature store unreachable from the start)."""
-    from serving.auth import API_KEY_ENV
-    from serving.server import start_server
+    from serving.deploy.server import start_server
+    from serving.runtime.auth import API_KEY_ENV
 
     root = tmp_path_factory.mktemp("degraded") / "ws"
     root.mkdir()
-    params = load_params(workspace.params_file)
+    params = load_params(serving_workspace.params_file)
     set_param(params, "features.online_store", "redis")
     set_param(params, "features.redis", f"127.0.0.1:{free_port()}")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / "bentoml").symlink_to(workspace.root / "bentoml")
-    shutil.copytree(workspace.feature_store, root / "feature_store")
+    (root / "bentoml").symlink_to(serving_workspace.root / "bentoml")
+    shutil.copytree(serving_workspace.feature_store, root / "feature_store")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(API_KEY_ENV, API_KEY)
         with start_server(Workspace(root), bento[1], free_port()) as running:

@@ -22,9 +22,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from couponflow.config import Workspace
 from couponflow.landing import offline_days
-from serving.server import Server, free_port
+from couponflow.processes import free_port
+from serving.deploy.server import Server
 from tests.conftest import MODEL_VERSION
-from tests.test_serving import metric, noon_after, recommend
+from tests.helpers.serving import metric, noon_after, recommend
+
+pytestmark = pytest.mark.integration  # bento servers under load and faults
 
 FUZZ_EXAMPLES = 40  # per endpoint and mode: ~160 requests, a few seconds
 WHOLE_BODY_ERRORS = {"json_invalid", "model_type", "model_attributes_type"}  # no field to name
@@ -113,20 +116,21 @@ def ready(server: Server) -> bool:
 
 
 def test_a_worker_killed_mid_load_loses_few_requests_cleanly_and_comes_back(
-    workspace: Workspace, bento: tuple[str, str]
+    serving_workspace: Workspace, bento: tuple[str, str]
 ) -> None:
-    from serving.feedback import feedback_area, landing_file
-    from serving.server import start_server
+    from couponflow.landing import feedback_area
+    from serving.deploy.server import start_server
+    from serving.runtime.feedback import landing_file
 
-    now = noon_after(workspace, 10)  # a day of its own: its decisions land per worker pid
-    landed = feedback_area(workspace) / f"date={now:%Y-%m-%d}"
+    now = noon_after(serving_workspace, 10)  # a day of its own: its decisions land per worker pid
+    landed = feedback_area(serving_workspace) / f"date={now:%Y-%m-%d}"
     body = {"user_id": 7, "k": 3, "context": {"now": now.isoformat()}}
     threads = 4
     calls: list[Call] = []
     stop = threading.Event()
-    with start_server(workspace, bento[1], free_port()) as server:
+    with start_server(serving_workspace, bento[1], free_port()) as server:
         workers = server.workers()
-        assert len(workers) == int(workspace.params["serving"]["workers"]) == 2
+        assert len(workers) == int(serving_workspace.params["serving"]["workers"]) == 2
         url = f"{server.base_url}/recommend"
         with ThreadPoolExecutor(threads) as pool:
             for _ in range(threads):
@@ -187,14 +191,14 @@ def wait_gone(groups: set[int]) -> bool:
 
 # -- the decision log failing ------------------------------------------------------------------
 def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_back(
-    server: Server, workspace: Workspace
+    server: Server, serving_workspace: Workspace
 ) -> None:
-    from serving.feedback import feedback_area
-    from serving.spend import SqliteSpend
+    from couponflow.landing import feedback_area
+    from serving.runtime.spend import SqliteSpend
 
-    now = noon_after(workspace, 11)
+    now = noon_after(serving_workspace, 11)
     day = now.strftime("%Y-%m-%d")
-    blocker = feedback_area(workspace) / f"date={day}"  # a file where the day's folder goes
+    blocker = feedback_area(serving_workspace) / f"date={day}"  # a file where the day's folder goes
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder\n")
     body = {"k": 3, "context": {"now": now.isoformat()}}
@@ -204,7 +208,7 @@ def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_b
         blocker.unlink()
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     assert all(a.json()["degraded"] and a.json()["offers"] == [] for a in answers)
-    spent = SqliteSpend(workspace.root / "live" / "spend.db").read(day)
+    spent = SqliteSpend(serving_workspace.root / "live" / "spend.db").read(day)
     assert spent.decisions == 20  # each was decided (epsilon 1 offers) ...
     assert spent.cost == pytest.approx(0.0, abs=1e-9)  # ... and its spend given back
     unknown = httpx.post(
@@ -223,20 +227,20 @@ def test_an_unloggable_decision_is_answered_without_offers_and_its_spend_given_b
 
 # -- the feedback index failing -----------------------------------------------------------------
 def test_feedback_that_cannot_land_answers_503_and_lands_when_reported_again(
-    server: Server, workspace: Workspace
+    server: Server, serving_workspace: Workspace
 ) -> None:
     """An event whose line cannot land (here the day's folder is a file) is neither landed
     nor indexed: a 503, logged once rather than per request, and the same report later is
     recorded as new."""
-    from serving.feedback import feedback_area, read_feedback
+    from couponflow.landing import feedback_area, read_feedback
 
-    now = noon_after(workspace, 13)
+    now = noon_after(serving_workspace, 13)
     day = now.strftime("%Y-%m-%d")
     answer = recommend(server, {"user_id": 5, "k": 1, "context": {"now": now.isoformat()}})
     assert answer.status_code == 200 and not answer.json()["degraded"], answer.text
     body = {"request_id": answer.json()["request_id"], "event": "shown"}
     url = f"{server.base_url}/feedback"
-    folder = feedback_area(workspace) / f"date={day}"
+    folder = feedback_area(serving_workspace) / f"date={day}"
     aside = folder.with_name(f"{folder.name}.aside")
     before = server.log.read_text()
     folder.rename(aside)
@@ -251,7 +255,7 @@ def test_feedback_that_cannot_land_answers_503_and_lands_when_reported_again(
     again = httpx.post(url, json=body, timeout=10)
     assert landed.status_code == again.status_code == 200, [landed.text, again.text]
     assert landed.json()["recorded"] and not again.json()["recorded"]
-    events = read_feedback(workspace, day, "events")
+    events = read_feedback(serving_workspace, day, "events")
     assert [e["event"] for e in events if e["request_id"] == body["request_id"]] == ["shown"]
     log = server.log.read_text()[len(before) :]
     assert 1 <= log.count("feedback index failing") <= 2, log  # once per worker at most
@@ -260,18 +264,19 @@ def test_feedback_that_cannot_land_answers_503_and_lands_when_reported_again(
 
 # -- the online store hanging under feedback ---------------------------------------------------
 def test_a_hung_online_store_bounds_feedback_and_the_event_still_lands(
-    workspace: Workspace, bento: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    serving_workspace: Workspace, bento: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import serving.recommender
-    from serving import bentoml_home
-    from serving.feedback import FeedbackLog, read_feedback
-    from serving.recommender import Recommender
+    import serving.runtime.recommender
+    from couponflow.landing import read_feedback
+    from serving.deploy import bentoml_home
+    from serving.runtime.feedback import FeedbackLog
+    from serving.runtime.recommender import Recommender
 
-    stored = bentoml_home(workspace) / "models" / "couponflow-recommender" / MODEL_VERSION
-    rec = Recommender(stored, workspace, as_of=offline_days(workspace)[-1])
+    stored = bentoml_home(serving_workspace) / "models" / "couponflow-recommender" / MODEL_VERSION
+    rec = Recommender(stored, serving_workspace, as_of=offline_days(serving_workspace)[-1])
     rec.feature_timeout_s = 0.5  # the deadline under test; roomy for a busy machine
-    log = FeedbackLog(workspace)
-    user, now = 299, noon_after(workspace, 12)  # a user no other test pushes to
+    log = FeedbackLog(serving_workspace)
+    user, now = 299, noon_after(serving_workspace, 12)  # a user no other test pushes to
     decision = rec.recommend(user, 3, now)
     request_id = uuid4().hex
     log.log_decision({**decision, "request_id": request_id, "user_id": user})
@@ -290,15 +295,15 @@ def test_a_hung_online_store_bounds_feedback_and_the_event_still_lands(
     def hung(*args: object) -> None:
         time.sleep(3.0)
 
-    monkeypatch.setattr(serving.recommender, "push_user_features", hung)  # the write hangs
+    monkeypatch.setattr(serving.runtime.recommender, "push_user_features", hung)  # the write hangs
     row, pushed, took = record("redeemed")
     assert row["recorded"] and pushed == [False] and took < rec.feature_timeout_s + 1.0
     monkeypatch.undo()
     rec.user_features = hung  # the read hangs
     row, pushed, took = record("purchased")
     assert row["recorded"] and pushed == [False] and took < rec.feature_timeout_s + 1.0
-    landed = [e["event"] for e in read_feedback(workspace, now.strftime("%Y-%m-%d"), "events")
-              if e["request_id"] == request_id]  # fmt: skip
+    events = read_feedback(serving_workspace, now.strftime("%Y-%m-%d"), "events")
+    landed = [e["event"] for e in events if e["request_id"] == request_id]
     assert sorted(landed) == ["purchased", "redeemed", "shown"]
 
 

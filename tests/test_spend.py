@@ -15,8 +15,8 @@ import pytest
 
 from couponflow.config import Workspace
 from couponflow.policy import DaySpend, LocalSpend, SpendStore
-from serving.feedback import Indexed, open_feedback_index
-from serving.spend import (
+from serving.runtime.feedback import Indexed, open_feedback_index
+from serving.runtime.spend import (
     RedisSpend,
     SqliteSpend,
     open_spend,
@@ -82,6 +82,7 @@ def check_no_overspend(make: Factory, accepted: int) -> None:
     assert spent.decisions == 2 * ATTEMPTS
 
 
+@pytest.mark.integration  # two processes
 def test_sqlite_threads_and_two_processes_never_overspend(tmp_path: Path) -> None:
     make = SqliteAt(tmp_path / "spend.db")
     make()  # the table exists before the children race to create it
@@ -147,6 +148,7 @@ def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
     return holder
 
 
+@pytest.mark.integration  # waits out held locks (seconds), timing-sensitive
 def test_a_writer_waits_out_a_short_lock_and_gives_up_at_its_deadline(tmp_path: Path) -> None:
     """The stores every decision writes (the spend store and the SQLite feedback index) wait
     for another writer's lock, and fail once `serving.spend_timeout_s` has passed rather

@@ -68,7 +68,7 @@ def test_time_split_needs_three_days() -> None:
 def test_train_stage_writes_a_reproducible_model_and_its_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_model import known_effect_log
+    from tests.helpers.known_effect import known_effect_log
 
     days = pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"])
     table = pd.concat(

@@ -215,6 +215,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration  # the CLI in a child process
 def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     planted(300).drop(columns="g").to_csv(tmp_path / "t.csv", index=False)
     spec = spec_dict(csv=str(tmp_path / "t.csv"))

@@ -10,17 +10,14 @@ import json
 import re
 from collections.abc import Callable
 from html import unescape
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
 from couponflow.contract import TABLES
 from couponflow.faults import FAULT_TARGETS, FAULTS
-from couponflow.landing import write_batch
 from couponflow.world import World
 from expectations import trailing
 from expectations.suites import (
@@ -32,22 +29,17 @@ from expectations.suites import (
     derived_columns,
 )
 from expectations.validate import QuarantinedBatch, require_valid, validate_batch
+from tests.helpers.batches import (
+    DAY,
+    Batch,
+    copy,
+    days_from,
+    land,
+    make_workspace,
+    negative_amounts,
+)
 
-DAY = "2026-01-03"
-Batch = dict[str, pd.DataFrame]
-
-
-def make_workspace(root: Path, n_users: int) -> Workspace:
-    """A workspace of its own, with the project's params and an `n_users` world."""
-    root.mkdir(parents=True, exist_ok=True)
-    params = load_params(PROJECT_ROOT / "params.yaml")
-    set_param(params, "world.n_users", n_users)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return Workspace(root)
-
-
-def days_from(start: str, n: int) -> list[str]:
-    return [str((pd.Timestamp(start) + pd.Timedelta(days=i)).date()) for i in range(n)]
+pytestmark = pytest.mark.integration  # Great Expectations validates real batches
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +55,11 @@ def ws(tmp_path) -> Workspace:
     return make_workspace(tmp_path, 300)
 
 
-def land(ws: Workspace, batch: Batch, day: str = DAY) -> None:
-    write_batch(ws.landing_partition(day), batch)
-
-
-def copy(batch: Batch) -> Batch:
-    return {name: frame.copy() for name, frame in batch.items()}
-
-
 # -- corruptions: each returns the `table.column` its reason must name -------------------------
 def null_order_users(b: Batch) -> str:
     b["orders"]["user_id"] = b["orders"]["user_id"].astype("Int64")
     b["orders"].loc[:1, "user_id"] = pd.NA
     return "orders.user_id"
-
-
-def negative_amounts(b: Batch) -> str:
-    b["orders"].loc[:2, "amount"] = -5.0
-    return "orders.amount"
 
 
 def unknown_offer_coupon(b: Batch) -> str:
@@ -172,7 +151,10 @@ def test_clean_batch_passes(ws: Workspace, clean_batch: Batch) -> None:
     assert report["passed"] is True
     assert set(report["results"]) == set(TABLES)
     assert all(result["success"] for result in report["results"].values())
-    assert report["data_docs_pages"] == {name: str(p) for name, p in outcome.pages.items()}
+    # paths relative to the workspace, so the report stays true when it moves
+    pages = {name: str(p.relative_to(ws.root)) for name, p in outcome.pages.items()}
+    assert report["data_docs_pages"] == pages
+    assert str(ws.root) not in outcome.report_path.read_text()
     stored_suites = {p.stem for p in (ws.root / "gx" / "expectations").glob("*.json")}
     assert stored_suites == set(TABLES)
     # No history yet: the statistics are measured and kept, not judged, and the report says so.
@@ -200,7 +182,8 @@ def test_corrupted_batch_is_quarantined(
     assert not ws.landing_partition(DAY).exists()
     assert {p.name for p in quarantined.glob("*.parquet")} == {f"{n}.parquet" for n in batch}
     reasons = (quarantined / "REASONS.md").read_text()
-    assert where in reasons and all(str(page) in reasons for page in outcome.pages.values())
+    assert where in reasons and str(ws.root) not in reasons
+    assert all(str(page.relative_to(ws.root)) in reasons for page in outcome.pages.values())
     result = json.loads((quarantined / "validation.json").read_text())
     assert result["passed"] is False
     assert result["failures"] == outcome.failures

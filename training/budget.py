@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from couponflow.artefacts import MODEL_WEIGHTS, POLICY_FILE
 from couponflow.config import Workspace
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.landing import offline_days, read_offline
@@ -32,7 +33,6 @@ from couponflow.policy import (
     user_cap_mask,
     with_control,
 )
-from serving import POLICY_FILE
 
 DECISION_DAYS = 7  # logged days the expected number of decisions is averaged over
 
@@ -118,7 +118,7 @@ def make_plan(ws: Workspace) -> BudgetPlan:
         how="left",  # a coupon launched today has no record yet
     )
     arms = with_control(eligible(catalogue, day))
-    net, _ = load_model(ws.models / "model.pt")
+    net, _ = load_model(ws.models / MODEL_WEIGHTS)
     value, cost = population_scores(
         net, users, arms, float(ws.params["world"]["margin"]), params.get("max_offers_7d")
     )

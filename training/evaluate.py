@@ -213,8 +213,8 @@ def uplift_report(days: list[EvalDay], decided: list[Decisions]) -> dict[str, An
         treated, weight = best_arm_view(day.logged, best, day.rows["propensity"].to_numpy(float))
         value = d.value[np.arange(len(best)), best]
         parts.append((value, treated, day.rows["reward"].to_numpy(float), weight))
-    args = [np.concatenate(x) for x in zip(*parts, strict=True)]
-    args[0] = np.where(np.isfinite(args[0]), args[0], -1e12)
+    score, treated, reward, weight = (np.concatenate(x) for x in zip(*parts, strict=True))
+    args = (np.where(np.isfinite(score), score, -1e12), treated, reward, weight)
     curve = qini_curve(*args)
     return {
         "qini": float(qini_coefficient(*args)),
@@ -348,6 +348,7 @@ class Judged:
         parts = []
         for k, d in enumerate(self.days):
             arm = d.logged if name == LOGGING else self.decided[name][k].arms
+            assert d.true_gain is not None  # every day's checked above
             parts.append(d.true_gain[np.arange(len(arm)), arm])
         return float(np.concatenate(parts).mean())
 

@@ -44,9 +44,8 @@ def _lead_check(name: str, lead: Lead, floor: float) -> dict[str, Any]:
     )
 
 
-def decide(report: EvaluationReport, gate: dict[str, Any]) -> dict[str, Any]:
-    """The gate's decision: `promote`, the champion it is judged against, and the list of
-    checks with their outcome."""
+def _challenger_checks(report: EvaluationReport, gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """The challenger on its own: prediction quality, evidence, gain calibration."""
     ch = report.policies["challenger"]
     checks = []
     if ch.prediction is not None:
@@ -82,6 +81,13 @@ def decide(report: EvaluationReport, gate: dict[str, Any]) -> dict[str, Any]:
                     f"{cal.rows} randomised decisions vs at least {gate['min_gain_slope']}",
                 )
             )
+    return checks
+
+
+def _comparison_checks(report: EvaluationReport, gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """The challenger against the baselines (a first model) or against the champion."""
+    ch = report.policies["challenger"]
+    checks = []
     if report.first_model:
         floor = gate["min_lift_over_baselines"]
         checks += [
@@ -115,6 +121,13 @@ def decide(report: EvaluationReport, gate: dict[str, Any]) -> dict[str, Any]:
                     f"(tolerance {gate['max_log_loss_regression']})",
                 ),
             ]
+    return checks
+
+
+def decide(report: EvaluationReport, gate: dict[str, Any]) -> dict[str, Any]:
+    """The gate's decision: `promote`, the champion it is judged against, and the list of
+    checks with their outcome."""
+    checks = _challenger_checks(report, gate) + _comparison_checks(report, gate)
     return {
         "promote": all(c["passed"] for c in checks),
         "challenger": report.challenger,

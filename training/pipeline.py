@@ -12,6 +12,7 @@ import json
 import shutil
 from typing import Any
 
+from couponflow.artefacts import MODEL_RECORD, POLICY_FILE
 from couponflow.config import Workspace
 from couponflow.workspace import commit, dvc
 from training.report import REPORT_DIR
@@ -33,8 +34,8 @@ def repro(ws: Workspace, day: str) -> dict[str, Any]:
     read = lambda path: json.loads(path.read_text(), parse_constant=lambda _: None)  # noqa: E731
     return {
         "workspace_commit": sha,
-        "model": read(ws.models / "model.json"),
-        "budget_plan": read(ws.models / "policy.json"),
+        "model": read(ws.models / MODEL_RECORD),
+        "budget_plan": read(ws.models / POLICY_FILE),
         "evaluation": read(ws.metrics / "evaluation.json"),
         "gate": read(ws.metrics / "gate.json"),
         "report": str(report / "report.md"),

@@ -44,6 +44,13 @@ def _population(population: dict[str, int]) -> str:
     )
 
 
+def _plan_value(value: Any) -> str:
+    """A budget plan's value for a person: floats to 3 significant figures or 2 decimals."""
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
+    return str(value)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -55,24 +62,51 @@ def draw(plots: dict[str, pd.DataFrame], out: Path) -> None:
     for policy, frame in plots["qini"].groupby("policy", sort=False):
         ax.plot(frame["fraction"], frame["incremental"], label=policy)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="share of users targeted (best first)", ylabel="incremental profit")
+    ax.set(
+        xlabel="share of logged decisions targeted (best first)",
+        ylabel="cumulative incremental profit\n(money, over the judged days' logged decisions)",
+    )
     _finish(fig, ax, out / "qini.png", FIGURES["qini"])
 
     fig, ax = plt.subplots(figsize=(6.6, 4.6))
     for model, frame in plots["calibration"].groupby("model", sort=False):
         ax.plot(frame["predicted"], frame["observed"], marker="o", label=model)
+        if "count" in frame and model == plots["calibration"]["model"].iloc[0]:  # once
+            for x, y, n in zip(frame["predicted"], frame["observed"], frame["count"], strict=True):
+                ax.annotate(
+                    f"{n:,}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
     top = float(plots["calibration"][["predicted", "observed"]].max().max())
     ax.plot([0, top], [0, top], color="grey", ls="--", lw=0.8, label="perfect")
-    ax.set(xlabel="predicted P(purchase)", ylabel="observed purchase rate")
+    ax.set(
+        xlabel="predicted P(purchase), equal-count bins (decisions per bin beside each point)",
+        ylabel="observed purchase rate",
+    )
     _finish(fig, ax, out / "calibration.png", FIGURES["calibration"])
 
     fig, ax = plt.subplots(figsize=(8.0, 4.2))
     budget = plots["budget"]
     for policy, frame in budget.groupby("policy", sort=False):
-        style = {"color": "black", "ls": "--"} if policy == "oracle" else {}
-        ax.plot(frame["budget"], frame["incremental_profit"], marker=".", label=policy, **style)
+        style: dict[str, Any] = {"color": "black", "ls": "--"} if policy == "oracle" else {}
+        ax.plot(
+            frame["budget"],
+            frame["incremental_profit"],
+            marker=".",
+            label=policy,
+            **style,
+        )
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="daily coupon budget", ylabel=f"incremental profit ({budget['measure'].iloc[0]})")
+    measure = budget["measure"].iloc[0]
+    ylabel = (
+        "true incremental profit of the day (money)"
+        if measure == "true"
+        else "incremental profit the challenger expects (money)"
+    )
+    ax.set(xlabel="daily coupon budget (money)", ylabel=ylabel)
     _finish(fig, ax, out / "budget.png", FIGURES["budget"])
 
 
@@ -85,15 +119,89 @@ def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _estimators_table(evaluation: EvaluationReport) -> str:
+    """Every policy's prediction, uplift and off-policy figures, one row each."""
+    header = ["policy", "AUC", "log loss", "ECE", "Qini", "AUUC", "IPS", "SNIPS", "DR",
+              "offer rate"]  # fmt: skip
+    rows = [
+        [
+            f"{name} {p.version or ''}".strip(),
+            _number((p.prediction or {}).get("auc")),
+            _number((p.prediction or {}).get("log_loss")),
+            _number((p.prediction or {}).get("ece")),
+            _number(p.qini),
+            _number(p.auuc),
+            p.ips.text(),
+            p.snips.text(),
+            p.dr.text(),
+            f"{p.offer_rate:.1%}",
+        ]
+        for name, p in evaluation.policies.items()
+    ]
+    return _table(header, rows)
+
+
+def _truth_section(evaluation: EvaluationReport) -> list[str]:
+    """The whole-population truth (simulated world only; none on public data)."""
+    o = evaluation.oracle
+    if o is None:
+        return []
+    return [
+        "## The truth on the whole population (simulated world)",
+        f"{_population(evaluation.population)} decided for at a budget of {o.budget:.0f}; "
+        f"the oracle policy, which sees the hidden traits, earns {o.oracle_policy:.1f}.",
+        _table(
+            [
+                "policy",
+                "true incremental profit",
+                "share of oracle",
+                "true cost",
+                "planned cost",
+                "offers",
+                "challenger's lead",
+            ],
+            [
+                [
+                    name,
+                    f"{p['incremental_profit']:.1f}",
+                    f"{p['share_of_oracle']:.1%}",
+                    f"{p['true_cost']:.1f}",
+                    f"{p['planned_cost']:.1f}",
+                    f"{p['offers']:.0f}",
+                    o.challenger_lead[name].text(1) if name in o.challenger_lead else "-",
+                ]
+                for name, p in o.policies.items()
+            ],
+        ),  # fmt: skip
+    ]
+
+
+def _segments_section(evaluation: EvaluationReport) -> list[str]:
+    if not evaluation.segments:
+        return []
+    return [
+        "## Segments (the challenger's allocation over every user)",
+        _table(
+            list(evaluation.segments[0].keys()),
+            [
+                [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+                for row in evaluation.segments
+            ],
+        ),
+    ]
+
+
 def render(
-    evaluation: EvaluationReport, gate: dict[str, Any], model: dict[str, Any], plan: dict[str, Any]
+    evaluation: EvaluationReport,
+    gate: dict[str, Any],
+    model: dict[str, Any],
+    plan: dict[str, Any],
 ) -> str:
     """The report's Markdown: the evaluation and the verdict by the one renderer
     (couponflow.evaluation.render_lines, as the run summary and the CLI print them), then
     what only the run report shows: every estimator, the figures, the whole-population
     truth, the budget plan and the segments."""
     verdict = "PROMOTE" if gate["promote"] else "REFUSE"
-    policies = evaluation.policies
     parts = [
         f"# Model {model['version']}: {verdict}",
         f"Trained on {model.get('train_rows', '?')} offers of {model['data_days'][0]} .. "
@@ -105,83 +213,14 @@ def render(
         f"Profit per decision off-policy ({evaluation.estimator}; the DR reward model is "
         "gradient boosting cross-fitted over users, not the challenger), each policy at the "
         f"same budget, {evaluation.confidence:.0%} bootstrap intervals.",
-        _table(
-            [
-                "policy",
-                "AUC",
-                "log loss",
-                "ECE",
-                "Qini",
-                "AUUC",
-                "IPS",
-                "SNIPS",
-                "DR",
-                "offer rate",
-            ],
-            [
-                [
-                    f"{name} {p.version or ''}".strip(),
-                    _number((p.prediction or {}).get("auc")),
-                    _number((p.prediction or {}).get("log_loss")),
-                    _number((p.prediction or {}).get("ece")),
-                    _number(p.qini),
-                    _number(p.auuc),
-                    p.ips.text(),
-                    p.snips.text(),
-                    p.dr.text(),
-                    f"{p.offer_rate:.1%}",
-                ]
-                for name, p in policies.items()
-            ],
-        ),
+        _estimators_table(evaluation),
         f"![{FIGURES['qini']}](qini.png) ![{FIGURES['calibration']}](calibration.png)",
-    ]
-    if evaluation.oracle is not None:
-        o = evaluation.oracle
-        parts += [
-            "## The truth on the whole population (simulated world)",
-            f"{_population(evaluation.population)} decided for at a budget of {o.budget:.0f}; "
-            f"the oracle policy, which sees the hidden traits, earns {o.oracle_policy:.1f}.",
-            _table(
-                [
-                    "policy",
-                    "true incremental profit",
-                    "share of oracle",
-                    "true cost",
-                    "planned cost",
-                    "offers",
-                    "challenger's lead",
-                ],
-                [
-                    [
-                        name,
-                        f"{p['incremental_profit']:.1f}",
-                        f"{p['share_of_oracle']:.1%}",
-                        f"{p['true_cost']:.1f}",
-                        f"{p['planned_cost']:.1f}",
-                        f"{p['offers']:.0f}",
-                        o.challenger_lead[name].text(1) if name in o.challenger_lead else "-",
-                    ]
-                    for name, p in o.policies.items()
-                ],
-            ),  # fmt: skip
-        ]
-    parts += [
+        *_truth_section(evaluation),
         f"![{FIGURES['budget']}](budget.png)",
         "## The budget plan shipped with the model",
-        _table(["", ""], [[k, str(v)] for k, v in plan.items()]),
+        _table(["", ""], [[k, _plan_value(v)] for k, v in plan.items()]),
+        *_segments_section(evaluation),
     ]
-    if evaluation.segments:
-        parts += [
-            "## Segments (the challenger's allocation over every user)",
-            _table(
-                list(evaluation.segments[0].keys()),
-                [
-                    [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
-                    for row in evaluation.segments
-                ],
-            ),
-        ]
     return "\n\n".join(parts) + "\n"
 
 

@@ -15,11 +15,9 @@ import numpy as np
 import pandas as pd
 
 from couponflow.config import Workspace
-from couponflow.contract import coupon_cost
-from couponflow.landing import offline_days, read_offline
+from couponflow.contract import GOLDEN, coupon_cost
+from couponflow.landing import offline_days, read_feedback, read_offline
 from couponflow.metrics import ab_readout
-from serving.feedback import read_feedback
-from serving.smoke import GOLDEN
 
 
 def served_outcomes(ws: Workspace, day: str) -> pd.DataFrame:

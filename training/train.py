@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
+from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -45,7 +46,7 @@ from couponflow.model import (
     encode,
     save_model,
 )
-from serving.server import free_port  # the process group's rendezvous
+from couponflow.processes import free_port  # the process group's rendezvous
 
 EVAL_CHUNK = 65_536  # rows per forward pass when scoring the validation day
 TARGETS = ("purchased", "log_amount", "redeemed", "offered", "weight")  # packed in this order
@@ -278,6 +279,46 @@ def _fit_rank(
         dist.destroy_process_group()
 
 
+def _rank_device(cfg: dict[str, Any], rank: int, world: int) -> torch.device:
+    """The configured device; with CUDA and `world` > 1, this rank's own GPU."""
+    device = pick_device(cfg)
+    return torch.device("cuda", rank) if device.type == "cuda" and world > 1 else device
+
+
+def _initial_net(train: TrainingArrays, cfg: dict[str, Any], n_user: int, n_arm: int) -> CouponNet:
+    """The untrained network: seeded weights, the output bias at the outcomes' prior."""
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator matters
+        torch.manual_seed(int(cfg["seed"]))
+        net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
+    with torch.no_grad():
+        cast(nn.Linear, net.base[-1]).bias.copy_(  # _mlp ends in a Linear layer
+            torch.from_numpy(output_prior(train))
+        )
+    return net
+
+
+def _epoch(
+    model: nn.Module,
+    data: torch.Tensor,
+    order: torch.Tensor,
+    d: int,
+    bs: int,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    use_amp: bool,
+) -> None:
+    """One pass over this rank's rows in `order`, a batch of `bs` a step (AMP on CUDA)."""
+    for start in range(0, len(order), bs):
+        batch = data.index_select(0, order[start : start + bs])
+        with torch.autocast(data.device.type, dtype=torch.float16, enabled=use_amp):
+            out = model(batch[:, :d])
+        loss = loss_fn(out, batch[:, d:])
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
 def _fit(
     train: TrainingArrays,
     valid: TrainingArrays,
@@ -294,18 +335,11 @@ def _fit(
     if train.x.shape[1] != d or valid.x.shape[1] != d:
         raise ValueError(f"inputs have {train.x.shape[1]} columns, layout says {n_user}+{n_arm}")
     started = time.perf_counter()
-    device = pick_device(cfg)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", rank)
+    device = _rank_device(cfg, rank, world)
     use_amp = device.type == "cuda"
     seed = int(cfg["seed"])
-    with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator matters
-        torch.manual_seed(seed)
-        net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
-    with torch.no_grad():
-        net.base[-1].bias.copy_(torch.from_numpy(output_prior(train)))
-    net = net.to(device)
-    model = net
+    net = _initial_net(train, cfg, n_user, n_arm).to(device)
+    model: nn.Module = net
     if world > 1:
         model = DistributedDataParallel(net, device_ids=[rank] if device.type == "cuda" else None)
     data, held_out = train.packed().to(device), valid.packed().to(device)
@@ -320,16 +354,7 @@ def _fit(
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
-        order = order.to(device)
-        for start in range(0, per_rank, bs):
-            batch = data.index_select(0, order[start : start + bs])
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = model(batch[:, :d])
-            loss = loss_fn(out, batch[:, d:])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        _epoch(model, data, order.to(device), d, bs, opt, scaler, use_amp)
         val_loss = _valid_loss(net, held_out, d)  # the same weights on every rank: one verdict
         history.append({"epoch": epoch, "valid_loss": val_loss})
         bar.set_postfix(valid_loss=f"{val_loss:.4f}")

@@ -140,7 +140,7 @@ def network_values(
             occurrence_arrays(d, d.outcomes[o.column] > 0 if event is None else d.conversion)
             for d in (train, valid)
         ]
-        return fit(*arrays, cfg, n_user, n_arm)[0]
+        return fit(arrays[0], arrays[1], cfg, n_user, n_arm)[0]
 
     occurs = occurrence(None)
     converts = occurs
@@ -300,7 +300,8 @@ def run_trial(
     cfg = cfg or network_config(spec)
     sums = {name: np.zeros((len(data), data.n_arms)) for name in LEARNERS}
     seconds = dict.fromkeys(LEARNERS, 0.0)
-    per_seed, mean = [], {}
+    per_seed: list[dict[str, float]] = []
+    mean: dict[str, Any] = {}
     for seed in range(seeds):
         values, spent = crossfit(spec, data, outcome, folds, seed, cfg)
         for name in LEARNERS:
@@ -380,10 +381,13 @@ def report(
         lines.append(f"  the mean over {seeds} fold seeds of each seed's policy (paired)")
         mean_net, mean_raw = result["seed_mean"]["net"], result["seed_mean"]["outcome"]
         figures["seed_mean"] = {}
-        for a, b in (("ours", None), ("two_model", None), ("ours", "two_model")):
-            name = a if b is None else f"{a} - {b}"
-            net_b = mean_net[a] if b is None else mean_net[a] - mean_net[b]
-            raw_b = mean_raw[a] if b is None else mean_raw[a] - mean_raw[b]
+        rows: tuple[tuple[str, str | None], ...] = (
+            ("ours", None), ("two_model", None), ("ours", "two_model"),
+        )  # fmt: skip
+        for first, second in rows:
+            name = first if second is None else f"{first} - {second}"
+            net_b = mean_net[first] if second is None else mean_net[first] - mean_net[second]
+            raw_b = mean_raw[first] if second is None else mean_raw[first] - mean_raw[second]
             lines.append(f"  {name:<20} {'':>7}  {_cell(net_b, level):<30} {_cell(raw_b, level)}")
             figures["seed_mean"][name] = {
                 "net": net_b.interval(level).as_dict(),

@@ -31,13 +31,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import redis
 
 from couponflow.config import RedisSettings, Workspace
-from couponflow.contract import COUPON_KINDS
-from couponflow.features import USER_FEATURES, WINDOWS
-from serving.spend import (
+from couponflow.landing import feedback_area
+from serving.runtime.spend import (
     Connections,
     redis_client,
     redis_prefix,
@@ -65,11 +63,6 @@ class UnknownRequest(LookupError):
 class FeedbackUnavailable(RuntimeError):
     """The index or the landing zone failed (Redis down or slow, disk full): the event was
     neither landed nor indexed, so reporting it again later is safe."""
-
-
-def feedback_area(ws: Workspace) -> Path:
-    """Where decisions and outcome events land, by date."""
-    return ws.landing / "feedback"
 
 
 def landing_file(kind: str, pid: int | None = None) -> str:
@@ -406,57 +399,6 @@ class FeedbackLog:
             os.write(fd, line)
         finally:
             os.close(fd)
-
-
-def read_feedback(ws: Workspace, day: str, kind: str) -> list[dict[str, Any]]:
-    """Every landed `kind` (decisions or events) row of `day`, for the DAG and tests: every
-    process's file, named by host and pid or (older versions) by pid alone."""
-    folder = feedback_area(ws) / f"date={day}"
-    return [
-        json.loads(line)
-        for path in sorted(folder.glob(f"{kind}-*.jsonl"))
-        for line in path.read_text().splitlines()
-    ]
-
-
-def fresh_counters(
-    features: np.ndarray, event: str, kinds: list[str], amount: float | None
-) -> np.ndarray:
-    """A user's feature row after one outcome, updated as couponflow.features computes it
-    from the day's events: `shown` counts the decision's offers (`kinds`, one per coupon)
-    in every window, `redeemed` one redemption (by kind only when a single coupon was
-    offered: otherwise which one is unknown), `purchased` an order of `amount`; rates,
-    the average basket and the recency follow."""
-    out = np.asarray(features, dtype=np.float64).copy()
-    at = {name: i for i, name in enumerate(USER_FEATURES)}
-
-    def add(name: str, value: float) -> None:
-        out[at[name]] += value
-
-    used = {k: out[at[f"redemption_rate_{k}_30d"]] * max(out[at[f"offers_{k}_30d"]], 1.0)
-            for k in COUPON_KINDS}  # fmt: skip
-    for w in WINDOWS:
-        if event == "shown":
-            add(f"offers_{w}d", len(kinds))
-        elif event == "redeemed":
-            add(f"redemptions_{w}d", 1.0)
-        elif event == "purchased":
-            add(f"orders_{w}d", 1.0)
-            add(f"spend_{w}d", amount or 0.0)
-        out[at[f"redemption_rate_{w}d"]] = out[at[f"redemptions_{w}d"]] / max(
-            out[at[f"offers_{w}d"]], 1.0
-        )
-    if event == "shown":
-        for kind in kinds:
-            add(f"offers_{kind}_30d", 1.0)
-    elif event == "redeemed" and len(kinds) == 1:
-        used[kinds[0]] += 1.0
-    for k in COUPON_KINDS:
-        out[at[f"redemption_rate_{k}_30d"]] = used[k] / max(out[at[f"offers_{k}_30d"]], 1.0)
-    if event == "purchased":
-        out[at["avg_basket_30d"]] = out[at["spend_30d"]] / max(out[at["orders_30d"]], 1.0)
-        out[at["days_since_last_order"]] = 0.0
-    return out.astype(np.float32)
 
 
 def _now() -> str:

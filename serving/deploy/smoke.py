@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-GOLDEN = {"channel": "golden"}
+from couponflow.contract import GOLDEN
+
 COLD_USER_ID = 10**9  # beyond any simulated user_id: must be served from default features
 ANSWER_FIELDS = {
     "request_id", "user_id", "model_version", "policy_version", "cold_start", "degraded", "offers"

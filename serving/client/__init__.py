@@ -190,7 +190,7 @@ class CouponflowClient:
 
 
 def _reason(response: httpx.Response) -> str:
-    """The service's reason: a problem's `detail` (every 4xx: serving.problems names the
+    """The service's reason: a problem's `detail` (every 4xx: serving.runtime.problems names the
     field at fault there), else whatever text came back."""
     try:
         payload = response.json()

@@ -1,7 +1,7 @@
 """The front door of a local deployment: a TCP forwarder on `serving.port` that sends each
 new connection to the live slot's server, as named in the deployment record.
 
-Switching traffic is rewriting that record (serving.deployment): the next connection goes
+Switching traffic is rewriting that record (serving.deploy.deployment): the next connection goes
 to the new server. A kept-alive connection to the old one (which stays up as the standby)
 is retired between requests, never in the middle of one: its next answer carries
 `Connection: close`, so the client reconnects, to the new server; one that stays quiet
@@ -10,7 +10,7 @@ from that header the bytes pass untouched, which keeps the hop cheap and every a
 4xx included, exactly the server's. In Kubernetes a Service plays this part
 (docker/k8s).
 
-    python -m serving.router --port 3300 --record <ws>/live/deployment.json
+    python -m serving.deploy.router --port 3300 --record <ws>/live/deployment.json
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ async def serve(port: int, record: Path, host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logger.info("router on %s:%s, live slot from %s", host, port, record)
+    # the record's place in the workspace, not its absolute path: the log stays true if it moves
+    where = Path(*record.parts[-2:])
+    logger.info("router on %s:%s, live slot from %s of the workspace", host, port, where)
     sweeper = asyncio.create_task(retire_old_connections())
     async with server:
         await stop.wait()

@@ -3,11 +3,11 @@ for the outcomes of its decisions.
 
 A thin adapter: it validates requests (a bad body is a 4xx naming the field), picks the
 model named by $COUPONFLOW_MODEL_TAG, hands the decision to `Recommender`, counts spend in
-the workspace's shared store and lands every decision and outcome (serving.feedback).
+the workspace's shared store and lands every decision and outcome (serving.runtime.feedback).
 Heavy imports (torch, Feast, prometheus_client) wait for a worker's start, because
 `bentoml build` imports this module only to read its API. Readiness and liveness are
-BentoML's /readyz and /livez, metrics its /metrics (ours: serving.metrics); the API key
-is optional (serving.auth).
+BentoML's /readyz and /livez, metrics its /metrics (ours: serving.runtime.metrics); the API key
+is optional (serving.runtime.auth).
 
 `/feedback` is a typed BentoML API. `/recommend`, the hot path every shopper waits on, is
 a route of the FastAPI app `decisions` mounted on the service (`@bentoml.asgi_app`): its
@@ -20,7 +20,7 @@ It runs on the worker's event loop: only the feature read leaves it (awaited, bo
 serving.feature_timeout_s); scoring, pacing and landing the decision (~0.5 ms) run in
 place, which costs a request less than handing it to a thread and back.
 
-Every 4xx is an RFC 9457 problem body naming the field at fault (serving.problems); the
+Every 4xx is an RFC 9457 problem body naming the field at fault (serving.runtime.problems); the
 API's documentation is Swagger UI at /docs over the OpenAPI at /docs.json, both offline.
 """
 
@@ -44,8 +44,8 @@ from starlette.responses import Response
 from couponflow.config import Workspace
 from couponflow.contract import CATEGORIES
 from serving import ACCESS_LOG_ENV, DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_ENV
-from serving.auth import API_KEY_ENV, ApiKeyMiddleware
-from serving.problems import (
+from serving.runtime.auth import API_KEY_ENV, ApiKeyMiddleware
+from serving.runtime.problems import (
     PROBLEM_JSON,
     ProblemMiddleware,
     encode,
@@ -54,8 +54,8 @@ from serving.problems import (
 )
 
 if TYPE_CHECKING:
-    from serving.feedback import FeedbackLog
-    from serving.recommender import Recommender
+    from serving.runtime.feedback import FeedbackLog
+    from serving.runtime.recommender import Recommender
 
 INT64_MAX = 2**63 - 1  # Feast's entity keys and the decision index store user ids as int64
 UserId = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True, description="the shopper's user_id")]
@@ -167,7 +167,7 @@ def json_response(answer: BaseModel) -> Response:
 
 def refused(exc: ValidationError, path: str) -> Response:
     """400 for a body failing validation: a problem naming each field at fault, the shape
-    every 4xx of the API has (serving.problems)."""
+    every 4xx of the API has (serving.runtime.problems)."""
     errors = exc.errors(include_url=False, include_context=False, include_input=False)
     return problem_response(invalid_body(errors, path))
 
@@ -256,10 +256,10 @@ class CouponRecommender:
     model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, DEFAULT_MODEL_TAG))
 
     def __init__(self) -> None:
-        from serving import metrics
-        from serving.feedback import FeedbackLog
-        from serving.recommender import Recommender
-        from serving.spend import open_spend
+        from serving.runtime import metrics
+        from serving.runtime.feedback import FeedbackLog
+        from serving.runtime.recommender import Recommender
+        from serving.runtime.spend import open_spend
 
         stored = self.model
         ws = Workspace.from_env()
@@ -345,7 +345,7 @@ class CouponRecommender:
         404 (`unknown-request`) when this deployment made no decision `request_id`, or
         made it longer ago than it keeps feedback for; 503 when the event could not be
         recorded: report it again later."""
-        from serving.feedback import FeedbackUnavailable, UnknownRequest
+        from serving.runtime.feedback import FeedbackUnavailable, UnknownRequest
 
         pushed: list[bool] = []  # bounded by serving.feature_timeout_s; a failure lands too
         try:

@@ -22,9 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from couponflow.artefacts import CATALOGUE_FILE, MODEL_WEIGHTS, POLICY_FILE
 from couponflow.config import Workspace
 from couponflow.contract import HOLDOUT_SUFFIX
-from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
+from couponflow.features import (
+    COUPON_FEATURES,
+    USER_FEATURES,
+    default_user_features,
+    fresh_counters,
+)
 from couponflow.model import load_model
 from couponflow.policy import (
     INELIGIBLE,
@@ -45,8 +51,6 @@ from feature_repo.store import (
     open_store,
     push_user_features,
 )
-from serving import CATALOGUE_FILE, POLICY_FILE
-from serving.feedback import fresh_counters
 
 logger = logging.getLogger(__name__)
 FEATURE_TIMEOUT_S = 0.1  # default `serving.feature_timeout_s`: then answer without the store
@@ -67,7 +71,7 @@ class Recommender:
     The day's budget is paced over `spend` (default: an in-process counter). An in-process
     counter sees only this worker's requests, so it paces this worker's share of the plan:
     with `workers` such processes behind a balancer the day stays within its budget. The
-    service passes the workspace's shared store (serving.spend), which paces the whole plan.
+    service passes the workspace's shared store (serving.runtime.spend), which paces the whole plan.
 
     A decision never waits more than `serving.feature_timeout_s` for the feature store nor
     fails with it: a failing or slow store (or spend store) gives a degraded answer, from
@@ -84,7 +88,7 @@ class Recommender:
         rng: np.random.Generator | None = None,
     ) -> None:
         torch.set_num_threads(1)  # tiny per-request batches; parallelism comes from workers
-        self.net, meta = load_model(model_dir / "model.pt")
+        self.net, meta = load_model(model_dir / MODEL_WEIGHTS)
         self.model_version: str = meta["version"]
         store = open_store(ws)
         catalogue = pd.read_parquet(model_dir / CATALOGUE_FILE)

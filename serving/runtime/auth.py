@@ -8,7 +8,7 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serving.problems import PROBLEM_JSON, encode, problem
+from serving.runtime.problems import PROBLEM_JSON, encode, problem
 
 API_KEY_ENV = "COUPONFLOW_API_KEY"
 PROTECTED = ("/recommend", "/feedback")

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from couponflow.artefacts import MODEL_FILES, MODEL_RECORD
 from couponflow.config import Workspace
 from couponflow.workspace import commit
-from serving import MODEL_FILES, bentoml_home
+from serving.deploy import bentoml_home
 
 
 def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -
     The weights in ws.models must be that model's: they become the champion.
     """
     version = model_tag.partition(":")[2]
-    meta = json.loads((ws.models / "model.json").read_text())
+    meta = json.loads((ws.models / MODEL_RECORD).read_text())
     if meta["version"] != version:
         raise ValueError(f"{ws.models} holds model {meta['version']}, not the released {version}")
     return _make_production(ws, model_tag, bento_tag, "release", reason, ws.models)
@@ -56,7 +57,7 @@ def rollback(ws: Workspace, reason: str) -> dict[str, Any]:
     """Record the `rollback_target` as production again, with its model files (from the
     workspace's BentoML store, where every released model lives) as the champion, so the
     next evaluation compares against what shoppers get. Rolling back again goes one
-    release further back. Returns the new record; serving.deployment moves the traffic."""
+    release further back. Returns the new record; serving.deploy.deployment moves the traffic."""
     target = rollback_target(ws)
     return _make_production(
         ws, target["model_tag"], target["bento_tag"], "rollback", reason, _stored(ws, target)
