@@ -13,14 +13,35 @@ tables), "gx" the Great Expectations run including it. Figures print; nothing is
 `--broken SHARE` breaks that share of the orders twice (a negative amount, an unknown user) to
 time a rejection: GX then collects the key of every failing row before keeping a sample of them,
 a Python loop over the failing rows.
+
+The whole validation step, every table, as the DAG's validate task runs it:
+
+    .venv/bin/python benchmarks/bench_validation.py --events 1000000 [--history-days 3]
+        [--key-days 30] [--rounds 5] [--root DIR] [--trees DIR ...]
+
+A workspace at that many events a day (sessions + offers + orders; world.n_users scaled by
+bench_world's calibration, as bench_daily_run does) gets `--history-days` simulated days
+landed, validated and loaded into the offline store (no features: validation reads none), and
+the next day landed; `--key-days N` adds accepted dates of random keys up to N (the rule across
+days checks every accepted date: a month of them without simulating a month). Then each round
+runs the DAG's validate task on that day in a fresh process, as an Airflow worker runs it
+(bench_daily_run's child: the DAG file loaded, then `require_valid`): `process s` is the whole
+process (start-up, Airflow and GX imported), `call s` the task callable. A batch that fails
+stops the benchmark (it would leave landing). `--trees` alternates source trees round by round
+(each run with its own PYTHONPATH, e.g. a checkout of the code before a change) on the same
+workspace; `--root` keeps the workspace for later runs (seeding 1M events a day takes
+minutes). Medians print last.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,11 +54,13 @@ import pandas as pd
 import yaml
 
 from couponflow.config import PROJECT_ROOT, Workspace, load_params
-from couponflow.contract import CATEGORIES, TABLES
+from couponflow.contract import CATEGORIES, EVENTS, TABLES
 from expectations import trailing
 from expectations.suites import derive, suite_parameters
 from expectations.validate import open_context, store_suite, validate_table
 
+# bench_world and bench_daily_run, imported as scripts import them (bench_daily_run does)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DAY = pd.Timestamp("2026-01-05")
 N_COUPONS = 20
 REDEEMED = 0.25  # share of orders redeeming a coupon, as in the simulated world
@@ -117,13 +140,19 @@ def identity_index(n: int, dates: int = IDENTITY_DATES) -> dict[str, Any]:
     return {ACCEPTED.format("orders"): KeyIndex(past)}
 
 
-def remember_keys(orders: pd.DataFrame) -> None:
-    """What an accepted batch costs besides: hashing its keys for the days after it."""
+def remember_keys(batch: dict[str, Any]) -> None:
+    """What an accepted batch costs besides: the hashes of its keys for the days after it
+    (made once, by the rule across days, where the code keeps them under HASHES)."""
     try:
-        from expectations.rules import key_hashes
+        from expectations.rules import batch_key_hashes
     except ImportError:
+        try:
+            from expectations.rules import key_hashes
+        except ImportError:
+            return
+        key_hashes(batch["orders"]["order_id"])
         return
-    key_hashes(orders["order_id"])
+    batch_key_hashes(batch, TABLES["orders"])
 
 
 def peak_rss_mb() -> float:
@@ -146,12 +175,18 @@ def measure(n: int, broken: float) -> dict[str, Any]:
         suite = store_suite(context, TABLES["orders"], params["validation"])
         accepted = identity_index(n)
         batch.update(accepted)
+        try:  # where the rule across days leaves the hashes it made, as validate passes it
+            from expectations.rules import HASHES
+
+            batch[HASHES] = {}  # type: ignore[assignment]
+        except ImportError:
+            pass
         t0 = time.perf_counter()
         derive(TABLES["orders"], batch, day)
         t1 = time.perf_counter()
         result = validate_table(context, suite, batch, day, values)
         t2 = time.perf_counter()
-        remember_keys(batch["orders"])
+        remember_keys(batch)
         t3 = time.perf_counter()
     return {
         "rows": n,
@@ -165,14 +200,151 @@ def measure(n: int, broken: float) -> dict[str, Any]:
     }
 
 
+def events_workspace(
+    events: int, history_days: int, root: Path, key_days: int = 0
+) -> tuple[Workspace, str]:
+    """A workspace at `events` a day with `history_days` accepted days (landed, validated, in
+    the offline store) and the next day landed; reused when `root` already holds it. With
+    `key_days` beyond the history, the rule across days also meets that many accepted dates'
+    keys: random hashes of a day's size each, as `validate` keeps them (a month at 1M events
+    a day without simulating one)."""
+    from bench_world import events_per_user
+
+    from couponflow.cli import next_days
+    from couponflow.landing import load_offline, read_batch, write_batch
+    from couponflow.workspace import init_workspace
+    from couponflow.world import World
+    from expectations.validate import require_valid
+
+    path = root / f"events-{events}-history-{history_days}"
+    if key_days > history_days:
+        path = path.with_name(f"{path.name}-keys-{key_days}")
+    ready = path / "bench-day.txt"
+    if ready.exists():
+        return Workspace(path), ready.read_text().strip()
+    shutil.rmtree(path, ignore_errors=True)
+    n_users = math.ceil(events / events_per_user())
+    ws = init_workspace(path, {"world.n_users": n_users, "world.history_days": history_days})
+    world = World(ws.params["world"])  # one world for every day: its first day replays the past
+    start = pd.Timestamp(ws.params["world"]["start_date"])
+    for i in range(history_days):
+        day = str((start + pd.Timedelta(days=i)).date())
+        write_batch(ws.landing_partition(day), world.simulate_day(day))
+        require_valid(ws, day)
+        load_offline(ws, day, read_batch(ws.landing_partition(day)))
+    day = next_days(ws, 1)[0]
+    batch = world.simulate_day(day)
+    write_batch(ws.landing_partition(day), batch)
+    rng = np.random.default_rng(0)
+    for i in range(key_days - history_days):  # dates before the history: keys only
+        date = str((start - pd.Timedelta(days=i + 1)).date())
+        for name in EVENTS:
+            folder = ws.validation_reports / "keys" / name  # validate's `_keys_folder`
+            folder.mkdir(parents=True, exist_ok=True)
+            keys = rng.integers(0, 2**63, len(batch[name]), dtype=np.int64).astype(np.uint64)
+            np.save(folder / f"{date}.npy", np.unique(keys))
+    print(
+        f"workspace {path}: {n_users:,} users, {history_days} accepted days "
+        f"({max(key_days, history_days)} dates of keys), {day} landed: "
+        + ", ".join(f"{name} {len(frame):,}" for name, frame in batch.items()),
+        flush=True,
+    )
+    ready.write_text(day)
+    return ws, day
+
+
+def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
+    """The DAG's validate task on `day`, in a fresh process running `tree`'s code; its peak
+    RSS is the process's own (VmHWM at exit, through bench_daily_run's sitecustomize hook:
+    ru_maxrss would inherit this process's peak, the seeding's, across fork + exec)."""
+    from bench_daily_run import PROCESS_LOG_ENV, SITECUSTOMIZE
+
+    from couponflow.cli import airflow_env
+
+    with tempfile.TemporaryDirectory(prefix="bench-validate-") as scratch:
+        hooks, exits = Path(scratch) / "hooks", Path(scratch) / "exits.jsonl"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        path = os.pathsep.join([str(hooks), str(tree)])
+        env = airflow_env(ws) | {"PYTHONPATH": path, PROCESS_LOG_ENV: str(exits)}
+        out, upstream = Path(scratch) / "out.json", Path(scratch) / "in.json"
+        upstream.write_text("null")
+        cmd = [sys.executable, str(tree / "benchmarks" / "bench_daily_run.py"), "--child"]
+        cmd += ["validate", "--day", day, "--out", str(out), "--upstream", str(upstream)]
+        started = time.perf_counter()
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        ended = time.perf_counter()
+        if done.returncode != 0:
+            raise SystemExit(
+                f"validate failed with {tree}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+            )
+        result = json.loads(out.read_text())
+        peaks = [json.loads(line)["rss_mb"] for line in exits.read_text().splitlines()]
+    return {
+        "process_s": ended - started,
+        "call_s": result["call_s"],
+        "peak_mb": max(peaks, default=math.nan),
+        "rows": result["result"]["rows"],
+        "warnings": result["result"]["warnings"],
+        "load": os.getloadavg()[0],
+    }
+
+
+def whole_step(
+    events: int, history_days: int, key_days: int, rounds: int, root: Path, trees: list[Path]
+) -> None:
+    """Time the validate task at `events` a day, `rounds` times per tree, trees alternating."""
+    ws, day = events_workspace(events, history_days, root, key_days)
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
+    print(f"{'round':>5} {'tree':<40} {'process s':>9} {'call s':>7} {'peak MB':>8} {'load':>5}")
+    times: dict[Path, list[dict[str, Any]]] = {tree: [] for tree in trees}
+    for i in range(rounds):
+        for tree in trees:
+            r = validate_task(ws, day, tree)
+            times[tree].append(r)
+            print(
+                f"{i + 1:>5} {str(tree)[-40:]:<40} {r['process_s']:>9.2f} {r['call_s']:>7.2f} "
+                f"{r['peak_mb']:>8.0f} {r['load']:>5.2f}",
+                flush=True,
+            )
+    rows = ", ".join(f"{name} {n:,}" for name, n in times[trees[0]][0]["rows"].items())
+    print(f"{day} at {events:,} events a day ({rows}); median of {rounds} rounds:")
+    for tree, found in times.items():
+        process = statistics.median(r["process_s"] for r in found)
+        call = statistics.median(r["call_s"] for r in found)
+        load = statistics.median(r["load"] for r in found)
+        peak = max(r["peak_mb"] for r in found)
+        print(
+            f"  {tree}: process {process:.2f} s, call {call:.2f} s, peak RSS {peak:.0f} MB "
+            f"(load {load:.2f})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--broken", type=float, default=0.0, help="share of orders to break")
+    parser.add_argument("--events", type=int, help="time the whole validate task at this scale")
+    parser.add_argument("--history-days", type=int, default=3, help="accepted days before it")
+    parser.add_argument(
+        "--key-days", type=int, default=0, help="dates of accepted keys, padded past the history"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="validate runs per tree")
+    parser.add_argument("--root", type=Path, help="keep the workspace here (default: removed)")
+    parser.add_argument("--trees", type=Path, nargs="+", default=[PROJECT_ROOT])
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # rows, run in-process
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.broken)))
+        return
+    if args.events:
+        root = args.root or Path(tempfile.mkdtemp(prefix="bench-validation-"))
+        try:
+            trees = [tree.resolve() for tree in args.trees]
+            whole_step(args.events, args.history_days, args.key_days, args.rounds, root, trees)
+        finally:
+            if args.root is None:
+                shutil.rmtree(root, ignore_errors=True)
         return
 
     print(

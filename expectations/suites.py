@@ -41,12 +41,24 @@ from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import numpy as np
 import pandas as pd
 from great_expectations.expectations.metadata_types import FailureSeverity
 
 from couponflow.contract import DIMENSIONS, EVENTS, TABLES, Column, Table
 from expectations import rules as across  # money, terms, time order, identity across days
-from expectations.derived import Batch, Derived, computable, nothing_broken
+from expectations.derived import (
+    CACHE,
+    Batch,
+    Derived,
+    among,
+    cached,
+    computable,
+    joint_codes,
+    nothing_broken,
+    rows_of,
+    taken,
+)
 
 DAY_START = "day_start"
 DAY_END = "day_end"
@@ -85,8 +97,9 @@ def _unknown(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Se
         if not computable(frame, table, [column]):
             return nothing_broken(frame)
         other = batch.get(target.name)
-        keys = other[target.key] if other is not None and target.key in other else []
-        return frame[column].notna() & ~frame[column].isin(keys)
+        if other is None or target.key not in other:
+            return frame[column].notna()
+        return frame[column].notna() & (rows_of(batch, frame, column, target) < 0)
 
     return broken
 
@@ -104,8 +117,9 @@ def _outside(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Se
             and computable(other, target, [target.key, start, end])
         ):
             return nothing_broken(frame)
-        window = other.drop_duplicates(target.key).set_index(target.key)
-        lo, hi = (frame[column].map(window[edge]) for edge in (start, end))
+        rows = rows_of(batch, frame, column, target)
+        never = np.datetime64("NaT", "ns")
+        lo, hi = (pd.Series(taken(other[e], rows, never), index=frame.index) for e in (start, end))
         at = frame[time]
         return lo.notna() & hi.notna() & at.notna() & ~((lo <= at) & (at < hi))
 
@@ -122,6 +136,11 @@ def _absent(table: Table, column: str) -> Callable[[pd.DataFrame, Batch], pd.Ser
         if not (computable(frame, table, keys) and computable(other, target, keys)):
             return nothing_broken(frame)
         present = frame[keys].notna().all(axis=1)
+        codes = cached(
+            batch, f"codes {name} {keys}", frame, lambda: joint_codes(frame, other, keys)
+        )
+        if codes is not None:
+            return present & ~among(codes[0], codes[1])
         found = (
             frame[keys]
             .merge(other[keys].drop_duplicates(), how="left", on=keys, indicator=True)["_merge"]
@@ -255,15 +274,19 @@ def derive(table: Table, batch: Batch, day: str, errors: list[str] | None = None
     frame = batch[table.name]
     start = pd.Timestamp(day).normalize()
     context = {**batch, "day": pd.DataFrame({"end": [start + pd.Timedelta(days=1)]})}
-    context["cache"] = {}  # type: ignore[assignment]  # lookups shared by rules (rules.CACHE)
+    context[CACHE] = {}  # type: ignore[assignment]  # lookups shared by the rules (`cached`)
     added: dict[str, pd.Series] = {}
     for rule in derived_rules(table):
-        values = pd.Series(None, index=frame.index, dtype=object)
+        # all null as float NaN unless a row breaks the rule: GX tests an object column's
+        # nulls value by value and copies it pointer by pointer, a float column's at once
+        values = pd.Series(np.nan, index=frame.index)
         try:
             broken = pd.Series(rule.broken(frame, context), index=frame.index)
             broken = broken.fillna(False).astype(bool)
             if broken.any():
-                values[broken] = frame.loc[broken, rule.column].astype(object)
+                offending = pd.Series(None, index=frame.index, dtype=object)
+                offending[broken] = frame.loc[broken, rule.column].astype(object)
+                values = offending
         except Exception as exc:
             if errors is None:
                 raise

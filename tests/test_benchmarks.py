@@ -30,6 +30,11 @@ def run_benchmark(*args: str) -> str:
         ("bench_world", ["--events", "3000"], "events"),
         ("bench_training", ["--rows", "4000", "--epochs", "1"], "fit/s"),
         ("bench_validation", ["--rows", "3000"], "rows"),
+        (
+            "bench_validation",
+            ["--events", "3000", "--history-days", "2", "--rounds", "1"],
+            "median",
+        ),
         ("bench_features", ["--users", "400", "--reads", "20", "--stores", "sqlite"], "users"),
     ],
 )
