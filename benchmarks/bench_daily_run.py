@@ -26,7 +26,7 @@ To time the release path whatever the gate decides, the benchmark lowers the gat
 in its own workspaces (`--default-gate` keeps them: the release path then runs only if
 the gate promotes). The front door gets a free port, not serving.port, so it never meets
 another deployment's, and every server started is stopped at the end
-(serving.deployment.stop_deployment). The machine may be shared: a task that leaves less
+(serving.deploy.deployment.stop_deployment). The machine may be shared: a task that leaves less
 than `--min-free-gb` of memory available is killed with its children, reported with the
 time it ran and its sampled peak, and the run goes on where the inputs allow (a killed
 `features` has already written the day's offline features the training reads). The
@@ -228,8 +228,8 @@ def _scale_workspace(
 ) -> tuple[Workspace, dict[str, str]]:
     """A fresh workspace for one scale, and the environment its steps' processes run in
     (the sitecustomize hook that logs each process's resources)."""
+    from couponflow.processes import free_port
     from couponflow.workspace import init_workspace
-    from serving.server import free_port
 
     overrides: dict[str, Any] = {"world.n_users": n_users, "serving.port": free_port()}
     if history_days:
@@ -296,7 +296,7 @@ def scale(
                 if r["failed"] and task in RELEASE_TASKS:
                     break
         finally:
-            from serving.deployment import stop_deployment
+            from serving.deploy.deployment import stop_deployment
 
             stop_deployment(ws)  # whatever the release path started
     print_rows(rows)

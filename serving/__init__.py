@@ -17,7 +17,6 @@ core's (couponflow.artefacts).
 from __future__ import annotations
 
 from couponflow.artefacts import MODEL_NAME
-from couponflow.artefacts import POLICY_FILE as POLICY_FILE  # the old path: benchmarks/ use it
 
 MODEL_TAG_ENV = "COUPONFLOW_MODEL_TAG"  # the BentoML model a server's service loads
 DEFAULT_MODEL_TAG = f"{MODEL_NAME}:latest"

@@ -1,9 +1,8 @@
 """The rooms' imports, read from the source (ast, nothing imported): no import cycle among
 the project's modules, lazy imports inside functions included; the core (couponflow/)
 imports no room and no tool at module level but where ALLOWED says why; the service's
-runtime never imports the deployment tooling (the bento packs the runtime only); the
-old flat paths of serving/ are shims nothing of ours imports; and every third-party
-package our code imports is declared in pyproject.toml (issue 20)."""
+runtime never imports the deployment tooling (the bento packs the runtime only); and every
+third-party package our code imports is declared in pyproject.toml (issue 20)."""
 
 from __future__ import annotations
 
@@ -27,8 +26,6 @@ TOOLS = ("airflow", "great_expectations", "feast", "bentoml", "dvc")
 ALLOWED: dict[str, str] = {}
 # serving/'s flat paths before it was split, for files another branch is changing now
 # (training/train.py, benchmarks/): nothing else may import them.
-SHIMS = {"serving.server", "serving.bento", "serving.deployment"}
-SHIM_USERS = ("training/train.py", "benchmarks/")
 
 
 def _module_of(path: Path) -> str:
@@ -147,17 +144,6 @@ def test_the_runtime_never_imports_the_deployment_tooling() -> None:
     for module in (m for m in MODULES if m.startswith("serving.runtime")):
         assert not {t for t in graph[module] if t.startswith("serving.deploy")}, module
         assert "serving.client" not in graph[module], module
-
-
-def test_the_old_flat_paths_are_imported_only_by_their_listed_users() -> None:
-    assert set(MODULES) >= SHIMS
-    users = [
-        f"{module} imports {name}"
-        for module, path in MODULES.items()
-        for name, _ in _imports(path)
-        if _ours(name) in SHIMS and not str(path.relative_to(PROJECT_ROOT)).startswith(SHIM_USERS)
-    ]
-    assert users == []
 
 
 # Import names several distributions install into, and the one we declare for them.
