@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROOMS = ("couponflow", "training", "serving", "expectations", "dags", "benchmarks")
 MAX_LINES = 60  # def line to last line, docstring included, decorators not
 
-ELSEWHERE = "validation's hot path, just tuned (bench_validation --events); split it with that at hand"
+ELSEWHERE = "validation's hot path, just tuned: split it with bench_validation --events at hand"
 
 # "path::qualified name": why it is still long. Keep each reason to what blocks the split.
 ALLOWED: dict[str, str] = {
