@@ -51,7 +51,6 @@ from couponflow.policy import allocate, score, user_cap_mask
 from couponflow.world import SEGMENTS
 from training.train import (
     TrainingArrays,
-    bootstrap_users,
     fit,
     fit_ensemble,
     inverse_propensity_weights,
@@ -110,14 +109,9 @@ def train(
         valid_arrays = replace(
             valid_arrays, x=with_segment(valid_arrays.x, segment[stopping["user_id"]])
         )
-        users = fitting["user_id"].to_numpy()
-        members = [
-            fit(train_arrays if i == 0 else train_arrays.take(bootstrap_users(users, seed=i)),
-                valid_arrays, {**cfg, "seed": int(cfg["seed"]) + i},
-                n_user=N_USER_INPUTS + len(SEGMENTS), n_arm=N_ARM_INPUTS)[0]
-            for i in range(int(cfg.get("members") or 1))
-        ]  # fmt: skip
-        return Revealed(members, np.empty(0, dtype=np.int64))
+        net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(), cfg,
+                              N_USER_INPUTS + len(SEGMENTS), N_ARM_INPUTS)  # fmt: skip
+        return Revealed(list(net.members), np.empty(0, dtype=np.int64))
     if design == "ensemble":
         net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(),
                               {**cfg, "credibility": credibility})  # fmt: skip

@@ -399,16 +399,18 @@ def fit_ensemble(
     valid: TrainingArrays,
     train_users: np.ndarray,
     cfg: dict[str, Any],
+    n_user: int = N_USER_INPUTS,
+    n_arm: int = N_ARM_INPUTS,
 ) -> tuple[CouponEnsemble, dict[str, Any]]:
-    """`cfg["members"]` networks (default 1), the first on the training rows as they are,
-    each other on a bootstrap resample of the shoppers with its own seed; the ensemble
-    discounts gains by `cfg["credibility"]` standard deviations across them. The log
-    sums seconds and rows over the members."""
+    """`cfg["members"]` networks (default 1) of the input layout `n_user` + `n_arm`, the
+    first on the training rows as they are, each other on a bootstrap resample of the
+    shoppers with its own seed; the ensemble discounts gains by `cfg["credibility"]`
+    standard deviations across them. The log sums seconds and rows over the members."""
     members, logs = [], []
     n = int(cfg.get("members") or 1)
     for i in tqdm(range(n), desc="ensemble", unit="member", leave=False, disable=n == 1):
         data = train if i == 0 else train.take(bootstrap_users(train_users, seed=i))
-        net, log = fit(data, valid, {**cfg, "seed": int(cfg["seed"]) + i})
+        net, log = fit(data, valid, {**cfg, "seed": int(cfg["seed"]) + i}, n_user, n_arm)
         members.append(net)
         logs.append(log)
     seconds = sum(log["seconds"] for log in logs)
