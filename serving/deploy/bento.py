@@ -63,7 +63,7 @@ def build_bento(ws: Workspace, model_tag: str) -> str:
         "build", "--bentofile", str(BENTOFILE), "--name", BENTO_NAME,
         "--version", bento_tag.partition(":")[2], "--output", "tag", str(PROJECT_ROOT),
     )  # fmt: skip
-    out = _run(build, ws, **{MODEL_TAG_ENV: model_tag})  # the service declares this model
+    out = _run(build, ws, True, **{MODEL_TAG_ENV: model_tag})  # the service declares this model
     return out.strip().splitlines()[-1].removeprefix("__tag__:")
 
 

@@ -21,13 +21,14 @@ import time
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 import httpx
 import psutil
 
 from couponflow.config import PROJECT_ROOT, Workspace
 from couponflow.processes import free_port, listening
+from couponflow.records import Answer, Refusal, Release, Slot, SwitchedRelease
 from serving.deploy import bentoml_home
 from serving.deploy.release import (
     current_release,
@@ -42,10 +43,43 @@ from serving.runtime.spend import serving_state
 
 logger = logging.getLogger(__name__)
 RECORD_FILE = "deployment.json"
-SLOTS = ("live", "standby", "candidate")
+SlotName = Literal["live", "standby", "candidate"]
+SLOTS: tuple[SlotName, ...] = ("live", "standby", "candidate")
 # The front door's module; a router started before serving/ was split runs under the old
 # name, and is still ours to find and stop.
 ROUTER_MODULES = ("serving.deploy.router", "serving.router")
+
+
+class RouterHandle(TypedDict):
+    """The front door's process, as the record keeps it."""
+
+    pid: int
+    port: int
+    log: str
+    since: str
+
+
+class DeploymentRecord(TypedDict):
+    """live/deployment.json: the front door and the slots (each None or a bento server),
+    the last refusal and the last switch, if any. serving.deploy.router reads `live`."""
+
+    router: RouterHandle | None
+    live: Slot | None
+    standby: Slot | None
+    candidate: Slot | None
+    last_refusal: NotRequired[Refusal]
+    switched: NotRequired[str]
+
+
+class Serving(TypedDict):
+    """The record once `serve_production` has made sure the release takes traffic."""
+
+    router: RouterHandle
+    live: Slot
+    standby: Slot | None
+    candidate: Slot | None
+    last_refusal: NotRequired[Refusal]
+    switched: NotRequired[str]
 
 
 class CandidateRefused(RuntimeError):
@@ -56,16 +90,16 @@ def record_path(ws: Workspace) -> Path:
     return serving_state(ws) / RECORD_FILE
 
 
-def deployment_record(ws: Workspace) -> dict[str, Any]:
+def deployment_record(ws: Workspace) -> DeploymentRecord:
     """The router and the slots (`live`, `standby`, `candidate`: each None or a bento, its
     model and its server's handle), and the last refusal, if any."""
     path = record_path(ws)
-    empty: dict[str, Any] = {"router": None, **dict.fromkeys(SLOTS)}
+    empty = {"router": None, "live": None, "standby": None, "candidate": None}
     stored = _logs_resolved(ws, json.loads(path.read_text())) if path.exists() else {}
-    return {**empty, **stored}
+    return cast(DeploymentRecord, {**empty, **stored})
 
 
-def start_candidate(ws: Workspace, model_tag: str, bento_tag: str) -> dict[str, Any]:
+def start_candidate(ws: Workspace, model_tag: str, bento_tag: str) -> Slot:
     """Serve `bento_tag` beside the live release on a free port and check it there. A
     candidate that passes stays up as the record's `candidate` for `switch_to_candidate`;
     one that fails is stopped, the refusal is recorded and CandidateRefused says why.
@@ -83,15 +117,15 @@ def start_candidate(ws: Workspace, model_tag: str, bento_tag: str) -> dict[str, 
     except (ServerFailed, SmokeTestFailed) as failed:
         if server is not None:
             server.stop()
-        refusal = {"time": _now(), "bento_tag": bento_tag, "reason": str(failed)}
+        refusal: Refusal = {"time": _now(), "bento_tag": bento_tag, "reason": str(failed)}
         _write(ws, {**record, "candidate": None, "last_refusal": refusal})
         raise CandidateRefused(f"{bento_tag} refused, the live release stays: {failed}") from None
-    slot = {**_slot(model_tag, bento_tag, server), "ready_s": ready_s, "checks": checks}
+    slot: Slot = {**_slot(model_tag, bento_tag, server), "ready_s": ready_s, "checks": checks}
     _write(ws, {**record, "candidate": slot})
     return slot
 
 
-def switch_to_candidate(ws: Workspace, bento_tag: str, reason: str) -> dict[str, Any]:
+def switch_to_candidate(ws: Workspace, bento_tag: str, reason: str) -> SwitchedRelease:
     """Send traffic to the checked candidate `bento_tag` and record its release: the live
     server becomes the standby (the previous standby is stopped). Returns the release
     record with the front door's URL. Idempotent: when `bento_tag` is already live and
@@ -111,7 +145,7 @@ def switch_to_candidate(ws: Workspace, bento_tag: str, reason: str) -> dict[str,
     return {**release, "url": front_door(ws), "checks": candidate["checks"]}
 
 
-def roll_back(ws: Workspace, reason: str) -> dict[str, Any]:
+def roll_back(ws: Workspace, reason: str) -> Release:
     """Make the previous release production again: traffic first (the standby when it is
     that release, a freshly started and checked server otherwise), then the record. With
     nothing deployed on this host only the record changes. Returns the new record."""
@@ -123,11 +157,12 @@ def roll_back(ws: Workspace, reason: str) -> dict[str, Any]:
             _switch(ws, record, standby)
         else:
             start_candidate(ws, target["model_tag"], target["bento_tag"])
-            _switch(ws, deployment_record(ws), deployment_record(ws)["candidate"])
+            record = deployment_record(ws)
+            _switch(ws, record, _candidate(record))
     return rollback(ws, reason)
 
 
-def serve_production(ws: Workspace) -> dict[str, Any]:
+def serve_production(ws: Workspace) -> Serving:
     """Make sure the production release takes traffic behind the front door (after a
     restart of the host, or `couponflow stop`): start and check it if it is not live."""
     release = current_release(ws)
@@ -140,22 +175,23 @@ def serve_production(ws: Workspace) -> dict[str, Any]:
     if not (live and live["bento_tag"] == release["bento_tag"] and _running(live)):
         start_candidate(ws, release["model_tag"], release["bento_tag"])
         record = deployment_record(ws)
-        _switch(ws, record, record["candidate"])
+        _switch(ws, record, _candidate(record))
     elif not _router_running(record):
         _write(ws, {**record, "router": _start_router(ws)})
-    return deployment_record(ws)
+    return cast(Serving, deployment_record(ws))  # a router and a live slot, as just made sure
 
 
 def stop_deployment(ws: Workspace) -> list[str]:
     """Stop the front door and every slot's server; what was stopped."""
     record = deployment_record(ws)
-    stopped = [f"{slot} {record[slot]['bento_tag']}" for slot in SLOTS if record[slot]]
+    stopped = [f"{slot} {held['bento_tag']}" for slot in SLOTS if (held := record[slot])]
     for slot in SLOTS:
         _stop_slot(record, slot)
-    if _router_running(record):
-        _terminate(record["router"]["pid"])
-        stopped.append(f"router on port {record['router']['port']}")
-    _write(ws, {**record, "router": None, **dict.fromkeys(SLOTS)})
+    router = record["router"]
+    if router is not None and _router_running(record):
+        _terminate(router["pid"])
+        stopped.append(f"router on port {router['port']}")
+    _write(ws, {**record, "router": None, "live": None, "standby": None, "candidate": None})
     return stopped
 
 
@@ -163,7 +199,7 @@ class NotServing(RuntimeError):
     """No front door and live server answer for the workspace on this host."""
 
 
-def ask_live(ws: Workspace, user_id: int = 0) -> dict[str, Any]:
+def ask_live(ws: Workspace, user_id: int = 0) -> Answer:
     """One answer of the deployment that is serving, through its front door, as a shopper's
     app would get it (a `golden` request: readers of the decision log can tell it apart).
     NotServing when nothing serves: starting a server just to answer would say nothing
@@ -192,7 +228,7 @@ def front_door(ws: Workspace) -> str:
 
 
 # -- the switch -----------------------------------------------------------------------------
-def _switch(ws: Workspace, record: dict[str, Any], new_live: dict[str, Any]) -> None:
+def _switch(ws: Workspace, record: DeploymentRecord, new_live: Slot) -> None:
     """Point the front door at `new_live` and check the answer through it; the old live
     server becomes the standby, any other server is stopped."""
     try:
@@ -238,7 +274,7 @@ def _front_door_free(ws: Workspace) -> None:
         )
 
 
-def _start_router(ws: Workspace) -> dict[str, Any]:
+def _start_router(ws: Workspace) -> RouterHandle:
     """Start the front door on `serving.port`, in a session of its own so it outlives the
     task that started it."""
     cfg = ws.params["serving"]
@@ -260,7 +296,7 @@ def _start_router(ws: Workspace) -> dict[str, Any]:
     return {"pid": process.pid, "port": port, "log": str(log), "since": _now()}
 
 
-def _router_running(record: dict[str, Any]) -> bool:
+def _router_running(record: DeploymentRecord) -> bool:
     router = record.get("router")
     if not router:
         return False
@@ -279,7 +315,7 @@ def _terminate(pid: int) -> None:
         proc.wait(timeout=10)
 
 
-def _slot(model_tag: str, bento_tag: str, server: Server) -> dict[str, Any]:
+def _slot(model_tag: str, bento_tag: str, server: Server) -> Slot:
     return {
         "bento_tag": bento_tag,
         "model_tag": model_tag,
@@ -290,17 +326,24 @@ def _slot(model_tag: str, bento_tag: str, server: Server) -> dict[str, Any]:
     }
 
 
-def _running(slot: dict[str, Any]) -> bool:
+def _candidate(record: DeploymentRecord) -> Slot:
+    """The candidate `start_candidate` has just recorded."""
+    if record["candidate"] is None:
+        raise CandidateRefused("the started candidate is missing from the deployment record")
+    return record["candidate"]
+
+
+def _running(slot: Slot) -> bool:
     return Server.attach(slot["server"]).running()
 
 
-def _stop_slot(record: dict[str, Any], slot: str) -> None:
+def _stop_slot(record: DeploymentRecord, slot: SlotName) -> None:
     """Stop the server of `slot`, if any (the record is rewritten by the caller)."""
-    if record[slot]:
-        Server.attach(record[slot]["server"]).stop()
+    if held := record[slot]:
+        Server.attach(held["server"]).stop()
 
 
-def _write(ws: Workspace, record: dict[str, Any]) -> None:
+def _write(ws: Workspace, record: DeploymentRecord) -> None:
     """Replace the record in one step: the router never reads half of it. Its log paths
     are stored relative to the workspace (`deployment_record` resolves them)."""
     write_atomic(record_path(ws), (json.dumps(ws.relative(record), indent=2) + "\n").encode())

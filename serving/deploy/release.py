@@ -11,15 +11,15 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from couponflow.artefacts import MODEL_FILES, MODEL_RECORD
 from couponflow.config import Workspace
+from couponflow.records import Release
 from couponflow.workspace import commit
 from serving.deploy import bentoml_home
 
 
-def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -> dict[str, Any]:
+def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -> Release:
     """Make `model_tag` (served by `bento_tag`) the production release; returns the record.
 
     The weights in ws.models must be that model's: they become the champion.
@@ -31,13 +31,13 @@ def record_release(ws: Workspace, model_tag: str, bento_tag: str, reason: str) -
     return _make_production(ws, model_tag, bento_tag, "release", reason, ws.models)
 
 
-def rollback_target(ws: Workspace) -> dict[str, Any]:
+def rollback_target(ws: Workspace) -> Release:
     """The release a rollback returns to: the one live before the current one (a release
     already rolled back from is never returned to). RollbackImpossible when there is none
     or its model is gone from the workspace's BentoML store."""
     if current_release(ws) is None:
         raise RollbackImpossible("nothing has been released yet")
-    live: list[dict[str, Any]] = []  # the releases a rollback can return to, newest last
+    live: list[Release] = []  # the releases a rollback can return to, newest last
     for record in release_history(ws):
         if record.get("action", "release") == "rollback":
             live.pop()
@@ -53,7 +53,7 @@ def rollback_target(ws: Workspace) -> dict[str, Any]:
     return target
 
 
-def rollback(ws: Workspace, reason: str) -> dict[str, Any]:
+def rollback(ws: Workspace, reason: str) -> Release:
     """Record the `rollback_target` as production again, with its model files (from the
     workspace's BentoML store, where every released model lives) as the champion, so the
     next evaluation compares against what shoppers get. Rolling back again goes one
@@ -64,7 +64,7 @@ def rollback(ws: Workspace, reason: str) -> dict[str, Any]:
     )
 
 
-def _stored(ws: Workspace, release: dict[str, Any]) -> Path:
+def _stored(ws: Workspace, release: Release) -> Path:
     """Where the workspace's BentoML store keeps a release's model files."""
     name, _, version = release["model_tag"].partition(":")
     return bentoml_home(ws) / "models" / name / version
@@ -76,11 +76,11 @@ class RollbackImpossible(RuntimeError):
 
 def _make_production(
     ws: Workspace, model_tag: str, bento_tag: str, action: str, reason: str, files: Path
-) -> dict[str, Any]:
+) -> Release:
     """Record `model_tag` (served by `bento_tag`) as production, copy its model files from
     `files` to the champion, append the history and commit the workspace."""
     version = model_tag.partition(":")[2]
-    record = {
+    record: Release = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "action": action,
         "model_version": version,
@@ -98,13 +98,13 @@ def _make_production(
     return record
 
 
-def release_history(ws: Workspace) -> list[dict[str, Any]]:
+def release_history(ws: Workspace) -> list[Release]:
     """Every release and rollback, oldest first."""
     path = ws.releases / "history.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def current_release(ws: Workspace) -> dict[str, Any] | None:
+def current_release(ws: Workspace) -> Release | None:
     """The production release, or None before the first one."""
     path = ws.releases / "production.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -21,6 +21,7 @@ import yaml
 
 from couponflow.config import Workspace
 from couponflow.processes import listening, signal_group
+from couponflow.records import ServerHandle
 from serving import MODEL_TAG_ENV, WORKERS_ENV
 from serving.deploy import bentoml_env, bentoml_home
 
@@ -53,12 +54,12 @@ class Server:
         self._watch()
 
     @classmethod
-    def attach(cls, handle: dict[str, object]) -> Server:
+    def attach(cls, handle: ServerHandle) -> Server:
         """The server a `handle()` describes, started by another process (a DAG task) and
         still running or not: so the next task, a rollback or `couponflow stop` can check,
         switch to or stop it. Groups recorded in the handle are signalled on stop too."""
-        server = cls(int(handle["pid"]), str(handle["url"]), Path(str(handle["log"])))
-        groups = {int(g) for g in handle.get("pgids", [])}  # type: ignore[union-attr]
+        server = cls(int(handle["pid"]), str(handle["url"]), Path(handle["log"]))
+        groups = {int(g) for g in handle.get("pgids", [])}
         for proc in psutil.process_iter(["pid", "cmdline"]):  # orphans of a dead arbiter
             with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                 pgid = os.getpgid(proc.pid)
@@ -67,7 +68,7 @@ class Server:
                     server._seen.setdefault(proc.pid, (proc, pgid))
         return server
 
-    def handle(self) -> dict[str, object]:
+    def handle(self) -> ServerHandle:
         """What `attach` needs, as JSON-ready values."""
         return {"pid": self.pid, "url": self.base_url, "log": str(self.log),
                 "pgids": sorted(self.pgids)}  # fmt: skip

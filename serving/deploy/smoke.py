@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import httpx
 import numpy as np
 
 from couponflow.contract import GOLDEN
+from couponflow.records import Answer, CanaryChecks, LatencyCheck
 
 COLD_USER_ID = 10**9  # beyond any simulated user_id: must be served from default features
 ANSWER_FIELDS = {
@@ -33,7 +34,7 @@ def smoke_test(
     known_user_id: int = 0,
     timeout_s: float = 10.0,
     model_version: str | None = None,
-) -> dict[str, Any]:
+) -> Answer:
     """The golden requests against a server (and, given `model_version`, that it serves
     that model); returns the known user's answer."""
     with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
@@ -68,7 +69,7 @@ def smoke_test(
 
 def latency_check(
     base_url: str, requests: int, max_p99_ms: float, timeout_s: float = 10.0
-) -> dict[str, float]:
+) -> LatencyCheck:
     """p50 and p99 of `requests` sequential golden requests over one connection (users
     0, 1, ...); SmokeTestFailed when p99 exceeds `max_p99_ms`: a candidate much slower than
     it should be never takes traffic."""
@@ -84,14 +85,21 @@ def latency_check(
     return {"requests": requests, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
 
 
-def canary_checks(base_url: str, model_version: str, cfg: dict[str, Any]) -> dict[str, Any]:
+class RolloutParams(TypedDict):
+    """params.yaml `serving.rollout`."""
+
+    latency_requests: int
+    max_p99_ms: float
+
+
+def canary_checks(base_url: str, model_version: str, cfg: RolloutParams) -> CanaryChecks:
     """Everything a candidate must pass before taking traffic (`cfg`: serving.rollout)."""
     answer = smoke_test(base_url, model_version=model_version)
     latency = latency_check(base_url, int(cfg["latency_requests"]), float(cfg["max_p99_ms"]))
     return {"golden": "passed", "answer": answer, "latency": latency}
 
 
-def _recommend(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+def _recommend(client: httpx.Client, body: dict[str, Any]) -> Answer:
     """POST /recommend and check the answer's shape; the parsed answer."""
     response = _post(client, body)
     if response.status_code != 200:
@@ -114,10 +122,11 @@ def _recommend(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
             raise SmokeTestFailed(f"malformed offer {offer}")
     if len(answer["offers"]) > body.get("k", 1):
         raise SmokeTestFailed(f"{len(answer['offers'])} offers for k={body.get('k', 1)}")
-    return answer
+    return cast(Answer, answer)  # its fields checked above
 
 
 def _post(client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
+    """POST a request body, malformed ones included (free-form: its shape is the test)."""
     try:
         return client.post("/recommend", json=body)
     except httpx.HTTPError as exc:

@@ -24,17 +24,18 @@ import os
 import re
 import socket
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import redis
 
 from couponflow.config import RedisSettings, Workspace
 from couponflow.landing import feedback_area
+from couponflow.records import Forgotten
 from serving.runtime.spend import (
     Connections,
     redis_client,
@@ -311,7 +312,7 @@ def retention_days(ws: Workspace) -> int:
     return int(ws.params.get("serving", {}).get("feedback_retention_days", RETENTION_DAYS))
 
 
-def forget_old_feedback(ws: Workspace, day: str) -> dict[str, Any]:
+def forget_old_feedback(ws: Workspace, day: str) -> Forgotten:
     """The day's clean-up of the feedback index: forget decisions of days more than
     `serving.feedback_retention_days` before `day`, so the index does not grow forever.
     The landed lines stay in the landing zone; only feedback naming those decisions is
@@ -320,6 +321,25 @@ def forget_old_feedback(ws: Workspace, day: str) -> dict[str, Any]:
     before = (date.fromisoformat(day) - timedelta(days=keep)).isoformat()
     index = open_feedback_index(ws)
     return {"before": before, "forgotten": index.forget_before(before), "retention_days": keep}
+
+
+class FeedbackEvent(TypedDict):
+    """One outcome line of the landing zone, with its decision's user, day, time and coupons;
+    what the service pushes to the online features (Recommender.push_outcome)."""
+
+    time: str
+    request_id: str
+    event: str
+    amount: float | None
+    day: str
+    at: str
+    user_id: int
+    policy_version: str
+    coupon_ids: list[str]
+
+
+class LandedEvent(FeedbackEvent):
+    recorded: bool  # False: the same event was landed before
 
 
 class FeedbackLog:
@@ -335,6 +355,8 @@ class FeedbackLog:
         """Land a decision (request_id, day, at, user_id, policy_version, offers, ...) and
         index it for the feedback that will name its request id: both or neither, so
         feedback is never accepted for a decision that did not land. Raises if it could not.
+        Free-form past the keys read here: the answer as served with its request's context
+        (serving.runtime.service), landed as it is.
         """
         indexed = Indexed(
             decision["day"],
@@ -351,8 +373,8 @@ class FeedbackLog:
         request_id: str,
         event: str,
         amount: float | None,
-        on_recorded: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
+        on_recorded: Callable[[FeedbackEvent], None] | None = None,
+    ) -> LandedEvent:
         """Land one outcome of a decision, once: returns the event with its decision's user,
         day, time (`at`) and coupons, and `recorded` (False when the same event was already
         landed); raises UnknownRequest, or FeedbackUnavailable when the index or the landing
@@ -364,7 +386,7 @@ class FeedbackLog:
             with self.index.claimed(request_id, event) as (found, new):
                 if found is None:
                     raise UnknownRequest(request_id)
-                row = {
+                row: FeedbackEvent = {
                     "time": _now(),
                     "request_id": request_id,
                     "event": event,
@@ -385,7 +407,7 @@ class FeedbackLog:
                     on_recorded(row)
         return {**row, "recorded": new}
 
-    def _append(self, day: str, kind: str, row: dict[str, Any]) -> None:
+    def _append(self, day: str, kind: str, row: Mapping[str, object]) -> None:
         """Append one JSON line with a single write to this process's file of the day."""
         folder = self.area / f"date={day}"
         line = (json.dumps(row, separators=(",", ":")) + "\n").encode()

@@ -24,9 +24,12 @@ problem responses documented on every route.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 PROBLEM_JSON = "application/problem+json"
 URN = "urn:couponflow:problem:"
@@ -71,6 +74,27 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class FieldError(TypedDict):
+    """One field at fault in an invalid body."""
+
+    field: str
+    loc: list[str | int]
+    message: str
+    type: str  # pydantic's error type
+
+
+class Problem(TypedDict):
+    """A problem body (PROBLEM_SCHEMA documents it to clients)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: NotRequired[str]
+    field: NotRequired[str]
+    errors: NotRequired[list[FieldError]]
+
+
 def field_of(loc: list | tuple) -> str:
     """A pydantic error location as the field's dotted name: `context.now`, `` for the
     body as a whole. BentoML's typed API puts its body model's fields at the top level."""
@@ -82,11 +106,13 @@ def problem(
     status: int,
     detail: str,
     instance: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A problem body of one of PROBLEM_TYPES (or `about:blank` for any other 4xx)."""
+    field: str | None = None,
+    errors: list[FieldError] | None = None,
+) -> Problem:
+    """A problem body of one of PROBLEM_TYPES (or `about:blank` for any other 4xx); `field`
+    names the field at fault, `errors` each of an invalid body's."""
     title = PROBLEM_TYPES[kind][0] if kind in PROBLEM_TYPES else HTTPStatus(status).phrase
-    body: dict[str, Any] = {
+    body: Problem = {
         "type": URN + kind if kind in PROBLEM_TYPES else "about:blank",
         "title": title,
         "status": status,
@@ -94,12 +120,19 @@ def problem(
     }
     if instance:
         body["instance"] = instance
-    return {**body, **extra}
+    if field is not None:
+        body["field"] = field
+    if errors is not None:
+        body["errors"] = errors
+    return body
 
 
-def invalid_body(errors: list[dict[str, Any]], instance: str | None = None) -> dict[str, Any]:
-    """The problem for pydantic `errors` (each with `loc`, `msg`, `type`)."""
-    listed = [
+def invalid_body(
+    errors: Sequence[ErrorDetails | dict[str, Any]], instance: str | None = None
+) -> Problem:
+    """The problem for pydantic `errors` (each with `loc`, `msg`, `type`; as BentoML
+    answered them, plain JSON read with defaults)."""
+    listed: list[FieldError] = [
         {
             "field": field_of(error.get("loc", ())),
             "loc": list(error.get("loc", ())),
@@ -113,11 +146,11 @@ def invalid_body(errors: list[dict[str, Any]], instance: str | None = None) -> d
     return problem("invalid-body", 400, detail, instance, field=field, errors=listed)
 
 
-def encode(body: dict[str, Any]) -> bytes:
+def encode(body: Problem) -> bytes:
     return json.dumps(body).encode()
 
 
-def from_answer(status: int, body: bytes, path: str) -> dict[str, Any]:
+def from_answer(status: int, body: bytes, path: str) -> Problem:
     """The problem for a 4xx that BentoML or Starlette answered in a shape of its own:
     `{"error", "detail": [pydantic errors]}`, `[{"error": ...}]`, `{"detail": "..."}` or
     plain text."""
@@ -147,7 +180,7 @@ class ProblemMiddleware:
 
     def __init__(self, app: App, openapi: Callable[[], dict[str, Any]]) -> None:
         self.app = app
-        self.openapi = openapi  # BentoML's spec of the service, as a dict
+        self.openapi = openapi  # BentoML's OpenAPI document of the service: free-form JSON
         self._spec: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -163,7 +196,7 @@ class ProblemMiddleware:
             else:
                 await _answer(send, 200, "text/html; charset=utf-8", DOCS_HTML)
             return
-        held: dict[str, Any] = {}
+        held: dict[str, Any] = {}  # the 4xx start message and its body while held back
 
         async def rewriting(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -204,7 +237,7 @@ async def _answer(
 
 
 # -- the OpenAPI document ------------------------------------------------------------------
-PROBLEM_SCHEMA: dict[str, Any] = {
+PROBLEM_SCHEMA: dict[str, Any] = {  # a JSON Schema, free-form: it goes into the OpenAPI
     "type": "object",
     "title": "Problem",
     "description": "Every 4xx of this API (RFC 9457). `type` is one of: "

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ from couponflow.policy import (
     score,
     user_cap_mask,
 )
+from couponflow.records import Driver, Offer
 from feature_repo.store import (
     OnlineUserReader,
     online_coupon_stats,
@@ -52,10 +53,27 @@ from feature_repo.store import (
     push_user_features,
 )
 
+if TYPE_CHECKING:
+    from serving.runtime.feedback import FeedbackEvent
+
 logger = logging.getLogger(__name__)
 FEATURE_TIMEOUT_S = 0.1  # default `serving.feature_timeout_s`: then answer without the store
 WARM_UP_TIMEOUT_S = 10.0
 DRIVERS = 3  # inputs named per offer when a request asks for an explanation
+
+
+class Decision(TypedDict):
+    """`Recommender.recommend`'s decision: what the service answers and logs."""
+
+    model_version: str
+    policy_version: str
+    cold_start: bool
+    degraded: str | None  # why, when degraded
+    offers: list[Offer]
+    day: str  # the policy's day and time
+    at: str
+    spent: float  # the cost committed against the day's budget
+    seconds: dict[str, float]  # per stage: features, scoring, policy
 
 
 class Recommender:
@@ -136,7 +154,7 @@ class Recommender:
         now: datetime | None = None,
         category: str | None = None,
         explain: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """Up to k offers for a user, each with its expected incremental profit, P(redeem)
         and the propensity of its choice (what off-policy evaluation needs logged).
 
@@ -157,7 +175,7 @@ class Recommender:
         now: datetime | None = None,
         category: str | None = None,
         explain: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """`recommend` for an event loop, all of it on the loop (~0.5 ms): the feature
         read is the store's own for a loop (OnlineUserReader.read_async), bounded by
         feature_timeout_s; no hand-over to a thread and back."""
@@ -177,7 +195,7 @@ class Recommender:
         now: datetime | None,
         category: str | None,
         explain: bool,
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """The decision of `recommend` once the user's features are read (or not)."""
         features, degraded = looked_up
         looked_up_at = time.perf_counter()
@@ -198,7 +216,7 @@ class Recommender:
         else:
             picks, spent, degraded, held_out = self._choose(scores, features, day, k, degraded)
         drivers = self._drivers(features, arms, [arm for arm, _ in picks]) if explain else {}
-        offers = [
+        offers: list[Offer] = [
             {
                 "coupon_id": str(arms.coupon_ids[arm]),
                 "score": float(scores.incremental_profit[0, arm]),
@@ -250,7 +268,7 @@ class Recommender:
             logger.exception("spend store failed; answering without offers")
             return [], 0.0, "spend", False
 
-    def withdraw(self, decision: dict[str, Any], reason: str) -> dict[str, Any]:
+    def withdraw(self, decision: Decision, reason: str) -> Decision:
         """`decision` without its offers, degraded for `reason`, and its committed spend
         given back to the day's budget: for an answer that cannot stand as decided (its
         decision could not be logged, so no outcome of it could ever be joined to it). If
@@ -263,7 +281,7 @@ class Recommender:
                 logger.exception("refunding %.4f of %s failed", decision["spent"], decision["day"])
         return {**decision, "offers": [], "spent": 0.0, "degraded": reason}
 
-    def push_outcome(self, event: dict[str, Any]) -> bool:
+    def push_outcome(self, event: FeedbackEvent) -> bool:
         """Push the user's counters after a feedback `event` (user_id, event, coupon_ids,
         amount, at) to the online store, so their next request already sees them. Waits at
         most `feature_timeout_s`, like a read (feedback holds the workspace's push lock
@@ -277,7 +295,7 @@ class Recommender:
             logger.warning("pushing fresh counters of user %s failed: %r", event["user_id"], exc)
             return False
 
-    def _push(self, event: dict[str, Any]) -> bool:
+    def _push(self, event: FeedbackEvent) -> bool:
         """The read-modify-write of one push (see push_outcome), on the lookup pool."""
         features = self.user_features(event["user_id"])
         if features is None:
@@ -311,7 +329,7 @@ class Recommender:
 
     def _drivers(
         self, features: np.ndarray, arms: Arms, offered: list[int]
-    ) -> dict[int, list[dict[str, Any]]]:
+    ) -> dict[int, list[Driver]]:
         """Per offered arm, the user inputs that moved its expected incremental profit
         most: each input in turn set to its cold-start value (a user nobody has seen), the
         offers rescored in one batch, and the change each input makes. A cold-start user

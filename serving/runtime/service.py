@@ -33,7 +33,7 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 from uuid import uuid4
 
 import bentoml
@@ -47,6 +47,7 @@ from serving import ACCESS_LOG_ENV, DEFAULT_MODEL_TAG, MODEL_TAG_ENV, WORKERS_EN
 from serving.runtime.auth import API_KEY_ENV, ApiKeyMiddleware
 from serving.runtime.problems import (
     PROBLEM_JSON,
+    Problem,
     ProblemMiddleware,
     encode,
     invalid_body,
@@ -55,7 +56,7 @@ from serving.runtime.problems import (
 
 if TYPE_CHECKING:
     from serving.runtime.feedback import FeedbackLog
-    from serving.runtime.recommender import Recommender
+    from serving.runtime.recommender import Decision, Recommender
 
 INT64_MAX = 2**63 - 1  # Feast's entity keys and the decision index store user ids as int64
 UserId = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True, description="the shopper's user_id")]
@@ -157,6 +158,13 @@ class FeedbackAck(BaseModel):
     pushed: bool = Field(description="the user's fresh counters reached the online store")
 
 
+def _answer(request_id: str, user_id: int, decision: Decision, degraded: bool) -> Recommendation:
+    """The answer of a decision (its day, time, spend and seconds are not the client's)."""
+    return Recommendation.model_validate(
+        {**decision, "request_id": request_id, "user_id": user_id, "degraded": degraded}
+    )
+
+
 def json_response(answer: BaseModel) -> Response:
     """`answer` serialised once. An API may return a response of its own, and the schema
     still comes from its annotation; BentoML's path for a returned model validates it
@@ -172,11 +180,11 @@ def refused(exc: ValidationError, path: str) -> Response:
     return problem_response(invalid_body(errors, path))
 
 
-def problem_response(body: dict[str, Any]) -> Response:
+def problem_response(body: Problem) -> Response:
     return Response(encode(body), status_code=body["status"], media_type=PROBLEM_JSON)
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
+def json_body(model: type[BaseModel]) -> dict[str, Any]:  # free-form: an OpenAPI part
     """An OpenAPI request body of `model`'s JSON schema, its nested models written in place
     (a body declared on a route cannot add components of its own)."""
     schema = model.model_json_schema()
@@ -291,11 +299,7 @@ class CouponRecommender:
         category = context.category if context else None
         request_id = uuid4().hex
         decision = await self.recommender.recommend_async(user_id, k, now, category, asked.explain)
-        answer = Recommendation(
-            request_id=request_id,
-            user_id=user_id,
-            **{**decision, "degraded": decision["degraded"] is not None},
-        )
+        answer = _answer(request_id, user_id, decision, decision["degraded"] is not None)
         logging_started = time.perf_counter()
         try:
             self.feedback_log.log_decision(
@@ -320,9 +324,7 @@ class CouponRecommender:
                 logger.exception("decision log failing: answers without offers")
             self._log_failing = True
             decision = self.recommender.withdraw(decision, "decision_log")
-            answer = Recommendation(
-                request_id=request_id, user_id=user_id, **{**decision, "degraded": True}
-            )
+            answer = _answer(request_id, user_id, decision, True)
         finished = time.perf_counter()
         self._count(decision)
         for stage, seconds in (*decision["seconds"].items(), ("log", finished - logging_started)):
@@ -377,7 +379,7 @@ class CouponRecommender:
         )
         return json_response(ack)  # type: ignore[return-value]
 
-    def _count(self, decision: dict[str, Any]) -> None:
+    def _count(self, decision: Decision) -> None:
         """The decision's Prometheus counters."""
         reason = decision["degraded"]
         kind = "degraded" if reason else "cold_start" if decision["cold_start"] else "known"
@@ -413,9 +415,9 @@ async def recommend(request: Request) -> Response:
     return await service.recommend(await request.body())
 
 
+# What @bentoml.service made of the class (the checker keeps a decorated class's own type).
+SERVICE = cast("bentoml.Service[CouponRecommender]", CouponRecommender)
 # Outermost of ours: every 4xx below it (BentoML's, Starlette's, the API key's) a problem.
-CouponRecommender.add_asgi_middleware(
-    ProblemMiddleware, openapi=lambda: CouponRecommender.openapi_spec.asdict()
-)
+SERVICE.add_asgi_middleware(ProblemMiddleware, openapi=lambda: SERVICE.openapi_spec.asdict())
 if os.environ.get(API_KEY_ENV):
-    CouponRecommender.add_asgi_middleware(ApiKeyMiddleware, key=os.environ[API_KEY_ENV])
+    SERVICE.add_asgi_middleware(ApiKeyMiddleware, key=os.environ[API_KEY_ENV])

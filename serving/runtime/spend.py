@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -166,7 +167,8 @@ class RedisSpend:
         return f"{self.prefix}:spend:{day}"
 
     def read(self, day: str) -> DaySpend:
-        values = self.client.hmget(self.key(day), "cost", "decisions")
+        # a synchronous client: a list, never an awaitable
+        values = cast(list[Any], self.client.hmget(self.key(day), ["cost", "decisions"]))
         return DaySpend(float(values[0] or 0.0), int(values[1] or 0))
 
     def add(self, day: str, cost: float, limit: float) -> bool:

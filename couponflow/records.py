@@ -1,0 +1,268 @@
+"""The records that cross rooms: JSON documents one room writes (a file, an Airflow XCom, an
+HTTP answer) and another reads (issue 20).
+
+Each is a TypedDict: at run time the same plain dict as before, so files, XComs and answers
+stay byte for byte what they were, and readers that only index them (the CLI, the DAGs)
+work unchanged; the checker now knows every key and its type. Where a record is made:
+
+- `Release`, `SwitchedRelease`: serving.deploy.release and .deployment (production.json,
+  history.jsonl; the release task's XCom); read by the CLI, the run summary, rollbacks.
+- `Slot`, `ServerHandle`, `Refusal`: serving.deploy.deployment's record (live/deployment.json,
+  also read by serving.deploy.router); a slot is the check_candidate task's XCom.
+- `Answer`, `Offer`, `Driver`, `CanaryChecks`, `LatencyCheck`: a /recommend answer as
+  serving.deploy.smoke checks it, and what the candidate checks record.
+- `Interval`, `ABReadout`, `ServedReadout`: couponflow.metrics.ab_readout and
+  training.served; rendered by couponflow.evaluation.ab_line.
+- `Forgotten`: serving.runtime.feedback.forget_old_feedback.
+- `GateCheck`, `GateDecision`: training.gate (metrics/gate.json); read by the renderers.
+- `TrainedRun`: training.pipeline.repro, the train task's XCom.
+- `Steps`, `RunSummary`: couponflow.report (reports/steps/, reports/runs/).
+- `Alert`, `LateCheck`: couponflow.alerts (alerts.jsonl).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+
+# -- releases and the deployment -----------------------------------------------------------
+class Release(TypedDict):
+    """One line of history.jsonl, and production.json: the release in production."""
+
+    time: str
+    action: NotRequired[str]  # "release" or "rollback"; records before rollbacks lack it
+    model_version: str
+    model_tag: str
+    bento_tag: str
+    reason: str
+
+
+class Driver(TypedDict):
+    """A user input that moved an offer's expected incremental profit (`explain`)."""
+
+    feature: str
+    value: float
+    baseline: float
+    effect: float
+
+
+class Offer(TypedDict):
+    coupon_id: str
+    score: float  # expected incremental profit
+    p_redeem: float
+    propensity: float
+    drivers: list[Driver] | None
+
+
+class Answer(TypedDict):
+    """A /recommend answer as a client reads it (serving.runtime.service.Recommendation)."""
+
+    request_id: str
+    user_id: int
+    model_version: str
+    policy_version: str
+    cold_start: bool
+    degraded: bool
+    offers: list[Offer]
+
+
+class LatencyCheck(TypedDict):
+    requests: int
+    p50_ms: float
+    p99_ms: float
+
+
+class CanaryChecks(TypedDict):
+    """What a candidate passed before taking traffic (serving.deploy.smoke.canary_checks)."""
+
+    golden: str
+    answer: Answer
+    latency: LatencyCheck
+
+
+class ServerHandle(TypedDict):
+    """What serving.deploy.server.Server.attach needs to find a server again."""
+
+    pid: int
+    url: str
+    log: str
+    pgids: NotRequired[list[int]]  # handles recorded before process groups were kept lack it
+
+
+class Slot(TypedDict):
+    """A bento server in the deployment record: live, standby or candidate."""
+
+    bento_tag: str
+    model_tag: str
+    model_version: str
+    port: int
+    since: str
+    server: ServerHandle
+    ready_s: NotRequired[float]  # a checked candidate's: seconds until it answered
+    checks: NotRequired[CanaryChecks]
+
+
+class Refusal(TypedDict):
+    """The deployment record's `last_refusal`: a candidate that failed its checks."""
+
+    time: str
+    bento_tag: str
+    reason: str
+
+
+class SwitchedRelease(Release):
+    """The release task's result: the release record, the front door, the checks passed."""
+
+    url: str
+    checks: CanaryChecks | None
+
+
+# -- readouts ------------------------------------------------------------------------------
+class Interval(TypedDict):
+    value: float
+    low: float
+    high: float
+
+
+class ABReadout(TypedDict):
+    """The served policy's realised profit per decision against its random holdout."""
+
+    policy_version: str
+    days: list[str]
+    decisions: int
+    holdout: int
+    lift: Interval | None
+    significant: bool
+    note: NotRequired[str]  # why there is no lift
+    policy_mean: NotRequired[float]
+    holdout_mean: NotRequired[float]
+
+
+class ServedReadout(TypedDict):
+    """training.served.served_readout: the A/B readout of the served decisions of `day`
+    (its ABReadout keys absent when nothing was served)."""
+
+    day: str
+    feedback_decisions: int
+    lift: Interval | None
+    note: NotRequired[str]
+    policy_version: NotRequired[str]
+    days: NotRequired[list[str]]
+    decisions: NotRequired[int]
+    holdout: NotRequired[int]
+    significant: NotRequired[bool]
+    policy_mean: NotRequired[float]
+    holdout_mean: NotRequired[float]
+    redeemed: NotRequired[int]
+
+
+class Forgotten(TypedDict):
+    """The day's clean-up of the feedback index."""
+
+    before: str
+    forgotten: int
+    retention_days: int
+
+
+# -- training ------------------------------------------------------------------------------
+class GateCheck(TypedDict):
+    check: str
+    passed: bool
+    detail: str
+    mde: NotRequired[float]  # a lead check's smallest detectable lead
+
+
+class GateDecision(TypedDict):
+    """metrics/gate.json."""
+
+    promote: bool
+    challenger: str
+    champion: str
+    checks: list[GateCheck]
+
+
+class TrainedRun(TypedDict):
+    """training.pipeline.repro: what the train task hands the gate and the run summary.
+    `model`, `budget_plan` and `evaluation` are those files as stored (model.json,
+    policy.json, evaluation.json), read back by their own types where used
+    (EvaluationReport.from_dict); `report` is the run report's path."""
+
+    workspace_commit: str
+    model: dict[str, Any]
+    budget_plan: dict[str, Any]
+    evaluation: dict[str, Any]
+    gate: GateDecision
+    report: str
+
+
+# -- the run summary -----------------------------------------------------------------------
+class ValidationBrief(TypedDict):
+    """expectations.validate.ValidationOutcome.brief(), the validate task's XCom."""
+
+    rows: dict[str, int]
+    warnings: list[str]
+    notes: list[str]
+    report: str
+    data_docs: dict[str, str]
+
+
+class FeaturesDone(TypedDict):
+    """feature_repo.store.materialise_user_features, the features task's result for a day."""
+
+    seconds: dict[str, float]
+    users: int
+    coupons: int
+    features: int
+    coupon_features: int
+
+
+class Built(TypedDict):
+    model_tag: str
+    bento_tag: str
+
+
+class Steps(TypedDict, total=False):
+    """One day's step results (reports/steps/<day>.json): absent, not run yet; None, did not
+    finish."""
+
+    land: dict[str, int] | None  # rows landed per table
+    validate: ValidationBrief | None
+    load_offline_store: dict[str, int] | None
+    features: FeaturesDone | None
+    train: TrainedRun | None
+    gate: bool | None
+    build_bento: Built | None
+    check_candidate: Slot | None
+    release: SwitchedRelease | None
+    served_readout: ServedReadout | None
+    forget_feedback: Forgotten | None
+
+
+class RunSummary(TypedDict):
+    """reports/runs/<day>.json; its paths are relative to the workspace."""
+
+    day: str
+    outcome: str
+    steps: Steps
+    candidate_refused: NotRequired[Refusal]
+    rejection: NotRequired[list[str] | None]  # the failures of a quarantined batch
+    data_docs: NotRequired[dict[str, str] | None]
+    validation_warnings: NotRequired[list[str]]
+    summary_json: str
+    summary_markdown: str
+
+
+# -- alerts --------------------------------------------------------------------------------
+class Alert(TypedDict):
+    """One line of alerts.jsonl; the alert's own details follow these keys, flat."""
+
+    at: str
+    kind: str
+    summary: str
+    channels: dict[str, str]  # channel -> "ok" or "failed: <why>"
+
+
+class LateCheck(TypedDict):
+    day: str
+    outcome: str
+    late: bool
