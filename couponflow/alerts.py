@@ -24,11 +24,13 @@ import logging
 import os
 import socket
 import urllib.request
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from couponflow.config import Workspace
+from couponflow.records import Alert, LateCheck
 
 WEBHOOK_ENV = "COUPONFLOW_ALERT_WEBHOOK"
 EMAIL_ENV = "COUPONFLOW_ALERT_EMAIL"
@@ -42,16 +44,20 @@ def alerts_path(ws: Workspace) -> Path:
     return ws.root / "alerts.jsonl"
 
 
-def send_alert(ws: Workspace, kind: str, summary: str, details: dict[str, Any]) -> dict[str, Any]:
+def send_alert(ws: Workspace, kind: str, summary: str, details: Mapping[str, object]) -> Alert:
     """Record the alert locally, then try every configured channel; return the record with
-    what each channel did."""
-    alert = {  # paths inside the workspace relative to it: the record stays true if it moves
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "kind": kind,
-        "summary": summary,
-        **ws.relative(details),
-    }
-    alert["channels"] = {"log": "ok"}
+    what each channel did. `details` are the alert's own (free-form), stored flat."""
+    # paths inside the workspace relative to it: the record stays true if it moves
+    alert = cast(
+        Alert,  # its `channels` follow
+        {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "kind": kind,
+            "summary": summary,
+            **ws.relative(details),
+        },
+    )
+    alert["channels"] = {"log": "ok"}  # after the details, as stored
     if webhook := os.environ.get(WEBHOOK_ENV):
         alert["channels"]["webhook"] = _try(_post_webhook, webhook, alert)
     if emails := os.environ.get(EMAIL_ENV):
@@ -64,7 +70,7 @@ def send_alert(ws: Workspace, kind: str, summary: str, details: dict[str, Any]) 
     return alert
 
 
-def _try(send: Any, target: str, alert: dict[str, Any]) -> str:
+def _try(send: Callable[[str, Alert], None], target: str, alert: Alert) -> str:
     try:
         send(target, alert)
     except Exception as error:  # a broken channel must not hide the alert
@@ -73,7 +79,7 @@ def _try(send: Any, target: str, alert: dict[str, Any]) -> str:
     return "ok"
 
 
-def _post_webhook(url: str, alert: dict[str, Any]) -> None:
+def _post_webhook(url: str, alert: Alert) -> None:
     body = json.dumps({"text": alert["summary"], "alert": alert}, default=str).encode()
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
@@ -82,7 +88,7 @@ def _post_webhook(url: str, alert: dict[str, Any]) -> None:
         response.read()
 
 
-def _send_email(to: str, alert: dict[str, Any]) -> None:
+def _send_email(to: str, alert: Alert) -> None:
     """Mail the alert through the Airflow SMTP connection. The hook refuses to send without a
     sender, so a connection that names none still mails from couponflow@<this host>."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
@@ -97,7 +103,7 @@ def _send_email(to: str, alert: dict[str, Any]) -> None:
         )
 
 
-def task_failed(context: dict[str, Any]) -> None:
+def task_failed(context: Mapping[str, Any]) -> None:  # Airflow's task context: free-form
     """Airflow `on_failure_callback`: a task failed for good (its retries are spent)."""
     ti = context["ti"]
     error = context.get("exception")
@@ -117,7 +123,7 @@ def task_failed(context: dict[str, Any]) -> None:
     )
 
 
-def check_model_on_time(ws: Workspace, day: str) -> dict[str, Any]:
+def check_model_on_time(ws: Workspace, day: str) -> LateCheck:
     """The deadline check: by now the day's chain must have ended in a release or a gate
     refusal. If not (still running, stuck, failed, never started), alert and say so."""
     from couponflow.report import GOOD_OUTCOMES, summary_path

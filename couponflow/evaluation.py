@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from couponflow.records import ABReadout, GateDecision, ServedReadout
+
 NO_COUPON = "no_coupon"  # the champion before any release: offering nothing
 LOGGING = "logging"  # the policy that logged the data, judged on-policy
 
@@ -102,7 +104,7 @@ class EvaluationReport:
     policies: dict[str, PolicyResult]
     leads: dict[str, Lead]
     gain_calibration: GainCalibration | None
-    ab_readout: dict[str, Any] = field(default_factory=dict)
+    ab_readout: ABReadout | dict[str, Any] = field(default_factory=dict)  # {}: none
     oracle: OracleTruth | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)
     population: dict[str, int] = field(default_factory=dict)
@@ -127,7 +129,7 @@ class EvaluationReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def render_summary(evaluation: dict[str, Any], gate: dict[str, Any] | None) -> list[str]:
+def render_summary(evaluation: dict[str, Any], gate: GateDecision | None) -> list[str]:
     """`render_lines` of a report as stored in a run summary; one recorded before the typed
     report existed is named, not rendered."""
     try:
@@ -143,8 +145,8 @@ def _build(tp: Any, data: Any) -> Any:
         return None
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)] or [Any]
-        return _build(inner, data)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(inner[0] if len(inner) == 1 else Any, data)  # several: kept as read
     if isinstance(tp, type) and is_dataclass(tp):  # a dataclass type, not an instance
         hints = typing.get_type_hints(tp)
         values = {f.name: _build(hints[f.name], data[f.name]) for f in fields(tp) if f.name in data}
@@ -212,7 +214,7 @@ def expected_earnings(report: EvaluationReport) -> str:
     )
 
 
-def render_lines(report: EvaluationReport, gate: dict[str, Any] | None = None) -> list[str]:
+def render_lines(report: EvaluationReport, gate: GateDecision | None = None) -> list[str]:
     """The evaluation (and the gate's verdict when given) as Markdown lines: the one
     rendering the run report, the run summary and the CLI share."""
     champion = (
@@ -268,11 +270,11 @@ def render_lines(report: EvaluationReport, gate: dict[str, Any] | None = None) -
     return out
 
 
-def ab_line(readout: dict[str, Any]) -> str:
+def ab_line(readout: ABReadout | ServedReadout | dict[str, Any]) -> str:
     """A policy's realised lift over its random holdout (metrics.ab_readout), in a line."""
-    if readout.get("lift") is None:
+    lift = readout.get("lift")
+    if lift is None:
         return readout.get("note", "no readout")
-    lift = readout["lift"]
     days = readout.get("days") or []
     span = f" over {len(days)} days" if len(days) > 1 else ""
     verdict = "significant" if readout.get("significant") else "not significant"

@@ -11,7 +11,7 @@ work unchanged; the checker now knows every key and its type. Where a record is 
   also read by serving.deploy.router); a slot is the check_candidate task's XCom.
 - `Answer`, `Offer`, `Driver`, `CanaryChecks`, `LatencyCheck`: a /recommend answer as
   serving.deploy.smoke checks it, and what the candidate checks record.
-- `Interval`, `ABReadout`, `ServedReadout`: couponflow.metrics.ab_readout and
+- `LiftInterval`, `ABReadout`, `ServedReadout`: couponflow.metrics.ab_readout and
   training.served; rendered by couponflow.evaluation.ab_line.
 - `Forgotten`: serving.runtime.feedback.forget_old_feedback.
 - `GateCheck`, `GateDecision`: training.gate (metrics/gate.json); read by the renderers.
@@ -118,7 +118,7 @@ class SwitchedRelease(Release):
 
 
 # -- readouts ------------------------------------------------------------------------------
-class Interval(TypedDict):
+class LiftInterval(TypedDict):
     value: float
     low: float
     high: float
@@ -131,7 +131,7 @@ class ABReadout(TypedDict):
     days: list[str]
     decisions: int
     holdout: int
-    lift: Interval | None
+    lift: LiftInterval | None
     significant: bool
     note: NotRequired[str]  # why there is no lift
     policy_mean: NotRequired[float]
@@ -144,7 +144,7 @@ class ServedReadout(TypedDict):
 
     day: str
     feedback_decisions: int
-    lift: Interval | None
+    lift: LiftInterval | None
     note: NotRequired[str]
     policy_version: NotRequired[str]
     days: NotRequired[list[str]]

@@ -10,11 +10,19 @@ reached is "waiting", a step that did not finish is None.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from couponflow.config import Workspace
 from couponflow.evaluation import ab_line, render_summary
+from couponflow.records import (
+    LatencyCheck,
+    Refusal,
+    RunSummary,
+    ServedReadout,
+    Steps,
+    TrainedRun,
+)
 
 # The steps of one day in order, and the DAG that runs them.
 STEPS = {
@@ -45,16 +53,17 @@ def steps_path(ws: Workspace, day: str) -> Path:
     return ws.root / "reports" / "steps" / f"{day}.json"
 
 
-def outcome_of(steps: dict[str, Any]) -> str:
+def outcome_of(steps: Steps) -> str:
     """One phrase for the run: where it stopped and why, or what it waits for."""
+    by_name: Mapping[str, object] = steps
     for step in ("land", "validate", "load_offline_store", "features", "train"):
         if step not in steps:
             return f"waiting for {STEPS[step]} ({step})"
-        if steps[step] is None:
+        if by_name[step] is None:
             if step == "validate" and steps.get("land"):
                 return "batch rejected by validation"
             return "landing failed" if step == "land" else f"{step} failed"
-    if not steps["train"]["gate"]["promote"]:
+    if not (trained := steps["train"]) or not trained["gate"]["promote"]:
         return "refused by gate"
     for step in ("build_bento", "check_candidate", "release"):
         if steps.get(step) is None:
@@ -62,7 +71,7 @@ def outcome_of(steps: dict[str, Any]) -> str:
     return "released"
 
 
-def run_failed(summary: dict[str, Any], last_dag: bool) -> bool:
+def run_failed(summary: RunSummary, last_dag: bool) -> bool:
     """Whether the DAG that wrote `summary` must go red: something broke, or (for the last
     DAG of the day) the day did not end in a release or a refusal."""
     outcome = summary["outcome"]
@@ -71,11 +80,11 @@ def run_failed(summary: dict[str, Any], last_dag: bool) -> bool:
     return last_dag or not outcome.startswith("waiting for")
 
 
-def record_steps(ws: Workspace, day: str, steps: dict[str, Any]) -> dict[str, Any]:
+def record_steps(ws: Workspace, day: str, steps: Steps) -> Steps:
     """Merge one DAG's step results into the day's record and return the whole record.
     Landing starts a day afresh, so a re-ingested day forgets its older downstream steps."""
     path = steps_path(ws, day)
-    known = {} if "land" in steps or not path.exists() else json.loads(path.read_text())
+    known: Steps = {} if "land" in steps or not path.exists() else json.loads(path.read_text())
     known.update(ws.relative(steps))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(known, indent=2, default=str))
@@ -83,13 +92,14 @@ def record_steps(ws: Workspace, day: str, steps: dict[str, Any]) -> dict[str, An
 
 
 def write_run_summary(
-    ws: Workspace, day: str, steps: dict[str, Any], refusal: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    ws: Workspace, day: str, steps: Steps, refusal: Refusal | None = None
+) -> RunSummary:
     """Write reports/runs/<day>.json and .md from the steps' results (None where a step did
     not finish, absent where it has not run yet) and, when a candidate was refused, why;
     return the summary with both paths. Every path in it is relative to the workspace's
     root (`Workspace.relative`), so the summary stays true when the workspace moves."""
-    summary: dict[str, Any] = {"day": day, "outcome": outcome_of(steps), "steps": steps}
+    # built in the order its JSON keeps; a RunSummary once its paths are in
+    summary: dict[str, object] = {"day": day, "outcome": outcome_of(steps), "steps": steps}
     if refusal is not None:
         summary["candidate_refused"] = refusal
     validation = ws.validation_reports / f"{day}.json"
@@ -97,34 +107,33 @@ def write_run_summary(
         report = json.loads(validation.read_text())
         summary["rejection"] = report.get("failures")
         summary["data_docs"] = report.get("data_docs_pages")
-    elif steps.get("validate"):
-        summary["validation_warnings"] = steps["validate"].get("warnings", [])
+    elif brief := steps.get("validate"):
+        summary["validation_warnings"] = brief.get("warnings", [])
     path = summary_path(ws, day)
     summary["summary_json"] = str(path)
     summary["summary_markdown"] = str(markdown_path(ws, day))
-    summary = ws.relative(summary)
+    written: RunSummary = ws.relative(summary)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str))
-    markdown_path(ws, day).write_text(render_markdown(summary))
-    return summary
+    path.write_text(json.dumps(written, indent=2, default=str))
+    markdown_path(ws, day).write_text(render_markdown(written))
+    return written
 
 
-def render_markdown(summary: dict[str, Any]) -> str:
+def render_markdown(summary: RunSummary) -> str:
     """The summary as a page a person reads in the task log: rows in, rejected and why,
     features, challenger against champion, the gate's decision, the release."""
     steps = summary["steps"]
     out = [f"# couponflow {summary['day']}: {summary['outcome']}", ""]
-    if steps.get("validate"):
-        rows = steps["validate"]["rows"]
+    if brief := steps.get("validate"):
+        rows = brief["rows"]
         out += ["## Rows in", "", "| table | rows |", "|---|---:|"]
         out += [f"| {table} | {n} |" for table, n in rows.items()]
         warnings = summary.get("validation_warnings") or []
         out += ["", f"Validation warnings: {len(warnings)}"] + [f"- {w}" for w in warnings]
-    if summary.get("rejection"):
-        out += ["## Rejected, and why", ""] + [f"- {r}" for r in summary["rejection"]]
+    if rejection := summary.get("rejection"):
+        out += ["## Rejected, and why", ""] + [f"- {r}" for r in rejection]
         out += [f"- Data Docs: {page}" for page in (summary.get("data_docs") or {}).values()]
-    if steps.get("features"):
-        f = steps["features"]
+    if f := steps.get("features"):
         out += [
             "",
             "## Features materialised",
@@ -132,17 +141,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"{f['users']} users x {f['features']} features, "
             f"{f['coupons']} coupons x {f['coupon_features']} features",
         ]
-    if steps.get("train"):
-        out += _training_markdown(steps["train"])
-    if steps.get("release"):
-        r = steps["release"]
-        checks = latency_text(r["checks"]["latency"])
+    if trained := steps.get("train"):
+        out += _training_markdown(trained)
+    if r := steps.get("release"):
+        checks = latency_text(r["checks"]["latency"] if r["checks"] else None)
         out += ["", "## Release", "", f"model {r['model_version']} served by {r['bento_tag']} "
                 f"at {r['url']}; candidate checks: {checks}"]  # fmt: skip
     elif steps.get("train"):
         out += ["", "## Release", "", "none: the live release is unchanged"]
-        if summary.get("candidate_refused"):
-            out += ["", f"The candidate was refused: {summary['candidate_refused']['reason']}"]
+        if refused := summary.get("candidate_refused"):
+            out += ["", f"The candidate was refused: {refused['reason']}"]
     if served := steps.get("served_readout"):
         out += ["", f"## Served on {served['day']}", "", served_line(served)]
     if forgot := steps.get("forget_feedback"):
@@ -152,7 +160,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def latency_text(latency: dict[str, Any]) -> str:
+def latency_text(latency: LatencyCheck | None) -> str:
     """The candidate's latency check in words, e.g. `100 requests, p50 1.9 ms, p99 10.8 ms`."""
     if not isinstance(latency, dict) or "requests" not in latency:
         return str(latency)
@@ -162,12 +170,12 @@ def latency_text(latency: dict[str, Any]) -> str:
     return ", ".join([f"{latency['requests']} requests", *quantiles])
 
 
-def served_line(readout: dict[str, Any]) -> str:
+def served_line(readout: ServedReadout) -> str:
     """The A/B readout of the day's served decisions against the holdout, in a line."""
     return ab_line(readout)
 
 
-def _training_markdown(trained: dict[str, Any]) -> list[str]:
+def _training_markdown(trained: TrainedRun) -> list[str]:
     """The evaluation and the gate's verdict, by the one renderer (couponflow.evaluation)."""
     out = ["", "## Challenger against champion", ""]
     out += render_summary(trained["evaluation"], trained["gate"])

@@ -24,17 +24,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from couponflow.config import Workspace
 from couponflow.evaluation import LOGGING, NO_COUPON, EvaluationReport, Lead
+from couponflow.records import GateCheck, GateDecision
 
 
-def _check(name: str, passed: bool, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"check": name, "passed": bool(passed), "detail": detail, **extra}
+class GateParams(TypedDict):
+    """params.yaml `gate`."""
+
+    min_auc: float
+    max_ece: float
+    min_coupon_evidence: float
+    min_gain_slope: float
+    min_lift_over_baselines: float
+    min_lift_over_champion: float
+    max_auc_regression: float
+    max_log_loss_regression: float
 
 
-def _lead_check(name: str, lead: Lead, floor: float) -> dict[str, Any]:
+def _check(name: str, passed: bool, detail: str, mde: float | None = None) -> GateCheck:
+    check: GateCheck = {"check": name, "passed": bool(passed), "detail": detail}
+    if mde is not None:
+        check["mde"] = mde
+    return check
+
+
+def _lead_check(name: str, lead: Lead, floor: float) -> GateCheck:
     return _check(
         name,
         lead.estimate.low > floor,
@@ -44,10 +61,10 @@ def _lead_check(name: str, lead: Lead, floor: float) -> dict[str, Any]:
     )
 
 
-def _challenger_checks(report: EvaluationReport, gate: dict[str, Any]) -> list[dict[str, Any]]:
+def _challenger_checks(report: EvaluationReport, gate: GateParams) -> list[GateCheck]:
     """The challenger on its own: prediction quality, evidence, gain calibration."""
     ch = report.policies["challenger"]
-    checks = []
+    checks: list[GateCheck] = []
     if ch.prediction is not None:
         auc, ece = ch.prediction["auc"], ch.prediction["ece"]
         checks += [
@@ -84,10 +101,10 @@ def _challenger_checks(report: EvaluationReport, gate: dict[str, Any]) -> list[d
     return checks
 
 
-def _comparison_checks(report: EvaluationReport, gate: dict[str, Any]) -> list[dict[str, Any]]:
+def _comparison_checks(report: EvaluationReport, gate: GateParams) -> list[GateCheck]:
     """The challenger against the baselines (a first model) or against the champion."""
     ch = report.policies["challenger"]
-    checks = []
+    checks: list[GateCheck] = []
     if report.first_model:
         floor = gate["min_lift_over_baselines"]
         checks += [
@@ -124,7 +141,7 @@ def _comparison_checks(report: EvaluationReport, gate: dict[str, Any]) -> list[d
     return checks
 
 
-def decide(report: EvaluationReport, gate: dict[str, Any]) -> dict[str, Any]:
+def decide(report: EvaluationReport, gate: GateParams) -> GateDecision:
     """The gate's decision: `promote`, the champion it is judged against, and the list of
     checks with their outcome."""
     checks = _challenger_checks(report, gate) + _comparison_checks(report, gate)

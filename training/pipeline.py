@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Any
 
 from couponflow.artefacts import MODEL_RECORD, POLICY_FILE
 from couponflow.config import Workspace
+from couponflow.records import TrainedRun
 from couponflow.workspace import commit, dvc
 from training.report import REPORT_DIR
 
 VERSIONED_DATA = ("data/offline", "data/features")
 
 
-def repro(ws: Workspace, day: str) -> dict[str, Any]:
+def repro(ws: Workspace, day: str) -> TrainedRun:
     """Version the data, reproduce the training stages and return the gate's decision with
     the evaluation behind it and where the run report is."""
     dvc(ws, "add", "-q", *VERSIONED_DATA)

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from couponflow.config import Workspace  # noqa: E402
 from couponflow.evaluation import EvaluationReport, render_lines  # noqa: E402
+from couponflow.records import GateDecision  # noqa: E402
 
 REPORT_DIR = Path("reports") / "evaluation"
 FIGURES = {
@@ -193,7 +194,7 @@ def _segments_section(evaluation: EvaluationReport) -> list[str]:
 
 def render(
     evaluation: EvaluationReport,
-    gate: dict[str, Any],
+    gate: GateDecision,
     model: dict[str, Any],
     plan: dict[str, Any],
 ) -> str:

@@ -9,8 +9,6 @@ A decision nobody reported on earned nothing: feedback is the record of outcomes
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
@@ -18,6 +16,7 @@ from couponflow.config import Workspace
 from couponflow.contract import GOLDEN, coupon_cost
 from couponflow.landing import offline_days, read_feedback, read_offline
 from couponflow.metrics import ab_readout
+from couponflow.records import ServedReadout
 
 
 def served_outcomes(ws: Workspace, day: str) -> pd.DataFrame:
@@ -55,7 +54,7 @@ def served_outcomes(ws: Workspace, day: str) -> pd.DataFrame:
     return table.assign(reward=margin * table["amount"].to_numpy(float) - cost)
 
 
-def served_readout(ws: Workspace, day: str, days: int | None = None) -> dict[str, Any]:
+def served_readout(ws: Workspace, day: str, days: int | None = None) -> ServedReadout:
     """The A/B readout of the served decisions of `day` and the `days - 1` days before it
     (default `evaluation.days`), pooled (what each DAG run reports for the day before its
     own): one day's holdout slice is a few percent of the requests, too few to see a lift,
@@ -65,10 +64,16 @@ def served_readout(ws: Workspace, day: str, days: int | None = None) -> dict[str
     span = [str((pd.Timestamp(day) - pd.Timedelta(days=k)).date()) for k in range(n)][::-1]
     parts = [served_outcomes(ws, d).assign(day=pd.Timestamp(d)) for d in span]
     table = pd.concat([p for p in parts if len(p)] or parts[-1:], ignore_index=True)
-    readout = {"day": day, "feedback_decisions": int(len(table))}
+    decisions = int(len(table))
     if table.empty:
-        return {**readout, "lift": None, "note": "no served decisions were reported"}
-    return {**readout, **ab_readout(table, level), "redeemed": int(table["redeemed"].sum())}
+        return {"day": day, "feedback_decisions": decisions, "lift": None,
+                "note": "no served decisions were reported"}  # fmt: skip
+    readout: ServedReadout = {
+        "day": day,
+        "feedback_decisions": decisions,
+        **ab_readout(table, level),
+    }
+    return {**readout, "redeemed": int(table["redeemed"].sum())}
 
 
 def _catalogue(ws: Workspace, day: str) -> pd.DataFrame:

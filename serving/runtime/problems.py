@@ -24,12 +24,9 @@ problem responses documented on every route.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
-
-if TYPE_CHECKING:
-    from pydantic_core import ErrorDetails
+from typing import Any, NotRequired, TypedDict
 
 PROBLEM_JSON = "application/problem+json"
 URN = "urn:couponflow:problem:"
@@ -127,9 +124,7 @@ def problem(
     return body
 
 
-def invalid_body(
-    errors: Sequence[ErrorDetails | dict[str, Any]], instance: str | None = None
-) -> Problem:
+def invalid_body(errors: Sequence[Mapping[str, Any]], instance: str | None = None) -> Problem:
     """The problem for pydantic `errors` (each with `loc`, `msg`, `type`; as BentoML
     answered them, plain JSON read with defaults)."""
     listed: list[FieldError] = [
