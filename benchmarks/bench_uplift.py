@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from benchmarks.ceiling import observable_ceiling
+from benchmarks.ceiling import observable_ceiling, observable_lift_by_segment
 from benchmarks.simulated import population, simulate, training_table
 from couponflow.config import PROJECT_ROOT, load_params
 from couponflow.logs import quiet_libraries
@@ -183,6 +183,9 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
         "oracle": round(best.incremental_profit, 1),
         "ceiling_share": round(ceiling, 3),
         "true_lift_pt": true_lift,
+        "observable_lift_pt": observable_lift_by_segment(
+            p[:, 1:] - p[:, :1], pairs[:, 1:], world["segment"], SEGMENTS
+        ),
     }
     segment = log.world.population_on(day).segment
     for design in args.designs:
