@@ -5,7 +5,7 @@
 
 For each target of events per day (sessions + offers + orders) a fresh workspace gets
 world.n_users scaled to it (bench_world's calibration) and its history seeded by
-`couponflow.cli.seed_history` (timed, reported apart: it is set-up, not the daily run).
+`couponflow.seeding.seed_history` (timed, reported apart: it is set-up, not the daily run).
 Then the DAGs' own task callables (dags/coupon_pipeline.py, taken from the DAG objects)
 run for the next day in DAG order, each in a fresh process as an Airflow worker runs a
 task: land, validate, load_offline_store, features, train, then the gate's short circuit
@@ -127,7 +127,7 @@ def run_child(task: str, day: str, upstream: Any) -> dict[str, Any]:
     ws = Workspace.from_env()
     started = time.perf_counter()
     if task == "seed":
-        from couponflow.cli import seed_history
+        from couponflow.seeding import seed_history
 
         result: Any = seed_history(ws)
     elif task in RELEASE_TASKS:  # each takes its upstream task's result, as XCom passes it
@@ -138,7 +138,7 @@ def run_child(task: str, day: str, upstream: Any) -> dict[str, Any]:
 
 
 def child_env(ws: Workspace, hooks: Path, process_log: Path) -> dict[str, str]:
-    from couponflow.cli import airflow_env
+    from couponflow.airflow_local import airflow_env
 
     env = airflow_env(ws)
     env["BENTOML_HOME"] = str(ws.root / "bentoml")
@@ -250,8 +250,7 @@ def scale(
     """Seed a workspace for `events` a day and time one daily run on it; print the rows.
     A failed step is reported and the run goes on where its inputs allow (a killed
     `features` still leaves the day's offline features the training reads)."""
-    from couponflow.cli import next_days
-    from couponflow.landing import offline_days
+    from couponflow.landing import next_days, offline_days
 
     n_users = math.ceil(events / events_per_user())
     ws, env = _scale_workspace(events, n_users, history_days, open_gate, root)

@@ -31,13 +31,13 @@ from scipy.stats import spearmanr
 
 from benchmarks.ceiling import observable_ceiling
 from benchmarks.simulated import SimulatedLog, population
-from couponflow.cli import seed_history
 from couponflow.config import Workspace
 from couponflow.landing import offline_days
 from couponflow.logs import quiet_libraries
 from couponflow.model import encode_pairs, load_model
 from couponflow.oracle import Oracle
 from couponflow.policy import score
+from couponflow.seeding import seed_history
 from couponflow.workspace import init_workspace
 from couponflow.world import SEGMENTS, World
 from training.pipeline import repro

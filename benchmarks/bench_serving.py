@@ -61,8 +61,8 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     pipeline's own path (land, validate, offline store, features), with a model and its
     budget plan in ws.models."""
     from couponflow.artefacts import POLICY_FILE
-    from couponflow.cli import seed_history
     from couponflow.model import CouponNet, save_model
+    from couponflow.seeding import seed_history
     from couponflow.workspace import init_workspace
     from training.budget import make_plan
 

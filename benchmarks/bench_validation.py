@@ -210,8 +210,7 @@ def events_workspace(
     a day without simulating one)."""
     from bench_world import events_per_user
 
-    from couponflow.cli import next_days
-    from couponflow.landing import load_offline, read_batch, write_batch
+    from couponflow.landing import load_offline, next_days, read_batch, write_batch
     from couponflow.workspace import init_workspace
     from couponflow.world import World
     from expectations.validate import require_valid
@@ -259,7 +258,7 @@ def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
     ru_maxrss would inherit this process's peak, the seeding's, across fork + exec)."""
     from bench_daily_run import PROCESS_LOG_ENV, SITECUSTOMIZE
 
-    from couponflow.cli import airflow_env
+    from couponflow.airflow_local import airflow_env
 
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as scratch:
         hooks, exits = Path(scratch) / "hooks", Path(scratch) / "exits.jsonl"

@@ -121,6 +121,16 @@ def run_days(ws: Workspace, days: list[str]) -> list[dict]:
     return summaries
 
 
+def run_and_check(ws: Workspace, days: list[str]) -> None:
+    """`couponflow run`: run the days; exit non-zero naming each day that was rejected or
+    failed (a refusal by the gate is a good outcome)."""
+    from couponflow.report import failed_days
+
+    failed = failed_days(run_days(ws, days))
+    if failed:
+        sys.exit(f"couponflow: {len(failed)} day(s) rejected or failed: {'; '.join(failed)}")
+
+
 def dags_test(ws: Workspace, dag_id: str, day: str, log: Path, runs: list[dict]) -> int:
     """`airflow dags test` of `dag_id` for `day`, its output in `log` and a line per task
     as it ends; then each task's log where the UI reads it, and the run (with the day's

@@ -11,186 +11,33 @@ read back what happened.
     couponflow airflow [--port 8080]     # the Airflow UI over the workspace, until Ctrl-C
     couponflow trial --spec PATH         # our learner vs two-model on a randomised trial
 
-Room code is imported lazily inside the verbs: the core itself never needs Airflow,
-Feast, GX or BentoML.
+This module parses the arguments and hands each verb, in one call, to the module that owns
+its job (`_dispatch`): `init` to couponflow.seeding, `run` to couponflow.airflow_local, `demo`
+and `status` to their own modules, `rollback`, `serve` and `stop` to serving.deploy.verbs,
+`trial` to training.trial, `airflow` to couponflow.airflow_services. A room's module is
+imported inside its verb: the core itself never needs Airflow, Feast, GX or BentoML.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import pandas as pd
 import yaml
-from tqdm import tqdm
 
-from couponflow.airflow_local import airflow_env as airflow_env  # the old path: benchmarks/
-from couponflow.airflow_local import run_days
+from couponflow.airflow_local import run_and_check
 from couponflow.config import HOME_ENV, Workspace
+from couponflow.demo import demo
+from couponflow.landing import next_days, offline_days
 from couponflow.logs import quiet_libraries
+from couponflow.seeding import init_seeded
+from couponflow.status import print_status
 
 DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph
-
-
-def seed_history(ws: Workspace) -> list[str]:
-    """Land, validate, store and featurise the history days before the first DAG run, so
-    the first run already has enough labelled days to train on. Every day's features go
-    to the offline source (training reads them point-in-time); only the newest day needs
-    materialising into the online store."""
-    from couponflow.landing import land_simulated_day, load_offline, read_batch
-    from expectations.validate import require_valid
-    from feature_repo.store import materialise_user_features, publish_features
-
-    start = pd.Timestamp(ws.params["world"]["start_date"])
-    n_days = int(ws.params["world"]["history_days"])
-    days = [str((start + pd.Timedelta(days=i)).date()) for i in range(n_days)]
-    for day in tqdm(days, desc="seeding history", unit="day"):
-        land_simulated_day(ws, day)
-        require_valid(ws, day)
-        load_offline(ws, day, read_batch(ws.landing_partition(day)))
-        if day == days[-1]:
-            materialise_user_features(ws, day)
-        else:
-            publish_features(ws, day)
-    return days
-
-
-def failed_days(summaries: list[dict]) -> list[str]:
-    """`day: outcome` of each day that did not end in a release or a refusal by the gate."""
-    from couponflow.report import GOOD_OUTCOMES
-
-    return [
-        f"{s.get('day', '?')}: {s['outcome']}"
-        for s in summaries
-        if s.get("airflow_exit_code") or s["outcome"] not in GOOD_OUTCOMES
-    ]
-
-
-def next_days(ws: Workspace, n: int) -> list[str]:
-    """The n dates after the newest one in the offline store."""
-    from couponflow.landing import offline_days
-
-    last = pd.Timestamp(offline_days(ws)[-1])
-    return [str((last + pd.Timedelta(days=i)).date()) for i in range(1, n + 1)]
-
-
-def print_training(trained: dict, root: Path) -> None:
-    """The challenger against the champion and the baselines, the truth where the data is
-    simulated, and every check of the gate: the evaluation's one renderer, indented."""
-    from couponflow.evaluation import render_summary
-
-    for line in render_summary(trained["evaluation"], trained["gate"]):
-        print(f"   {line}" if line else "")
-    plan = trained["budget_plan"]
-    print(
-        f"   budget plan: multiplier {plan['multiplier']:.3f}, "
-        f"daily budget {plan['daily_budget']:.0f}"
-    )
-    print(f"   report: {root / trained['report']}")  # stored relative to the workspace
-
-
-def rows_table(rows: dict[str, int], indent: str = "") -> str:
-    """Rows per table as an aligned table, for a person (not a Python dict)."""
-    width = max(len("table"), *map(len, rows))
-    lines = [f"{'table':<{width}}  {'rows':>9}"]
-    lines += [f"{table:<{width}}  {n:>9,}" for table, n in rows.items()]
-    return "\n".join(indent + line for line in lines)
-
-
-def print_status(ws: Workspace, live: bool) -> None:
-    """What the runs did, the live release, and (with `live`) one answer from its server."""
-    from couponflow.report import served_line, summary_path
-
-    for path in sorted(summary_path(ws, "x").parent.glob("*.json")):
-        s = json.loads(path.read_text())
-        steps = s["steps"]
-        print(f"\n== {s['day']}: {s['outcome']}")
-        if steps.get("validate"):
-            print("   rows validated:\n" + rows_table(steps["validate"]["rows"], "     "))
-        elif s.get("rejection"):
-            print("   rejected because:\n" + "\n".join(f"     - {r}" for r in s["rejection"]))
-        if steps.get("features"):
-            f = steps["features"]
-            print(f"   features materialised: {f['users']} users x {f['features']} features")
-        if steps.get("train"):
-            print_training(steps["train"], ws.root)
-        if steps.get("build_bento"):
-            print(f"   bento: {steps['build_bento']['bento_tag']}")
-        if s.get("candidate_refused"):
-            print(f"   candidate refused: {s['candidate_refused']['reason']}")
-        if served := steps.get("served_readout"):
-            print(f"   served on {served['day']}: {served_line(served)}")
-    from serving.deploy.release import current_release
-
-    release = current_release(ws)
-    if release is None:
-        print(
-            "\nproduction release: none. No challenger has passed the gate and the release "
-            "checks yet (each run's outcome and checks are above, its report under "
-            "reports/runs/): shipping nothing is right for a model the evidence does not "
-            "support. docs/runbook.md explains each refusal."
-        )
-        return
-    print(f"\nproduction release: {json.dumps(release, indent=2)}")
-    from serving.deploy.deployment import deployment_record, front_door
-
-    record = deployment_record(ws)
-    for slot in ("live", "standby", "candidate"):
-        if record[slot]:
-            print(f"{slot} server: {record[slot]['bento_tag']} on port {record[slot]['port']}")
-    if record["router"]:
-        print(f"front door: {front_door(ws)}")
-    if live:
-        from serving.deploy.deployment import NotServing, ask_live
-
-        try:
-            answer = ask_live(ws)
-        except NotServing as idle:
-            print(f"\nno live recommendation: {idle}")
-        else:
-            print(f"\none live recommendation, from {front_door(ws)}:")
-            print(json.dumps(answer, indent=2))
-
-
-def roll_back(ws: Workspace, reason: str) -> None:
-    """Restore the previous release (traffic first, then its record and champion) and say
-    what is live now."""
-    from serving.deploy.deployment import CandidateRefused, roll_back
-    from serving.deploy.release import RollbackImpossible
-
-    started = time.monotonic()
-    try:
-        record = roll_back(ws, reason)
-    except (RollbackImpossible, CandidateRefused) as impossible:
-        sys.exit(f"rollback refused: {impossible}")
-    print(
-        f"rolled back in {time.monotonic() - started:.1f} s: production is now model "
-        f"{record['model_version']} served by {record['bento_tag']}"
-    )
-
-
-def serve(ws: Workspace) -> None:
-    """Put the production release behind the front door (it keeps running: `stop`)."""
-    from serving.deploy.deployment import CandidateRefused, front_door, serve_production
-
-    try:
-        record = serve_production(ws)
-    except CandidateRefused as refused:
-        sys.exit(f"not serving: {refused}")
-    print(f"{record['live']['bento_tag']} live at {front_door(ws)}; `couponflow stop` stops it")
-
-
-def stop(ws: Workspace) -> None:
-    from serving.deploy.deployment import stop_deployment
-
-    stopped = stop_deployment(ws)
-    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -373,30 +220,6 @@ def _add_tool_verbs(sub: Any) -> None:
     p_ui.add_argument("--password", default="admin", help="local use only (default admin)")
 
 
-def _init(ws: Workspace, args: argparse.Namespace) -> Workspace:
-    """`init` (and the start of `demo`): the workspace, then its history days seeded."""
-    from couponflow.config import params_notices
-    from couponflow.workspace import init_workspace
-    from expectations.validate import QuarantinedBatch
-
-    ws = init_workspace(ws.root, dict(args.set))
-    from couponflow.landing import offline_days
-
-    for notice in params_notices(ws.params):
-        print(notice, flush=True)
-    if len(offline_days(ws)) < int(ws.params["world"]["history_days"]):  # resumes, too
-        try:
-            days = seed_history(ws)
-        except QuarantinedBatch as rejected:
-            o = rejected.outcome
-            sys.exit(
-                f"couponflow: error: seeding stopped, {o.day} was quarantined at "
-                f"{o.quarantine_path} ({o.failures[0]}); fix the params and re-run init"
-            )
-        print(f"workspace {ws.root}: seeded {days[0]} .. {days[-1]}", flush=True)
-    return ws
-
-
 def _main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -407,33 +230,42 @@ def _main(argv: list[str] | None = None) -> None:
     ws = Workspace.from_env()
     os.environ[HOME_ENV] = str(ws.root)
     os.environ.setdefault("BENTOML_HOME", str(ws.root / "bentoml"))
+    _check(parser, ws, args)
+    _dispatch(ws, args)
 
+
+def _check(parser: _Parser, ws: Workspace, args: argparse.Namespace) -> None:
+    """Refuse, as a usage error, a verb the workspace cannot take yet."""
     if ws.root.exists() and not ws.root.is_dir():
         parser.error(f"workspace {ws.root} is a file, not a folder: pass --workspace a folder")
     if args.verb not in ("init", "demo", "trial") and not ws.params_file.exists():
         parser.error(f"no workspace at {ws.root}: create it with `couponflow init` first")
-    if args.verb in ("init", "demo"):
-        ws = _init(ws, args)
-    if args.verb == "run":
-        from couponflow.landing import offline_days
+    if args.verb == "run" and not (args.days or offline_days(ws)):
+        parser.error(f"nothing seeded in {ws.root}: re-run `couponflow init`, or name the days")
 
-        if not (args.days or offline_days(ws)):
-            parser.error(f"nothing seeded in {ws.root}: re-run `couponflow init`, or name the days")
-        failed = failed_days(run_days(ws, args.days or next_days(ws, args.next or 1)))
-        if failed:
-            sys.exit(f"couponflow: {len(failed)} day(s) rejected or failed: {'; '.join(failed)}")
+
+def _dispatch(ws: Workspace, args: argparse.Namespace) -> None:
+    """One call a verb, into the module that owns its job (a room's imported here, when its
+    verb runs)."""
+    if args.verb == "init":
+        init_seeded(ws, dict(args.set))
+    if args.verb == "run":
+        run_and_check(ws, args.days or next_days(ws, args.next or 1))
     if args.verb == "demo":
-        run_days(ws, next_days(ws, args.days))
-        print_status(ws, live=True)
-        if not args.keep_serving:
-            stop(ws)  # a demo leaves no server behind; `couponflow serve` starts it again
+        demo(ws, dict(args.set), args.days, args.keep_serving)
     if args.verb == "status":
         print_status(ws, live=args.live)
     if args.verb == "rollback":
+        from serving.deploy.verbs import roll_back
+
         roll_back(ws, args.reason)
     if args.verb == "serve":
+        from serving.deploy.verbs import serve
+
         serve(ws)
     if args.verb == "stop":
+        from serving.deploy.verbs import stop
+
         stop(ws)
     if args.verb == "trial":
         from training.trial import main as trial

@@ -67,6 +67,12 @@ def offline_days(ws: Workspace) -> list[str]:
     return sorted(p.name.removeprefix("date=") for p in (ws.offline / "offers").glob("date=*"))
 
 
+def next_days(ws: Workspace, n: int) -> list[str]:
+    """The n dates after the newest one in the offline store."""
+    last = pd.Timestamp(offline_days(ws)[-1])
+    return [str((last + pd.Timedelta(days=i)).date()) for i in range(1, n + 1)]
+
+
 def read_offline(ws: Workspace, table: str, days: list[str]) -> pd.DataFrame:
     """One table over several dates (absent dates are skipped)."""
     parts = [ws.offline / table / f"date={d}" / "part.parquet" for d in days]

@@ -41,6 +41,15 @@ STEPS = {
 GOOD_OUTCOMES = ("released", "refused by gate")
 
 
+def failed_days(summaries: list[dict]) -> list[str]:
+    """`day: outcome` of each day that did not end in a release or a refusal by the gate."""
+    return [
+        f"{s.get('day', '?')}: {s['outcome']}"
+        for s in summaries
+        if s.get("airflow_exit_code") or s["outcome"] not in GOOD_OUTCOMES
+    ]
+
+
 def summary_path(ws: Workspace, day: str) -> Path:
     return ws.root / "reports" / "runs" / f"{day}.json"
 

@@ -191,97 +191,107 @@ def coupon_features():
     features() >> summary()
 
 
+# coupon_retrain's tasks, thin and at module level (Airflow's TaskFlow makes each a task when
+# the DAG body calls it): the body below only wires them.
+@task(execution_timeout=timedelta(minutes=60))
+def train(ds: str | None = None) -> dict:
+    from training.pipeline import repro
+
+    ws = _workspace()
+    return ws.relative(repro(ws, _days(ds)[-1]))  # the run report's path, relative
+
+
+@task
+def served_readout(ds: str | None = None) -> dict:
+    """Yesterday's served decisions against their random holdout, from the feedback
+    downstream apps reported: what the live policy actually earned."""
+    from datetime import date
+
+    from training.served import served_readout
+
+    yesterday = (date.fromisoformat(_days(ds)[-1]) - timedelta(days=1)).isoformat()
+    return served_readout(_workspace(), yesterday)
+
+
+@task(execution_timeout=timedelta(minutes=10))
+def forget_feedback(ds: str | None = None) -> dict:
+    """Forget decisions older than serving.feedback_retention_days from the feedback
+    index, so it does not grow forever (their landed lines stay)."""
+    from serving.runtime.feedback import forget_old_feedback
+
+    return forget_old_feedback(_workspace(), _days(ds)[-1])
+
+
+@task
+def gate(trained: dict) -> bool:
+    """Continue to the release only if the gate promoted the challenger. A refusal
+    skips this task and with it the release path, so a refused day is pink in the
+    grid, not green like a release; this task's log lists the checks that failed."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    checks = trained["gate"]["checks"]
+    for check in checks:
+        mark = "x" if check["passed"] else " "
+        log.info("[%s] %s: %s", mark, check["check"], check["detail"])
+    if not trained["gate"]["promote"]:
+        failed = "; ".join(f"{c['check']}: {c['detail']}" for c in checks if not c["passed"])
+        raise AirflowSkipException(f"refused by the gate, nothing released: {failed}")
+    return True
+
+
+@task(**TRANSIENT, execution_timeout=timedelta(minutes=20))
+def build_bento(trained: dict) -> dict:
+    from serving.deploy.bento import build_bento, store_model
+
+    ws = _workspace()
+    model_tag = store_model(ws, ws.models)
+    return {"model_tag": model_tag, "bento_tag": build_bento(ws, model_tag)}
+
+
+@task(execution_timeout=timedelta(minutes=10))
+def check_candidate(built: dict) -> dict:
+    """Serve the bento beside the live release and check it there; a refusal fails
+    this task with the reason, and shoppers never reach the candidate."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from serving.deploy.deployment import CandidateRefused, start_candidate
+
+    ws = _workspace()
+    try:  # the checks name the candidate's log relative to the workspace
+        return ws.relative(start_candidate(ws, built["model_tag"], built["bento_tag"]))
+    except CandidateRefused as refused:
+        raise AirflowFailException(ws.relative(str(refused))) from refused
+
+
+@task(execution_timeout=timedelta(minutes=5))
+def release(checked: dict) -> dict:
+    """Switch traffic to the checked candidate and record the release."""
+    from serving.deploy.deployment import switch_to_candidate
+
+    return switch_to_candidate(_workspace(), checked["bento_tag"], "gate passed")
+
+
+@task(task_id="summary", **CLOSING)
+def retrain_summary(ds: str | None = None) -> dict:
+    """Write what happened to the day; fail the run (never silently green) if a step
+    broke, so the run's colour tells the truth. A gate refusal is a good outcome."""
+    pulled = _pulled(RETRAIN_TASKS)
+    return _close({_days(ds)[-1]: pulled}, last_dag=True, refusal=_refusal(pulled))
+
+
 @dag(
     dag_id="coupon_retrain",
     schedule=[FEATURES],
     **DAG_ARGS,
 )
 def coupon_retrain():
-    @task(execution_timeout=timedelta(minutes=60))
-    def train(ds: str | None = None) -> dict:
-        from training.pipeline import repro
-
-        ws = _workspace()
-        return ws.relative(repro(ws, _days(ds)[-1]))  # the run report's path, relative
-
-    @task
-    def served_readout(ds: str | None = None) -> dict:
-        """Yesterday's served decisions against their random holdout, from the feedback
-        downstream apps reported: what the live policy actually earned."""
-        from datetime import date
-
-        from training.served import served_readout
-
-        yesterday = (date.fromisoformat(_days(ds)[-1]) - timedelta(days=1)).isoformat()
-        return served_readout(_workspace(), yesterday)
-
-    @task(execution_timeout=timedelta(minutes=10))
-    def forget_feedback(ds: str | None = None) -> dict:
-        """Forget decisions older than serving.feedback_retention_days from the feedback
-        index, so it does not grow forever (their landed lines stay)."""
-        from serving.runtime.feedback import forget_old_feedback
-
-        return forget_old_feedback(_workspace(), _days(ds)[-1])
-
-    @task
-    def gate(trained: dict) -> bool:
-        """Continue to the release only if the gate promoted the challenger. A refusal
-        skips this task and with it the release path, so a refused day is pink in the
-        grid, not green like a release; this task's log lists the checks that failed."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        checks = trained["gate"]["checks"]
-        for check in checks:
-            mark = "x" if check["passed"] else " "
-            log.info("[%s] %s: %s", mark, check["check"], check["detail"])
-        if not trained["gate"]["promote"]:
-            failed = "; ".join(f"{c['check']}: {c['detail']}" for c in checks if not c["passed"])
-            raise AirflowSkipException(f"refused by the gate, nothing released: {failed}")
-        return True
-
-    @task(**TRANSIENT, execution_timeout=timedelta(minutes=20))
-    def build_bento(trained: dict) -> dict:
-        from serving.deploy.bento import build_bento, store_model
-
-        ws = _workspace()
-        model_tag = store_model(ws, ws.models)
-        return {"model_tag": model_tag, "bento_tag": build_bento(ws, model_tag)}
-
-    @task(execution_timeout=timedelta(minutes=10))
-    def check_candidate(built: dict) -> dict:
-        """Serve the bento beside the live release and check it there; a refusal fails
-        this task with the reason, and shoppers never reach the candidate."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from serving.deploy.deployment import CandidateRefused, start_candidate
-
-        ws = _workspace()
-        try:  # the checks name the candidate's log relative to the workspace
-            return ws.relative(start_candidate(ws, built["model_tag"], built["bento_tag"]))
-        except CandidateRefused as refused:
-            raise AirflowFailException(ws.relative(str(refused))) from refused
-
-    @task(execution_timeout=timedelta(minutes=5))
-    def release(checked: dict) -> dict:
-        """Switch traffic to the checked candidate and record the release."""
-        from serving.deploy.deployment import switch_to_candidate
-
-        return switch_to_candidate(_workspace(), checked["bento_tag"], "gate passed")
-
-    @task(**CLOSING)
-    def summary(ds: str | None = None) -> dict:
-        """Write what happened to the day; fail the run (never silently green) if a step
-        broke, so the run's colour tells the truth. A gate refusal is a good outcome."""
-        pulled = _pulled(RETRAIN_TASKS)
-        return _close({_days(ds)[-1]: pulled}, last_dag=True, refusal=_refusal(pulled))
-
     trained = train()
     promoted = gate(trained)
     built = build_bento(trained)
     checked = check_candidate(built)
     released = release(checked)
     promoted >> built
-    done = summary()
+    done = retrain_summary()
     released >> done
     served_readout() >> done
     forget_feedback() >> done

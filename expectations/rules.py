@@ -345,109 +345,134 @@ def _accepted_before(table: Table) -> Broken:
 
 
 def rules(table: Table) -> list[Derived]:
-    """The rules of this module for `table`."""
-    found: list[Derived] = []
-    if table.name == "orders":
-        money = ["amount", "discount", "coupon_id"]
-        found += [
-            Derived(
-                "discount above amount",
-                "discount",
-                "greater than the order's amount",
-                _orders(money, _discount_above_amount),
-            ),
-            Derived(
-                "discount without coupon",
-                "discount",
-                "above 0 on an order that redeemed no coupon",
-                _orders(money, _discount_without_coupon),
-            ),
-            Derived(
-                "discount above the coupon's terms",
-                "discount",
-                "above what the redeemed coupon's kind and value give on the amount",
-                _orders(money, _discount_above_the_terms),
-            ),
-            Derived(
-                "zero discount on a redemption",
-                "discount",
-                "zero on an order that redeemed a coupon",
-                _orders(money, _zero_discount_on_redemption),
-            ),
-            Derived(
-                "amount below min_spend",
-                "amount",
-                "below the redeemed threshold coupon's min_spend",
-                _orders(["amount", "coupon_id"], _threshold_not_met),
-            ),
-            Derived(
-                "category outside the coupon's",
-                "category",
-                "not the category the redeemed coupon is for",
-                _orders(["category", "coupon_id"], _wrong_category),
-            ),
-            Derived(
-                "ts before the offer",
-                "ts",
-                "before the offer of the coupon it redeems",
-                _orders(["user_id", "coupon_id", "ts"], _before_offer),
-            ),
-        ]
-    if table.name == "offers":
-        found.append(
-            Derived(
-                "coupon on a holdout offer",
-                "coupon_id",
-                f"a coupon on a holdout offer (policy_version *{HOLDOUT_SUFFIX})",
-                _holdout_with_coupon,
-            )
-        )
-    if table.name == "coupons":
-        found += [
-            Derived(
-                "value outside its kind's range",
-                "value",
-                "outside the kind's range (percent_off 0..100, flat discounts above 0)",
-                _coupons(["kind", "value"], _value_out_of_kind),
-            ),
-            Derived(
-                "threshold min_spend below value",
-                "min_spend",
-                "of a threshold_off coupon not above 0 and its value",
-                _coupons(["kind", "value", "min_spend"], _threshold_below_value),
-            ),
-            Derived(
-                "valid_to not after valid_from",
-                "valid_to",
-                "not after valid_from",
-                _coupons(["valid_from", "valid_to"], _validity_reversed),
-            ),
-        ]
-    if table.name == "users":
-        found += [
-            Derived(
-                "signup_date out of range",
-                "signup_date",
-                f"after the batch day or before {EARLIEST_SIGNUP.date()}",
-                _signup_out_of_range,
-            ),
-            Derived(
-                "signup_date changed",
-                "signup_date",
-                "changed since the last accepted users snapshot (ids reassigned?)",
-                _signup_changed,
-            ),
-        ]
+    """The rules of this module for `table`: its own table's, then the rule across days that
+    every event table has."""
+    own = _TABLE_RULES.get(table.name)
+    found = own() if own else []
     if table.name in EVENTS:
-        found.append(
-            Derived(
-                f"{table.key} accepted on another day",
-                table.key,
-                "already accepted on another date (a replayed or re-used batch)",
-                _accepted_before(table),
-            )
-        )
+        found.append(_accepted_on_another_day(table))
     return found
+
+
+def _order_rules() -> list[Derived]:
+    """The money, coupon terms and time order of each order: what a redemption may cost."""
+    money = ["amount", "discount", "coupon_id"]
+    return [
+        Derived(
+            "discount above amount",
+            "discount",
+            "greater than the order's amount",
+            _orders(money, _discount_above_amount),
+        ),
+        Derived(
+            "discount without coupon",
+            "discount",
+            "above 0 on an order that redeemed no coupon",
+            _orders(money, _discount_without_coupon),
+        ),
+        Derived(
+            "discount above the coupon's terms",
+            "discount",
+            "above what the redeemed coupon's kind and value give on the amount",
+            _orders(money, _discount_above_the_terms),
+        ),
+        Derived(
+            "zero discount on a redemption",
+            "discount",
+            "zero on an order that redeemed a coupon",
+            _orders(money, _zero_discount_on_redemption),
+        ),
+        Derived(
+            "amount below min_spend",
+            "amount",
+            "below the redeemed threshold coupon's min_spend",
+            _orders(["amount", "coupon_id"], _threshold_not_met),
+        ),
+        Derived(
+            "category outside the coupon's",
+            "category",
+            "not the category the redeemed coupon is for",
+            _orders(["category", "coupon_id"], _wrong_category),
+        ),
+        Derived(
+            "ts before the offer",
+            "ts",
+            "before the offer of the coupon it redeems",
+            _orders(["user_id", "coupon_id", "ts"], _before_offer),
+        ),
+    ]
+
+
+def _offer_rules() -> list[Derived]:
+    """A holdout offer carries no coupon: the A/B readout compares against it."""
+    return [
+        Derived(
+            "coupon on a holdout offer",
+            "coupon_id",
+            f"a coupon on a holdout offer (policy_version *{HOLDOUT_SUFFIX})",
+            _holdout_with_coupon,
+        )
+    ]
+
+
+def _coupon_rules() -> list[Derived]:
+    """A coupon's terms that make sense together: its value, threshold and validity."""
+    return [
+        Derived(
+            "value outside its kind's range",
+            "value",
+            "outside the kind's range (percent_off 0..100, flat discounts above 0)",
+            _coupons(["kind", "value"], _value_out_of_kind),
+        ),
+        Derived(
+            "threshold min_spend below value",
+            "min_spend",
+            "of a threshold_off coupon not above 0 and its value",
+            _coupons(["kind", "value", "min_spend"], _threshold_below_value),
+        ),
+        Derived(
+            "valid_to not after valid_from",
+            "valid_to",
+            "not after valid_from",
+            _coupons(["valid_from", "valid_to"], _validity_reversed),
+        ),
+    ]
+
+
+def _user_rules() -> list[Derived]:
+    """A signup date in range and unchanged since the last snapshot (ids kept, not reused)."""
+    return [
+        Derived(
+            "signup_date out of range",
+            "signup_date",
+            f"after the batch day or before {EARLIEST_SIGNUP.date()}",
+            _signup_out_of_range,
+        ),
+        Derived(
+            "signup_date changed",
+            "signup_date",
+            "changed since the last accepted users snapshot (ids reassigned?)",
+            _signup_changed,
+        ),
+    ]
+
+
+def _accepted_on_another_day(table: Table) -> Derived:
+    """An event table's keys are new: a replayed or re-used batch would count twice."""
+    return Derived(
+        f"{table.key} accepted on another day",
+        table.key,
+        "already accepted on another date (a replayed or re-used batch)",
+        _accepted_before(table),
+    )
+
+
+_TABLE_RULES: dict[str, Callable[[], list[Derived]]] = {
+    "orders": _order_rules,
+    "offers": _offer_rules,
+    "coupons": _coupon_rules,
+    "users": _user_rules,
+}
 
 
 def missing_users(batch: Batch, examples: int = 3) -> list[str]:

@@ -82,6 +82,7 @@ from expectations.suites import (
     TOLERANCE,
     TRAILING,
     WARNING,
+    Statistic,
     build_suite,
     derive,
     suite_parameters,
@@ -155,16 +156,12 @@ def validate_batch(ws: Workspace, day: str) -> ValidationOutcome:
 
 
 def _validate(ws: Workspace, day: str) -> ValidationOutcome:
-    partition = ws.landing_partition(day)
-    batch, failures = _read(partition)
+    """The verdict on `day`'s landed batch, its evidence written and a failed batch moved to
+    quarantine (`validate_batch` turns what this raises into a verdict too)."""
+    batch, failures = _read(ws.landing_partition(day))
     cfg = ws.params["validation"]
     past = trailing.history(ws, day, int(cfg["trailing_days"]))
-    windows = {TRAILING: trailing.windows(past, cfg)}
-    reference_days, reference = trailing.reference(ws, day, cfg)
-    if "reference_days" in cfg and reference_days != trailing.trailing_days(
-        ws, day, int(cfg["trailing_days"])
-    ):
-        windows[REFERENCE] = trailing.windows(reference, cfg, TOLERANCE[REFERENCE])
+    windows = _windows(ws, day, cfg, past)
     context = open_context(ws)
     suites = {name: store_suite(context, table, cfg) for name, table in TABLES.items()}
     params = suite_parameters(
@@ -173,10 +170,59 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
         {sid: w.bands for sid, w in windows.get(REFERENCE, {}).items()},
     )
     run_id = RunIdentifier(run_name=f"landing-{day}", run_time=datetime.now(UTC))
-    results: dict[str, ExpectationSuiteValidationResult] = {}
-    warnings: list[str] = []
     judged = {**batch, **_across_days(ws, day), rules.HASHES: {}}
     failures += rules.missing_users(judged)
+    results, warnings = _validate_tables(
+        context, suites, batch, judged, day, params, run_id, windows, failures
+    )
+    index, pages = _rendered(ws, context, results, day, warnings)
+    outcome = ValidationOutcome(
+        day=day,
+        passed=not failures,
+        rows={name: len(frame) for name, frame in batch.items()},
+        failures=failures,
+        report_path=ws.validation_reports / f"{day}.json",
+        data_docs=index,
+        warnings=warnings,
+        notes=_skipped(windows[TRAILING], past, day, cfg),
+        pages=pages,
+        statistics=_observed(results),
+    )
+    _keep(ws, outcome, judged, results)
+    return outcome
+
+
+def _windows(
+    ws: Workspace, day: str, cfg: dict, past: list[dict[str, float]]
+) -> dict[str, dict[str, trailing.Window]]:
+    """The bands each statistic is judged by: the trailing window of accepted days (`past`)
+    and, when it is not those same days, the fixed reference period, so a slow drift cannot
+    widen its own band."""
+    windows = {TRAILING: trailing.windows(past, cfg)}
+    reference_days, reference = trailing.reference(ws, day, cfg)
+    if "reference_days" in cfg and reference_days != trailing.trailing_days(
+        ws, day, int(cfg["trailing_days"])
+    ):
+        windows[REFERENCE] = trailing.windows(reference, cfg, TOLERANCE[REFERENCE])
+    return windows
+
+
+def _validate_tables(
+    context: FileDataContext,
+    suites: dict[str, gx.ExpectationSuite],
+    batch: dict[str, pd.DataFrame],
+    judged: dict[str, Any],
+    day: str,
+    params: dict[str, Any],
+    run_id: RunIdentifier,
+    windows: dict[str, dict[str, trailing.Window]],
+    failures: list[str],
+) -> tuple[dict[str, ExpectationSuiteValidationResult], list[str]]:
+    """Each table of the batch against its suite: the results, and the warnings; the reasons
+    of broken critical rules go to `failures`. A table whose validation raises is a reason
+    naming where, never a crash: the other tables are still judged."""
+    results: dict[str, ExpectationSuiteValidationResult] = {}
+    warnings: list[str] = []
     for name, table in TABLES.items():
         if name not in batch:
             continue
@@ -191,25 +237,36 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
             critical, warned = [f"{name}: validation could not run ({_where(exc)})"], []
         failures += critical
         warnings += warned
+    return results, warnings
+
+
+def _rendered(
+    ws: Workspace,
+    context: FileDataContext,
+    results: dict[str, ExpectationSuiteValidationResult],
+    day: str,
+    warnings: list[str],
+) -> tuple[Path, dict[str, Path]]:
+    """`_data_docs` of this run; Data Docs that fail to render are a warning (the verdict
+    stands without them), with the index where it would have been."""
     try:
-        index, pages = _data_docs(context, results)
+        return _data_docs(context, results)
     except Exception as exc:
         log.exception("rendering the Data Docs of %s raised", day)
-        index, pages = ws.root / "gx" / "uncommitted" / "data_docs" / SITE / "index.html", {}
         warnings.append(f"Data Docs not rendered ({_where(exc)})")
+        return ws.root / "gx" / "uncommitted" / "data_docs" / SITE / "index.html", {}
 
-    outcome = ValidationOutcome(
-        day=day,
-        passed=not failures,
-        rows={name: len(frame) for name, frame in batch.items()},
-        failures=failures,
-        report_path=ws.validation_reports / f"{day}.json",
-        data_docs=index,
-        warnings=warnings,
-        notes=_skipped(windows[TRAILING], past, day, cfg),
-        pages=pages,
-        statistics=_observed(results),
-    )
+
+def _keep(
+    ws: Workspace,
+    outcome: ValidationOutcome,
+    judged: dict[str, Any],
+    results: dict[str, ExpectationSuiteValidationResult],
+) -> None:
+    """Leave the verdict's traces: the statistics and key hashes of an accepted batch (a
+    rejected one forgets its date's), a failed batch moved to quarantine, the JSON report,
+    and an older quarantine of the date marked superseded when the batch passed."""
+    day = outcome.day
     trailing.record(ws, day, outcome.statistics if outcome.passed else None)
     _record_keys(ws, day, judged if outcome.passed else None)
     if not outcome.passed:
@@ -217,7 +274,6 @@ def _validate(ws: Workspace, day: str) -> ValidationOutcome:
     _write_report(ws, outcome, results)
     if outcome.passed and ws.quarantine_partition(day).is_dir():
         _mark_superseded(ws, ws.quarantine_partition(day), outcome)
-    return outcome
 
 
 def _where(exc: BaseException) -> str:
@@ -541,54 +597,76 @@ def _reasons(
     }
     reasons: dict[FailureSeverity, list[str]] = {CRITICAL: [], WARNING: []}
     for r in failed:
-        config = r.expectation_config
-        meta = config.meta or {}
-        column = meta.get("column") or config.kwargs.get("column")
-        where = f"{table.name}.{column}" if column else table.name
-        violation = meta.get("violation", config.type)
-        statistic = STATISTIC_IDS.get(meta.get("statistic"))
-        against = meta.get("against", TRAILING)
-        error = _error(r)
-        out = reasons[config.severity]
-        if config.type == "expect_table_columns_to_match_set":
-            mismatched = r.result["details"]["mismatched"]
-            out += [f"{table.name}.{c}: column missing" for c in mismatched.get("missing", [])]
-            out += [
-                f"{table.name}.{c}: column not in the contract"
-                for c in mismatched.get("unexpected", [])
-            ]
-        elif column is not None and (
-            column not in frame or (column in mistyped and (error or statistic))
-        ):
-            continue
-        elif statistic is not None:
-            if frame.empty or (
-                config.severity == WARNING and (statistic.id, against) in critical_statistics
-            ):
-                continue
-            observed = r.result.get("observed_value")
-            if observed is None:
-                out.append(f"{where}: {statistic.label} could not be computed")
-                continue
-            lo, hi = config.kwargs["min_value"], config.kwargs["max_value"]
-            window = windows[against][statistic.id]
-            period = "" if against == TRAILING else " of the reference period"
-            out.append(
-                f"{where}: {statistic.label} {observed:.4g} outside the {config.severity.value} "
-                f"band{period} {lo:.4g}..{hi:.4g} ({window.describe()})"
-            )
-        elif error:
-            out.append(f"{where}: {config.type} could not be evaluated ({error})")
-        elif config.type == "expect_column_values_to_be_of_type":
-            out.append(
-                f"{where}: dtype {frame[column].dtype}, the contract says {table.dtypes[column]}"
-            )
-        elif config.type == "expect_table_row_count_to_be_between":
-            out.append(f"{where}: {_count(r.result['observed_value'], 'row')}, {violation}")
-        else:
-            count = _count(r.result["unexpected_count"], "value")
-            out.append(f"{where}: {count} {violation}{_examples(r)}")
+        out = reasons[r.expectation_config.severity]
+        out += _reason(table, frame, r, windows, mistyped, critical_statistics)
     return reasons[CRITICAL], reasons[WARNING]
+
+
+def _reason(
+    table: Table,
+    frame: pd.DataFrame,
+    r: ExpectationValidationResult,
+    windows: dict[str, dict[str, trailing.Window]],
+    mistyped: set[str],
+    critical_statistics: set[tuple[str | None, str]],
+) -> list[str]:
+    """The lines of one failed expectation (see `_reasons`): none when another reason
+    already names the cause."""
+    config = r.expectation_config
+    meta = config.meta or {}
+    column = meta.get("column") or config.kwargs.get("column")
+    where = f"{table.name}.{column}" if column else table.name
+    statistic = STATISTIC_IDS.get(meta.get("statistic"))
+    error = _error(r)
+    if config.type == "expect_table_columns_to_match_set":
+        mismatched = r.result["details"]["mismatched"]
+        return [f"{table.name}.{c}: column missing" for c in mismatched.get("missing", [])] + [
+            f"{table.name}.{c}: column not in the contract"
+            for c in mismatched.get("unexpected", [])
+        ]
+    if column is not None and (
+        column not in frame or (column in mistyped and (error or statistic))
+    ):
+        return []
+    if statistic is not None:
+        return _statistic_reason(where, frame, r, statistic, windows, critical_statistics)
+    if error:
+        return [f"{where}: {config.type} could not be evaluated ({error})"]
+    if config.type == "expect_column_values_to_be_of_type":
+        return [f"{where}: dtype {frame[column].dtype}, the contract says {table.dtypes[column]}"]
+    violation = meta.get("violation", config.type)
+    if config.type == "expect_table_row_count_to_be_between":
+        return [f"{where}: {_count(r.result['observed_value'], 'row')}, {violation}"]
+    count = _count(r.result["unexpected_count"], "value")
+    return [f"{where}: {count} {violation}{_examples(r)}"]
+
+
+def _statistic_reason(
+    where: str,
+    frame: pd.DataFrame,
+    r: ExpectationValidationResult,
+    statistic: Statistic,
+    windows: dict[str, dict[str, trailing.Window]],
+    critical_statistics: set[tuple[str | None, str]],
+) -> list[str]:
+    """A statistic outside its band, with the band and the window it came from; none for an
+    empty table (nothing to measure) or a warning band its critical band already names."""
+    config = r.expectation_config
+    against = (config.meta or {}).get("against", TRAILING)
+    if frame.empty or (
+        config.severity == WARNING and (statistic.id, against) in critical_statistics
+    ):
+        return []
+    observed = r.result.get("observed_value")
+    if observed is None:
+        return [f"{where}: {statistic.label} could not be computed"]
+    lo, hi = config.kwargs["min_value"], config.kwargs["max_value"]
+    window = windows[against][statistic.id]
+    period = "" if against == TRAILING else " of the reference period"
+    return [
+        f"{where}: {statistic.label} {observed:.4g} outside the {config.severity.value} "
+        f"band{period} {lo:.4g}..{hi:.4g} ({window.describe()})"
+    ]
 
 
 def _error(result: ExpectationValidationResult) -> str | None:

@@ -25,10 +25,11 @@ import pandas as pd
 import pytest
 
 from couponflow.airflow_services import COMPONENTS, AirflowServices, api_client, service_env
-from couponflow.cli import next_days, seed_history
 from couponflow.config import Workspace
+from couponflow.landing import next_days
 from couponflow.processes import group_alive
 from couponflow.report import GOOD_OUTCOMES, summary_path
+from couponflow.seeding import seed_history
 from couponflow.workspace import init_workspace
 from tests.conftest import GATE_OPEN, TINY_WORLD, free_port, recorded_alerts
 

@@ -11,7 +11,7 @@ import copy
 import pytest
 import yaml
 
-from couponflow import cli
+from couponflow import airflow_local, cli
 from couponflow.config import (
     PROJECT_ROOT,
     ParamsError,
@@ -197,7 +197,7 @@ def test_run_exits_non_zero_naming_the_rejected_days(tmp_path, capsys, monkeypat
         {"day": "2026-01-09", "outcome": "batch rejected by validation", "airflow_exit_code": 1},
         {"day": "2026-01-10", "outcome": "refused by gate", "airflow_exit_code": 0},
     ]
-    monkeypatch.setattr(cli, "run_days", lambda ws, days: summaries[: len(days)])
+    monkeypatch.setattr(airflow_local, "run_days", lambda ws, days: summaries[: len(days)])
 
     line = one_line_error(
         capsys, ["--workspace", str(root), "run", "2026-01-08", "2026-01-09", "2026-01-10"], 1
@@ -206,5 +206,5 @@ def test_run_exits_non_zero_naming_the_rejected_days(tmp_path, capsys, monkeypat
     assert (
         line == "couponflow: 1 day(s) rejected or failed: 2026-01-09: batch rejected by validation"
     )
-    monkeypatch.setattr(cli, "run_days", lambda ws, days: [summaries[0]])
+    monkeypatch.setattr(airflow_local, "run_days", lambda ws, days: [summaries[0]])
     cli.main(["--workspace", str(root), "run", "2026-01-08"])  # all released: exit 0

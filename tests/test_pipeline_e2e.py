@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from couponflow.cli import next_days, run_days, seed_history
+from couponflow.airflow_local import run_days
 from couponflow.config import HOME_ENV, load_params, set_param
 from couponflow.contract import TABLES
-from couponflow.landing import offline_days, read_offline, write_batch
+from couponflow.landing import next_days, offline_days, read_offline, write_batch
 from couponflow.processes import free_port
+from couponflow.seeding import seed_history
 from couponflow.workspace import dvc, init_workspace
 from couponflow.world import World
 from tests.conftest import GATE_OPEN, TINY_WORLD, recorded_alerts

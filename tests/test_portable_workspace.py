@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from couponflow.cli import airflow_env, next_days, run_days, seed_history
+from couponflow.airflow_local import airflow_env, run_days
 from couponflow.config import HOME_ENV, Workspace
+from couponflow.landing import next_days
 from couponflow.processes import free_port
+from couponflow.seeding import seed_history
 from couponflow.workspace import init_workspace
 from tests.conftest import GATE_OPEN, TINY_WORLD
 
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.e2e
 UNAVOIDABLE = {
     # Airflow logs its metadata database's URL, which it requires absolute for SQLite
     # (a relative sqlite:/// URL is refused); couponflow derives it from where the workspace
-    # is at every start (couponflow.cli.airflow_env) and stores it nowhere.
+    # is at every start (couponflow.airflow_local.airflow_env) and stores it nowhere.
     "logs/airflow-db-migrate.log",
 }
 

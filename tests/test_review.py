@@ -243,9 +243,9 @@ def test_runs_the_scheduler_made_get_the_days_decision_as_their_note() -> None:
 def test_the_summary_reads_as_tables_and_words_not_python() -> None:
     """Rows validated as a table, the candidate's latency in words, and every policy's true
     profit against the oracle's beside its estimate (issue #18)."""
-    from couponflow.cli import rows_table
     from couponflow.evaluation import OracleTruth, policy_table
     from couponflow.report import latency_text
+    from couponflow.status import rows_table
     from tests.helpers.evaluation import est, evaluation, model
 
     table = rows_table({"users": 30000, "coupon_events": 7})

@@ -718,7 +718,8 @@ def build_report(
 
 
 def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
-    """Everything the gate and the report need; returns the report and the plot tables."""
+    """Everything the gate and the report need; returns the report and the plot tables.
+    Every policy is judged alike on the held-out log, then priced on the whole population."""
     params = ws.params
     cfg, policy_cfg = params["evaluation"], params["policy"]
     margin, cap = float(params["world"]["margin"]), int(policy_cfg["max_offers_7d"])
@@ -737,18 +738,31 @@ def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
     before = table[table["day"] < first]
     baselines = fit_baselines(before, max_weight)
     policies: dict[str, Policy] = {**models, **{b.name: b for b in baselines}}
+    report, plots = judged_on_the_log(days, before, models, policies, cfg, cap, level)
+    plots["budget"] = on_the_population(
+        ws, report, days[-1], policies, challenger, cfg, cap, budget_per_user, level
+    )
+    return report, plots
+
+
+def judged_on_the_log(
+    days: list[EvalDay],
+    before: pd.DataFrame,
+    models: dict[str, ModelPolicy],
+    policies: dict[str, Policy],
+    cfg: dict[str, Any],
+    cap: int,
+    level: float,
+) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
+    """The report of every policy valued off-policy on the held-out days' log, with the
+    models' prediction quality, the uplift of those that rank, and the A/B readout; and the
+    Qini and calibration curves. What the log can tell without the world's truth."""
     priced = {name: [price(p, d.users, d.arms, cap) for d in days] for name, p in policies.items()}
     q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days)
     judged = judge(days, priced, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
     pooled = pd.concat([d.rows for d in days], ignore_index=True)
-    pooled_users = np.concatenate([d.users for d in days])
-    predictions, calibration = {}, []
-    for name, policy in models.items():
-        prediction = prediction_report(policy.net, pooled_users, pooled)
-        curve = prediction.pop("calibration")
-        calibration.append(pd.DataFrame(curve).assign(model=name))
-        predictions[name] = prediction
+    predictions, calibration = model_predictions(models, days, pooled)
     uplift = {
         name: uplift_report(days, ds)
         for name, ds in judged.decided.items()
@@ -764,9 +778,45 @@ def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
         uplift,
     )
     report.ab_readout = ab_readout(pooled, level)
+    curves = {
+        "qini": pd.concat(
+            [pd.DataFrame(u["curve"]).assign(policy=name) for name, u in uplift.items()]
+        ),
+        "calibration": pd.concat(calibration),
+    }
+    return report, curves
 
-    # whole-population figures on the last evaluation day
-    last = days[-1]
+
+def model_predictions(
+    models: dict[str, ModelPolicy], days: list[EvalDay], pooled: pd.DataFrame
+) -> tuple[dict[str, dict[str, float]], list[pd.DataFrame]]:
+    """Each model's prediction metrics on the pooled logged arms, and its calibration curve
+    as a plot table: a model can rank well and still be over-confident."""
+    pooled_users = np.concatenate([d.users for d in days])
+    predictions, calibration = {}, []
+    for name, policy in models.items():
+        prediction = prediction_report(policy.net, pooled_users, pooled)
+        curve = prediction.pop("calibration")
+        calibration.append(pd.DataFrame(curve).assign(model=name))
+        predictions[name] = prediction
+    return predictions, calibration
+
+
+def on_the_population(
+    ws: Workspace,
+    report: EvaluationReport,
+    last: EvalDay,
+    policies: dict[str, Policy],
+    challenger: ModelPolicy,
+    cfg: dict[str, Any],
+    cap: int,
+    budget_per_user: float,
+    level: float,
+) -> pd.DataFrame:
+    """Whole-population figures on the last evaluation day, into `report`: its users, the
+    challenger's segments and, on simulated data, every policy's true value against the
+    oracle's. Returns the budget curve. The log only shows the users a policy was logged
+    on; a skewed allocation shows on everyone."""
     sample = cfg.get("population_sample")
     segments, everyone = population(
         ws,
@@ -787,20 +837,13 @@ def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
     )
     if truth is not None:
         report.oracle = oracle_report(truth, on_everyone, everyone.budget, level)
-    plots = {
-        "qini": pd.concat(
-            [pd.DataFrame(u["curve"]).assign(policy=name) for name, u in uplift.items()]
-        ),
-        "calibration": pd.concat(calibration),
-        "budget": budget_curve(
-            on_pop,
-            everyone.budget,
-            list(cfg["budget_multiples"]),
-            truth,
-            challenger.expected_reward(everyone.users, last.arms),
-        ),
-    }
-    return report, plots
+    return budget_curve(
+        on_pop,
+        everyone.budget,
+        list(cfg["budget_multiples"]),
+        truth,
+        challenger.expected_reward(everyone.users, last.arms),
+    )
 
 
 def main() -> None:
