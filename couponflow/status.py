@@ -63,8 +63,8 @@ def print_release(ws: Workspace, live: bool) -> None:
 
     record = deployment_record(ws)
     for slot in ("live", "standby", "candidate"):
-        if record[slot]:
-            print(f"{slot} server: {record[slot]['bento_tag']} on port {record[slot]['port']}")
+        if held := record[slot]:
+            print(f"{slot} server: {held['bento_tag']} on port {held['port']}")
     if record["router"]:
         print(f"front door: {front_door(ws)}")
     if live:
