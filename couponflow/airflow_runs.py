@@ -25,7 +25,10 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only the type: this module imports nothing of couponflow at run time
+    from couponflow.records import RunSummary
 
 RUNNING = re.compile(
     r"\[DAG TEST\] running task <TaskInstance: (?P<dag>[^.\s]+)\.(?P<task>\S+) (?P<run>\S+) "
@@ -114,23 +117,22 @@ def write_task_logs(tasks: list[TaskRun], base_log_folder: Path) -> list[Path]:
 
 
 # -- the note -------------------------------------------------------------------------------
-def run_note(summary: dict[str, Any]) -> str:
+def run_note(summary: RunSummary) -> str:
     """The day's decision and its reasons in a few lines, for a DAG run's note: what a
     reviewer needs before opening anything. The UI shows the first line under the run's
     header and renders the whole note as Markdown when it is opened, so each part is a
     paragraph or a list of its own (single line breaks would run together)."""
     steps = summary.get("steps", {})
     outcome = str(summary.get("outcome"))
-    if outcome.startswith("waiting for") and steps.get("validate"):
-        rows = sum(steps["validate"].get("rows", {}).values())
+    if outcome.startswith("waiting for") and (validated := steps.get("validate")):
+        rows = sum(validated.get("rows", {}).values())
         waiting = outcome.removeprefix("waiting for ")
         outcome = f"batch accepted ({rows:,} rows validated); next: {waiting}"
     parts = [f"{summary.get('day')}: {outcome}"]
     if rejection := summary.get("rejection"):
         parts.append("\n".join(f"- rejected: {reason}" for reason in rejection))
-    trained = steps.get("train") or {}
-    gate = trained.get("gate")
-    if gate:
+    trained = steps.get("train")
+    if trained and (gate := trained.get("gate")):
         failed = [c for c in gate["checks"] if not c["passed"]]
         checks = f"{len(failed)} check{'s' if len(failed) != 1 else ''} failed"
         verdict = "promote" if gate["promote"] else f"refuse ({checks})"

@@ -3,6 +3,13 @@
 A workspace is one self-contained home for a deployment (landing zone, offline store,
 feature store state, DVC-tracked models and metrics, releases). Every room receives a
 `Workspace` rather than building paths of its own.
+
+The params sections one room hands another as a value are TypedDicts here (issue 20):
+`ModelParams` (training.train.fit, its callers: training.trial, the benchmarks),
+`GateParams` (training.gate.decide), `RolloutParams` (serving.deploy.smoke.canary_checks,
+from serving.deploy.deployment), `HillstromParams` and `ObdParams` (couponflow.public_data).
+The sections each read in place by the room that owns them stay `Section`: free-form to the
+checker, held to the project's params.yaml by `check_params` all the same.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 import yaml
 
@@ -23,6 +31,107 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HOME_ENV = "COUPONFLOW_HOME"
 REDIS_PASSWORD_ENV = "COUPONFLOW_REDIS_PASSWORD"
 DEFAULT_REDIS = "127.0.0.1:6379"
+
+
+# -- the params sections that cross rooms -----------------------------------------------------
+# A workspace's params.yaml is checked with complete=False: a workspace made before a key was
+# added lacks it (it is refused only at `init`), so the keys read with a default are NotRequired.
+class ModelParams(TypedDict):
+    """params.yaml `model`: what training.train.fit and fit_ensemble take (a trial's network
+    is this section with its spec's `network` over it, training.trial.network_config)."""
+
+    seed: int
+    hidden: int
+    epochs: int
+    batch_size: int
+    lr: float
+    patience: NotRequired[int]  # default 3
+    training_days: NotRequired[int]  # absent: every logged day (training.dataset)
+    max_stabilised_weight: float
+    max_inverse_propensity: float
+    members: NotRequired[int]  # default 1
+    credibility: NotRequired[float]  # default 0.0
+    threads: NotRequired[int]  # default 1
+    processes: NotRequired[int | None]  # None: one per GPU on CUDA, else 1
+    device: NotRequired[str]  # not a params.yaml key: the benchmarks' and tests' choice
+    amount_by_arm: NotRequired[bool]  # not a params.yaml key: a trial spec's `network` only
+
+
+class GateParams(TypedDict):
+    """params.yaml `gate`: training.gate.decide's thresholds."""
+
+    min_auc: float
+    max_ece: float
+    min_coupon_evidence: float
+    min_gain_slope: float
+    min_lift_over_baselines: float
+    min_lift_over_champion: float
+    max_auc_regression: float
+    max_log_loss_regression: float
+
+
+class RolloutParams(TypedDict):
+    """params.yaml `serving.rollout`: serving.deploy.smoke.canary_checks's limits."""
+
+    latency_requests: int
+    max_p99_ms: float
+
+
+class ServingParams(TypedDict):
+    """params.yaml `serving` (it carries `rollout`)."""
+
+    host: str
+    port: int
+    workers: int
+    smoke_timeout_s: float
+    feature_timeout_s: NotRequired[float]
+    rollout: RolloutParams
+    spend_store: NotRequired[str]  # "sqlite" or "redis"
+    spend_timeout_s: NotRequired[float]
+    feedback_index: NotRequired[str]  # "sqlite" or "redis"
+    feedback_retention_days: NotRequired[int]
+
+
+class HillstromParams(TypedDict):
+    """params.yaml `public_data.hillstrom`: couponflow.public_data.load_hillstrom's source."""
+
+    path: str  # relative to the project root
+    spec: NotRequired[str]  # the trial spec; default public_data/hillstrom.yaml
+    date: str
+    email_kind: str
+    email_value: float
+
+
+class ObdParams(TypedDict):
+    """params.yaml `public_data.obd`: couponflow.public_data.load_obd's source."""
+
+    path: str
+    campaign: str
+
+
+class PublicDataParams(TypedDict):
+    hillstrom: HillstromParams
+    obd: ObdParams
+
+
+# A section read in place by the one room that owns it (`ws.params["world"]["margin"]`): left
+# free-form to the checker; check_params holds its keys and types to the project's params.yaml.
+Section = dict[str, Any]
+
+
+class Params(TypedDict):
+    """A workspace's params.yaml, as checked (`Workspace.params`)."""
+
+    code_dir: str
+    world: Section  # couponflow.world.World's (that package is another change's now)
+    public_data: NotRequired[PublicDataParams]
+    validation: Section  # expectations'
+    features: NotRequired[Section]  # feature_repo's and the Redis settings'
+    model: ModelParams
+    evaluation: Section  # training.evaluate's (and the days it holds out, read by key)
+    gate: GateParams
+    policy: Section  # read by key where the policy is applied
+    serving: NotRequired[ServingParams]  # read with a default by serving.runtime
 
 
 @dataclass(frozen=True)
@@ -37,7 +146,7 @@ class Workspace:
         return cls(Path(os.environ.get(HOME_ENV, PROJECT_ROOT / "var" / "demo")).resolve())
 
     @cached_property
-    def params(self) -> dict[str, Any]:
+    def params(self) -> Params:
         """The workspace's params.yaml, checked against the schema (`check_params`: unknown
         keys, types, ranges; a key it lacks is only refused at `init`): a bad one raises
         ParamsError naming the key, before any task works with it."""
@@ -138,6 +247,7 @@ class RedisSettings:
 
 
 def load_params(path: Path) -> dict[str, Any]:
+    """The YAML as written, not yet checked: free-form until `check_params` has read it."""
     with open(path) as fh:
         return yaml.safe_load(fh)
 
@@ -332,7 +442,7 @@ def _walk(want: Any, value: Any, path: str, complete: bool, out: list[str]) -> N
 
 
 def _across(params: dict[str, Any]) -> list[str]:
-    """Rules between keys."""
+    """Rules between keys (of params not checked yet: free-form)."""
     out = []
     v = params.get("validation") or {}
     try:
@@ -367,7 +477,7 @@ def check_params(params: Any, complete: bool = True) -> list[str]:
     return out + _across(params)
 
 
-def checked_params(path: Path, complete: bool = True) -> dict[str, Any]:
+def checked_params(path: Path, complete: bool = True) -> Params:
     """params.yaml at `path`, raising ParamsError (one line) when it breaks the schema."""
     try:
         params = load_params(path)
@@ -382,10 +492,10 @@ def checked_params(path: Path, complete: bool = True) -> dict[str, Any]:
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise ParamsError(f"{path}: {problems[0]}{more}")
-    return params
+    return cast(Params, params)  # the template's keys and types: checked just above
 
 
-def params_notices(params: dict[str, Any]) -> list[str]:
+def params_notices(params: Mapping[str, Any]) -> list[str]:
     """What is allowed but worth saying loudly (printed by `couponflow init`)."""
     seeded = int(params["world"]["history_days"])
     needed = int(params["validation"]["min_trailing_days"])
@@ -399,7 +509,8 @@ def params_notices(params: dict[str, Any]) -> list[str]:
 
 
 def set_param(params: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `a.b.c=value` in a nested params dict (used for `couponflow init --set`)."""
+    """Set `a.b.c=value` in a nested params dict (used for `couponflow init --set`), before
+    it is checked: free-form, any dotted key."""
     *parents, leaf = dotted.split(".")
     node = params
     for key in parents:

@@ -11,7 +11,7 @@ log without the noise common to both.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -97,8 +97,8 @@ class Interval:
     low: float
     high: float
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def as_dict(self) -> LiftInterval:
+        return {"value": self.value, "low": self.low, "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def off_policy_values(
     n_boot: int = 500,
     level: float = 0.95,
     seed: int = 0,
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, LiftInterval]]:
     """`off_policy_bootstrap` as JSON-ready intervals: {target: {estimator: {value, low,
     high}}}."""
     boot = off_policy_bootstrap(reward, propensity, targets, n_boot, seed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from torch import nn
 
 from couponflow.contract import ALL_CATEGORIES, CATEGORIES, COUPON_KINDS
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, WINDOWED_COUNTS, relative_value
+from couponflow.records import Layout, ModelInputs, ModelRecord, SavedModelMeta
 
 ARM_FEATURES: list[str] = [
     "is_control",
@@ -206,7 +207,7 @@ class CouponNet(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
-    def layout(self) -> dict[str, int]:
+    def layout(self) -> Layout:
         """What it takes to rebuild this network: input block sizes and width."""
         return {"n_user": self.n_user, "n_arm": self.n_arm, "hidden": self.hidden}
 
@@ -234,7 +235,7 @@ class CouponEnsemble(nn.Module):
         first = members[0]
         self.n_user, self.n_arm, self.hidden = first.n_user, first.n_arm, first.hidden
 
-    def layout(self) -> dict[str, int | float]:
+    def layout(self) -> Layout:
         return {**cast(CouponNet, self.members[0]).layout(), "members": len(self.members),
                 "credibility": self.credibility}  # fmt: skip
 
@@ -277,7 +278,7 @@ def predict_members(
         return _heads(net(x, per_user).numpy()[None])
 
 
-def _inputs() -> dict[str, Any]:
+def _inputs() -> ModelInputs:
     """The feature lists and block sizes a saved model was trained on."""
     return {
         "user_features": USER_FEATURES,
@@ -288,18 +289,18 @@ def _inputs() -> dict[str, Any]:
     }
 
 
-def save_model(net: Recommender, path: Path, meta: dict[str, Any]) -> None:
+def save_model(net: Recommender, path: Path, record: ModelRecord) -> None:
     """Save weights with what is needed to rebuild and trust them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, **_inputs(), **net.layout()}
+    meta: SavedModelMeta = {**record, **_inputs(), **net.layout()}
     torch.save({"state_dict": net.state_dict(), "meta": meta}, path)
 
 
-def load_model(path: Path) -> tuple[Recommender, dict[str, Any]]:
+def load_model(path: Path) -> tuple[Recommender, SavedModelMeta]:
     """Load a saved model for inference; refuses one built on another feature list or
     input layout (an older model's weights would be read against the wrong columns)."""
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    meta = blob["meta"]
+    meta: SavedModelMeta = blob["meta"]
     if {k: meta.get(k) for k in _inputs()} != _inputs():
         raise ValueError(f"{path} was trained on a different feature list")
     members = [

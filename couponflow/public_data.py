@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import OneHotEncoder
 
-from couponflow.config import PROJECT_ROOT
+from couponflow.config import PROJECT_ROOT, HillstromParams, ObdParams
 from couponflow.contract import ALL_CATEGORIES, TABLES, coupon_cost
 from couponflow.metrics import TargetTerms
 from couponflow.trials import TrialArrays, TrialSpec, trial_arrays
@@ -98,7 +97,7 @@ def _hillstrom_coupons(kind: str, value: float, day: pd.Timestamp) -> pd.DataFra
     )
 
 
-def load_hillstrom(cfg: dict[str, Any]) -> HillstromData:
+def load_hillstrom(cfg: HillstromParams) -> HillstromData:
     """Map the Hillstrom experiment (params `public_data.hillstrom`) into the contract.
 
     Customers are users; each of the two e-mails is a coupon whose cost is the configured
@@ -160,14 +159,14 @@ def load_hillstrom(cfg: dict[str, Any]) -> HillstromData:
     return HillstromData(day, batch, covariates[["user_id", *HILLSTROM_COVARIATES]])
 
 
-def hillstrom_spec(cfg: dict[str, Any]) -> TrialSpec:
+def hillstrom_spec(cfg: HillstromParams) -> TrialSpec:
     """Hillstrom as a randomised trial: the spec at params `public_data.hillstrom.spec`
     (couponflow.trials), reading the CSV at the params' `path`."""
     spec = TrialSpec.load(resolve(cfg.get("spec", HILLSTROM_SPEC)))
     return replace(spec, csv=resolve(cfg["path"]))
 
 
-def hillstrom_arrays(cfg: dict[str, Any]) -> TrialArrays:
+def hillstrom_arrays(cfg: HillstromParams) -> TrialArrays:
     """Hillstrom (params `public_data.hillstrom`) encoded for uplift learners through the
     generic trial loader: the covariates as the user block, arm 0 the no-e-mail control, then
     the men's and the women's e-mail; outcomes `visit`, `spend`, and `conversion`."""
@@ -188,7 +187,7 @@ class BanditLog:
         return len(self.items)
 
 
-def load_obd(cfg: dict[str, Any], policy: str) -> BanditLog:
+def load_obd(cfg: ObdParams, policy: str) -> BanditLog:
     """The Open Bandit Dataset log of `policy` ("random" or "bts") for params `public_data.obd`.
 
     Columns: timestamp (UTC), action (item_id), position (1-3), reward (click), propensity

@@ -15,6 +15,11 @@ work unchanged; the checker now knows every key and its type. Where a record is 
   training.served; rendered by couponflow.evaluation.ab_line.
 - `Forgotten`: serving.runtime.feedback.forget_old_feedback.
 - `GateCheck`, `GateDecision`: training.gate (metrics/gate.json); read by the renderers.
+- `EpochLoss`, `FitLog`, `EnsembleLog`: training.train.fit and fit_ensemble's training log;
+  read by training.trial, the benchmarks, and into the model record.
+- `Layout`, `ModelInputs`, `ModelRecord`, `SavedModelMeta`: the model record training.train
+  writes (models/model.json; model.pt's meta, couponflow.model.save_model); read back by
+  couponflow.model.load_model, serving, the run report, and the train task's XCom.
 - `TrainedRun`: training.pipeline.repro, the train task's XCom.
 - `Steps`, `RunSummary`: couponflow.report (reports/steps/, reports/runs/).
 - `Alert`, `LateCheck`: couponflow.alerts (alerts.jsonl).
@@ -23,6 +28,8 @@ work unchanged; the checker now knows every key and its type. Where a record is 
 from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
+
+from couponflow.config import ModelParams
 
 
 # -- releases and the deployment -----------------------------------------------------------
@@ -164,6 +171,99 @@ class Forgotten(TypedDict):
     retention_days: int
 
 
+# -- the model -----------------------------------------------------------------------------
+class EpochLoss(TypedDict):
+    epoch: int
+    valid_loss: float
+
+
+class FitLog(TypedDict):
+    """training.train.fit's log of one network; `seconds` and `samples_per_second` over the
+    whole call (packing, copies, process start and validation passes included)."""
+
+    device: str  # "cpu" or "cuda"
+    threads: int
+    processes: int
+    epochs_run: int
+    best_epoch: int
+    history: list[EpochLoss]
+    seconds: float
+    samples_per_second: int
+
+
+class EnsembleLog(TypedDict):
+    """training.train.fit_ensemble's log: the first member's, with each member's epochs and
+    the seconds and rows summed over the members (keys in model.json's order)."""
+
+    device: str
+    threads: int
+    processes: int
+    epochs_run: list[int]  # per member
+    best_epoch: list[int]  # per member
+    history: list[EpochLoss]  # the first member's
+    seconds: float
+    samples_per_second: int
+    members: int
+
+
+class Layout(TypedDict):
+    """couponflow.model's `layout()`: what it takes to rebuild the network."""
+
+    n_user: int
+    n_arm: int
+    hidden: int
+    members: NotRequired[int]  # an ensemble's
+    credibility: NotRequired[float]
+
+
+class ModelInputs(TypedDict):
+    """The feature lists and block sizes a saved model was trained on."""
+
+    user_features: list[str]
+    coupon_features: list[str]
+    arm_features: list[str]
+    n_user: int
+    n_arm: int
+
+
+class ModelRecord(TypedDict):
+    """models/model.json (training.train.main), keys in the file's order: the version, the
+    layout, what it learned from, the params, then the EnsembleLog."""
+
+    version: str
+    n_user: int
+    n_arm: int
+    hidden: int
+    members: NotRequired[int]  # an ensemble's (always, since training fits ensembles)
+    credibility: NotRequired[float]
+    data_days: list[str]
+    train_rows: int
+    valid_rows: int
+    early_stopping_day: str
+    evaluation_day: str
+    evaluation_days: list[str]
+    params: ModelParams
+    data_version: dict[str, str]  # data set -> its DVC hash (training_set: the table's own)
+    code_commit: str
+    device: str
+    threads: int
+    processes: int
+    epochs_run: list[int]
+    best_epoch: list[int]
+    history: list[EpochLoss]
+    seconds: float
+    samples_per_second: int
+
+
+class SavedModelMeta(ModelRecord):
+    """model.pt's meta (couponflow.model.save_model, load_model): the record and the
+    feature lists its inputs encode."""
+
+    user_features: list[str]
+    coupon_features: list[str]
+    arm_features: list[str]
+
+
 # -- training ------------------------------------------------------------------------------
 class GateCheck(TypedDict):
     check: str
@@ -184,11 +284,11 @@ class GateDecision(TypedDict):
 class TrainedRun(TypedDict):
     """training.pipeline.repro: what the train task hands the gate and the run summary.
     `model`, `budget_plan` and `evaluation` are those files as stored (model.json,
-    policy.json, evaluation.json), read back by their own types where used
+    policy.json, evaluation.json), the latter two read back by their own types where used
     (EvaluationReport.from_dict); `report` is the run report's path."""
 
     workspace_commit: str
-    model: dict[str, Any]
+    model: ModelRecord
     budget_plan: dict[str, Any]
     evaluation: dict[str, Any]
     gate: GateDecision

@@ -103,6 +103,8 @@ def init_workspace(root: Path, overrides: dict[str, Any] | None = None) -> Works
 
 
 def _create(ws: Workspace, params: dict[str, Any] | None) -> Workspace:
+    # `params`: the YAML to write (None: keep the workspace's), built free-form from the
+    # template and the dotted `--set` overrides, any key and value; the caller checked it
     root = ws.root
     root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")

@@ -24,24 +24,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TypedDict
 
-from couponflow.config import Workspace
+from couponflow.config import GateParams, Workspace
 from couponflow.evaluation import LOGGING, NO_COUPON, EvaluationReport, Lead
 from couponflow.records import GateCheck, GateDecision
-
-
-class GateParams(TypedDict):
-    """params.yaml `gate`."""
-
-    min_auc: float
-    max_ece: float
-    min_coupon_evidence: float
-    min_gain_slope: float
-    min_lift_over_baselines: float
-    min_lift_over_champion: float
-    max_auc_regression: float
-    max_log_loss_regression: float
 
 
 def _check(name: str, passed: bool, detail: str, mde: float | None = None) -> GateCheck:

@@ -10,6 +10,7 @@ Run from the workspace root: `python -m training.report`.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ import pandas as pd  # noqa: E402
 
 from couponflow.config import Workspace  # noqa: E402
 from couponflow.evaluation import EvaluationReport, render_lines  # noqa: E402
-from couponflow.records import GateDecision  # noqa: E402
+from couponflow.policy import BudgetPlan  # noqa: E402
+from couponflow.records import GateDecision, ModelRecord  # noqa: E402
 
 REPORT_DIR = Path("reports") / "evaluation"
 FIGURES = {
@@ -195,8 +197,8 @@ def _segments_section(evaluation: EvaluationReport) -> list[str]:
 def render(
     evaluation: EvaluationReport,
     gate: GateDecision,
-    model: dict[str, Any],
-    plan: dict[str, Any],
+    model: ModelRecord,
+    plan: BudgetPlan,
 ) -> str:
     """The report's Markdown: the evaluation and the verdict by the one renderer
     (couponflow.evaluation.render_lines, as the run summary and the CLI print them), then
@@ -219,7 +221,7 @@ def render(
         *_truth_section(evaluation),
         f"![{FIGURES['budget']}](budget.png)",
         "## The budget plan shipped with the model",
-        _table(["", ""], [[k, _plan_value(v)] for k, v in plan.items()]),
+        _table(["", ""], [[k, _plan_value(v)] for k, v in asdict(plan).items()]),
         *_segments_section(evaluation),
     ]
     return "\n\n".join(parts) + "\n"
@@ -236,7 +238,7 @@ def main() -> None:
         EvaluationReport.read(ws.metrics / "evaluation.json"),
         read(ws.metrics / "gate.json"),
         read(ws.models / "model.json"),
-        read(ws.models / "policy.json"),
+        BudgetPlan.read(ws.models / "policy.json"),
     )
     (out / "report.md").write_text(text)
     print(f"report: {out / 'report.md'}")

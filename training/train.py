@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from couponflow.config import PROJECT_ROOT, Workspace
+from couponflow.config import PROJECT_ROOT, ModelParams, Workspace
 from couponflow.features import USER_FEATURES
 from couponflow.model import (
     N_ARM_INPUTS,
@@ -47,6 +47,7 @@ from couponflow.model import (
     save_model,
 )
 from couponflow.processes import free_port  # the process group's rendezvous
+from couponflow.records import EnsembleLog, EpochLoss, FitLog, ModelRecord
 
 EVAL_CHUNK = 65_536  # rows per forward pass when scoring the validation day
 TARGETS = ("purchased", "log_amount", "redeemed", "offered", "weight")  # packed in this order
@@ -171,13 +172,13 @@ def output_prior(data: TrainingArrays) -> np.ndarray:
     )
 
 
-def pick_device(cfg: dict[str, Any]) -> torch.device:
+def pick_device(cfg: ModelParams) -> torch.device:
     """cfg `device` when set, else CUDA when present (the same code then trains with mixed
     precision), else the CPU."""
     return torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def cpu_threads(cfg: dict[str, Any]) -> int:
+def cpu_threads(cfg: ModelParams) -> int:
     """Torch threads for CPU training: `threads` from cfg, default 1.
 
     A batch's matrices (batch_size x hidden) are too small for threads to share well, and
@@ -208,28 +209,27 @@ def _valid_loss(net: CouponNet, valid: torch.Tensor, d: int) -> float:
         return float(loss_fn(out, valid[:, d:]))
 
 
-def data_parallel_processes(cfg: dict[str, Any]) -> int:
+def data_parallel_processes(cfg: ModelParams) -> int:
     """Training processes: `processes` from cfg, else one per visible GPU on CUDA, else 1."""
-    if cfg.get("processes"):
-        return int(cfg["processes"])
+    if processes := cfg.get("processes"):
+        return int(processes)
     return max(torch.cuda.device_count(), 1) if pick_device(cfg).type == "cuda" else 1
 
 
 def fit(
     train: TrainingArrays,
     valid: TrainingArrays,
-    cfg: dict[str, Any],
+    cfg: ModelParams,
     n_user: int = N_USER_INPUTS,
     n_arm: int = N_ARM_INPUTS,
-) -> tuple[CouponNet, dict[str, Any]]:
+) -> tuple[CouponNet, FitLog]:
     """Train a CouponNet(n_user, n_arm, cfg hidden) with Adam, early-stopping on `valid`.
 
     cfg: seed, hidden, epochs, batch_size, lr, patience; optional device, threads (CPU) and
     processes (data-parallel; default every GPU). The same data and seed give the same
     weights on the same device, thread and process count. Returns the best network (on
-    the CPU, in eval mode) and a log: device, threads, processes, epochs_run, best_epoch,
-    history, seconds and samples_per_second (training rows x epochs over the whole call:
-    packing, copies, process start and validation passes included).
+    the CPU, in eval mode) and its FitLog (samples_per_second: training rows x epochs over
+    the whole call).
     """
     world = data_parallel_processes(cfg)
     if world == 1:
@@ -243,7 +243,9 @@ def fit(
             args=(world, free_port(), train, valid, cfg, n_user, n_arm, result),
             nprocs=world,
         )
-        state, log = torch.load(result, weights_only=False)
+        state, log = cast(
+            tuple[dict[str, torch.Tensor], FitLog], torch.load(result, weights_only=False)
+        )
     net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
     net.load_state_dict(state)
     net.eval()
@@ -258,7 +260,7 @@ def _fit_rank(
     port: int,
     train: TrainingArrays,
     valid: TrainingArrays,
-    cfg: dict[str, Any],
+    cfg: ModelParams,
     n_user: int,
     n_arm: int,
     result: Path,
@@ -279,13 +281,13 @@ def _fit_rank(
         dist.destroy_process_group()
 
 
-def _rank_device(cfg: dict[str, Any], rank: int, world: int) -> torch.device:
+def _rank_device(cfg: ModelParams, rank: int, world: int) -> torch.device:
     """The configured device; with CUDA and `world` > 1, this rank's own GPU."""
     device = pick_device(cfg)
     return torch.device("cuda", rank) if device.type == "cuda" and world > 1 else device
 
 
-def _initial_net(train: TrainingArrays, cfg: dict[str, Any], n_user: int, n_arm: int) -> CouponNet:
+def _initial_net(train: TrainingArrays, cfg: ModelParams, n_user: int, n_arm: int) -> CouponNet:
     """The untrained network: seeded weights, the output bias at the outcomes' prior."""
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator matters
         torch.manual_seed(int(cfg["seed"]))
@@ -322,12 +324,12 @@ def _epoch(
 def _fit(
     train: TrainingArrays,
     valid: TrainingArrays,
-    cfg: dict[str, Any],
+    cfg: ModelParams,
     n_user: int,
     n_arm: int,
     rank: int = 0,
     world: int = 1,
-) -> tuple[CouponNet, dict[str, Any]]:
+) -> tuple[CouponNet, FitLog]:
     """The training loop of one process: with `world` > 1 the network is wrapped in
     DistributedDataParallel and this `rank` takes its slice of each epoch's permutation
     (every rank the same number of batches, or the gradient all-reduce would wait)."""
@@ -348,7 +350,7 @@ def _fit(
     gen = torch.Generator(device="cpu").manual_seed(seed)  # the same order on every rank
     n, bs, patience = len(data), int(cfg["batch_size"]), int(cfg.get("patience", 3))
     per_rank = n // world
-    best, best_epoch, best_state, history = float("inf"), -1, None, []
+    best, best_epoch, best_state, history = float("inf"), -1, None, list[EpochLoss]()
     bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False,
                disable=rank > 0)  # fmt: skip
     for epoch in bar:
@@ -398,10 +400,10 @@ def fit_ensemble(
     train: TrainingArrays,
     valid: TrainingArrays,
     train_users: np.ndarray,
-    cfg: dict[str, Any],
+    cfg: ModelParams,
     n_user: int = N_USER_INPUTS,
     n_arm: int = N_ARM_INPUTS,
-) -> tuple[CouponEnsemble, dict[str, Any]]:
+) -> tuple[CouponEnsemble, EnsembleLog]:
     """`cfg["members"]` networks (default 1) of the input layout `n_user` + `n_arm`, the
     first on the training rows as they are, each other on a bootstrap resample of the
     shoppers with its own seed; the ensemble discounts gains by `cfg["credibility"]`
@@ -415,13 +417,17 @@ def fit_ensemble(
         logs.append(log)
     seconds = sum(log["seconds"] for log in logs)
     rows = sum(log["samples_per_second"] * log["seconds"] for log in logs)
-    summary = {
-        **logs[0],
-        "members": n,
+    first = logs[0]
+    summary: EnsembleLog = {  # the first member's keys in their order, then `members`
+        "device": first["device"],
+        "threads": first["threads"],
+        "processes": first["processes"],
         "epochs_run": [log["epochs_run"] for log in logs],
         "best_epoch": [log["best_epoch"] for log in logs],
+        "history": first["history"],
         "seconds": round(seconds, 3),
         "samples_per_second": round(rows / max(seconds, 1e-9)),
+        "members": n,
     }
     return CouponEnsemble(members, float(cfg.get("credibility") or 0.0)), summary
 
@@ -474,7 +480,7 @@ def main() -> None:
     net, log = fit_ensemble(train, valid, training_rows["user_id"].to_numpy(), cfg)
     data_days = sorted(str(pd.Timestamp(d).date()) for d in table["day"].unique())
     version = model_version(net, data_days[-1])
-    meta = {
+    meta: ModelRecord = {
         "version": version,
         **net.layout(),
         "data_days": data_days,

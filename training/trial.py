@@ -34,16 +34,19 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NotRequired, TypedDict, cast
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
-from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.config import PROJECT_ROOT, ModelParams, load_params
 from couponflow.metrics import Bootstrapped, TargetTerms, off_policy_bootstrap
-from couponflow.model import predict
+from couponflow.model import Recommender, predict
+from couponflow.records import LiftInterval
 from couponflow.trials import TrialArrays, TrialSpec, TrialSpecError, net_value, trial_arrays
 from training.train import TrainingArrays, fit, inverse_propensity_weights
 
@@ -56,6 +59,68 @@ DIFFERENCES = (  # the paired differences reported, a - b
     ("two_model", "random"),
     ("two_model", "nobody"),
 )
+
+
+@dataclass(frozen=True)
+class PolicyValues:
+    """Every policy's IPS value per customer, on shared resamples (paired): the net value
+    (the objective) and the raw outcome."""
+
+    net: dict[str, Bootstrapped]
+    outcome: dict[str, Bootstrapped]
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """run_trial's estimates of one outcome, for `report` (not stored)."""
+
+    values: PolicyValues  # the policies of each learner's predictions averaged over seeds
+    seed_mean: PolicyValues  # the mean over seeds of each seed's own policy's value
+    actions: dict[str, np.ndarray]  # learner -> (n,) arms of the averaged predictions
+    per_seed: list[dict[str, float]]  # learner -> IPS net value, per fold seed
+    seconds: dict[str, float]  # learner -> seconds training
+    share: float  # the budget share
+
+
+# -- the --json figures (`couponflow trial --json`), keys in the file's order -----------------
+class Cell(TypedDict):
+    net: LiftInterval
+    outcome: LiftInterval
+
+
+class PolicyCell(TypedDict):
+    treated: float  # share of customers given a treated arm
+    net: LiftInterval
+    outcome: LiftInterval
+
+
+class OutcomeFigures(TypedDict):
+    policies: dict[str, PolicyCell]
+    differences: dict[str, Cell]  # "a - b"
+    seed_mean: NotRequired[dict[str, Cell]]  # with several seeds
+    per_seed: list[dict[str, float]]
+    seconds: dict[str, float]
+
+
+class NetworkFigures(TypedDict):
+    hidden: int
+    batch_size: int
+    lr: float
+    patience: int
+    epochs: int
+
+
+class TrialFigures(TypedDict):
+    spec: str
+    customers: int
+    budget_share: float
+    folds: int
+    seeds: int
+    n_boot: int
+    level: float
+    network: NetworkFigures
+    outcomes: dict[str, OutcomeFigures]
+    wall_seconds: float
 
 
 def training_arrays(data: TrialArrays, column: str) -> TrainingArrays:
@@ -118,7 +183,7 @@ def network_values(
     train: TrialArrays,
     valid: TrialArrays,
     test: TrialArrays,
-    cfg: dict[str, Any],
+    cfg: ModelParams,
 ) -> np.ndarray:
     """Our network's predicted net value of each test customer under each arm, (n, arms):
     value x P(outcome > 0 | arm) x amount - cost per customer - cost per conversion x
@@ -134,7 +199,7 @@ def network_values(
     o = spec.outcome(outcome)
     n_user, n_arm = train.user.shape[1], test.n_arms
 
-    def occurrence(event: str | None) -> Any:
+    def occurrence(event: str | None) -> Recommender:
         """A fitted network of the outcome's occurrence (None) or of conversion."""
         arrays = [
             occurrence_arrays(d, d.outcomes[o.column] > 0 if event is None else d.conversion)
@@ -198,7 +263,7 @@ def two_model_values(
 
 
 def crossfit(
-    spec: TrialSpec, data: TrialArrays, outcome: str, folds: int, seed: int, cfg: dict[str, Any]
+    spec: TrialSpec, data: TrialArrays, outcome: str, folds: int, seed: int, cfg: ModelParams
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Each learner's (n, arms) predicted net values, every fold's customers scored by models
     trained on the other folds (the network early-stopping on a fifth of those), and the
@@ -260,25 +325,24 @@ def evaluate(
     share: float,
     n_boot: int,
     seed: int,
-) -> dict[str, dict[str, Bootstrapped]]:
-    """IPS value per customer of every policy, {"net" | "outcome": {policy: Bootstrapped}}:
-    the net value (the objective) and the raw outcome, on shared resamples (paired)."""
+) -> PolicyValues:
+    """IPS value per customer of every policy: the net value (the objective) and the raw
+    outcome, on shared resamples (paired)."""
     targets = policy_targets(data, actions, share)
     column = spec.outcome(outcome).column
-    out = {}
-    for key, reward in (
-        ("net", net_value(spec, data, outcome)),
-        ("outcome", data.outcomes[column]),
-    ):
+
+    def ips(reward: np.ndarray) -> dict[str, Bootstrapped]:
         boot = off_policy_bootstrap(reward, data.propensity, targets, n_boot, seed)
-        out[key] = {name: b["ips"] for name, b in boot.items()}
-    return out
+        return {name: b["ips"] for name, b in boot.items()}
+
+    return PolicyValues(ips(net_value(spec, data, outcome)), ips(data.outcomes[column]))
 
 
-def network_config(spec: TrialSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """params.yaml `model`, then the spec's `network`, then `overrides`."""
+def network_config(spec: TrialSpec, overrides: Mapping[str, object] | None = None) -> ModelParams:
+    """params.yaml `model`, then the spec's `network`, then `overrides` (model keys)."""
     base = load_params(PROJECT_ROOT / "params.yaml")["model"]
-    return base | spec.network | (overrides or {})
+    # the spec's `network` is the spec file's YAML as written (couponflow.trials), unchecked
+    return cast(ModelParams, base | spec.network | dict(overrides or {}))
 
 
 def run_trial(
@@ -289,19 +353,17 @@ def run_trial(
     folds: int = 4,
     seeds: int = 1,
     n_boot: int = 1000,
-    cfg: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    cfg: ModelParams | None = None,
+) -> TrialResult:
     """Cross-fit both learners over `seeds` fold seeds and estimate every policy's value
-    two ways, each on the same resamples (paired): "values", the policies of each learner's
-    predictions averaged over the seeds (an ensemble, still cross-fitted), and "seed_mean",
-    the mean over seeds of each seed's own policy's value. Returns {"values" | "seed_mean":
-    {"net" | "outcome": {policy: Bootstrapped}}, "actions": {learner: (n,)} of the ensemble,
-    "per_seed": [{learner: IPS net value}], "seconds": {learner: s}, "share"}."""
+    two ways, each on the same resamples (paired): `values`, the policies of each learner's
+    predictions averaged over the seeds (an ensemble, still cross-fitted), and `seed_mean`,
+    the mean over seeds of each seed's own policy's value."""
     cfg = cfg or network_config(spec)
     sums = {name: np.zeros((len(data), data.n_arms)) for name in LEARNERS}
     seconds = dict.fromkeys(LEARNERS, 0.0)
     per_seed: list[dict[str, float]] = []
-    mean: dict[str, Any] = {}
+    total: PolicyValues | None = None
     for seed in range(seeds):
         values, spent = crossfit(spec, data, outcome, folds, seed, cfg)
         for name in LEARNERS:
@@ -309,24 +371,29 @@ def run_trial(
             seconds[name] += spent[name]
         actions = {name: budget_policy(v, share) for name, v in values.items()}
         est = evaluate(spec, data, outcome, actions, share, n_boot, 0)
-        per_seed.append({name: est["net"][name].value for name in LEARNERS})
-        for key, by_policy in est.items():
-            for name, b in by_policy.items():
-                total = mean.setdefault(key, {}).get(name)
-                mean[key][name] = b if total is None else _plus(total, b)
-    seed_mean = {
-        key: {name: _scaled(b, 1 / seeds) for name, b in by_policy.items()}
-        for key, by_policy in mean.items()
-    }
+        per_seed.append({name: est.net[name].value for name in LEARNERS})
+        total = est if total is None else _combined(total, est, _plus)
+    assert total is not None  # seeds >= 1
+    seed_mean = _combined(total, total, lambda b, _: _scaled(b, 1 / seeds))
     actions = {name: budget_policy(s / seeds, share) for name, s in sums.items()}
-    return {
-        "values": evaluate(spec, data, outcome, actions, share, n_boot, 0),
-        "seed_mean": seed_mean,
-        "actions": actions,
-        "per_seed": per_seed,
-        "seconds": seconds,
-        "share": share,
-    }
+    return TrialResult(
+        values=evaluate(spec, data, outcome, actions, share, n_boot, 0),
+        seed_mean=seed_mean,
+        actions=actions,
+        per_seed=per_seed,
+        seconds=seconds,
+        share=share,
+    )
+
+
+def _combined(
+    a: PolicyValues, b: PolicyValues, how: Callable[[Bootstrapped, Bootstrapped], Bootstrapped]
+) -> PolicyValues:
+    """`how` of each policy's estimates in `a` and `b`."""
+    return PolicyValues(
+        net={name: how(v, b.net[name]) for name, v in a.net.items()},
+        outcome={name: how(v, b.outcome[name]) for name, v in a.outcome.items()},
+    )
 
 
 def _plus(a: Bootstrapped, b: Bootstrapped) -> Bootstrapped:
@@ -343,63 +410,76 @@ def _cell(b: Bootstrapped, level: float) -> str:
 
 
 def report(
-    spec: TrialSpec, outcome: str, result: dict[str, Any], level: float, n: int
-) -> tuple[list[str], dict[str, Any]]:
+    spec: TrialSpec, outcome: str, result: TrialResult, level: float, n: int
+) -> tuple[list[str], OutcomeFigures]:
     """The printed table and its JSON-ready figures."""
     o = spec.outcome(outcome)
-    net, raw = result["values"]["net"], result["values"]["outcome"]
-    treated = {name: float((a > 0).mean()) for name, a in result["actions"].items()}
-    treated |= {"random": result["share"], "nobody": 0.0}  # random: in expectation
+    net, raw = result.values.net, result.values.outcome
+    treated = {name: float((a > 0).mean()) for name, a in result.actions.items()}
+    treated |= {"random": result.share, "nobody": 0.0}  # random: in expectation
     lines = [
         f"{spec.name} / {outcome}: net value = {o.value:g} x {o.column} - cost, per customer "
         f"({n:,} customers, IPS on held-out folds, {level:.0%} paired bootstrap intervals)",
         f"  {'policy':<20} {'treated':>7}  {'net value per customer':<30} {o.column} per customer",
     ]
-    figures: dict[str, Any] = {"policies": {}, "differences": {}}
+    policies: dict[str, PolicyCell] = {}
     for name in POLICIES:
         share = treated[name]
         lines.append(
             f"  {name:<20} {share:7.1%}  {_cell(net[name], level):<30} {_cell(raw[name], level)}"
         )
-        figures["policies"][name] = {
+        policies[name] = {
             "treated": share,
             "net": net[name].interval(level).as_dict(),
             "outcome": raw[name].interval(level).as_dict(),
         }
     lines.append("  paired differences")
+    differences: dict[str, Cell] = {}
     for a, b in DIFFERENCES:
         diff, diff_raw = net[a] - net[b], raw[a] - raw[b]
         lines.append(
             f"  {a + ' - ' + b:<20} {'':>7}  {_cell(diff, level):<30} {_cell(diff_raw, level)}"
         )
-        figures["differences"][f"{a} - {b}"] = {
+        differences[f"{a} - {b}"] = {
             "net": diff.interval(level).as_dict(),
             "outcome": diff_raw.interval(level).as_dict(),
         }
-    if len(result["per_seed"]) > 1:
-        seeds = len(result["per_seed"])
-        lines.append(f"  the mean over {seeds} fold seeds of each seed's policy (paired)")
-        mean_net, mean_raw = result["seed_mean"]["net"], result["seed_mean"]["outcome"]
-        figures["seed_mean"] = {}
-        rows: tuple[tuple[str, str | None], ...] = (
-            ("ours", None), ("two_model", None), ("ours", "two_model"),
-        )  # fmt: skip
-        for first, second in rows:
-            name = first if second is None else f"{first} - {second}"
-            net_b = mean_net[first] if second is None else mean_net[first] - mean_net[second]
-            raw_b = mean_raw[first] if second is None else mean_raw[first] - mean_raw[second]
-            lines.append(f"  {name:<20} {'':>7}  {_cell(net_b, level):<30} {_cell(raw_b, level)}")
-            figures["seed_mean"][name] = {
-                "net": net_b.interval(level).as_dict(),
-                "outcome": raw_b.interval(level).as_dict(),
-            }
-        for name in LEARNERS:
-            by_seed = ", ".join(f"{s[name]:+.4f}" for s in result["per_seed"])
-            lines.append(f"  {name} net value by fold seed: {by_seed}")
-    figures["per_seed"] = result["per_seed"]
-    figures["seconds"] = {k: round(v, 1) for k, v in result["seconds"].items()}
-    lines.append("  training: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items()))
+    seconds = {k: round(v, 1) for k, v in result.seconds.items()}
+    figures: OutcomeFigures
+    if len(result.per_seed) > 1:
+        seed_lines, seed_mean = _seed_mean(result, level)
+        lines += seed_lines
+        figures = {"policies": policies, "differences": differences, "seed_mean": seed_mean,
+                   "per_seed": result.per_seed, "seconds": seconds}  # fmt: skip
+    else:
+        figures = {"policies": policies, "differences": differences,
+                   "per_seed": result.per_seed, "seconds": seconds}  # fmt: skip
+    lines.append("  training: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
     return lines, figures
+
+
+def _seed_mean(result: TrialResult, level: float) -> tuple[list[str], dict[str, Cell]]:
+    """The report's rows of the mean over fold seeds of each seed's policy, and their figures."""
+    seeds = len(result.per_seed)
+    lines = [f"  the mean over {seeds} fold seeds of each seed's policy (paired)"]
+    mean_net, mean_raw = result.seed_mean.net, result.seed_mean.outcome
+    seed_mean: dict[str, Cell] = {}
+    rows: tuple[tuple[str, str | None], ...] = (
+        ("ours", None), ("two_model", None), ("ours", "two_model"),
+    )  # fmt: skip
+    for first, second in rows:
+        name = first if second is None else f"{first} - {second}"
+        net_b = mean_net[first] if second is None else mean_net[first] - mean_net[second]
+        raw_b = mean_raw[first] if second is None else mean_raw[first] - mean_raw[second]
+        lines.append(f"  {name:<20} {'':>7}  {_cell(net_b, level):<30} {_cell(raw_b, level)}")
+        seed_mean[name] = {
+            "net": net_b.interval(level).as_dict(),
+            "outcome": raw_b.interval(level).as_dict(),
+        }
+    for name in LEARNERS:
+        by_seed = ", ".join(f"{s[name]:+.4f}" for s in result.per_seed)
+        lines.append(f"  {name} net value by fold seed: {by_seed}")
+    return lines, seed_mean
 
 
 def main(args: argparse.Namespace) -> None:
@@ -422,7 +502,14 @@ def main(args: argparse.Namespace) -> None:
             np.sort(np.random.default_rng(0).choice(len(data), args.rows, replace=False))
         )
     cfg = network_config(spec, {"epochs": args.epochs} if args.epochs else None)
-    figures = {
+    by_outcome: dict[str, OutcomeFigures] = {}
+    for name in outcomes:
+        result = run_trial(
+            spec, data, name, args.budget_share, args.folds, args.seeds, args.n_boot, cfg
+        )
+        lines, by_outcome[name] = report(spec, name, result, args.level, len(data))
+        print("\n".join(lines), flush=True)
+    figures: TrialFigures = {
         "spec": str(args.spec),
         "customers": len(data),
         "budget_share": args.budget_share,
@@ -430,16 +517,16 @@ def main(args: argparse.Namespace) -> None:
         "seeds": args.seeds,
         "n_boot": args.n_boot,
         "level": args.level,
-        "network": {k: cfg[k] for k in ("hidden", "batch_size", "lr", "patience", "epochs")},
-        "outcomes": {},
+        "network": {
+            "hidden": cfg["hidden"],
+            "batch_size": cfg["batch_size"],
+            "lr": cfg["lr"],
+            "patience": cfg["patience"],
+            "epochs": cfg["epochs"],
+        },
+        "outcomes": by_outcome,
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    for name in outcomes:
-        result = run_trial(
-            spec, data, name, args.budget_share, args.folds, args.seeds, args.n_boot, cfg
-        )
-        lines, figures["outcomes"][name] = report(spec, name, result, args.level, len(data))
-        print("\n".join(lines), flush=True)
-    figures["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(f"wall time {figures['wall_seconds']} s")
     if args.json:
         with open(args.json, "w") as fh:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 import httpx
 import numpy as np
 
+from couponflow.config import RolloutParams
 from couponflow.contract import GOLDEN
 from couponflow.records import Answer, CanaryChecks, LatencyCheck
 
@@ -83,13 +84,6 @@ def latency_check(
     if p99 > max_p99_ms:
         raise SmokeTestFailed(f"p99 {p99:.1f} ms over {requests} requests > {max_p99_ms} ms")
     return {"requests": requests, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
-
-
-class RolloutParams(TypedDict):
-    """params.yaml `serving.rollout`."""
-
-    latency_requests: int
-    max_p99_ms: float
 
 
 def canary_checks(base_url: str, model_version: str, cfg: RolloutParams) -> CanaryChecks:
