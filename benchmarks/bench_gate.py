@@ -146,9 +146,8 @@ def run_case(seed: int, args: argparse.Namespace, gate: dict) -> list[Outcome]:
         users = np.concatenate([d.users for d in days])
         out = []
         for name in CANDIDATES:
-            predictions = {name: prediction_report(net, users, pooled)} if name == "trained" else {}
-            for p in predictions.values():
-                p.pop("calibration")
+            trained = name == "trained"
+            predictions = {name: prediction_report(net, users, pooled)[0]} if trained else {}
             kinds = {n: "candidate" for n in priced} | {NO_COUPON: "baseline"}
             report = build_report(judged, name, {}, kinds, None, predictions)
             verdict = decide(report, gate)

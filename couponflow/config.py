@@ -6,8 +6,10 @@ feature store state, DVC-tracked models and metrics, releases). Every room recei
 
 The params sections one room hands another as a value are TypedDicts here (issue 20):
 `ModelParams` (training.train.fit, its callers: training.trial, the benchmarks),
-`GateParams` (training.gate.decide), `RolloutParams` (serving.deploy.smoke.canary_checks,
-from serving.deploy.deployment), `HillstromParams` and `ObdParams` (couponflow.public_data).
+`EvaluationParams` (training.evaluate's stage and its helpers; the days it holds out, read
+by training.dataset and training.served), `GateParams` (training.gate.decide),
+`RolloutParams` (serving.deploy.smoke.canary_checks, from serving.deploy.deployment),
+`HillstromParams` and `ObdParams` (couponflow.public_data).
 The sections each read in place by the room that owns them stay `Section`: free-form to the
 checker, held to the project's params.yaml by `check_params` all the same.
 """
@@ -55,6 +57,20 @@ class ModelParams(TypedDict):
     processes: NotRequired[int | None]  # None: one per GPU on CUDA, else 1
     device: NotRequired[str]  # not a params.yaml key: the benchmarks' and tests' choice
     amount_by_arm: NotRequired[bool]  # not a params.yaml key: a trial spec's `network` only
+
+
+class EvaluationParams(TypedDict):
+    """params.yaml `evaluation`: what training.evaluate judges on and how."""
+
+    oracle: bool  # simulated data: judge by the world's truth too
+    days: NotRequired[int]  # evaluation days held out; default 1 where read with one
+    rows: str  # "all" or "randomised"
+    reward_model_folds: int
+    confidence: float
+    bootstrap: int
+    new_user_days: int
+    budget_multiples: list[float]
+    population_sample: NotRequired[int | None]  # None: every user
 
 
 class GateParams(TypedDict):
@@ -128,7 +144,7 @@ class Params(TypedDict):
     validation: Section  # expectations'
     features: NotRequired[Section]  # feature_repo's and the Redis settings'
     model: ModelParams
-    evaluation: Section  # training.evaluate's (and the days it holds out, read by key)
+    evaluation: EvaluationParams
     gate: GateParams
     policy: Section  # read by key where the policy is applied
     serving: NotRequired[ServingParams]  # read with a default by serving.runtime

@@ -16,9 +16,15 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from couponflow.records import ABReadout, GateDecision, ServedReadout
+from couponflow.records import (
+    ABReadout,
+    EvaluationRecord,
+    GateDecision,
+    SegmentRow,
+    ServedReadout,
+)
 
 NO_COUPON = "no_coupon"  # the champion before any release: offering nothing
 LOGGING = "logging"  # the policy that logged the data, judged on-policy
@@ -104,21 +110,27 @@ class EvaluationReport:
     policies: dict[str, PolicyResult]
     leads: dict[str, Lead]
     gain_calibration: GainCalibration | None
-    ab_readout: ABReadout | dict[str, Any] = field(default_factory=dict)  # {}: none
+    ab_readout: ABReadout | None = None  # stored as {} when there is none
     oracle: OracleTruth | None = None
-    segments: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[SegmentRow] = field(default_factory=list)
     population: dict[str, int] = field(default_factory=dict)
 
     @property
     def first_model(self) -> bool:
         return self.champion == NO_COUPON
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> EvaluationRecord:
+        """The stored document: the dataclasses' fields in order (records.EvaluationRecord
+        mirrors them), no A/B readout written `{}` as it always was."""
+        record = cast(EvaluationRecord, asdict(self))
+        record["ab_readout"] = self.ab_readout or {}
+        return record
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
-        return _build(cls, data)
+    def from_dict(cls, data: EvaluationRecord) -> EvaluationReport:
+        report: EvaluationReport = _build(cls, data)
+        report.ab_readout = report.ab_readout or None  # {}: none
+        return report
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,9 +141,9 @@ class EvaluationReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def render_summary(evaluation: dict[str, Any], gate: GateDecision | None) -> list[str]:
-    """`render_lines` of a report as stored in a run summary; one recorded before the typed
-    report existed is named, not rendered."""
+def render_summary(evaluation: EvaluationRecord, gate: GateDecision | None) -> list[str]:
+    """`render_lines` of a report as stored in a run summary (the train step's
+    TrainedRun); one recorded before the typed report existed is named, not rendered."""
     try:
         report = EvaluationReport.from_dict(evaluation)
     except (KeyError, TypeError):
@@ -270,7 +282,7 @@ def render_lines(report: EvaluationReport, gate: GateDecision | None = None) -> 
     return out
 
 
-def ab_line(readout: ABReadout | ServedReadout | dict[str, Any]) -> str:
+def ab_line(readout: ABReadout | ServedReadout) -> str:
     """A policy's realised lift over its random holdout (metrics.ab_readout), in a line."""
     lift = readout.get("lift")
     if lift is None:

@@ -20,6 +20,11 @@ work unchanged; the checker now knows every key and its type. Where a record is 
 - `Layout`, `ModelInputs`, `ModelRecord`, `SavedModelMeta`: the model record training.train
   writes (models/model.json; model.pt's meta, couponflow.model.save_model); read back by
   couponflow.model.load_model, serving, the run report, and the train task's XCom.
+- `EvaluationRecord` (with `PolicyRecord`, `LeadRecord`, `GainCalibrationRecord`,
+  `OracleRecord`, `EstimateRecord`, `SegmentRow`, `NoReadout`): metrics/evaluation.json,
+  couponflow.evaluation.EvaluationReport.to_dict(); read back by EvaluationReport.from_dict
+  (the gate, the run summary, the CLI).
+- `BudgetPlanRecord`: models/policy.json, couponflow.policy.BudgetPlan as stored.
 - `TrainedRun`: training.pipeline.repro, the train task's XCom.
 - `Steps`, `RunSummary`: couponflow.report (reports/steps/, reports/runs/).
 - `Alert`, `LateCheck`: couponflow.alerts (alerts.jsonl).
@@ -27,7 +32,7 @@ work unchanged; the checker now knows every key and its type. Where a record is 
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 
 from couponflow.config import ModelParams
 
@@ -264,6 +269,110 @@ class SavedModelMeta(ModelRecord):
     arm_features: list[str]
 
 
+# -- the evaluation report ------------------------------------------------------------------
+# metrics/evaluation.json is couponflow.evaluation.EvaluationReport's dataclasses as asdict
+# writes them: each record below has its dataclass's fields, in their order (a test holds
+# the two together). A figure with nothing to measure is NaN in the file and null in the
+# train task's copy (TrainedRun), which takes strict JSON.
+class EstimateRecord(TypedDict):
+    value: float
+    low: float
+    high: float
+
+
+class PolicyRecord(TypedDict):
+    name: str
+    kind: str  # "model" | "baseline" | "logging" | "candidate"
+    version: str | None
+    dr: EstimateRecord
+    ips: EstimateRecord
+    snips: EstimateRecord
+    offer_rate: float
+    planned_cost: float | None
+    coupon_evidence: float
+    prediction: dict[str, float] | None  # auc, log_loss, ece, redeem_* (models)
+    qini: float | None
+    auuc: float | None
+    true_value: float | None
+    gain: EstimateRecord | None
+
+
+class LeadRecord(TypedDict):
+    over: str
+    estimate: EstimateRecord
+    se: float
+    mde: float
+    true: float | None
+
+
+class GainCalibrationRecord(TypedDict):
+    predicted: list[float]
+    realised: list[float]
+    count: list[int]
+    slope: EstimateRecord
+    rows: int
+
+
+class OracleRecord(TypedDict):
+    users: int
+    budget: float
+    oracle_policy: float
+    oracle_cost: float
+    policies: dict[str, dict[str, float]]  # name -> incremental_profit, true_cost, offers, ...
+    challenger_lead: dict[str, EstimateRecord]
+
+
+class SegmentRow(TypedDict):
+    """One level of a segment (training.evaluate.segment_report): the challenger's allocation
+    on the whole population, per user; keys in the file's (and the run report table's) order."""
+
+    segment: str  # "region", "age_band" or "new"
+    level: str
+    users: int
+    offer_rate: float
+    planned_cost: float  # expected coupon cost
+    estimated_uplift: float  # by the challenger's own values
+    true_uplift: NotRequired[float]  # the world's truth (simulated data only)
+
+
+class NoReadout(TypedDict):
+    """`{}`: the report's `ab_readout` when there is none (the file has always said so)."""
+
+
+class EvaluationRecord(TypedDict):
+    """metrics/evaluation.json. The keys with a default in EvaluationReport are absent from
+    reports written before they existed."""
+
+    days: list[str]
+    decisions: int
+    randomised_decisions: int
+    confidence: float
+    estimator: str
+    challenger: str
+    champion: str
+    budget_per_decision: float
+    policies: dict[str, PolicyRecord]
+    leads: dict[str, LeadRecord]
+    gain_calibration: GainCalibrationRecord | None
+    ab_readout: NotRequired[ABReadout | NoReadout]
+    oracle: NotRequired[OracleRecord | None]
+    segments: NotRequired[list[SegmentRow]]
+    population: NotRequired[dict[str, int]]  # users, known_users
+
+
+class BudgetPlanRecord(TypedDict):
+    """models/policy.json: couponflow.policy.BudgetPlan as stored, keys in its order."""
+
+    day: str
+    multiplier: float
+    daily_budget: float
+    expected_decisions: float
+    budget_per_decision: float
+    epsilon: float
+    planned_offer_rate: float
+    planned_spend: float
+
+
 # -- training ------------------------------------------------------------------------------
 class GateCheck(TypedDict):
     check: str
@@ -284,13 +393,13 @@ class GateDecision(TypedDict):
 class TrainedRun(TypedDict):
     """training.pipeline.repro: what the train task hands the gate and the run summary.
     `model`, `budget_plan` and `evaluation` are those files as stored (model.json,
-    policy.json, evaluation.json), the latter two read back by their own types where used
-    (EvaluationReport.from_dict); `report` is the run report's path."""
+    policy.json, evaluation.json; NaN read as null), the evaluation rendered through its
+    dataclasses (EvaluationReport.from_dict); `report` is the run report's path."""
 
     workspace_commit: str
     model: ModelRecord
-    budget_plan: dict[str, Any]
-    evaluation: dict[str, Any]
+    budget_plan: BudgetPlanRecord
+    evaluation: EvaluationRecord
     gate: GateDecision
     report: str
 

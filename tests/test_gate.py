@@ -118,3 +118,32 @@ def test_the_typed_report_round_trips_through_json_and_renders_once(tmp_path: Pa
 def test_before_any_release_the_summary_says_the_champion_is_no_coupon() -> None:
     text = "\n".join(render_lines(evaluation(model("c"))))
     assert "Champion: no coupon (nothing released yet" in text
+
+
+def test_the_stored_records_mirror_the_report_dataclasses_field_for_field() -> None:
+    """records.EvaluationRecord and its parts type metrics/evaluation.json: the same keys as
+    the dataclasses asdict writes, in the same order."""
+    from dataclasses import fields
+
+    from couponflow import records
+    from couponflow.evaluation import GainCalibration, Lead
+
+    pairs = [
+        (EvaluationReport, records.EvaluationRecord),
+        (PolicyResult, records.PolicyRecord),
+        (Estimate, records.EstimateRecord),
+        (Lead, records.LeadRecord),
+        (GainCalibration, records.GainCalibrationRecord),
+        (OracleTruth, records.OracleRecord),
+    ]
+    for dataclass_, record in pairs:
+        assert [f.name for f in fields(dataclass_)] == list(record.__annotations__), record
+
+
+def test_no_ab_readout_is_stored_as_an_empty_object_and_read_back_as_none(tmp_path: Path) -> None:
+    report = evaluation(model("c"))
+    assert report.ab_readout is None and report.to_dict()["ab_readout"] == {}
+    path = tmp_path / "evaluation.json"
+    report.write(path)
+    assert '"ab_readout": {}' in path.read_text()
+    assert EvaluationReport.read(path).ab_readout is None

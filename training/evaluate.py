@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
-from couponflow.config import Workspace
+from couponflow.config import EvaluationParams, Workspace
 from couponflow.contract import ALL_CATEGORIES, COUPON_KINDS, RANDOMISED_SLICES
 from couponflow.evaluation import (
     LOGGING,
@@ -63,6 +63,7 @@ from couponflow.metrics import (
 )
 from couponflow.model import Recommender, encode, load_model, predict, user_chunks
 from couponflow.policy import Scores, allocate, eligible, score, user_cap_mask, with_control
+from couponflow.records import SegmentRow
 from training.baselines import GB_PARAMS, fit_baselines
 from training.train import split_days
 
@@ -171,12 +172,23 @@ def logged_arm_index(coupon_ids: pd.Series, arms: pd.DataFrame) -> np.ndarray:
 
 
 # -- on the logged decisions of the held-out day -------------------------------------------
-def prediction_report(net: Recommender, users: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
+class CalibrationPoints(TypedDict):
+    """A calibration curve as a plot table's columns (metrics/plots/calibration.csv)."""
+
+    predicted: np.ndarray
+    observed: np.ndarray
+    count: np.ndarray
+
+
+def prediction_report(
+    net: Recommender, users: np.ndarray, table: pd.DataFrame
+) -> tuple[dict[str, float], CalibrationPoints]:
     """Prediction quality on the arms actually logged: P(purchase) on every decision,
-    P(redeem) where a coupon was offered, and the calibration curve of P(purchase)."""
+    P(redeem) where a coupon was offered (`redeem_*`, PolicyResult.prediction), and the
+    calibration curve of P(purchase)."""
     pred = predict(net, encode(users, table))
     purchased = table["purchased"].to_numpy()
-    out: dict[str, Any] = prediction_metrics(purchased, pred["p_purchase"])
+    out = prediction_metrics(purchased, pred["p_purchase"])
     offered = table["coupon_id"].notna().to_numpy()
     redeemed = table["redeemed"].to_numpy()[offered]
     out.update(
@@ -185,13 +197,8 @@ def prediction_report(net: Recommender, users: np.ndarray, table: pd.DataFrame) 
             for k, v in prediction_metrics(redeemed, pred["p_redeem"][offered]).items()
         }
     )
-    curve = calibration_curve(purchased, pred["p_purchase"])
-    out["calibration"] = {
-        "predicted": curve.mean_predicted,
-        "observed": curve.observed,
-        "count": curve.count,
-    }
-    return out
+    c = calibration_curve(purchased, pred["p_purchase"])
+    return out, {"predicted": c.mean_predicted, "observed": c.observed, "count": c.count}
 
 
 def ranks(d: Decisions) -> bool:
@@ -202,7 +209,22 @@ def ranks(d: Decisions) -> bool:
     return finite.size > 0 and np.ptp(finite) > 0
 
 
-def uplift_report(days: list[EvalDay], decided: list[Decisions]) -> dict[str, Any]:
+class QiniPoints(TypedDict):
+    """A Qini curve as a plot table's columns (metrics/plots/qini.csv)."""
+
+    fraction: np.ndarray
+    incremental: np.ndarray
+
+
+class UpliftReport(TypedDict):
+    """A ranking policy's uplift on the pooled days (into PolicyResult's qini and auuc)."""
+
+    qini: float
+    auuc: float
+    curve: QiniPoints
+
+
+def uplift_report(days: list[EvalDay], decided: list[Decisions]) -> UpliftReport:
     """Qini and AUUC of each user's best coupon by the policy's own values, against "no
     coupon", on the pooled days: rows the log gave that coupon are treated, rows logged
     without one are the controls, each weighted by its inverse propensity so the
@@ -506,7 +528,7 @@ def population(
 
 def segment_report(
     segments: pd.DataFrame, d: Decisions, true_gain: np.ndarray | None
-) -> list[dict[str, Any]]:
+) -> list[SegmentRow]:
     """Offer rate, planned spend and estimated (and true) uplift per user by segment, so a
     skewed allocation is visible before it ships."""
     frame = segments.assign(
@@ -527,8 +549,17 @@ def segment_report(
             **({"true_uplift": ("true_uplift", "mean")} if true_gain is not None else {}),
         )
         for level, values in stats.iterrows():
-            row = {"segment": column, "level": str(level), **values.to_dict()}
-            rows.append({**row, "users": int(row["users"])})
+            row: SegmentRow = {
+                "segment": column,
+                "level": str(level),
+                "users": int(values["users"]),
+                "offer_rate": float(values["offer_rate"]),
+                "planned_cost": float(values["planned_cost"]),
+                "estimated_uplift": float(values["estimated_uplift"]),
+            }
+            if true_gain is not None:
+                row["true_uplift"] = float(values["true_uplift"])
+            rows.append(row)
     return rows
 
 
@@ -685,7 +716,7 @@ def build_report(
     kinds: dict[str, str],
     champion: str | None,
     predictions: dict[str, dict[str, float]] | None = None,
-    uplift: dict[str, dict[str, Any]] | None = None,
+    uplift: dict[str, UpliftReport] | None = None,
 ) -> EvaluationReport:
     """The typed report with `challenger` as the challenger: every policy's values, the
     challenger's leads over every other, and the calibration of its estimated gain.
@@ -696,7 +727,8 @@ def build_report(
     for name in [*judged.decided, LOGGING]:
         p = judged.policy(name, kinds.get(name, "logging"), versions.get(name))
         p.prediction = predictions.get(name)
-        p.qini, p.auuc = (uplift.get(name, {}).get(k) for k in ("qini", "auuc"))
+        if name in uplift:
+            p.qini, p.auuc = uplift[name]["qini"], uplift[name]["auuc"]
         policies[name] = p
     leads = {over: judged.lead(challenger, over) for over in policies if over != challenger}
     if champion is not None and champion != "champion":
@@ -750,7 +782,7 @@ def judged_on_the_log(
     before: pd.DataFrame,
     models: dict[str, ModelPolicy],
     policies: dict[str, Policy],
-    cfg: dict[str, Any],
+    cfg: EvaluationParams,
     cap: int,
     level: float,
 ) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
@@ -795,8 +827,7 @@ def model_predictions(
     pooled_users = np.concatenate([d.users for d in days])
     predictions, calibration = {}, []
     for name, policy in models.items():
-        prediction = prediction_report(policy.net, pooled_users, pooled)
-        curve = prediction.pop("calibration")
+        prediction, curve = prediction_report(policy.net, pooled_users, pooled)
         calibration.append(pd.DataFrame(curve).assign(model=name))
         predictions[name] = prediction
     return predictions, calibration
@@ -808,7 +839,7 @@ def on_the_population(
     last: EvalDay,
     policies: dict[str, Policy],
     challenger: ModelPolicy,
-    cfg: dict[str, Any],
+    cfg: EvaluationParams,
     cap: int,
     budget_per_user: float,
     level: float,
