@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from couponflow.config import Workspace
+
+if TYPE_CHECKING:
+    from couponflow.records import RunSummary, TrainedRun
 
 
 def print_status(ws: Workspace, live: bool) -> None:
@@ -21,23 +24,22 @@ def print_status(ws: Workspace, live: bool) -> None:
     print_release(ws, live)
 
 
-def print_day(s: dict[str, Any], root: Path) -> None:
+def print_day(s: RunSummary, root: Path) -> None:
     """One day's summary: its outcome and what each step that ran left to read."""
     from couponflow.report import served_line
 
     steps = s["steps"]
     print(f"\n== {s['day']}: {s['outcome']}")
-    if steps.get("validate"):
-        print("   rows validated:\n" + rows_table(steps["validate"]["rows"], "     "))
-    elif s.get("rejection"):
-        print("   rejected because:\n" + "\n".join(f"     - {r}" for r in s["rejection"]))
-    if steps.get("features"):
-        f = steps["features"]
+    if validated := steps.get("validate"):
+        print("   rows validated:\n" + rows_table(validated["rows"], "     "))
+    elif rejection := s.get("rejection"):
+        print("   rejected because:\n" + "\n".join(f"     - {r}" for r in rejection))
+    if f := steps.get("features"):
         print(f"   features materialised: {f['users']} users x {f['features']} features")
-    if steps.get("train"):
-        print_training(steps["train"], root)
-    if steps.get("build_bento"):
-        print(f"   bento: {steps['build_bento']['bento_tag']}")
+    if trained := steps.get("train"):
+        print_training(trained, root)
+    if built := steps.get("build_bento"):
+        print(f"   bento: {built['bento_tag']}")
     if s.get("candidate_refused"):
         print(f"   candidate refused: {s['candidate_refused']['reason']}")
     if served := steps.get("served_readout"):
@@ -79,7 +81,7 @@ def print_release(ws: Workspace, live: bool) -> None:
             print(json.dumps(answer, indent=2))
 
 
-def print_training(trained: dict, root: Path) -> None:
+def print_training(trained: TrainedRun, root: Path) -> None:
     """The challenger against the champion and the baselines, the truth where the data is
     simulated, and every check of the gate: the evaluation's one renderer, indented."""
     from couponflow.evaluation import render_summary
