@@ -524,7 +524,13 @@ def params_notices(params: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def set_param(params: dict[str, Any], dotted: str, value: Any) -> None:
+# `--set a.b.c=value` pairs (`couponflow init`, `demo`), each value parsed as YAML: any dotted
+# key and any value until check_params reads the params they are set into (set_param), so a
+# mapping of objects, not a section type; read only, hence Mapping.
+Overrides = Mapping[str, object]
+
+
+def set_param(params: dict[str, Any], dotted: str, value: object) -> None:
     """Set `a.b.c=value` in a nested params dict (used for `couponflow init --set`), before
     it is checked: free-form, any dotted key."""
     *parents, leaf = dotted.split(".")

@@ -5,16 +5,14 @@ answer, and the servers a release started stopped (a demo leaves nothing running
 
 from __future__ import annotations
 
-from typing import Any
-
 from couponflow.airflow_local import run_days
-from couponflow.config import Workspace
+from couponflow.config import Overrides, Workspace
 from couponflow.landing import next_days
 from couponflow.seeding import init_seeded
 from couponflow.status import print_status
 
 
-def demo(ws: Workspace, overrides: dict[str, Any], days: int, keep_serving: bool) -> None:
+def demo(ws: Workspace, overrides: Overrides, days: int, keep_serving: bool) -> None:
     """`init`, then `run` the next `days` days, then `status --live`; the servers are
     stopped at the end unless `keep_serving`. A rejected day does not stop the demo: the
     status says what happened to it."""

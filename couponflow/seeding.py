@@ -6,15 +6,14 @@ train on. Re-running it resumes a seeding that stopped.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
-from couponflow.config import Workspace
+from couponflow.config import Overrides, Workspace
 
 
-def init_seeded(ws: Workspace, overrides: dict[str, Any]) -> Workspace:
+def init_seeded(ws: Workspace, overrides: Overrides) -> Workspace:
     """`init` (and the start of `demo`): the workspace, then its history days seeded. A
     history day the validation quarantines stops the seeding with one line saying why."""
     from couponflow.config import params_notices

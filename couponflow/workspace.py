@@ -20,6 +20,7 @@ import yaml
 from couponflow.config import (
     HOME_ENV,
     PROJECT_ROOT,
+    Overrides,
     ParamsError,
     Workspace,
     check_params,
@@ -64,7 +65,7 @@ class WorkspaceError(Exception):
     """A workspace cannot be created or used as asked; the message says what to do."""
 
 
-def init_workspace(root: Path, overrides: dict[str, Any] | None = None) -> Workspace:
+def init_workspace(root: Path, overrides: Overrides | None = None) -> Workspace:
     """Create (or re-create the missing parts of) a workspace at `root`.
 
     The params are checked against the schema (`config.check_params`) before anything is
