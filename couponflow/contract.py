@@ -7,10 +7,14 @@ from these definitions, so a column is named and typed in exactly one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+if TYPE_CHECKING:
+    from couponflow.records import RequestContext
 
 COUPON_KINDS = ("percent_off", "amount_off", "threshold_off", "free_shipping")
 CATEGORIES = ("fashion", "electronics", "home", "beauty", "grocery", "sports")
@@ -24,7 +28,7 @@ SHIPPING_COST = 6.0  # what a free-shipping coupon costs the platform per redeem
 HOLDOUT_SUFFIX = ":holdout"
 # The context the candidate checks' golden requests carry (serving.deploy.smoke), so readers
 # of the decision log (training/served.py) can tell them from shoppers'.
-GOLDEN = {"channel": "golden"}
+GOLDEN: RequestContext = {"channel": "golden"}
 # Which slice of the logging policy made an offer: its own rule, uniform exploration over
 # {coupons, none}, or the random holdout. Exploration and holdout are randomised: learners
 # and estimators that need an unconfounded comparison read those rows.

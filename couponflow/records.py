@@ -9,8 +9,9 @@ work unchanged; the checker now knows every key and its type. Where a record is 
   history.jsonl; the release task's XCom); read by the CLI, the run summary, rollbacks.
 - `Slot`, `ServerHandle`, `Refusal`: serving.deploy.deployment's record (live/deployment.json,
   also read by serving.deploy.router); a slot is the check_candidate task's XCom.
-- `Answer`, `Offer`, `Driver`, `CanaryChecks`, `LatencyCheck`: a /recommend answer as
-  serving.deploy.smoke checks it, and what the candidate checks record.
+- `RecommendBody`, `RequestContext`, `Answer`, `Offer`, `Driver`, `CanaryChecks`,
+  `LatencyCheck`: a /recommend request and answer as serving.deploy.smoke sends and checks
+  them, and what the candidate checks record.
 - `LiftInterval`, `ABReadout`, `ServedReadout`: couponflow.metrics.ab_readout and
   training.served; rendered by couponflow.evaluation.ab_line.
 - `Forgotten`: serving.runtime.feedback.forget_old_feedback.
@@ -47,6 +48,25 @@ class Release(TypedDict):
     model_tag: str
     bento_tag: str
     reason: str
+
+
+class RequestContext(TypedDict, total=False):
+    """A /recommend body's `context` (serving.runtime.service.RequestContext): the page's
+    channel and category, `now` (ISO) for the policy's clock; the service allows other keys."""
+
+    channel: str
+    category: str
+    now: str
+
+
+class RecommendBody(TypedDict):
+    """A well-formed POST /recommend body (serving.runtime.service.RecommendRequest), as
+    serving.deploy.smoke sends it."""
+
+    user_id: int
+    k: NotRequired[int]  # default 1
+    context: NotRequired[RequestContext | None]
+    explain: NotRequired[bool]
 
 
 class Driver(TypedDict):

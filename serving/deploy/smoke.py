@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import cast
 
 import httpx
 import numpy as np
 
 from couponflow.config import RolloutParams
 from couponflow.contract import GOLDEN
-from couponflow.records import Answer, CanaryChecks, LatencyCheck
+from couponflow.records import Answer, CanaryChecks, LatencyCheck, RecommendBody, RequestContext
 
 COLD_USER_ID = 10**9  # beyond any simulated user_id: must be served from default features
 ANSWER_FIELDS = {
@@ -49,7 +50,7 @@ def smoke_test(
         cold = _recommend(client, {"user_id": COLD_USER_ID, "context": GOLDEN})
         if not cold["cold_start"]:
             raise SmokeTestFailed(f"unknown user {COLD_USER_ID} was not served as a cold start")
-        page = {**GOLDEN, "category": "fashion"}
+        page: RequestContext = {**GOLDEN, "category": "fashion"}
         _recommend(client, {"user_id": known_user_id, "k": 2, "context": page, "explain": True})
         for bad, field in (
             ({"user_id": "not-a-number"}, "user_id"),
@@ -93,7 +94,7 @@ def canary_checks(base_url: str, model_version: str, cfg: RolloutParams) -> Cana
     return {"golden": "passed", "answer": answer, "latency": latency}
 
 
-def _recommend(client: httpx.Client, body: dict[str, Any]) -> Answer:
+def _recommend(client: httpx.Client, body: RecommendBody) -> Answer:
     """POST /recommend and check the answer's shape; the parsed answer."""
     response = _post(client, body)
     if response.status_code != 200:
@@ -119,8 +120,9 @@ def _recommend(client: httpx.Client, body: dict[str, Any]) -> Answer:
     return cast(Answer, answer)  # its fields checked above
 
 
-def _post(client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
-    """POST a request body, malformed ones included (free-form: its shape is the test)."""
+def _post(client: httpx.Client, body: Mapping[str, object]) -> httpx.Response:
+    """POST a request body, malformed ones included (free-form, not a RecommendBody: its
+    shape is the test)."""
     try:
         return client.post("/recommend", json=body)
     except httpx.HTTPError as exc:
