@@ -12,14 +12,31 @@ Every call has a timeout and fails with a `CouponflowError` subclass that says w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import httpx
 
 Event = Literal["shown", "redeemed", "purchased"]
+
+
+class _RecommendBody(TypedDict):
+    """What `recommend` sends (the service's RecommendRequest; couponflow.records has the
+    project's copy, this package stands alone)."""
+
+    user_id: int
+    k: int
+    context: dict[str, object] | None  # the page's keys: category, now (ISO), any other
+    explain: bool
+
+
+class _FeedbackBody(TypedDict):
+    request_id: str
+    event: Event
+    amount: float | None
 
 
 class CouponflowError(RuntimeError):
@@ -113,15 +130,20 @@ class CouponflowClient:
         category: str | None = None,
         now: datetime | None = None,
         explain: bool = False,
-        context: dict[str, Any] | None = None,
+        context: Mapping[str, object] | None = None,
     ) -> Recommendation:
         """Up to k offers for `user_id`. `context` carries any other keys of the page."""
-        ctx = dict(context or {})
+        ctx: dict[str, object] = dict(context or {})
         if category is not None:
             ctx["category"] = category
         if now is not None:
             ctx["now"] = now.isoformat()
-        body = {"user_id": user_id, "k": k, "context": ctx or None, "explain": explain}
+        body: _RecommendBody = {
+            "user_id": user_id,
+            "k": k,
+            "context": ctx or None,
+            "explain": explain,
+        }
         raw = self._post("/recommend", body)
         offers = [
             Offer(
@@ -151,8 +173,9 @@ class CouponflowClient:
         except httpx.HTTPError:
             return False
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST and return the JSON answer, or raise the error that says what went wrong."""
+    def _post(self, path: str, body: _RecommendBody | _FeedbackBody) -> dict[str, Any]:
+        """POST and return the JSON answer, or raise the error that says what went wrong.
+        The answer is free-form here: the dataclasses it is built into check its keys."""
         try:
             response = self._http.post(path, json=body)
         except httpx.TimeoutException as exc:
