@@ -30,8 +30,8 @@ airflow: install  ## the Airflow UI over $(DEMO_WORKSPACE) (api-server, schedule
 test: install lint  ## every layer, the slowest tests listed
 	$(BIN)/pytest -q --durations=15
 
-test-unit: install  ## the unit layer only: no tool, server or child process
-	$(BIN)/pytest -q -m "not integration and not e2e"
+test-unit: install  ## the unit layer only: no tool, server or child process; two processes
+	$(BIN)/pytest -q -n 2 -m "not integration and not e2e"
 
 test-fast: test-unit
 
