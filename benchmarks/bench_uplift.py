@@ -169,11 +169,7 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
         "gain": truth.incremental_profit[:, columns], "oracle": best.incremental_profit,
         "segment": log.world.population_on(day).segment[ids],
     }  # fmt: skip
-    true_lift = {}
     p = truth.p_purchase[:, columns]
-    for k, name in enumerate(SEGMENTS):
-        mine = world["segment"] == k
-        true_lift[name] = round(float(100 * (p[mine, 1:] - p[mine, :1]).mean()), 2)
     cfg = {**params["model"], "epochs": args.epochs}
     pairs = encode_pairs(users_x, arms).reshape(len(ids), len(arms), -1)
     ceiling = observable_ceiling(world["gain"], truth.cost[:, columns], pairs,
@@ -182,7 +178,7 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
         "seed": seed,
         "oracle": round(best.incremental_profit, 1),
         "ceiling_share": round(ceiling, 3),
-        "true_lift_pt": true_lift,
+        "true_lift_pt": lift_by_segment(p, world["segment"]),
         "observable_lift_pt": observable_lift_by_segment(
             p[:, 1:] - p[:, :1], pairs[:, 1:], world["segment"], SEGMENTS
         ),

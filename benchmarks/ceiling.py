@@ -13,16 +13,25 @@ from couponflow.policy import allocate
 CEILING_SEED = 0
 
 
+def _learning_half(n: int) -> np.ndarray:
+    """The fixed half of the users a ceiling learns from; the other half judges it."""
+    return np.random.default_rng(CEILING_SEED).random(n) < 0.5
+
+
+def _regressor() -> HistGradientBoostingRegressor:
+    return HistGradientBoostingRegressor(max_iter=300, max_leaf_nodes=31, random_state=0)
+
+
 def observable_ceiling(gain: np.ndarray, cost: np.ndarray, x: np.ndarray, budget: float) -> float:
     """The ceiling's share of the oracle's true profit on the half of the users it never
     saw (see the module's docstring): `gain` and `cost` are the true (users, arms)
     matrices, `x` the pairs' model inputs (users, arms, inputs), `budget` per user."""
     n, m = gain.shape
-    learn = np.random.default_rng(CEILING_SEED).random(n) < 0.5
+    learn = _learning_half(n)
     judge = ~learn
 
     def fitted(target: np.ndarray) -> np.ndarray:
-        model = HistGradientBoostingRegressor(max_iter=300, max_leaf_nodes=31, random_state=0)
+        model = _regressor()
         model.fit(x[learn, 1:].reshape(-1, x.shape[2]), target[learn, 1:].ravel())
         out = np.zeros((judge.sum(), m))
         out[:, 1:] = model.predict(x[judge, 1:].reshape(-1, x.shape[2])).reshape(-1, m - 1)
@@ -47,8 +56,8 @@ def observable_lift_by_segment(
     input cell with others, its mean is pulled to theirs, and no learner from these inputs
     gets its sign right however much data it sees."""
     n, m = lift.shape
-    learn = np.random.default_rng(CEILING_SEED).random(n) < 0.5
-    model = HistGradientBoostingRegressor(max_iter=300, max_leaf_nodes=31, random_state=0)
+    learn = _learning_half(n)
+    model = _regressor()
     model.fit(x[learn].reshape(-1, x.shape[2]), lift[learn].ravel())
     seen = model.predict(x[~learn].reshape(-1, x.shape[2])).reshape(-1, m)
     held = segment[~learn]
