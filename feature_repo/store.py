@@ -266,17 +266,20 @@ def _join_window(
             created_timestamp_column=source.created_timestamp_column,
             field_mapping=source.field_mapping,
         )
-        with _quiet():
-            job = store.provider.get_historical_features(
-                config=store.config,
-                feature_views=[view],
-                feature_refs=refs,
-                entity_df=rows,
-                registry=store.registry,
-                project=store.project,
-                full_feature_names=False,
-            )
-            return job.to_df()
+        try:
+            with _quiet():
+                job = store.provider.get_historical_features(
+                    config=store.config,
+                    feature_views=[view],
+                    feature_refs=refs,
+                    entity_df=rows,
+                    registry=store.registry,
+                    project=store.project,
+                    full_feature_names=False,
+                )
+                return job.to_df()
+        finally:  # the next chunk narrows the whole folder again, not this deleted window
+            view.batch_source = source
 
 
 def coupon_stats_at(
