@@ -315,7 +315,8 @@ def _join_window(
         keep = reachable_partitions(_partition_dates(view), times.min(), times.max(), ttl)
     if not keep:  # nothing known yet at those times
         names = [ref.split(":")[1] for ref in refs]
-        return _declared_dtypes(view, rows.assign(**dict.fromkeys(names, np.nan)))
+        empty = rows.assign(**dict.fromkeys(names, np.nan))
+        return _declared_dtypes(view, empty) if is_ray(store) else empty
     with tempfile.TemporaryDirectory(prefix=f"{view.name}-window-") as window:
         for date in keep:
             (Path(window) / f"date={date}").mkdir()
@@ -347,8 +348,8 @@ def _join_window(
 def _declared_dtypes(view: FeatureView, frame: pd.DataFrame) -> pd.DataFrame:
     """The join's features as the file store returns them: Feast's Ray store widens Float32
     features to float64 (its pandas path's habit); back to float32 (exact: the values were
-    float32 in the partitions). Also the type of the NaN columns of a join with nothing to
-    read, so that every chunk has its features' one type."""
+    float32 in the partitions). On Ray, also the type of the NaN columns of a group with
+    nothing to read, so that every group has its features' one type."""
     floats = {f.name: "float32" for f in view.features if f.dtype == Float32}
     return frame.astype({name: kind for name, kind in floats.items() if name in frame})
 
