@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +142,43 @@ def test_materialising_on_ray_writes_what_the_local_engine_writes(worlds) -> Non
     expected, found = online_values(local, days), online_values(on_ray, days)
     assert found == expected
     assert sum(v is not None for v in found["sessions_30d"]) == N_USERS
+
+
+@pytest.mark.redis
+def test_materialising_on_ray_into_redis_writes_what_the_local_engine_writes(
+    worlds, tmp_path: Path
+) -> None:
+    """The cluster form's store: Ray's tasks write the bulk Redis store (under a Feast
+    project of its own, its keys removed after); the values read back are the local
+    engine's. A broken write fails the materialisation (Feast's own Ray write logs it
+    and reports success)."""
+    import redis
+
+    local, on_ray, days = worlds
+    client = redis.Redis("127.0.0.1", 6379)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    project = f"couponflow_ray_{uuid.uuid4().hex[:12]}"
+    shutil.copytree(on_ray.root / "data", tmp_path / "ws" / "data")  # features, catalogue
+    params = load_params(on_ray.params_file)
+    for key, value in {
+        "online_store": "redis",
+        "redis": "127.0.0.1:6379",
+        "project": project,
+    }.items():
+        set_param(params, f"features.{key}", value)
+    (tmp_path / "ws" / "params.yaml").write_text(yaml.safe_dump(params))
+    ws = Workspace(tmp_path / "ws")
+    try:
+        materialised(ws, days)
+        assert online_values(ws, days) == online_values(local, days)
+        (key, *_) = client.scan_iter(match=f"*{project}", count=1000)
+        client.delete(key)
+        client.set(key, b"not a hash")  # Redis refuses an HSET on it
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            materialise_day(open_store(ws), days[-1])
+    finally:
+        for key in client.scan_iter(match=f"*{project}*", count=1000):
+            client.delete(key)
