@@ -281,17 +281,20 @@ def _template() -> dict[str, Any]:
 
 
 # Keys whose value may be null, and what they hold otherwise (the template's value is null,
-# or null has a meaning: "everyone", "one per GPU", "no shock").
+# or null has a meaning: "everyone", "one per GPU", "no shock", "Ray in this process").
 NULLABLE: dict[str, type] = {
     "world.drift.price_shock_date": dt.date,
     "model.processes": int,
     "evaluation.population_sample": int,
     "validation.reference_from": dt.date,
+    "features.ray_address": str,
 }
 DATES = {"world.start_date", "world.drift.price_shock_date", "public_data.hillstrom.date"}
 DATES |= {"validation.reference_from"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "features.online_store": ("sqlite", "redis"),
+    "features.online_write": ("bulk", "feast"),
+    "features.engine": ("local", "ray"),
     "serving.spend_store": ("sqlite", "redis"),
     "serving.feedback_index": ("sqlite", "redis"),
 }
@@ -323,6 +326,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "validation.tolerance.*.*": (0, None),
     "validation.reference_tolerance.*.*": (0, None),
     "features.online_write_batch": _POSITIVE,
+    "features.ray_cpus": _POSITIVE,
     "model.seed": (0, None),
     "model.hidden": _POSITIVE,
     "model.epochs": _POSITIVE,
@@ -479,7 +483,16 @@ def _across(params: dict[str, Any]) -> list[str]:
                     )
     except (KeyError, TypeError, ValueError):
         pass  # a missing or mistyped key is already reported on its own
+    address = (params.get("features") or {}).get("ray_address")
+    if isinstance(address, str) and not RAY_ADDRESS.fullmatch(address):
+        out.append(
+            f"`features.ray_address` is {address!r}: write auto, host:port or ray://host:port "
+            "(a Ray cluster's head), or null for a Ray in this process"
+        )
     return out
+
+
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[\w.-]+:\d+")
 
 
 def check_params(params: Any, complete: bool = True) -> list[str]:

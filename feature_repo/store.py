@@ -27,6 +27,7 @@ from feast import FeatureStore, FeatureView, FileSource, RepoConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.types import Float32
 
 from couponflow.config import HOME_ENV, RedisSettings, Workspace
 from couponflow.features import (
@@ -69,6 +70,15 @@ WRITERS = {
     "bulk": (bulk.SQLITE, bulk.REDIS, bulk.ENGINE),
     "feast": ("sqlite", "redis", "local"),
 }
+# The batch engine of `features.engine: ray`: Feast's Ray engine with the bulk stores' write
+# (Feast's own write with its own stores, `online_write: feast`): feature_repo/ray_engine.py.
+RAY_ENGINE = "feature_repo.ray_engine.RayArrowComputeEngine"
+# Feast's Ray offline store joins a view broadcast (the view's rows handed to every task,
+# the entity rows split among them) below this size, and above it by its "windowed" join,
+# which matches an entity row only with feature rows of the same hour: a row stamped at
+# midnight would never reach an offer made at noon. Always broadcast: the rows a join reads
+# are bounded by the reachable partitions (`_ray_groups`), not by the history kept.
+RAY_BROADCAST_MB = 1_000_000
 
 
 def open_store(ws: Workspace) -> FeatureStore:
@@ -89,6 +99,8 @@ def open_store(ws: Workspace) -> FeatureStore:
     sqlite_type, redis_type, engine = WRITERS[writer]
     raw["online_store"]["type"] = sqlite_type
     raw["batch_engine"] = {"type": engine}
+    if settings.get("engine", "local") == "ray":
+        raw["offline_store"], raw["batch_engine"] = ray_stores(ws)
     if settings.get("online_store", "sqlite") == "redis":
         raw["online_store"] = {
             "type": redis_type,
@@ -103,6 +115,28 @@ def open_store(ws: Workspace) -> FeatureStore:
     ws.feature_store.mkdir(parents=True, exist_ok=True)
     with _quiet():
         return FeatureStore(config=RepoConfig(repo_path=REPO_DIR, **raw), repo_path=str(REPO_DIR))
+
+
+def ray_stores(ws: Workspace) -> tuple[dict[str, object], dict[str, object]]:
+    """The offline store and batch engine of `features.engine: ray`: Feast's Ray ones, on
+    the cluster at `features.ray_address` (`ray://head:10001`, `auto`), or, when it is
+    null, on a Ray started in this process with `features.ray_cpus` CPUs (local mode)."""
+    settings = ws.params.get("features", {})
+    address = settings.get("ray_address")
+    ray = {
+        "ray_address": address,
+        # local mode only: Feast passes ray_conf to ray.init, which refuses num_cpus
+        # when it joins a cluster
+        "ray_conf": None if address else {"num_cpus": int(settings.get("ray_cpus", 2))},
+        "broadcast_join_threshold_mb": RAY_BROADCAST_MB,
+    }
+    offline = {"type": "ray", "storage_path": str(ws.feature_store / "ray"), **ray}
+    return offline, {"type": RAY_ENGINE, **ray}
+
+
+def is_ray(store: FeatureStore) -> bool:
+    """Whether the point-in-time join runs on Feast's Ray offline store."""
+    return getattr(store.config.offline_store, "type", None) == "ray"
 
 
 def is_sqlite(store: FeatureStore) -> bool:
@@ -198,8 +232,9 @@ def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> 
     if distinct.empty:
         return pd.DataFrame(np.nan, index=keys.index, columns=names)
     view = store.get_feature_view(refs[0].split(":")[0])
+    pieces = _ray_groups(view, distinct) if is_ray(store) else _chunks(distinct)
     joined = pd.concat(
-        [_join_window(store, view, chunk, refs) for chunk in _chunks(distinct)],
+        [_join_window(store, view, chunk, refs, dates) for chunk, dates in pieces],
         ignore_index=True,
     )
     pair = keys.merge(distinct, on=[key, "event_timestamp"], how="left")["pair"]
@@ -209,8 +244,9 @@ def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> 
 JOIN_ROWS = 1_000_000  # entity rows per Feast join, in whole days: bounds its memory
 
 
-def _chunks(rows: pd.DataFrame) -> Iterator[pd.DataFrame]:
-    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or the end."""
+def _chunks(rows: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, None]]:
+    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or the end (with
+    None: each joined against the partitions its times can reach)."""
     day = rows["event_timestamp"].dt.floor("D")
     sizes = day.value_counts().sort_index()
     start, count = None, 0
@@ -218,8 +254,30 @@ def _chunks(rows: pd.DataFrame) -> Iterator[pd.DataFrame]:
         start = when if start is None else start
         count += size
         if count >= JOIN_ROWS or when == sizes.index[-1]:
-            yield rows[(day >= start) & (day <= when)]
+            yield rows[(day >= start) & (day <= when)], None
             start, count = None, 0
+
+
+def _ray_groups(view: FeatureView, rows: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, list[str]]]:
+    """`rows` grouped by the partitions each row's time may see, with those partitions, for
+    Feast's Ray offline store, which does not apply the view's ttl: its join takes the
+    latest row at or before the time however old. A row at time t sees partition D when
+    day_end(D) (its rows' stamp) lies in [t - ttl, t], the file store's rule; the rows of
+    one group all see the same partitions, so the Ray join over them alone is exact.
+    Groups are about a day each (one per day's inside, one per midnight)."""
+    dates = _partition_dates(view)
+    stamps = np.array([day_end(d) for d in dates], dtype="datetime64[ns]")
+    times = pd.to_datetime(rows["event_timestamp"], utc=True).dt.tz_convert(None).to_numpy()
+    newest = np.searchsorted(stamps, times, side="right")
+    ttl = pd.Timedelta(view.ttl) if view.ttl else None
+    oldest = np.searchsorted(stamps, times - ttl.to_timedelta64(), side="left") if ttl else 0
+    for (lo, hi), group in rows.groupby([np.broadcast_to(oldest, len(rows)), newest]):
+        for start in range(0, len(group), JOIN_ROWS):
+            yield group.iloc[start : start + JOIN_ROWS], dates[lo:hi]
+
+
+def _partition_dates(view: FeatureView) -> list[str]:
+    return sorted(p.name.removeprefix("date=") for p in Path(view.batch_source.path).glob("date=*"))
 
 
 def reachable_partitions(
@@ -239,21 +297,26 @@ def reachable_partitions(
 
 
 def _join_window(
-    store: FeatureStore, view: FeatureView, rows: pd.DataFrame, refs: list[str]
+    store: FeatureStore,
+    view: FeatureView,
+    rows: pd.DataFrame,
+    refs: list[str],
+    keep: list[str] | None = None,
 ) -> pd.DataFrame:
     """Feast's point-in-time join of `rows` with `view`, its file source narrowed to the
-    partitions the rows' times can reach: a folder of links to them, the view's copy
-    pointing there (the registered view keeps its whole folder), the same provider join
-    FeatureStore.get_historical_features runs."""
+    partitions `keep` (by default those the rows' times can reach): a folder of links to
+    them, the view's copy pointing there (the registered view keeps its whole folder), the
+    same provider join FeatureStore.get_historical_features runs."""
     source = view.batch_source
     root = Path(source.path)
-    times = pd.to_datetime(rows["event_timestamp"], utc=True).dt.tz_convert(None)
-    ttl = pd.Timedelta(view.ttl) if view.ttl else None
-    dates = sorted(p.name.removeprefix("date=") for p in root.glob("date=*"))
-    keep = reachable_partitions(dates, times.min(), times.max(), ttl)
+    if keep is None:
+        times = pd.to_datetime(rows["event_timestamp"], utc=True).dt.tz_convert(None)
+        ttl = pd.Timedelta(view.ttl) if view.ttl else None
+        keep = reachable_partitions(_partition_dates(view), times.min(), times.max(), ttl)
     if not keep:  # nothing known yet at those times
         names = [ref.split(":")[1] for ref in refs]
-        return rows.assign(**dict.fromkeys(names, np.nan))
+        empty = rows.assign(**dict.fromkeys(names, np.nan))
+        return _declared_dtypes(view, empty) if is_ray(store) else empty
     with tempfile.TemporaryDirectory(prefix=f"{view.name}-window-") as window:
         for date in keep:
             (Path(window) / f"date={date}").mkdir()
@@ -266,17 +329,29 @@ def _join_window(
             created_timestamp_column=source.created_timestamp_column,
             field_mapping=source.field_mapping,
         )
-        with _quiet():
-            job = store.provider.get_historical_features(
-                config=store.config,
-                feature_views=[view],
-                feature_refs=refs,
-                entity_df=rows,
-                registry=store.registry,
-                project=store.project,
-                full_feature_names=False,
-            )
-            return job.to_df()
+        try:
+            with _quiet():
+                job = store.provider.get_historical_features(
+                    config=store.config,
+                    feature_views=[view],
+                    feature_refs=refs,
+                    entity_df=rows,
+                    registry=store.registry,
+                    project=store.project,
+                    full_feature_names=False,
+                )
+                return _declared_dtypes(view, job.to_df()) if is_ray(store) else job.to_df()
+        finally:  # the next chunk narrows the whole folder again, not this deleted window
+            view.batch_source = source
+
+
+def _declared_dtypes(view: FeatureView, frame: pd.DataFrame) -> pd.DataFrame:
+    """The join's features as the file store returns them: Feast's Ray store widens Float32
+    features to float64 (its pandas path's habit); back to float32 (exact: the values were
+    float32 in the partitions). On Ray, also the type of the NaN columns of a group with
+    nothing to read, so that every group has its features' one type."""
+    floats = {f.name: "float32" for f in view.features if f.dtype == Float32}
+    return frame.astype({name: kind for name, kind in floats.items() if name in frame})
 
 
 def coupon_stats_at(

@@ -171,6 +171,36 @@ def test_the_workspace_is_initialised_with_every_shared_store_on_redis() -> None
     assert re.fullmatch(r"[\w.-]+:\d+", config["data"]["REDIS_ADDRESS"])
 
 
+def test_the_join_and_materialisation_run_on_the_ray_cluster() -> None:
+    """The init Job points the workspace at the RayCluster's head (KubeRay's head Service
+    `<name>-head-svc`, Ray Client's port); its nodes run the pipeline image, share the
+    workspace at the same path, take the token from a Secret and have requests and limits."""
+    (job,) = of_kind("Job").values()
+    (init,) = job["spec"]["template"]["spec"]["containers"]
+    args = " ".join(init["args"])
+    assert "features.engine=ray" in args and "features.ray_address=$(RAY_ADDRESS)" in args
+    (config,) = of_kind("ConfigMap").values()
+    (name, cluster), *_ = of_kind("RayCluster").items()
+    assert config["data"]["RAY_ADDRESS"] == f"ray://{name}-head-svc:10001"
+    spec = cluster["spec"]
+    assert spec["headGroupSpec"]["rayStartParams"]["ray-client-server-port"] == "10001"
+    (claim,) = of_kind("PersistentVolumeClaim")
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for pod in (g["template"]["spec"] for g in groups):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (node,) = pod["containers"]
+        assert node["image"] == init["image"]
+        assert spec["rayVersion"] == "2.60.0"
+        for part in ("requests", "limits"):
+            assert {"cpu", "memory"} <= node["resources"][part].keys()
+        (mount,) = [
+            m for m in node["volumeMounts"] if m["mountPath"] == config["data"]["COUPONFLOW_HOME"]
+        ]
+        assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
+        token = env_of(node)["RAY_AUTH_TOKEN"]
+        assert "value" not in token and "secretKeyRef" in token["valueFrom"]
+
+
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl not installed")
 def test_kustomize_renders_every_object_into_the_namespace() -> None:
     """`kubectl kustomize` renders offline (no cluster): what `kubectl apply -k` would send."""
@@ -230,6 +260,27 @@ def test_compose_initialises_the_workspace_with_every_shared_store_on_redis() ->
         "serving.feedback_index=redis",
     ):
         assert f"--set {setting}" in command
+
+
+def test_compose_runs_the_join_and_materialisation_on_a_ray_cluster() -> None:
+    """A head and workers from the pipeline image, the workspace at the same path, the
+    token required; the workspace pointed at the head, every Airflow service holding the
+    token and waiting for the head."""
+    services = compose()["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    image = compose()["x-airflow"]["image"]
+    for node in (head, worker):
+        assert node["image"] == image and node["entrypoint"] == ["ray"]
+        assert node["volumes"] == compose()["x-airflow"]["volumes"][:1]
+        assert node["environment"]["RAY_AUTH_MODE"] == "token"
+    assert "--head" in head["command"] and "--ray-client-server-port=10001" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"]
+    (command,) = services["airflow-init"]["command"]
+    assert "--set features.engine=ray" in command
+    assert "--set features.ray_address=${RAY_ADDRESS:-ray://ray-head:10001}" in command
+    env = compose()["x-airflow"]["environment"]
+    assert env["RAY_AUTH_TOKEN"] == head["environment"]["RAY_AUTH_TOKEN"]
+    assert compose()["x-airflow"]["depends_on"]["ray-head"] == {"condition": "service_healthy"}
 
 
 def test_compose_secrets_are_required_never_defaulted() -> None:

@@ -326,6 +326,23 @@ def test_a_join_reads_the_partitions_its_times_can_reach() -> None:
     assert reachable_partitions(dates, at - pd.Timedelta(days=3), at, None) == dates[:15]
 
 
+def test_a_join_in_several_chunks_finds_what_one_chunk_finds(
+    sqlite_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of one day each: every chunk narrows the view's whole folder (an earlier
+    version left the view on the first chunk's deleted window: later chunks found nothing)."""
+    import feature_repo.store as store_module
+
+    ws, days = sqlite_store
+    store = open_store(ws)
+    rows = pd.concat([requests_at(ws, day, [1, 2], day_end(day)) for day in days[1:]])
+    whole = historical_features(store, rows)
+    monkeypatch.setattr(store_module, "JOIN_ROWS", 1)
+    chunked = historical_features(store, rows)
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert whole[USER_FEATURES].notna().all().all()
+
+
 def writer_workspaces(
     source: Workspace, root: Path, day: str, project: str = "couponflow", **features: object
 ) -> dict[str, Workspace]:
