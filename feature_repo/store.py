@@ -209,19 +209,25 @@ def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> 
 
 
 JOIN_ROWS = 1_000_000  # entity rows per Feast join, in whole days: bounds its memory
+# ... and days per join: Feast matches each entity row with every source row of its key,
+# about one a day of the chunk plus one (`_narrowed_source`), so a chunk of many small
+# days costs as much as one of many rows (100k events a day: 18 days, 8.5 GB).
+JOIN_DAYS = 2
 
 
 def _chunks(rows: pd.DataFrame) -> Iterator[pd.DataFrame]:
-    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or the end."""
+    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or JOIN_DAYS
+    days or the end."""
     day = rows["event_timestamp"].dt.floor("D")
     sizes = day.value_counts().sort_index()
-    start, count = None, 0
+    start, count, days = None, 0, 0
     for when, size in sizes.items():
         start = when if start is None else start
         count += size
-        if count >= JOIN_ROWS or when == sizes.index[-1]:
+        days += 1
+        if count >= JOIN_ROWS or days >= JOIN_DAYS or when == sizes.index[-1]:
             yield rows[(day >= start) & (day <= when)]
-            start, count = None, 0
+            start, count, days = None, 0, 0
 
 
 def reachable_partitions(

@@ -340,6 +340,17 @@ def test_a_join_in_chunks_of_a_day_gives_the_whole_join(
     )
 
 
+def test_join_chunks_are_whole_days_bounded_in_rows_and_in_days() -> None:
+    """Five small days join two at a time (JOIN_DAYS): Feast matches each entity row with
+    a source row per day of its chunk, so many small days cost like many rows."""
+    from feature_repo.store import JOIN_DAYS, _chunks
+
+    times = pd.date_range("2026-01-02 09:00", periods=5, freq="D", tz="UTC").repeat(3)
+    chunks = list(_chunks(pd.DataFrame({"event_timestamp": times})))
+    days = [c["event_timestamp"].dt.day.unique().tolist() for c in chunks]
+    assert JOIN_DAYS == 2 and days == [[2, 3], [4, 5], [6]]
+
+
 def test_a_narrowed_source_keeps_what_a_join_from_its_first_time_can_pick(
     tmp_path: Path,
 ) -> None:
