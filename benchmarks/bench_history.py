@@ -259,6 +259,32 @@ def print_stage(r: dict[str, Any], label: str) -> None:
     )
 
 
+def run_stages(
+    ws: Workspace, root: Path, epochs: list[int], min_free_gb: float, offers: int
+) -> list[dict[str, Any]]:
+    """The dataset stage, then the train stage once per count of `epochs`, printed as they
+    end; the dataset's result carries the training table's rows."""
+    hooks = root / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = stage_env(ws, hooks, ws.root / "logs" / "bench-history-processes.jsonl")
+    print(f"{'stage':<16} {'wall s':>8} {'VmHWM MB':>10} {'tree MB':>10} {'peak at':>8}  "
+          f"load 1/5/15 min  output")  # fmt: skip
+    results = [run_stage(ws, "dataset", env, min_free_gb)]
+    print_stage(results[0], "dataset")
+    if results[0]["failed"] is None:
+        table = pq.read_metadata(ws.training_set / "offers.parquet")
+        results[0]["rows"] = table.num_rows
+        missing = offers - table.num_rows
+        print(f"training table: {table.num_rows:,} rows x {table.num_columns} columns "
+              f"({missing:,} offers without a feature row)", flush=True)  # fmt: skip
+        for count in epochs:
+            set_epochs(ws, count)
+            results.append({**run_stage(ws, "train", env, min_free_gb), "epochs": count})
+            print_stage(results[-1], f"train {count} epoch{'s' * (count > 1)}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     scale = parser.add_mutually_exclusive_group()
@@ -302,26 +328,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"workspace {ws.root}",
             flush=True,
         )
-        hooks = root / "hooks"
-        hooks.mkdir(exist_ok=True)
-        (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        env = stage_env(ws, hooks, ws.root / "logs" / "bench-history-processes.jsonl")
-        print(f"{'stage':<16} {'wall s':>8} {'VmHWM MB':>10} {'tree MB':>10} {'peak at':>8}  "
-              f"load 1/5/15 min  output")  # fmt: skip
-        results = [run_stage(ws, "dataset", env, args.min_free_gb)]
-        print_stage(results[0], "dataset")
-        if results[0]["failed"] is None:
-            table = pq.read_metadata(ws.training_set / "offers.parquet")
-            results[0]["rows"] = table.num_rows
-            missing = offers - table.num_rows
-            print(f"training table: {table.num_rows:,} rows x {table.num_columns} columns "
-                  f"({missing:,} offers without a feature row)", flush=True)  # fmt: skip
-            for epochs in args.epochs:
-                set_epochs(ws, epochs)
-                results.append({**run_stage(ws, "train", env, args.min_free_gb),
-                                 "epochs": epochs})  # fmt: skip
-                print_stage(results[-1], f"train {epochs} epoch{'s' * (epochs > 1)}")
-        return results
+        return run_stages(ws, root, args.epochs, args.min_free_gb, offers)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -353,6 +353,16 @@ def _fit_rank(
         dist.destroy_process_group()
 
 
+def _epoch_order(
+    gen: torch.Generator, n: int, resample: torch.Tensor | None, rank: int, world: int
+) -> torch.Tensor:
+    """This rank's rows of one epoch: its slice of a permutation of the `n` rows, mapped
+    through `resample` (rows of the training arrays) when given."""
+    per_rank = n // world
+    order = torch.randperm(n, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
+    return order if resample is None else resample[order]
+
+
 def _outcomes_at(train: TrainingArrays, rows: np.ndarray) -> TrainingArrays:
     """`train`'s targets at `rows` with no inputs (x has no columns): what the output
     prior reads, without copying the inputs."""
@@ -366,14 +376,22 @@ def _rank_device(cfg: ModelParams, rank: int, world: int) -> torch.device:
     return torch.device("cuda", rank) if device.type == "cuda" and world > 1 else device
 
 
-def _initial_net(train: TrainingArrays, cfg: ModelParams, n_user: int, n_arm: int) -> CouponNet:
-    """The untrained network: seeded weights, the output bias at the outcomes' prior."""
+def _initial_net(
+    train: TrainingArrays,
+    cfg: ModelParams,
+    n_user: int,
+    n_arm: int,
+    sample: np.ndarray | None = None,
+) -> CouponNet:
+    """The untrained network: seeded weights, the output bias at the outcomes' prior (of
+    `train`'s rows at `sample`, when given)."""
+    prior = train if sample is None else _outcomes_at(train, sample)
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator matters
         torch.manual_seed(int(cfg["seed"]))
         net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
     with torch.no_grad():
         cast(nn.Linear, net.base[-1]).bias.copy_(  # _mlp ends in a Linear layer
-            torch.from_numpy(output_prior(train))
+            torch.from_numpy(output_prior(prior))
         )
     return net
 
@@ -412,44 +430,37 @@ def _fit(
 ) -> tuple[CouponNet, FitLog]:
     """The training loop of one process: with `world` > 1 the network is wrapped in
     DistributedDataParallel and this `rank` takes its slice of each epoch's permutation
-    (every rank the same number of batches, or the gradient all-reduce would wait).
-    With `sample` the epochs walk `train`'s rows at `sample` (each batch gathers them)
-    rather than all of `train`: the batches of `train.take(sample)`, with no copy."""
+    (every rank the same number of batches, or the gradient all-reduce would wait); with
+    `sample`, of `train`'s rows at `sample`: `train.take(sample)`'s batches, no copy."""
     d = n_user + n_arm
     if train.x.shape[1] != d or valid.x.shape[1] != d:
         raise ValueError(f"inputs have {train.x.shape[1]} columns, layout says {n_user}+{n_arm}")
     started = time.perf_counter()
     device = _rank_device(cfg, rank, world)
     use_amp = device.type == "cuda"
-    seed = int(cfg["seed"])
-    prior = train if sample is None else _outcomes_at(train, sample)
-    net = _initial_net(prior, cfg, n_user, n_arm).to(device)
+    net = _initial_net(train, cfg, n_user, n_arm, sample).to(device)
     model: nn.Module = net
     if world > 1:
         model = DistributedDataParallel(net, device_ids=[rank] if device.type == "cuda" else None)
     data, held_out = train.packed().to(device), valid.packed().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), foreach=True)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    gen = torch.Generator(device="cpu").manual_seed(seed)  # the same order on every rank
-    n, bs, patience = len(data), int(cfg["batch_size"]), int(cfg.get("patience", 3))
-    resample = None if sample is None else torch.from_numpy(np.asarray(sample, dtype=np.int64))
-    n = n if resample is None else len(resample)
-    per_rank = n // world
+    gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))  # same order, every rank
+    resample, n = (None, len(data)) if sample is None else (torch.as_tensor(sample), len(sample))
     best, best_epoch, best_state, history = float("inf"), -1, None, list[EpochLoss]()
     bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False,
                disable=rank > 0)  # fmt: skip
     for epoch in bar:
         model.train()
-        order = torch.randperm(n, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
-        order = order if resample is None else resample[order]
-        _epoch(model, data, order.to(device), d, bs, opt, scaler, use_amp)
+        order = _epoch_order(gen, n, resample, rank, world)
+        _epoch(model, data, order.to(device), d, int(cfg["batch_size"]), opt, scaler, use_amp)
         val_loss = _valid_loss(net, held_out, d)  # the same weights on every rank: one verdict
         history.append({"epoch": epoch, "valid_loss": val_loss})
         bar.set_postfix(valid_loss=f"{val_loss:.4f}")
         if val_loss < best - 1e-5:
             best, best_epoch = val_loss, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        elif epoch - best_epoch >= patience:
+        elif epoch - best_epoch >= int(cfg.get("patience", 3)):
             break
     if best_state is None:
         raise ValueError("the validation loss was never finite: check the inputs and weights")
