@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 from feast import FeatureStore, FeatureView, FileSource, RepoConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
@@ -242,20 +244,25 @@ def _point_in_time(store: FeatureStore, keys: pd.DataFrame, refs: list[str]) -> 
 
 
 JOIN_ROWS = 1_000_000  # entity rows per Feast join, in whole days: bounds its memory
+# ... and days per join: Feast matches each entity row with every source row of its key,
+# about one a day of the chunk plus one (`_narrowed_source`), so a chunk of many small
+# days costs as much as one of many rows (100k events a day: 18 days, 8.5 GB).
+JOIN_DAYS = 2
 
 
 def _chunks(rows: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, None]]:
-    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or the end (with
-    None: each joined against the partitions its times can reach)."""
+    """`rows` in chunks of whole consecutive days, each reaching JOIN_ROWS or JOIN_DAYS
+    days or the end (with None: each joined against the partitions its times can reach)."""
     day = rows["event_timestamp"].dt.floor("D")
     sizes = day.value_counts().sort_index()
-    start, count = None, 0
+    start, count, days = None, 0, 0
     for when, size in sizes.items():
         start = when if start is None else start
         count += size
-        if count >= JOIN_ROWS or when == sizes.index[-1]:
+        days += 1
+        if count >= JOIN_ROWS or days >= JOIN_DAYS or when == sizes.index[-1]:
             yield rows[(day >= start) & (day <= when)], None
-            start, count = None, 0
+            start, count, days = None, 0, 0
 
 
 def _ray_groups(view: FeatureView, rows: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, list[str]]]:
@@ -304,13 +311,14 @@ def _join_window(
     keep: list[str] | None = None,
 ) -> pd.DataFrame:
     """Feast's point-in-time join of `rows` with `view`, its file source narrowed to the
-    partitions `keep` (by default those the rows' times can reach): a folder of links to
-    them, the view's copy pointing there (the registered view keeps its whole folder), the
+    partitions `keep` (by default those the rows' times can reach) and, within them, to
+    what the rows' times can use (`_narrowed_source`, written to a scratch folder, the
+    view's copy pointing there; the registered view keeps its whole folder), through the
     same provider join FeatureStore.get_historical_features runs."""
     source = view.batch_source
     root = Path(source.path)
+    times = pd.to_datetime(rows["event_timestamp"], utc=True).dt.tz_convert(None)
     if keep is None:
-        times = pd.to_datetime(rows["event_timestamp"], utc=True).dt.tz_convert(None)
         ttl = pd.Timedelta(view.ttl) if view.ttl else None
         keep = reachable_partitions(_partition_dates(view), times.min(), times.max(), ttl)
     if not keep:  # nothing known yet at those times
@@ -318,10 +326,17 @@ def _join_window(
         empty = rows.assign(**dict.fromkeys(names, np.nan))
         return _declared_dtypes(view, empty) if is_ray(store) else empty
     with tempfile.TemporaryDirectory(prefix=f"{view.name}-window-") as window:
-        for date in keep:
-            (Path(window) / f"date={date}").mkdir()
-            for file in (root / f"date={date}").iterdir():
-                (Path(window) / f"date={date}" / file.name).symlink_to(file.resolve())
+        key = rows.columns[0]
+        narrowed = _narrowed_source(
+            [root / f"date={date}" for date in keep],
+            key,
+            source.timestamp_field,
+            rows[key].drop_duplicates().to_numpy(),
+            times.min(),
+        )
+        (Path(window) / "date=window").mkdir()
+        pq.write_table(narrowed, Path(window) / "date=window" / "part.parquet")
+        del narrowed
         view.batch_source = FileSource(
             name=source.name,
             path=window,
@@ -352,6 +367,48 @@ def _declared_dtypes(view: FeatureView, frame: pd.DataFrame) -> pd.DataFrame:
     nothing to read, so that every group has its features' one type."""
     floats = {f.name: "float32" for f in view.features if f.dtype == Float32}
     return frame.astype({name: kind for name, kind in floats.items() if name in frame})
+
+
+def _narrowed_source(
+    partitions: list[Path], key: str, stamp: str, keys: np.ndarray, first: pd.Timestamp
+) -> pa.Table:
+    """The rows of `partitions` a point-in-time join of `keys` at times from `first` on
+    can pick, and the same answer from them: only the rows of `keys`, and of those stamped
+    at or before `first` only each key's newest (with its ties). For a time t >= first the
+    join takes the newest row stamped <= t within the ttl: one stamped after `first` (all
+    kept), else the newest stamped by `first`; an older one is never newer, nor inside
+    the ttl when that one is not. Feast's file store matches every entity row with every
+    row of its key in the source, so a chunk of two days at 1M users met ~10 partitions
+    of 1.1M rows (~7 GB); this keeps about one partition per day of the chunk, plus one.
+    Read a partition at a time (`pyarrow`); schemas as written."""
+    wanted = pa.array(keys)
+    first = pd.Timestamp(first).tz_localize("UTC")
+    older: pa.Table | None = None
+    newer: list[pa.Table] = []
+    for folder in partitions:
+        for file in sorted(folder.glob("*.parquet")):
+            table = pq.read_table(file)
+            column = table.column(key)
+            table = table.filter(pc.is_in(column, value_set=wanted.cast(column.type)))
+            when = pd.to_datetime(table.column(stamp).to_pandas(), utc=True)
+            after = (when > first).to_numpy()
+            newer.append(table.filter(after))
+            before = table.filter(~after)
+            older = (
+                before
+                if older is None
+                else pa.concat_tables([older, before], promote_options="permissive")
+            )
+            frame = pd.DataFrame(
+                {
+                    "key": older.column(key).to_pandas(),
+                    "at": pd.to_datetime(older.column(stamp).to_pandas(), utc=True),
+                }
+            )
+            newest = frame.groupby("key", sort=False)["at"].transform("max")
+            older = older.filter((frame["at"] == newest).to_numpy())
+    kept = [t for t in [older, *newer] if t is not None]
+    return pa.concat_tables(kept, promote_options="permissive")
 
 
 def coupon_stats_at(

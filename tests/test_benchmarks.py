@@ -77,6 +77,36 @@ def test_observable_lift_pools_the_segments_the_inputs_cannot_tell_apart() -> No
     assert seen["harmed"] == pytest.approx(1.0, abs=0.3)
 
 
+def test_bench_history_tiles_a_history_the_training_stages_run_on(tmp_path) -> None:
+    """2 simulated days tiled to 6: every copied day keeps its source's rows and schema,
+    the ids stay unique, every offer of the window finds its features (none dropped),
+    and both stages run to the end and report their peaks."""
+    import pyarrow.parquet as pq
+
+    from benchmarks.bench_history import main
+
+    dataset, *trains = main(["--users", "2000", "--simulated", "2", "--days", "6",
+                             "--epochs", "1", "2", "--keep", str(tmp_path)])  # fmt: skip
+    offline = tmp_path / "users-2000" / "data" / "offline"
+    for table in ("users", "coupons", "sessions", "offers", "orders"):
+        parts = sorted((offline / table).glob("date=*/part.parquet"))
+        assert len(parts) == 6
+        for copy in parts[2:]:
+            source = parts[(int(copy.parent.name[-2:]) - 1) % 2]  # day N copies day (N-1) mod 2
+            assert pq.read_schema(copy) == pq.read_schema(source)
+            assert pq.read_metadata(copy).num_rows == pq.read_metadata(source).num_rows
+    offers = pq.read_table(offline / "offers").to_pandas()
+    assert offers["offer_id"].is_unique
+    assert (offers["ts"].dt.strftime("%Y-%m-%d") == offers["date"].astype(str)).all()
+    training = pq.read_table(tmp_path / "users-2000" / "data" / "training" / "offers.parquet")
+    first_day = (offers["date"] == "2026-01-01").sum()  # no features before it: not in the window
+    assert dataset["rows"] == training.num_rows == len(offers) - first_day
+    assert training.column("day").to_pandas().nunique() == 5  # every day but the first
+    assert [r["epochs"] for r in trains] == [1, 2]
+    for r in (dataset, *trains):
+        assert r["failed"] is None and r["vmhwm_mb"] > 0 and r["seconds"] > 0
+
+
 @pytest.mark.e2e
 def test_bench_policy_runs_the_real_stages_over_seeds(tmp_path) -> None:
     from benchmarks.bench_policy import main

@@ -313,6 +313,69 @@ def test_a_training_window_reads_and_covers_only_its_days(
     pd.testing.assert_frame_equal(table.reset_index(drop=True), expected)
 
 
+def test_a_join_in_chunks_of_a_day_gives_the_whole_join(
+    sqlite_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join split into a chunk per day (JOIN_ROWS of 1) and the training table built
+    a day at a time (CHUNK_ROWS of 1) give the table of one join of every day: each
+    chunk reads its own narrowed source (a chunk once read the folder the one before had
+    removed, and every later chunk joined nothing)."""
+    import feature_repo.store as store_module
+    import training.dataset as dataset
+
+    ws, days = sqlite_store
+    whole = dataset.build(ws)
+    monkeypatch.setattr(store_module, "JOIN_ROWS", 1)
+    monkeypatch.setattr(dataset, "CHUNK_ROWS", 1)
+    assert len(list(dataset.day_chunks(ws, dataset.window(ws)))) == len(days) - 1
+    pd.testing.assert_frame_equal(dataset.build(ws), whole)
+    requests = whole[["user_id", "coupon_id", "ts", "kind", "value"]]
+    requests = requests.rename(columns={"ts": "event_timestamp"})
+    by_day = historical_features(open_store(ws), requests)  # several chunks in one call
+    assert by_day["sessions_7d"].notna().all()
+    pd.testing.assert_frame_equal(
+        by_day[USER_FEATURES].reset_index(drop=True),
+        whole[USER_FEATURES].reset_index(drop=True),
+        check_dtype=False,
+    )
+
+
+def test_join_chunks_are_whole_days_bounded_in_rows_and_in_days() -> None:
+    """Five small days join two at a time (JOIN_DAYS): Feast matches each entity row with
+    a source row per day of its chunk, so many small days cost like many rows."""
+    from feature_repo.store import JOIN_DAYS, _chunks
+
+    times = pd.date_range("2026-01-02 09:00", periods=5, freq="D", tz="UTC").repeat(3)
+    chunks = [chunk for chunk, _ in _chunks(pd.DataFrame({"event_timestamp": times}))]
+    days = [c["event_timestamp"].dt.day.unique().tolist() for c in chunks]
+    assert JOIN_DAYS == 2 and days == [[2, 3], [4, 5], [6]]
+
+
+def test_a_narrowed_source_keeps_what_a_join_from_its_first_time_can_pick(
+    tmp_path: Path,
+) -> None:
+    """Of the rows stamped by the chunk's first time only each key's newest (ties kept),
+    every row stamped after it, and only the keys asked for."""
+    from feature_repo.store import _narrowed_source
+
+    stamp = lambda day: pd.Timestamp(day, tz="UTC")  # noqa: E731
+    rows = [  # (user, stamp): user 1 every day, user 2 not since the 3rd, user 3 not asked
+        *[(1, stamp(f"2026-01-0{d}")) for d in (2, 3, 4, 5, 6)],
+        (2, stamp("2026-01-02")), (2, stamp("2026-01-03")), (2, stamp("2026-01-03")),
+        (3, stamp("2026-01-05")),
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["user_id", "event_timestamp"]).assign(x=range(len(rows)))
+    folders = []
+    for day, part in frame.groupby(frame["event_timestamp"].dt.strftime("%Y-%m-%d")):
+        folders.append(tmp_path / f"date={day}")
+        folders[-1].mkdir()
+        part.to_parquet(folders[-1] / "part.parquet", index=False)
+    kept = _narrowed_source(folders, "user_id", "event_timestamp", np.array([1, 2]),
+                            pd.Timestamp("2026-01-04 08:00")).to_pandas()  # fmt: skip
+    got = sorted(zip(kept["user_id"], kept["event_timestamp"].dt.day, strict=True))
+    assert got == [(1, 4), (1, 5), (1, 6), (2, 3), (2, 3)]
+
+
 def test_a_join_reads_the_partitions_its_times_can_reach() -> None:
     """Rows stamped at the end of their day, a 7-day ttl: times on the 15th reach back to
     the partition of the 8th (stamped the 9th, 0:00) and no later than the 14th's."""
@@ -324,23 +387,6 @@ def test_a_join_reads_the_partitions_its_times_can_reach() -> None:
     got = reachable_partitions(dates, at, at, week)
     assert got[0] == "2026-01-08" and got[-1] == "2026-01-15"
     assert reachable_partitions(dates, at - pd.Timedelta(days=3), at, None) == dates[:15]
-
-
-def test_a_join_in_several_chunks_finds_what_one_chunk_finds(
-    sqlite_store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Chunks of one day each: every chunk narrows the view's whole folder (an earlier
-    version left the view on the first chunk's deleted window: later chunks found nothing)."""
-    import feature_repo.store as store_module
-
-    ws, days = sqlite_store
-    store = open_store(ws)
-    rows = pd.concat([requests_at(ws, day, [1, 2], day_end(day)) for day in days[1:]])
-    whole = historical_features(store, rows)
-    monkeypatch.setattr(store_module, "JOIN_ROWS", 1)
-    chunked = historical_features(store, rows)
-    pd.testing.assert_frame_equal(chunked, whole)
-    assert whole[USER_FEATURES].notna().all().all()
 
 
 def writer_workspaces(

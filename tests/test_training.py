@@ -104,3 +104,43 @@ def test_train_stage_writes_a_reproducible_model_and_its_record(
     assert (
         json.loads((tmp_path / "models" / "model.json").read_text())["version"] == meta["version"]
     )
+
+
+def test_the_stage_builds_its_arrays_from_the_file_a_batch_at_a_time(tmp_path: Path) -> None:
+    """`from_parquet` (the stage never holds the whole table) gives `from_table`'s arrays
+    of the chosen days exactly, the weights' shares and mean over all those rows; they are
+    views of one packed array, which `packed()` hands out without a copy."""
+    import numpy as np
+
+    from tests.helpers.known_effect import known_effect_log
+
+    days = pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"])
+    table = pd.concat(
+        [known_effect_log(1_500, seed=i).assign(day=d) for i, d in enumerate(days)],
+        ignore_index=True,
+    )
+    path = tmp_path / "offers.parquet"
+    table.to_parquet(path, index=False, row_group_size=1_000)
+    built = train.TrainingArrays.from_parquet(path, list(days[:2]), 10.0, batch_rows=700)
+    expected = train.TrainingArrays.from_table(table[table["day"].isin(days[:2])], 10.0)
+    for name in ("x", *train.TARGETS):
+        assert np.array_equal(getattr(built, name), getattr(expected, name)), name
+    assert built.packed().data_ptr() == built.packed().data_ptr()
+    rows = np.array([5, 5, 0, 2_999, 17])
+    assert np.array_equal(built.take(rows).packed().numpy(), expected.take(rows).packed().numpy())
+
+
+def test_a_bootstrap_member_gathers_its_rows_as_a_copy_would() -> None:
+    """`fit(..., sample=rows)` walks the resample without copying it: the same network as
+    fitting `train.take(rows)`."""
+    import numpy as np
+
+    from tests.helpers.known_effect import known_effect_log
+
+    data = train.TrainingArrays.from_table(known_effect_log(3_000, seed=1), 10.0)
+    valid = train.TrainingArrays.from_table(known_effect_log(1_000, seed=2), 10.0)
+    rows = train.bootstrap_users(np.arange(3_000) // 3, seed=1)
+    cfg = {"seed": 1, "hidden": 8, "epochs": 2, "batch_size": 256, "lr": 0.003, "patience": 5}
+    gathered, _ = train.fit(data, valid, cfg, sample=rows)
+    copied, _ = train.fit(data.take(rows), valid, cfg)
+    assert train.model_version(gathered, "2026-01-04") == train.model_version(copied, "2026-01-04")

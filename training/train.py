@@ -28,6 +28,7 @@ from typing import cast
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import yaml
@@ -37,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from couponflow.config import PROJECT_ROOT, ModelParams, Workspace
-from couponflow.features import USER_FEATURES
+from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.model import (
     N_ARM_INPUTS,
     N_USER_INPUTS,
@@ -112,26 +113,92 @@ class TrainingArrays:
 
     def take(self, rows: np.ndarray) -> TrainingArrays:
         """The rows at `rows`, in that order (repeats allowed: a bootstrap resample)."""
+        if (packed := getattr(self, "_packed", None)) is not None:
+            return TrainingArrays.from_packed(packed[rows])
         return TrainingArrays(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, max_weight: float) -> TrainingArrays:
         """Arrays of a training table (training.dataset): one row per logged offer."""
         return cls(
-            x=encode(table[USER_FEATURES].to_numpy(np.float32), table),
-            purchased=table["purchased"].to_numpy(np.float32),
-            log_amount=np.log(table["amount"].clip(lower=1.0).to_numpy(np.float32)),
-            redeemed=table["redeemed"].to_numpy(np.float32),
-            offered=table["coupon_id"].notna().to_numpy(np.float32),
+            **_inputs_and_outcomes(table),
             weight=stabilised_weights(
                 table["coupon_id"], table["propensity"].to_numpy(), max_weight
             ),
         )
 
+    @classmethod
+    def from_packed(cls, packed: np.ndarray) -> TrainingArrays:
+        """Arrays that are views of one (n, inputs + len(TARGETS)) float32 array laid out
+        as `packed()` returns it: no copy is made, and `packed()` and `take` use it."""
+        d = packed.shape[1] - len(TARGETS)
+        targets = {t: packed[:, d + i] for i, t in enumerate(TARGETS)}
+        arrays = cls(x=packed[:, :d], **targets)
+        object.__setattr__(arrays, "_packed", packed)
+        return arrays
+
+    @classmethod
+    def from_parquet(
+        cls, path: Path, days: list, max_weight: float, batch_rows: int = 262_144
+    ) -> TrainingArrays:
+        """`from_table` of the rows of `days` in the training table at `path`, the same
+        arrays, built a batch of rows at a time straight into one packed array: the table
+        itself is never in memory (at 1M users a month is ~18M rows of 69 columns), only
+        its `day` and `coupon_id` columns. The weights' arm shares and mean are over all
+        the rows, as `stabilised_weights` takes them."""
+        file = pq.ParquetFile(path)
+        columns = file.read(columns=["day", "coupon_id"]).to_pandas()
+        keep = columns["day"].isin(days).to_numpy()
+        arm = columns["coupon_id"][keep]
+        labels = arm.astype(object).where(arm.notna(), "")
+        share = labels.value_counts(normalize=True)
+        del columns, arm, labels
+        d = N_USER_INPUTS + N_ARM_INPUTS
+        packed = np.empty((int(keep.sum()), d + len(TARGETS)), dtype=np.float32)
+        weight = np.empty(len(packed), dtype=np.float64)
+        at, seen = 0, 0
+        for batch in file.iter_batches(batch_size=batch_rows, columns=TABLE_COLUMNS):
+            rows = keep[seen : seen + batch.num_rows]
+            seen += batch.num_rows
+            if not rows.any():
+                continue
+            frame = batch.to_pandas()[rows]
+            end = at + len(frame)
+            arrays = _inputs_and_outcomes(frame)
+            packed[at:end, :d] = arrays.pop("x")
+            for i, target in enumerate(TARGETS[:-1]):
+                packed[at:end, d + i] = arrays[target]
+            labels = frame["coupon_id"].astype(object).where(frame["coupon_id"].notna(), "")
+            weight[at:end] = np.minimum(
+                labels.map(share).to_numpy() / frame["propensity"].to_numpy(np.float64),
+                max_weight,
+            )
+            at = end
+        packed[:, -1] = weight / weight.mean()
+        return cls.from_packed(packed)
+
     def packed(self) -> torch.Tensor:
         """One (n, inputs + len(TARGETS)) tensor, inputs then TARGETS, so a batch is a
-        single gather."""
+        single gather (the arrays' own memory when they are views of one, `from_packed`)."""
+        if (packed := getattr(self, "_packed", None)) is not None:
+            return torch.from_numpy(packed)
         return torch.from_numpy(np.hstack([self.x, *(getattr(self, t)[:, None] for t in TARGETS)]))
+
+
+# The training table's columns the arrays are built from.
+TABLE_COLUMNS = [*USER_FEATURES, "coupon_id", "kind", "value", "min_spend", "category",
+                 *COUPON_FEATURES, "purchased", "amount", "redeemed", "propensity"]  # fmt: skip
+
+
+def _inputs_and_outcomes(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The encoded inputs and the outcomes of training-table rows, float32 (no weights)."""
+    return {
+        "x": encode(table[USER_FEATURES].to_numpy(np.float32), table),
+        "purchased": table["purchased"].to_numpy(np.float32),
+        "log_amount": np.log(table["amount"].clip(lower=1.0).to_numpy(np.float32)),
+        "redeemed": table["redeemed"].to_numpy(np.float32),
+        "offered": table["coupon_id"].notna().to_numpy(np.float32),
+    }
 
 
 def loss_fn(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -222,8 +289,11 @@ def fit(
     cfg: ModelParams,
     n_user: int = N_USER_INPUTS,
     n_arm: int = N_ARM_INPUTS,
+    sample: np.ndarray | None = None,
 ) -> tuple[CouponNet, FitLog]:
-    """Train a CouponNet(n_user, n_arm, cfg hidden) with Adam, early-stopping on `valid`.
+    """Train a CouponNet(n_user, n_arm, cfg hidden) with Adam, early-stopping on `valid`,
+    on `train`'s rows at `sample` when given (a bootstrap resample: the same as fitting
+    `train.take(sample)`, without copying the rows in one process).
 
     cfg: seed, hidden, epochs, batch_size, lr, patience; optional device, threads (CPU) and
     processes (data-parallel; default every GPU). The same data and seed give the same
@@ -234,7 +304,9 @@ def fit(
     world = data_parallel_processes(cfg)
     if world == 1:
         with torch_threads(cpu_threads(cfg)):
-            return _fit(train, valid, cfg, n_user, n_arm)
+            return _fit(train, valid, cfg, n_user, n_arm, sample=sample)
+    if sample is not None:
+        train = train.take(sample)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "rank0.pt"
@@ -281,20 +353,45 @@ def _fit_rank(
         dist.destroy_process_group()
 
 
+def _epoch_order(
+    gen: torch.Generator, n: int, resample: torch.Tensor | None, rank: int, world: int
+) -> torch.Tensor:
+    """This rank's rows of one epoch: its slice of a permutation of the `n` rows, mapped
+    through `resample` (rows of the training arrays) when given."""
+    per_rank = n // world
+    order = torch.randperm(n, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
+    return order if resample is None else resample[order]
+
+
+def _outcomes_at(train: TrainingArrays, rows: np.ndarray) -> TrainingArrays:
+    """`train`'s targets at `rows` with no inputs (x has no columns): what the output
+    prior reads, without copying the inputs."""
+    targets = {t: getattr(train, t)[rows] for t in TARGETS}
+    return TrainingArrays(x=np.empty((len(rows), 0), dtype=np.float32), **targets)
+
+
 def _rank_device(cfg: ModelParams, rank: int, world: int) -> torch.device:
     """The configured device; with CUDA and `world` > 1, this rank's own GPU."""
     device = pick_device(cfg)
     return torch.device("cuda", rank) if device.type == "cuda" and world > 1 else device
 
 
-def _initial_net(train: TrainingArrays, cfg: ModelParams, n_user: int, n_arm: int) -> CouponNet:
-    """The untrained network: seeded weights, the output bias at the outcomes' prior."""
+def _initial_net(
+    train: TrainingArrays,
+    cfg: ModelParams,
+    n_user: int,
+    n_arm: int,
+    sample: np.ndarray | None = None,
+) -> CouponNet:
+    """The untrained network: seeded weights, the output bias at the outcomes' prior (of
+    `train`'s rows at `sample`, when given)."""
+    prior = train if sample is None else _outcomes_at(train, sample)
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator matters
         torch.manual_seed(int(cfg["seed"]))
         net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
     with torch.no_grad():
         cast(nn.Linear, net.base[-1]).bias.copy_(  # _mlp ends in a Linear layer
-            torch.from_numpy(output_prior(train))
+            torch.from_numpy(output_prior(prior))
         )
     return net
 
@@ -329,41 +426,41 @@ def _fit(
     n_arm: int,
     rank: int = 0,
     world: int = 1,
+    sample: np.ndarray | None = None,
 ) -> tuple[CouponNet, FitLog]:
     """The training loop of one process: with `world` > 1 the network is wrapped in
     DistributedDataParallel and this `rank` takes its slice of each epoch's permutation
-    (every rank the same number of batches, or the gradient all-reduce would wait)."""
+    (every rank the same number of batches, or the gradient all-reduce would wait); with
+    `sample`, of `train`'s rows at `sample`: `train.take(sample)`'s batches, no copy."""
     d = n_user + n_arm
     if train.x.shape[1] != d or valid.x.shape[1] != d:
         raise ValueError(f"inputs have {train.x.shape[1]} columns, layout says {n_user}+{n_arm}")
     started = time.perf_counter()
     device = _rank_device(cfg, rank, world)
     use_amp = device.type == "cuda"
-    seed = int(cfg["seed"])
-    net = _initial_net(train, cfg, n_user, n_arm).to(device)
+    net = _initial_net(train, cfg, n_user, n_arm, sample).to(device)
     model: nn.Module = net
     if world > 1:
         model = DistributedDataParallel(net, device_ids=[rank] if device.type == "cuda" else None)
     data, held_out = train.packed().to(device), valid.packed().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), foreach=True)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    gen = torch.Generator(device="cpu").manual_seed(seed)  # the same order on every rank
-    n, bs, patience = len(data), int(cfg["batch_size"]), int(cfg.get("patience", 3))
-    per_rank = n // world
+    gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))  # same order, every rank
+    resample, n = (None, len(data)) if sample is None else (torch.as_tensor(sample), len(sample))
     best, best_epoch, best_state, history = float("inf"), -1, None, list[EpochLoss]()
     bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False,
                disable=rank > 0)  # fmt: skip
     for epoch in bar:
         model.train()
-        order = torch.randperm(n, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
-        _epoch(model, data, order.to(device), d, bs, opt, scaler, use_amp)
+        order = _epoch_order(gen, n, resample, rank, world)
+        _epoch(model, data, order.to(device), d, int(cfg["batch_size"]), opt, scaler, use_amp)
         val_loss = _valid_loss(net, held_out, d)  # the same weights on every rank: one verdict
         history.append({"epoch": epoch, "valid_loss": val_loss})
         bar.set_postfix(valid_loss=f"{val_loss:.4f}")
         if val_loss < best - 1e-5:
             best, best_epoch = val_loss, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        elif epoch - best_epoch >= patience:
+        elif epoch - best_epoch >= int(cfg.get("patience", 3)):
             break
     if best_state is None:
         raise ValueError("the validation loss was never finite: check the inputs and weights")
@@ -411,8 +508,8 @@ def fit_ensemble(
     members, logs = [], []
     n = int(cfg.get("members") or 1)
     for i in tqdm(range(n), desc="ensemble", unit="member", leave=False, disable=n == 1):
-        data = train if i == 0 else train.take(bootstrap_users(train_users, seed=i))
-        net, log = fit(data, valid, {**cfg, "seed": int(cfg["seed"]) + i}, n_user, n_arm)
+        sample = None if i == 0 else bootstrap_users(train_users, seed=i)  # gathered, not copied
+        net, log = fit(train, valid, {**cfg, "seed": int(cfg["seed"]) + i}, n_user, n_arm, sample)
         members.append(net)
         logs.append(log)
     seconds = sum(log["seconds"] for log in logs)
@@ -468,16 +565,19 @@ def data_version(ws: Workspace) -> dict[str, str]:
 
 def main() -> None:
     ws = Workspace(Path.cwd())
-    table = pd.read_parquet(ws.training_set / "offers.parquet")
+    path = ws.training_set / "offers.parquet"
+    # The table's day and user columns alone: the arrays are read from the file a batch at
+    # a time (TrainingArrays.from_parquet), so the stage never holds the whole table.
+    table = pd.read_parquet(path, columns=["day", "user_id"])
     cfg = ws.params["model"]
     train_days, stop_day, eval_days = split_days(
         table, int(ws.params.get("evaluation", {}).get("days", 1))
     )
     max_weight = float(cfg["max_stabilised_weight"])
-    training_rows = table[table["day"].isin(train_days)]
-    train = TrainingArrays.from_table(training_rows, max_weight)
-    valid = TrainingArrays.from_table(table[table["day"] == stop_day], max_weight)
-    net, log = fit_ensemble(train, valid, training_rows["user_id"].to_numpy(), cfg)
+    train = TrainingArrays.from_parquet(path, train_days, max_weight)
+    valid = TrainingArrays.from_parquet(path, [stop_day], max_weight)
+    train_users = table.loc[table["day"].isin(train_days), "user_id"].to_numpy()
+    net, log = fit_ensemble(train, valid, train_users, cfg)
     data_days = sorted(str(pd.Timestamp(d).date()) for d in table["day"].unique())
     version = model_version(net, data_days[-1])
     meta: ModelRecord = {
