@@ -789,7 +789,10 @@ def judged_on_the_log(
     """The report of every policy valued off-policy on the held-out days' log, with the
     models' prediction quality, the uplift of those that rank, and the A/B readout; and the
     Qini and calibration curves. What the log can tell without the world's truth."""
-    priced = {name: [price(p, d.users, d.arms, cap) for d in days] for name, p in policies.items()}
+    # a day at a time, every policy in turn: the baselines' shared cost model keeps its last
+    # prediction, so each day's costs are predicted once (policy by policy, once per baseline)
+    by_day = [{name: price(p, d.users, d.arms, cap) for name, p in policies.items()} for d in days]
+    priced = {name: [prices[name] for prices in by_day] for name in policies}
     q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days)
     judged = judge(days, priced, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
