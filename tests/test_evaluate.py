@@ -103,6 +103,20 @@ def test_the_baselines_never_predict_no_coupon_and_answer_as_if_they_had(
         response.value(users, ARMS.iloc[1:])
 
 
+def test_the_challenger_scores_a_population_once_for_its_prices_and_rewards(
+    policies: dict[str, Policy],
+) -> None:
+    challenger = policies["challenger"]
+    assert isinstance(challenger, ModelPolicy)
+    users = known_effect_log(40, seed=7)[USER_FEATURES].to_numpy(np.float32)
+    first = challenger.scores(users, ARMS)
+    assert challenger.scores(users, ARMS) is first
+    assert not first.incremental_profit.flags.writeable
+    again = challenger.scores(users.copy(), ARMS)  # other users: scored anew, the same
+    assert again is not first
+    np.testing.assert_array_equal(again.expected_cost, first.expected_cost)
+
+
 def test_true_lead_intervals_do_not_depend_on_the_resampling_blocks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -88,16 +88,26 @@ class ModelPolicy:
 
     def __init__(self, name: str, net: Recommender, version: str, margin: float) -> None:
         self.name, self.net, self.version, self.margin = name, net, version, margin
+        self._last: tuple[np.ndarray, pd.DataFrame, Scores] | None = None
 
     def scores(self, users: np.ndarray, arms: pd.DataFrame) -> Scores:
         """The shared `score` of every user and arm, a chunk of users at a time (see
-        `user_chunks`): a whole population's pair inputs at once do not fit at scale."""
+        `user_chunks`): a whole population's pair inputs at once do not fit at scale. The
+        population is priced and then asked its expected reward: the scores of the last
+        (users, arms) objects are kept and given again (read-only) instead of running the
+        network twice."""
+        if self._last is not None and self._last[0] is users and self._last[1] is arms:
+            return self._last[2]
         parts = [
             score(self.net, users[rows], arms, self.margin) for rows in user_chunks(len(users))
         ]
-        return Scores(
+        scores = Scores(
             *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Scores))
         )
+        for f in fields(Scores):
+            getattr(scores, f.name).setflags(write=False)
+        self._last = (users, arms, scores)
+        return scores
 
     def value_and_cost(
         self, users: np.ndarray, arms: pd.DataFrame
