@@ -17,10 +17,10 @@ import couponflow.metrics
 import couponflow.model
 from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
 from couponflow.features import USER_FEATURES
-from couponflow.model import CouponNet
+from couponflow.model import CouponNet, encode_pairs
 from couponflow.policy import eligible, with_control
 from tests.helpers.known_effect import ARMS, MARGIN, known_effect_log
-from training.baselines import GB_PARAMS, fit_baselines
+from training.baselines import GB_PARAMS, ResponseModel, TwoModelUplift, fit_baselines
 from training.evaluate import ModelPolicy, Policy, population, price, true_leads
 
 MAX_WEIGHT = 20.0
@@ -75,6 +75,46 @@ def test_the_baselines_share_one_cost_prediction(policies: dict[str, Policy]) ->
     again = policies["response"].value_and_cost(users.copy(), ARMS)[1]
     assert again is not costs[0]
     np.testing.assert_array_equal(again, costs[0])
+
+
+def test_the_baselines_never_predict_no_coupon_and_answer_as_if_they_had(
+    policies: dict[str, Policy],
+) -> None:
+    """Pricing only the coupon columns gives what predicting every arm and setting "no
+    coupon" to 0 gave, bit for bit; arms without "no coupon" first are refused."""
+    users = known_effect_log(60, seed=6)[USER_FEATURES].to_numpy(np.float32)
+    pairs = encode_pairs(users, ARMS)
+    response, uplift = policies["response"], policies["two_model_uplift"]
+    assert isinstance(response, ResponseModel) and isinstance(uplift, TwoModelUplift)
+    m = len(ARMS)
+    cost = np.maximum(response.cost_model.model.predict(pairs).reshape(-1, m), 0.0)
+    p_redeem = response.model.predict_proba(pairs)[:, 1].reshape(-1, m)
+    with_coupon = uplift.treated.predict(pairs).reshape(-1, m)
+    gain = with_coupon - uplift.control.predict(pairs[::m, : len(USER_FEATURES)])[:, None]
+    for old, (value, new_cost) in (
+        (p_redeem, response.value_and_cost(users, ARMS)),
+        (gain, uplift.value_and_cost(users, ARMS)),
+    ):
+        old[:, 0] = 0.0
+        np.testing.assert_array_equal(value, old)
+        cost[:, 0] = 0.0
+        np.testing.assert_array_equal(new_cost, cost)
+    with pytest.raises(ValueError, match="no coupon"):
+        response.value(users, ARMS.iloc[1:])
+
+
+def test_the_challenger_scores_a_population_once_for_its_prices_and_rewards(
+    policies: dict[str, Policy],
+) -> None:
+    challenger = policies["challenger"]
+    assert isinstance(challenger, ModelPolicy)
+    users = known_effect_log(40, seed=7)[USER_FEATURES].to_numpy(np.float32)
+    first = challenger.scores(users, ARMS)
+    assert challenger.scores(users, ARMS) is first
+    assert not first.incremental_profit.flags.writeable
+    again = challenger.scores(users.copy(), ARMS)  # other users: scored anew, the same
+    assert again is not first
+    np.testing.assert_array_equal(again.expected_cost, first.expected_cost)
 
 
 def test_true_lead_intervals_do_not_depend_on_the_resampling_blocks(

@@ -12,8 +12,9 @@ Each gives a value matrix (users, arms) to rank arms by, arm 0 being "no coupon"
 and an expected-cost matrix, so the one allocation spends every policy's budget alike.
 The cost comes from one gradient-boosting model of the discount given, shared by all
 of them: a baseline should lose on its ranking, not on a worse cost estimate. Every
-prediction over (user, arm) pairs goes a chunk of users at a time (`user_chunks`), so
-pricing a million users stays within a few hundred MB.
+prediction over (user, coupon) pairs goes a chunk of users at a time (`user_chunks`), so
+pricing a million users stays within a few hundred MB, and skips the "no coupon" column,
+which every learner's answer sets to 0 anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
 from couponflow.features import USER_FEATURES
-from couponflow.model import encode, encode_pairs, user_chunks
+from couponflow.model import ArmTable, encode, encode_pairs, user_chunks
 
 GB_PARAMS = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "random_state": 0}
 
@@ -36,10 +37,25 @@ def sample_weight(table: pd.DataFrame, max_weight: float) -> np.ndarray:
     return np.minimum(1.0 / table["propensity"].to_numpy(dtype=float), max_weight)
 
 
-def by_user_chunks(users: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """`fn` of each chunk of users (see `user_chunks`), stacked: the (users, arms) matrix
-    without ever building every pair's inputs at once."""
-    return np.concatenate([fn(users[rows]) for rows in user_chunks(len(users))])
+def coupon_pairs(
+    users: np.ndarray, arms: pd.DataFrame, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """The (users, arms) matrix of `fn(users, pairs)`, which answers (users, coupons) from a
+    chunk of users and the inputs of their (user, coupon) pairs, user-major; column 0, "no
+    coupon" (first in `arms`, see `policy.with_control`), is 0 and never predicted: every
+    baseline sets it to 0. A chunk of users at a time (see `user_chunks`), so every pair's
+    inputs are never built at once."""
+    if len(arms) and not pd.isna(arms["coupon_id"].iloc[0]):
+        raise ValueError('arms must start with "no coupon" (policy.with_control)')
+    out = np.zeros((len(users), len(arms)))
+    if len(arms) < 2:
+        return out
+    coupons = ArmTable.from_frame(arms.iloc[1:])
+    for rows in user_chunks(len(users)):
+        chunk = users[rows]
+        if len(chunk):
+            out[rows, 1:] = fn(chunk, encode_pairs(chunk, coupons)).reshape(len(chunk), -1)
+    return out
 
 
 def offered_rows(
@@ -94,12 +110,8 @@ class CostModel:
         evaluation's time at scale."""
         if self._last is not None and self._last[0] is users and self._last[1] is arms:
             return self._last[2]
-        m = len(arms)
-        cost = by_user_chunks(
-            users, lambda chunk: self.model.predict(encode_pairs(chunk, arms)).reshape(-1, m)
-        )
+        cost = coupon_pairs(users, arms, lambda _, pairs: self.model.predict(pairs))
         cost = np.maximum(cost, 0.0)
-        cost[:, 0] = 0.0
         cost.setflags(write=False)
         self._last = (users, arms, cost)
         return cost
@@ -153,17 +165,9 @@ class ResponseModel(Baseline):
         )
         return self
 
-    def p_redeem(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        m = len(arms)
-        return by_user_chunks(
-            users,
-            lambda chunk: self.model.predict_proba(encode_pairs(chunk, arms))[:, 1].reshape(-1, m),
-        )
-
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        value = self.p_redeem(users, arms)
-        value[:, 0] = 0.0
-        return value
+        """P(redeem) of every coupon, 0 for "no coupon"."""
+        return coupon_pairs(users, arms, lambda _, pairs: self.model.predict_proba(pairs)[:, 1])
 
 
 class TwoModelUplift(Baseline):
@@ -187,16 +191,16 @@ class TwoModelUplift(Baseline):
         return self
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        value = by_user_chunks(users, lambda chunk: self.uplift(chunk, arms))
-        value[:, 0] = 0.0
-        return value
+        """The uplift of every coupon, 0 for "no coupon"."""
+        return coupon_pairs(users, arms, self.uplift)
 
-    def uplift(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        """Predicted profit with each arm less without a coupon, (users, arms)."""
-        n, m = len(users), len(arms)
-        x = encode_pairs(users, arms)
-        with_coupon = self.treated.predict(x).reshape(n, m)
-        without = self.control.predict(x[::m, : len(USER_FEATURES)])
+    def uplift(self, users: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """Predicted profit with each coupon less without one, (users, coupons), from the
+        users' (user, coupon) pairs' inputs (user-major)."""
+        n = len(users)
+        with_coupon = self.treated.predict(pairs).reshape(n, -1)
+        # every pair of a user has the same user block: the first of each user's rows
+        without = self.control.predict(pairs[:: len(pairs) // n, : len(USER_FEATURES)])
         return with_coupon - without[:, None]
 
 

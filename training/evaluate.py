@@ -88,16 +88,26 @@ class ModelPolicy:
 
     def __init__(self, name: str, net: Recommender, version: str, margin: float) -> None:
         self.name, self.net, self.version, self.margin = name, net, version, margin
+        self._last: tuple[np.ndarray, pd.DataFrame, Scores] | None = None
 
     def scores(self, users: np.ndarray, arms: pd.DataFrame) -> Scores:
         """The shared `score` of every user and arm, a chunk of users at a time (see
-        `user_chunks`): a whole population's pair inputs at once do not fit at scale."""
+        `user_chunks`): a whole population's pair inputs at once do not fit at scale. The
+        population is priced and then asked its expected reward: the scores of the last
+        (users, arms) objects are kept and given again (read-only) instead of running the
+        network twice."""
+        if self._last is not None and self._last[0] is users and self._last[1] is arms:
+            return self._last[2]
         parts = [
             score(self.net, users[rows], arms, self.margin) for rows in user_chunks(len(users))
         ]
-        return Scores(
+        scores = Scores(
             *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Scores))
         )
+        for f in fields(Scores):
+            getattr(scores, f.name).setflags(write=False)
+        self._last = (users, arms, scores)
+        return scores
 
     def value_and_cost(
         self, users: np.ndarray, arms: pd.DataFrame
@@ -789,7 +799,10 @@ def judged_on_the_log(
     """The report of every policy valued off-policy on the held-out days' log, with the
     models' prediction quality, the uplift of those that rank, and the A/B readout; and the
     Qini and calibration curves. What the log can tell without the world's truth."""
-    priced = {name: [price(p, d.users, d.arms, cap) for d in days] for name, p in policies.items()}
+    # a day at a time, every policy in turn: the baselines' shared cost model keeps its last
+    # prediction, so each day's costs are predicted once (policy by policy, once per baseline)
+    by_day = [{name: price(p, d.users, d.arms, cap) for name, p in policies.items()} for d in days]
+    priced = {name: [prices[name] for prices in by_day] for name in policies}
     q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days)
     judged = judge(days, priced, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
