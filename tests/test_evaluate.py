@@ -267,3 +267,23 @@ def test_bench_gate_runs_at_tiny_scale() -> None:
     assert frame["true_lead"].notna().all() and (frame["se"] >= 0).all()
     oracle = frame[frame["candidate"] == "oracle"]
     assert oracle["true_lead"].item() > 0 and oracle["se"].item() > 0
+
+
+def test_the_baselines_read_the_newest_days_within_their_rows(tmp_path: Path) -> None:
+    """The judged days always, and of the days before them the newest whole ones within
+    `evaluation.baseline_rows` (at least one); every day when they fit or with null."""
+    from training.evaluate import read_judged_and_fitted
+
+    days = pd.date_range("2026-01-01", periods=6, freq="D", tz="UTC")
+    table = pd.DataFrame({"day": days.repeat([5, 4, 3, 3, 2, 2]), "x": range(19)})
+    path = tmp_path / "offers.parquet"
+    table.to_parquet(path)
+    first = days[4]  # judged: the 5th and 6th
+
+    def read(rows: int | None) -> list[int]:
+        got = read_judged_and_fitted(path, table["day"], first, rows)
+        return sorted(got["day"].dt.day.unique().tolist())
+
+    assert read(None) == read(15) == [1, 2, 3, 4, 5, 6]
+    assert read(6) == [3, 4, 5, 6] and read(5) == [4, 5, 6] and read(1) == [4, 5, 6]
+    pd.testing.assert_frame_equal(read_judged_and_fitted(path, table["day"], first, None), table)
