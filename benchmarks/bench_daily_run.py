@@ -1,6 +1,6 @@
 """Wall time and peak memory of one daily run, stage by stage, at 100k and 1M events a day.
 
-    .venv/bin/python benchmarks/bench_daily_run.py [--events 100000 1000000]
+    .venv/bin/python -m benchmarks.bench_daily_run [--events 100000 1000000]
         [--history-days 6 3] [--default-gate] [--min-free-gb 3] [--root DIR]
 
 For each target of events per day (sessions + offers + orders) a fresh workspace gets
@@ -54,9 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_world import events_per_user
 from tqdm import tqdm
 
+from benchmarks.bench_world import events_per_user
+from benchmarks.process_log import exits_between, hooked_env
 from couponflow.config import PROJECT_ROOT, Workspace
 
 RELEASE_TASKS = ("build_bento", "check_candidate", "release")
@@ -71,32 +72,9 @@ OPEN_GATE = {  # every bar the gate can hold a challenger to, lowered to nothing
     "gate.max_log_loss_regression": 1e9,
     "gate.min_lift_over_baselines": -1e9,
 }
-PROCESS_LOG_ENV = "BENCH_PROCESS_LOG"
 PROCESS_LOG = "bench-processes.jsonl"  # in the workspace's logs folder
 # name, process s, call s, peak MB, children's peak MB, load, why it failed (or "")
 Row = tuple[str, float, float, float, float, float, str]
-# Written into a scratch folder put first on PYTHONPATH: each Python process appends one
-# line when it exits, which times the DVC stages without touching the pipeline's code.
-SITECUSTOMIZE = """\
-import atexit, json, os, re, sys, time
-
-_started = time.time()
-
-
-def _record():
-    # VmHWM is this address space's peak: unlike ru_maxrss it does not inherit the
-    # parent's peak across fork + exec.
-    with open("/proc/self/status") as status:
-        peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", status.read()).group(1))
-    line = {"pid": os.getpid(), "argv": sys.argv, "start": _started, "end": time.time(),
-            "rss_mb": peak_kb / 1024}
-    with open(os.environ["BENCH_PROCESS_LOG"], "a") as fh:
-        fh.write(json.dumps(line) + "\\n")
-
-
-if os.environ.get("BENCH_PROCESS_LOG"):
-    atexit.register(_record)
-"""
 
 
 DAGS = ("coupon_ingest", "coupon_features", "coupon_retrain")
@@ -140,11 +118,8 @@ def run_child(task: str, day: str, upstream: Any) -> dict[str, Any]:
 def child_env(ws: Workspace, hooks: Path, process_log: Path) -> dict[str, str]:
     from couponflow.airflow_local import airflow_env
 
-    env = airflow_env(ws)
-    env["BENTOML_HOME"] = str(ws.root / "bentoml")
-    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env[PROCESS_LOG_ENV] = str(process_log)
-    return env
+    env = airflow_env(ws) | {"BENTOML_HOME": str(ws.root / "bentoml")}
+    return hooked_env(env, hooks, process_log)
 
 
 def run_step(
@@ -163,8 +138,8 @@ def run_step(
     logs = ws.root / "logs"
     out, log, passed = (logs / f"bench-{task}{end}" for end in (".json", ".log", "-in.json"))
     passed.write_text(json.dumps(upstream, default=str))  # the upstream task's XCom
-    cmd = [sys.executable, __file__, "--child", task, "--day", day, "--out", str(out)]
-    cmd += ["--upstream", str(passed)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_daily_run", "--child", task, "--day", day]
+    cmd += ["--out", str(out), "--upstream", str(passed)]
     bar.set_postfix_str(task)
     started, sampled_mb, failed = time.time(), 0.0, None
     with open(log, "w") as fh:
@@ -186,8 +161,7 @@ def run_step(
     if failed is None and process.returncode != 0:
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
         failed = f"failed ({log}): {tail[0][-200:]}"
-    lines = (logs / PROCESS_LOG).read_text().splitlines()
-    ran = [r for r in map(json.loads, lines) if r["start"] >= started and r["end"] <= ended]
+    ran = exits_between(logs / PROCESS_LOG, started, ended)
     own = [r["rss_mb"] for r in ran if r["pid"] == process.pid]
     under = [r for r in ran if r["pid"] != process.pid]
     return {
@@ -236,12 +210,8 @@ def _scale_workspace(
         overrides["world.history_days"] = history_days
     overrides |= OPEN_GATE if open_gate else {}
     ws = init_workspace(root / f"events-{events}", overrides)
-    hooks = root / "hooks"
-    hooks.mkdir(exist_ok=True)
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (ws.root / "logs").mkdir(exist_ok=True)
-    (ws.root / "logs" / PROCESS_LOG).touch()
-    return ws, child_env(ws, hooks, ws.root / "logs" / PROCESS_LOG)
+    return ws, child_env(ws, root / "hooks", ws.root / "logs" / PROCESS_LOG)
 
 
 def scale(

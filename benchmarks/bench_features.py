@@ -10,7 +10,7 @@ store, `materialise_day` again (the daily case: every known user rewritten),
 Feast's stock one (`features.online_write`); `--rounds` alternates them and prints medians.
 Redis runs under a Feast project of its own whose keys are removed afterwards.
 
-    .venv/bin/python benchmarks/bench_features.py --users 100000 --writers bulk feast
+    .venv/bin/python -m benchmarks.bench_features --users 100000 --writers bulk feast
 """
 
 from __future__ import annotations

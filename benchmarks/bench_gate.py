@@ -17,7 +17,7 @@ A false pass ships a candidate whose true lead over no coupon on the judged deci
 (oracle) is <= 0; power is the oracle policy's pass rate. It also prints the standard
 error and the minimum detectable effect of the oracle's lead, to read how power scales.
 
-    python benchmarks/bench_gate.py [--cases 40] [--users 3000] [--train-days 4]
+    python -m benchmarks.bench_gate [--cases 40] [--users 3000] [--train-days 4]
         [--eval-days 3] [--rows all|randomised] [--confidence 0.9]
 """
 

@@ -1,6 +1,6 @@
 """Wall time and peak memory of the training stages on a month of history at N events a day.
 
-    .venv/bin/python benchmarks/bench_history.py [--events 1000000 | --users N]
+    .venv/bin/python -m benchmarks.bench_history [--events 1000000 | --users N]
         [--days 34] [--simulated 3] [--epochs 1 [3 ...]] [--keep DIR] [--min-free-gb 6]
 
 The question (issue #19): does a training window's worth of big days fit in memory? The
@@ -60,29 +60,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace
+from benchmarks.process_log import PROCESS_LOG_ENV, exits_between, hooked_env
+from couponflow.config import HOME_ENV, Workspace
 
-# Written into a scratch folder put first on PYTHONPATH: each Python process appends its
-# command, times and VmHWM when it exits (bench_daily_run's hook).
-SITECUSTOMIZE = """\
-import atexit, json, os, re, sys, time
-
-_started = time.time()
-
-
-def _record():
-    with open("/proc/self/status") as status:
-        peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", status.read()).group(1))
-    line = {"pid": os.getpid(), "argv": sys.argv, "start": _started, "end": time.time(),
-            "rss_mb": peak_kb / 1024}
-    with open(os.environ["BENCH_PROCESS_LOG"], "a") as fh:
-        fh.write(json.dumps(line) + "\\n")
-
-
-if os.environ.get("BENCH_PROCESS_LOG"):
-    atexit.register(_record)
-"""
-PROCESS_LOG_ENV = "BENCH_PROCESS_LOG"
 # What a copied day changes: the per-day ids of each table, and its timestamp columns.
 DAY_IDS = {"sessions": "session_id", "offers": "offer_id", "orders": "order_id"}
 TIMES = {"sessions": ["ts"], "offers": ["ts"], "orders": ["ts"],
@@ -180,14 +160,8 @@ def tile(ws: Workspace, simulated: list[str], total: int) -> dict[str, int]:
 def stage_env(ws: Workspace, hooks: Path, log: Path) -> dict[str, str]:
     """The environment `dvc repro` gives a stage (couponflow.workspace.dvc), with the
     hook that logs each Python process's resources first on PYTHONPATH."""
-    pythonpath = [str(hooks), str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {
-        **os.environ,
-        HOME_ENV: str(ws.root),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join(pythonpath),
-        PROCESS_LOG_ENV: str(log),
-    }
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return hooked_env({**os.environ, HOME_ENV: str(ws.root), "PATH": path}, hooks, log)
 
 
 def run_stage(ws: Workspace, stage: str, env: dict[str, str], min_free_gb: float) -> dict:
@@ -217,8 +191,7 @@ def run_stage(ws: Workspace, stage: str, env: dict[str, str], min_free_gb: float
     text = out.read_text().strip().splitlines()
     if failed is None and process.returncode != 0:
         failed = f"failed ({out}): {(text or ['no output'])[-1][-300:]}"
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    ran = [r for r in records if r["start"] >= started and r["end"] <= ended + 1]
+    ran = exits_between(log, started, ended + 1)
     return {
         "stage": stage,
         "seconds": ended - started,
@@ -264,10 +237,7 @@ def run_stages(
 ) -> list[dict[str, Any]]:
     """The dataset stage, then the train stage once per count of `epochs`, printed as they
     end; the dataset's result carries the training table's rows."""
-    hooks = root / "hooks"
-    hooks.mkdir(exist_ok=True)
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = stage_env(ws, hooks, ws.root / "logs" / "bench-history-processes.jsonl")
+    env = stage_env(ws, root / "hooks", ws.root / "logs" / "bench-history-processes.jsonl")
     print(f"{'stage':<16} {'wall s':>8} {'VmHWM MB':>10} {'tree MB':>10} {'peak at':>8}  "
           f"load 1/5/15 min  output")  # fmt: skip
     results = [run_stage(ws, "dataset", env, min_free_gb)]
@@ -301,8 +271,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.users:
         n_users, name = args.users, f"users-{args.users}"
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_world import events_per_user
+        from benchmarks.bench_world import events_per_user
 
         events = args.events or 1_000_000
         n_users, name = math.ceil(events / events_per_user()), f"events-{events}"

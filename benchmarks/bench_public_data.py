@@ -1,6 +1,6 @@
 """The project's estimators and models on real public data.
 
-    .venv/bin/python benchmarks/bench_public_data.py [--only estimators|obd|hillstrom]
+    .venv/bin/python -m benchmarks.bench_public_data [--only estimators|obd|hillstrom]
         [--n-boot 1000] [--seeds 5] [--rows 100000]
 
 Open Bandit: the Bernoulli Thompson Sampling policy's click rate, estimated off-policy from

@@ -20,7 +20,7 @@ the decision's stages (from the service's own `couponflow_decision_stage_seconds
 the rest (framework, queueing, network); and where the CPU went: the workers' CPU per
 request, each worker's share of it, and the load generator's.
 
-    python benchmarks/bench_serving.py [--rate 200] [--seconds 15] [--rounds 3]
+    python -m benchmarks.bench_serving [--rate 200] [--seconds 15] [--rounds 3]
                                        [--coupons 50 200] [--online-store sqlite redis]
 """
 
@@ -40,8 +40,8 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
-from loadgen import Request, open_loop
 
+from benchmarks.loadgen import Request, open_loop
 from couponflow.config import Workspace
 from couponflow.logs import quiet_libraries
 

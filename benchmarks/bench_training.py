@@ -16,7 +16,7 @@ training run) is not spread over the first configuration.
 
 Figures print; nothing is asserted.
 
-    .venv/bin/python benchmarks/bench_training.py --rows 1000000 --epochs 3 --threads 1 2
+    .venv/bin/python -m benchmarks.bench_training --rows 1000000 --epochs 3 --threads 1 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How fast the orders table validates with its full suite, and how much memory it takes.
 
-    .venv/bin/python benchmarks/bench_validation.py [--rows 100000 1000000] [--broken 0.5]
+    .venv/bin/python -m benchmarks.bench_validation [--rows 100000 1000000] [--broken 0.5]
 
 For each size a valid batch is built (N orders from N users, a catalogue of 20 coupons, one
 offer per redemption) and the orders suite runs on it as the validate task runs it: contract
@@ -16,7 +16,7 @@ a Python loop over the failing rows.
 
 The whole validation step, every table, as the DAG's validate task runs it:
 
-    .venv/bin/python benchmarks/bench_validation.py --events 1000000 [--history-days 3]
+    .venv/bin/python -m benchmarks.bench_validation --events 1000000 [--history-days 3]
         [--key-days 30] [--rounds 5] [--root DIR] [--trees DIR ...]
 
 A workspace at that many events a day (sessions + offers + orders; world.n_users scaled by
@@ -59,8 +59,6 @@ from expectations import trailing
 from expectations.suites import derive, suite_parameters
 from expectations.validate import open_context, store_suite, validate_table
 
-# bench_world and bench_daily_run, imported as scripts import them (bench_daily_run does)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 DAY = pd.Timestamp("2026-01-05")
 N_COUPONS = 20
 REDEEMED = 0.25  # share of orders redeeming a coupon, as in the simulated world
@@ -208,8 +206,7 @@ def events_workspace(
     `key_days` beyond the history, the rule across days also meets that many accepted dates'
     keys: random hashes of a day's size each, as `validate` keeps them (a month at 1M events
     a day without simulating one)."""
-    from bench_world import events_per_user
-
+    from benchmarks.bench_world import events_per_user
     from couponflow.landing import load_offline, next_days, read_batch, write_batch
     from couponflow.workspace import init_workspace
     from couponflow.world import World
@@ -256,19 +253,15 @@ def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
     """The DAG's validate task on `day`, in a fresh process running `tree`'s code; its peak
     RSS is the process's own (VmHWM at exit, through bench_daily_run's sitecustomize hook:
     ru_maxrss would inherit this process's peak, the seeding's, across fork + exec)."""
-    from bench_daily_run import PROCESS_LOG_ENV, SITECUSTOMIZE
-
+    from benchmarks.process_log import exits_between, hooked_env
     from couponflow.airflow_local import airflow_env
 
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as scratch:
         hooks, exits = Path(scratch) / "hooks", Path(scratch) / "exits.jsonl"
-        hooks.mkdir()
-        (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        path = os.pathsep.join([str(hooks), str(tree)])
-        env = airflow_env(ws) | {"PYTHONPATH": path, PROCESS_LOG_ENV: str(exits)}
+        env = hooked_env(airflow_env(ws) | {"PYTHONPATH": ""}, hooks, exits, code=tree)
         out, upstream = Path(scratch) / "out.json", Path(scratch) / "in.json"
         upstream.write_text("null")
-        cmd = [sys.executable, str(tree / "benchmarks" / "bench_daily_run.py"), "--child"]
+        cmd = [sys.executable, "-m", "benchmarks.bench_daily_run", "--child"]
         cmd += ["validate", "--day", day, "--out", str(out), "--upstream", str(upstream)]
         started = time.perf_counter()
         done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
@@ -278,7 +271,7 @@ def validate_task(ws: Workspace, day: str, tree: Path) -> dict[str, Any]:
                 f"validate failed with {tree}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
             )
         result = json.loads(out.read_text())
-        peaks = [json.loads(line)["rss_mb"] for line in exits.read_text().splitlines()]
+        peaks = [r["rss_mb"] for r in exits_between(exits, 0, math.inf)]
     return {
         "process_s": ended - started,
         "call_s": result["call_s"],
@@ -351,9 +344,12 @@ def main() -> None:
         f"{'peak MB':>8} {'base MB':>8}  failed"
     )
     for n in args.rows:
-        cmd = [sys.executable, __file__, "--child", str(n), "--broken", str(args.broken)]
+        cmd = [sys.executable, "-m", "benchmarks.bench_validation", "--child", str(n)]
+        cmd += ["--broken", str(args.broken)]
         env = {**os.environ, "GX_ANALYTICS_ENABLED": "false"}
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            cmd, check=True, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT
+        )
         r = json.loads(done.stdout.splitlines()[-1])
         print(
             f"{r['rows']:>10,} {r['expectations']:>6} {r['derive_s']:>9.2f} {r['gx_s']:>7.2f} "

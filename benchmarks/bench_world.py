@@ -1,6 +1,6 @@
 """How fast the simulated world generates a day, and how much memory it takes.
 
-    .venv/bin/python benchmarks/bench_world.py [--events 100000 1000000] [--oracle]
+    .venv/bin/python -m benchmarks.bench_world [--events 100000 1000000] [--oracle]
 
 For each target of events per day (sessions + offers + orders) the world is scaled by
 n_users (calibrated on a small pilot world) and measured in a fresh process, so each peak
@@ -94,9 +94,10 @@ def main() -> None:
     print(header + ("  oracle s" if args.oracle else ""))
     for target in args.events:
         n_users = math.ceil(target / rate)
-        cmd = [sys.executable, __file__, "--child", str(n_users)]
+        cmd = [sys.executable, "-m", "benchmarks.bench_world", "--child", str(n_users)]
         cmd += ["--oracle"] if args.oracle else []
-        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=PROJECT_ROOT)
+        r = json.loads(done.stdout)
         line = (
             f"{target:>10,} {n_users:>10,} {r['events_first']:>10,} {r['init_s']:>7.2f} "
             f"{r['first_day_s']:>8.2f} {r['events_first'] / r['first_day_s']:>10,.0f} "

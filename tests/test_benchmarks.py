@@ -37,10 +37,31 @@ def run_benchmark(*args: str) -> str:
             "median",
         ),
         ("bench_features", ["--users", "400", "--reads", "20", "--stores", "sqlite"], "users"),
+        (
+            "bench_serving",
+            ["--rate", "20", "--seconds", "2", "--rounds", "1", "--coupons", "20"],
+            "median round",
+        ),
     ],
 )
 def test_benchmark_runs_at_a_tiny_scale(module: str, args: list[str], printed: str) -> None:
     assert printed in run_benchmark(f"benchmarks.{module}", *args).lower()
+
+
+def test_bench_daily_run_times_every_task_of_a_day() -> None:
+    """A tiny world's daily run through the DAG's own tasks, each in its own process; the
+    gate as configured (a 3,000-user challenger is refused, so the release path is skipped)."""
+    from benchmarks.bench_daily_run import STAGES
+
+    printed = run_benchmark(
+        "benchmarks.bench_daily_run", "--events", "3000", "--history-days", "3", "--default-gate"
+    )
+    table = printed[printed.index("process s") :]
+    for task in ("land", "validate", "load_offline_store", "features", "train"):
+        assert f"\n{task} " in table, table
+    for stage in STAGES:
+        assert f"stage {stage} " in table, table
+    assert "\ndaily run " in table, table  # not "daily run, cut short": no task failed
 
 
 def test_bench_uplift_judges_every_design_on_the_truth() -> None:
