@@ -123,7 +123,9 @@ def served_workspace(root: Path, **overrides: object) -> Workspace:
     """Four days of a 300-user world in the offline and online stores, and a model, as a
     full workspace (git + DVC: releases commit). Exploration is total (epsilon 1) so an
     untrained model still makes offers to check, and nobody is held out unless
-    `overrides` (dotted params) say otherwise."""
+    `overrides` (dotted params) say otherwise. Feature reads and pushes get a second, not
+    params.yaml's 0.1 s: on a busy CI machine a push's read-modify-write took longer and the
+    answer said `pushed: false`; the tests of the deadline set their own."""
     from couponflow.landing import load_offline
     from couponflow.model import CouponNet, save_model
     from couponflow.workspace import init_workspace
@@ -136,7 +138,12 @@ def served_workspace(root: Path, **overrides: object) -> Workspace:
     )
     from training.budget import make_plan
 
-    params = {"world.n_users": N_USERS, "policy.epsilon": 1.0, "policy.holdout_share": 0.0}
+    params = {
+        "world.n_users": N_USERS,
+        "policy.epsilon": 1.0,
+        "policy.holdout_share": 0.0,
+        "serving.feature_timeout_s": 1.0,
+    }
     ws = init_workspace(root, {**params, **overrides})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(HOME_ENV, str(ws.root))

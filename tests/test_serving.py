@@ -323,6 +323,7 @@ def guarded_degraded(
     params = load_params(serving_workspace.params_file)
     set_param(params, "features.online_store", "redis")
     set_param(params, "features.redis", f"127.0.0.1:{free_port()}")
+    set_param(params, "serving.feature_timeout_s", 0.1)  # the deadline under test
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "bentoml").symlink_to(serving_workspace.root / "bentoml")
     shutil.copytree(serving_workspace.feature_store, root / "feature_store")
