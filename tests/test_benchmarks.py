@@ -4,6 +4,7 @@ and print their tables is."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -37,10 +38,21 @@ def run_benchmark(*args: str) -> str:
             "median",
         ),
         ("bench_features", ["--users", "400", "--reads", "20", "--stores", "sqlite"], "users"),
+        ("bench_engine", ["--users", "200", "--days", "3", "--variants", "local"], "entity rows"),
     ],
 )
 def test_benchmark_runs_at_a_tiny_scale(module: str, args: list[str], printed: str) -> None:
     assert printed in run_benchmark(f"benchmarks.{module}", *args).lower()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyspark") is not None, reason="pyspark installed")
+def test_bench_engine_says_how_to_get_pyspark_without_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_engine", "--variants", "spark"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "pip install" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_bench_uplift_judges_every_design_on_the_truth() -> None:
