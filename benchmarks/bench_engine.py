@@ -17,10 +17,11 @@ touched them, so Ray's figure is an upper bound), sampled every 0.1 s. Ray's sta
 and `materialise_day`, on a store whose views read their partitions through a SparkSource
 (parquet), with Feast's Spark offline store (its SQL point-in-time join, the ttl applied
 in the join) and its Spark compute engine (`spark.engine`: Spark reads the day, Feast's
-write node hands each Spark partition to the bulk SQLite store as protobufs), in Spark's
-local mode (`local[--cpus]`). Spark's driver JVM and its Python workers are children of
-the process: counted in the peak. Starting the Spark session is timed apart, as
-`ray.init`. It needs pyspark, which this project does not install (Java 17 and):
+write node hands the rows to the bulk SQLite store as protobufs, from one Spark
+partition: SQLite takes one writer), in Spark's local mode (`local[--cpus]`). Spark's
+driver JVM and its Python workers are children of the process: counted in the peak.
+Starting the Spark session is timed apart, as `ray.init`. It needs pyspark, which this
+project does not install (and Java 17):
 
     pip install --no-deps --target /tmp/spark-libs "pyspark==4.3.0" py4j
     PYTHONPATH=.:/tmp/spark-libs .venv/bin/python benchmarks/bench_engine.py --variants local spark
@@ -254,6 +255,12 @@ def _measure(
         out["join_gb"] = peak.peak / 2**30
         out["join_nan"] = float(table[USER_FEATURES[0]].isna().mean())
     if "materialise" in steps:
+        if spark:  # SQLite takes one writer (as Ray's engine has one writer task): Feast's
+            # write node writes each partition of its input (the de-duplicating shuffle's),
+            # and two at once met "database is locked" at 100k users
+            from pyspark.sql import SparkSession
+
+            SparkSession.builder.getOrCreate().conf.set("spark.sql.shuffle.partitions", "1")
         with PeakMemory() as peak:
             started = time.perf_counter()
             materialise_day(store, last)
