@@ -1,5 +1,6 @@
-"""`features.engine`: local vs ray (Ray's local mode) on the point-in-time join and on
-materialisation, seconds and peak memory.
+"""`features.engine`: local vs ray (Ray's local mode) vs Feast's Spark offline store and
+compute engine (Spark's local mode) on the point-in-time join and on materialisation,
+seconds and peak memory.
 
 A throwaway workspace holds `--days` days of synthetic feature partitions of both views
 (every user's row each day, as `publish_features` writes them) and entity rows shaped as
@@ -12,26 +13,45 @@ children in local mode; their shared object store pages count once per process t
 touched them, so Ray's figure is an upper bound), sampled every 0.1 s. Ray's start-up
 (`ray.init`) is timed apart.
 
-    .venv/bin/python benchmarks/bench_engine.py --users 100000 --rounds 3
+`spark` is measured here only (it is no `features.engine`): the same `historical_features`
+and `materialise_day`, on a store whose views read their partitions through a SparkSource
+(parquet), with Feast's Spark offline store (its SQL point-in-time join, the ttl applied
+in the join) and its Spark compute engine (`spark.engine`: Spark reads the day, Feast's
+write node hands the rows to the bulk SQLite store as protobufs, from one Spark
+partition: SQLite takes one writer), in Spark's local mode (`local[--cpus]`). Spark's
+driver JVM and its Python workers are children of the process: counted in the peak.
+Starting the Spark session is timed apart, as `ray.init`. It needs pyspark, which this
+project does not install (and Java 17):
+
+    pip install --no-deps --target /tmp/spark-libs "pyspark==4.3.0" py4j
+    PYTHONPATH=.:/tmp/spark-libs .venv/bin/python -m benchmarks.bench_engine --variants local spark
+
+    .venv/bin/python -m benchmarks.bench_engine --users 100000 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow.parquet as pq
 import yaml
+from feast import FeatureStore, RepoConfig
 
 from couponflow.config import HOME_ENV, PROJECT_ROOT, Workspace, load_params, set_param
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, day_end
@@ -77,13 +97,84 @@ def build(root: Path, users: int, coupons: int, days: int, offers: float) -> pd.
     return pd.concat(rows, ignore_index=True)
 
 
-def workspace(base: Path, root: Path, **features: object) -> Workspace:
+def workspace(base: Path, root: Path, spark: bool = False, **features: object) -> Workspace:
     shutil.copytree(base, root)
+    if spark:
+        microsecond_stamps(root / "data" / "features")
     params = load_params(PROJECT_ROOT / "params.yaml")
     for name, value in features.items():
         set_param(params, f"features.{name}", value)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return Workspace(root)
+
+
+SPARK_MISSING = (
+    "spark needs pyspark (not installed by this project): pip install --no-deps --target "
+    '/tmp/spark-libs "pyspark==4.3.0" py4j, then PYTHONPATH=.:/tmp/spark-libs (and Java 17)'
+)
+
+
+def spark_conf(cpus: int) -> dict[str, str]:
+    """Spark's local mode on `cpus` cores, as Feast's docs configure its Spark store, with
+    shuffles in 2 partitions a core (Spark's 200 are for clusters: every one is a task) and
+    the entity rows' nanoseconds dropped as pandas goes to Arrow (Spark keeps microseconds;
+    Arrow's safe cast refuses, and Spark then converts row by row)."""
+    return {
+        "spark.master": f"local[{cpus}]",
+        "spark.ui.enabled": "false",
+        "spark.eventLog.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.pandas.convertToArrowArraySafely": "false",
+        "spark.sql.shuffle.partitions": str(2 * cpus),
+        "spark.driver.memory": "4g",
+    }
+
+
+def microsecond_stamps(features: Path) -> None:
+    """Rewrite every feature partition with its timestamps in microseconds: Spark reads no
+    nanosecond parquet timestamps (PARQUET_TYPE_ILLEGAL), which pandas writes by default
+    (`publish_features` included). Exact here: the rows are stamped at midnight."""
+    for part in features.glob("*/date=*/*.parquet"):
+        pq.write_table(pq.read_table(part), part, coerce_timestamps="us")
+
+
+@contextlib.contextmanager
+def spark_sources() -> Iterator[None]:
+    """While it lasts, the FileSource of feature_repo.definitions (the views' sources) and of
+    feature_repo.store (the join's narrowed window) is a SparkSource of the same parquet
+    folder: Feast's Spark store and engine read nothing else."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+    import feature_repo.definitions
+    import feature_repo.store
+
+    def source(**fields: object) -> SparkSource:
+        return SparkSource(file_format="parquet", **fields)  # type: ignore[arg-type]
+
+    with (
+        mock.patch.object(feature_repo.definitions, "FileSource", source),
+        mock.patch.object(feature_repo.store, "FileSource", source),
+    ):
+        yield
+
+
+def spark_store(ws: Workspace, cpus: int) -> FeatureStore:
+    """The workspace's store (open_store's) with Feast's Spark offline store and Spark
+    compute engine in place of the file store and the local engine, on a Spark session
+    started here (local mode). Call it inside `spark_sources`."""
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    from feature_repo.store import REPO_DIR, open_store
+
+    conf = spark_conf(cpus)
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # Spark's Python workers run Feast's write
+    SparkSession.builder.config(conf=SparkConf().setAll(list(conf.items()))).getOrCreate()
+    raw = open_store(ws).config.model_dump(by_alias=True)
+    raw["offline_store"] = {"type": "spark", "spark_conf": conf}
+    raw["batch_engine"] = {"type": "spark.engine", "spark_conf": conf}
+    return FeatureStore(config=RepoConfig(**raw), repo_path=str(REPO_DIR))
 
 
 class PeakMemory:
@@ -113,10 +204,25 @@ class PeakMemory:
 
 
 def measure(
-    ws: Workspace, entities: pd.DataFrame, last: str, cpus: int, steps: list[str]
+    ws: Workspace, entities: pd.DataFrame, last: str, cpus: int, steps: list[str], spark: bool
 ) -> dict[str, float]:
     """Join the entity rows (timed, peak), then materialise the last day (timed, peak);
-    a step left out of `steps` reads as NaN."""
+    a step left out of `steps` reads as NaN. `spark`: on Feast's Spark store and engine."""
+    if not spark:
+        return _measure(ws, entities, last, cpus, steps, spark)
+    from pyspark.sql import SparkSession
+
+    with spark_sources():
+        try:
+            return _measure(ws, entities, last, cpus, steps, spark)
+        finally:  # the driver JVM and its workers go with the session
+            if session := SparkSession.getActiveSession():
+                session.stop()
+
+
+def _measure(
+    ws: Workspace, entities: pd.DataFrame, last: str, cpus: int, steps: list[str], spark: bool
+) -> dict[str, float]:
     from feature_repo.store import (
         apply_definitions,
         historical_features,
@@ -134,7 +240,12 @@ def measure(
         started = time.perf_counter()
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         out["init_s"] = time.perf_counter() - started
-    store = open_store(ws)
+    if spark:
+        started = time.perf_counter()
+        store = spark_store(ws, cpus)
+        out["init_s"] = time.perf_counter() - started
+    else:
+        store = open_store(ws)
     apply_definitions(store)
     if "join" in steps:
         with PeakMemory() as peak:
@@ -144,6 +255,12 @@ def measure(
         out["join_gb"] = peak.peak / 2**30
         out["join_nan"] = float(table[USER_FEATURES[0]].isna().mean())
     if "materialise" in steps:
+        if spark:  # SQLite takes one writer (as Ray's engine has one writer task): Feast's
+            # write node writes each partition of its input (the de-duplicating shuffle's),
+            # and two at once met "database is locked" at 100k users
+            from pyspark.sql import SparkSession
+
+            SparkSession.builder.getOrCreate().conf.set("spark.sql.shuffle.partitions", "1")
         with PeakMemory() as peak:
             started = time.perf_counter()
             materialise_day(store, last)
@@ -153,10 +270,10 @@ def measure(
 
 
 def run_apart(
-    ws: Workspace, entities: pd.DataFrame, last: str, cpus: int, steps: list[str]
+    ws: Workspace, entities: pd.DataFrame, last: str, cpus: int, steps: list[str], spark: bool
 ) -> dict[str, float]:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        result = pool.apply(measure, (ws, entities, last, cpus, steps))
+        result = pool.apply(measure, (ws, entities, last, cpus, steps, spark))
     return {**result, "load": os.getloadavg()[0]}
 
 
@@ -164,7 +281,9 @@ VARIANTS = {
     "local": {"engine": "local"},
     "ray": {"engine": "ray"},
     "ray-feast": {"engine": "ray", "online_write": "feast"},  # Feast's own write on Ray
+    "spark": {"engine": "local"},  # the local store, its offline side swapped: spark_store
 }
+SPARK = {"spark"}
 
 
 def main() -> None:
@@ -173,24 +292,28 @@ def main() -> None:
     parser.add_argument("--coupons", type=int, default=20)
     parser.add_argument("--days", type=int, default=10, help="feature partitions kept")
     parser.add_argument("--offers", type=float, default=1.0, help="entity rows a user a day")
-    parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs (local mode)")
+    parser.add_argument("--cpus", type=int, default=2, help="Ray's and Spark's CPUs (local mode)")
     parser.add_argument("--variants", nargs="+", default=["local", "ray"], choices=VARIANTS)
     parser.add_argument("--rounds", type=int, default=1, help="each variant, alternated")
     parser.add_argument(
         "--steps", nargs="+", default=["join", "materialise"], choices=["join", "materialise"]
     )
     args = parser.parse_args()
+    if SPARK & set(args.variants) and importlib.util.find_spec("pyspark") is None:
+        parser.exit(2, SPARK_MISSING + "\n")
     scratch = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     try:
         entities = build(scratch / "base", args.users, args.coupons, args.days, args.offers)
         last = (START + pd.Timedelta(days=args.days - 1)).strftime("%Y-%m-%d")
         print(f"{args.users:,} users, {args.days} days kept, {len(entities):,} entity rows")
-        print("round variant   ray.init    join  join GB  NaN share  materialise  mat GB  load")
+        print("round variant       init    join  join GB  NaN share  materialise  mat GB  load")
         results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
         for i in range(args.rounds):
             for variant in args.variants:
-                ws = workspace(scratch / "base", scratch / f"{variant}-{i}", **VARIANTS[variant])
-                r = run_apart(ws, entities, last, args.cpus, args.steps)
+                spark = variant in SPARK
+                root = scratch / f"{variant}-{i}"
+                ws = workspace(scratch / "base", root, spark, **VARIANTS[variant])
+                r = run_apart(ws, entities, last, args.cpus, args.steps, spark)
                 results[variant].append(r)
                 print(row(str(i + 1), variant, r))
                 shutil.rmtree(ws.root, ignore_errors=True)

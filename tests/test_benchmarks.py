@@ -4,6 +4,7 @@ and print their tables is."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -42,6 +43,7 @@ def run_benchmark(*args: str) -> str:
             ["--rate", "20", "--seconds", "2", "--rounds", "1", "--coupons", "20"],
             "median round",
         ),
+        ("bench_engine", ["--users", "200", "--days", "3", "--variants", "local"], "entity rows"),
     ],
 )
 def test_benchmark_runs_at_a_tiny_scale(module: str, args: list[str], printed: str) -> None:
@@ -62,6 +64,16 @@ def test_bench_daily_run_times_every_task_of_a_day() -> None:
     for stage in STAGES:
         assert f"stage {stage} " in table, table
     assert "\ndaily run " in table, table  # not "daily run, cut short": no task failed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyspark") is not None, reason="pyspark installed")
+def test_bench_engine_says_how_to_get_pyspark_without_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_engine", "--variants", "spark"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "pip install" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_bench_uplift_judges_every_design_on_the_truth() -> None:
