@@ -287,3 +287,32 @@ def test_the_baselines_read_the_newest_days_within_their_rows(tmp_path: Path) ->
     assert read(None) == read(15) == [1, 2, 3, 4, 5, 6]
     assert read(6) == [3, 4, 5, 6] and read(5) == [4, 5, 6] and read(1) == [4, 5, 6]
     pd.testing.assert_frame_equal(read_judged_and_fitted(path, table["day"], first, None), table)
+
+
+def test_the_stage_shows_its_steps_beyond_one_chunk_of_decisions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The progress line names each long step while it runs and counts it when it ends; a
+    judged log of one user chunk (the tests' and tiny worlds' scale) keeps the stage quiet."""
+    from types import SimpleNamespace
+
+    from training.evaluate import Steps
+
+    def days(*sizes: int) -> list:
+        return [SimpleNamespace(rows=range(n)) for n in sizes]
+
+    small = Steps.for_stage(days(5_000, 5_000), folds=2)
+    assert small.bar.disable and small.bar.total == 1 + 2 + 2 + 1
+    with small.step("fitting the baselines"):
+        pass
+    small.close()
+    assert capsys.readouterr().err == ""
+
+    big = Steps.for_stage(days(15_000, 15_000), folds=2)
+    assert not big.bar.disable
+    with big.step("pricing 2026-01-20's 15,000 decisions"):
+        pass
+    with big.step("the population"):
+        assert "the population" in capsys.readouterr().err
+    assert big.bar.n == 2
+    big.close()
