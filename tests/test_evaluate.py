@@ -51,8 +51,11 @@ def test_pricing_in_user_chunks_gives_the_one_pass_prices(
     whole = {name: price(p, users, ARMS, cap=5) for name, p in policies.items()}
     monkeypatch.setattr(couponflow.model, "USERS_PER_CHUNK", 7)  # 29 chunks, the last of 4
     assert len(couponflow.model.user_chunks(len(users))) == 29
-    # a copy, so the shared cost model prices these users again instead of answering from
-    # what it kept for the one-pass call
+    # the baselines' shared predictions forget what they kept for the one-pass call, so
+    # they price these users again instead of answering from the rows kept
+    response = policies["response"]
+    assert isinstance(response, ResponseModel)
+    response.cost_model.pairs.forget()
     chunked = {name: price(p, users.copy(), ARMS, cap=5) for name, p in policies.items()}
     for name, p in whole.items():
         if name == "challenger":  # torch may sum a smaller batch in another order
@@ -101,6 +104,49 @@ def test_the_baselines_never_predict_no_coupon_and_answer_as_if_they_had(
         np.testing.assert_array_equal(new_cost, cost)
     with pytest.raises(ValueError, match="no coupon"):
         response.value(users, ARMS.iloc[1:])
+
+
+def test_rows_priced_last_are_not_predicted_again_and_answer_the_same(
+    policies: dict[str, Policy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baselines' learners predict only the rows of new users that are not, byte for
+    byte, rows of the users priced last against the same arms (the last judged day's users
+    are in the population); the answers are those of predicting every row anew."""
+    response = policies["response"]
+    assert isinstance(response, ResponseModel)
+    shared = response.cost_model.pairs
+    first = known_effect_log(50, seed=8)[USER_FEATURES].to_numpy(np.float32)
+    new = known_effect_log(30, seed=9)[USER_FEATURES].to_numpy(np.float32)
+    users = np.concatenate([new[:10], first[20:40], new[10:]])  # 50 rows, 30 new
+    predicted = []
+    learners = dict(shared.learners)
+    for name, learner in learners.items():
+
+        def counted(chunk: np.ndarray, pairs: np.ndarray, learner=learner) -> np.ndarray:
+            predicted.append(len(chunk))
+            return learner(chunk, pairs)
+
+        shared.learners[name] = counted
+    try:
+        baselines = {n: p for n, p in policies.items() if n != "challenger"}
+        for p in baselines.values():
+            p.value_and_cost(first, ARMS)
+        predicted.clear()
+        reused = {n: p.value_and_cost(users, ARMS) for n, p in baselines.items()}
+        assert predicted == [30] * len(learners)  # the 20 rows of `first` were kept
+        shared.forget()
+        anew = {n: p.value_and_cost(users.copy(), ARMS) for n, p in baselines.items()}
+        assert predicted == [30] * len(learners) + [50] * len(learners)
+        for name, (value, cost) in reused.items():
+            np.testing.assert_array_equal(value, anew[name][0], err_msg=name)
+            np.testing.assert_array_equal(cost, anew[name][1], err_msg=name)
+        other_arms = ARMS.copy()  # other arms: nothing is reused
+        predicted.clear()
+        response.value(first, other_arms)
+        assert predicted == [50] * len(learners)
+    finally:
+        shared.learners.update(learners)
+        shared.forget()
 
 
 def test_the_challenger_scores_a_population_once_for_its_prices_and_rewards(
@@ -287,3 +333,32 @@ def test_the_baselines_read_the_newest_days_within_their_rows(tmp_path: Path) ->
     assert read(None) == read(15) == [1, 2, 3, 4, 5, 6]
     assert read(6) == [3, 4, 5, 6] and read(5) == [4, 5, 6] and read(1) == [4, 5, 6]
     pd.testing.assert_frame_equal(read_judged_and_fitted(path, table["day"], first, None), table)
+
+
+def test_the_stage_shows_its_steps_beyond_one_chunk_of_decisions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The progress line names each long step while it runs and counts it when it ends; a
+    judged log of one user chunk (the tests' and tiny worlds' scale) keeps the stage quiet."""
+    from types import SimpleNamespace
+
+    from training.evaluate import Steps
+
+    def days(*sizes: int) -> list:
+        return [SimpleNamespace(rows=range(n)) for n in sizes]
+
+    small = Steps.for_stage(days(5_000, 5_000), folds=2)
+    assert small.bar.disable and small.bar.total == 1 + 2 + 2 + 1
+    with small.step("fitting the baselines"):
+        pass
+    small.close()
+    assert capsys.readouterr().err == ""
+
+    big = Steps.for_stage(days(15_000, 15_000), folds=2)
+    assert not big.bar.disable
+    with big.step("pricing 2026-01-20's 15,000 decisions"):
+        pass
+    with big.step("the population"):
+        assert "the population" in capsys.readouterr().err
+    assert big.bar.n == 2
+    big.close()

@@ -37,25 +37,93 @@ def sample_weight(table: pd.DataFrame, max_weight: float) -> np.ndarray:
     return np.minimum(1.0 / table["propensity"].to_numpy(dtype=float), max_weight)
 
 
+Learner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(a chunk of users, the inputs of their (user, coupon) pairs, user-major) -> (users,
+coupons) answers."""
+
+
 def coupon_pairs(
-    users: np.ndarray, arms: pd.DataFrame, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """The (users, arms) matrix of `fn(users, pairs)`, which answers (users, coupons) from a
-    chunk of users and the inputs of their (user, coupon) pairs, user-major; column 0, "no
-    coupon" (first in `arms`, see `policy.with_control`), is 0 and never predicted: every
-    baseline sets it to 0. A chunk of users at a time (see `user_chunks`), so every pair's
-    inputs are never built at once."""
-    if len(arms) and not pd.isna(arms["coupon_id"].iloc[0]):
-        raise ValueError('arms must start with "no coupon" (policy.with_control)')
-    out = np.zeros((len(users), len(arms)))
+    users: np.ndarray, arms: pd.DataFrame, learners: dict[str, Learner]
+) -> dict[str, np.ndarray]:
+    """Each learner's (users, arms) matrix of answers; column 0, "no coupon" (first in
+    `arms`, see `policy.with_control`), is 0 and never predicted: every baseline sets it to
+    0. A chunk of users at a time (see `user_chunks`), so every pair's inputs are never
+    built at once; each chunk's inputs are built once, in the float64 that sklearn predicts
+    on, and given to every learner in turn."""
+    out = {name: np.zeros((len(users), len(arms))) for name in learners}
     if len(arms) < 2:
         return out
     coupons = ArmTable.from_frame(arms.iloc[1:])
     for rows in user_chunks(len(users)):
         chunk = users[rows]
         if len(chunk):
-            out[rows, 1:] = fn(chunk, encode_pairs(chunk, coupons)).reshape(len(chunk), -1)
+            pairs = encode_pairs(chunk, coupons).astype(np.float64)
+            for name, learner in learners.items():
+                out[name][rows, 1:] = learner(chunk, pairs).reshape(len(chunk), -1)
     return out
+
+
+class PairPredictions:
+    """Every learner's answers over the (user, coupon) pairs of one set of users, from one
+    pass over them (`coupon_pairs`): the cost, response and two-model learners each built
+    and converted every chunk's inputs themselves. The answers for the last users are kept,
+    read-only, and given again: every baseline prices the same users in turn. Rows of new
+    users equal to rows of the last ones (the last judged day's users are in the
+    population, with the same features) take the answers kept for those rows instead of
+    being predicted again: an answer depends on its user's row and the arms alone."""
+
+    def __init__(self) -> None:
+        self.learners: dict[str, Learner] = {}
+        self._last: tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]] | None = None
+
+    def add(self, name: str, learner: Learner) -> None:
+        self.learners[name] = learner
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the kept answers (the next users are predicted whole)."""
+        self._last = None
+
+    def get(self, name: str, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
+        """Learner `name`'s (users, arms) answers, 0 for "no coupon" (read-only)."""
+        if len(arms) and not pd.isna(arms["coupon_id"].iloc[0]):
+            raise ValueError('arms must start with "no coupon" (policy.with_control)')
+        last = self._last
+        if last is None or last[0] is not users or last[1] is not arms:
+            self._last = last = (users, arms, self._predict(users, arms))
+        return last[2][name]
+
+    def _predict(self, users: np.ndarray, arms: pd.DataFrame) -> dict[str, np.ndarray]:
+        todo = np.arange(len(users))
+        known = self._known_rows(users, arms)
+        if known is None:
+            out = coupon_pairs(users, arms, self.learners)
+        else:
+            assert self._last is not None  # _known_rows found rows in it
+            kept = self._last[2]
+            found = known >= 0
+            todo = np.flatnonzero(~found)
+            new = coupon_pairs(users[todo], arms, self.learners)
+            out = {}
+            for name in self.learners:
+                out[name] = np.zeros((len(users), len(arms)))
+                out[name][found] = kept[name][known[found]]
+                out[name][todo] = new[name]
+        for answer in out.values():
+            answer.setflags(write=False)
+        return out
+
+    def _known_rows(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray | None:
+        """For each row of `users`, the row of the last users equal to it, byte for byte,
+        priced against these same arms (-1: none); None when nothing can be reused."""
+        if self._last is None or self._last[1] is not arms or not len(users):
+            return None
+        last = self._last[0]
+        if last.dtype != users.dtype or last.shape[1:] != users.shape[1:]:
+            return None
+        index = {row.tobytes(): i for i, row in enumerate(np.ascontiguousarray(last))}
+        known = np.array([index.get(row.tobytes(), -1) for row in np.ascontiguousarray(users)])
+        return known if (known >= 0).any() else None
 
 
 def offered_rows(
@@ -93,28 +161,26 @@ class Baseline(ABC):
 
 class CostModel:
     """Expected discount given, per (user, coupon): a gradient-boosting regressor on the
-    discount of every logged coupon offer (0 when it was not redeemed)."""
+    discount of every logged coupon offer (0 when it was not redeemed). It holds the
+    baselines' shared `PairPredictions`, where each learner adds itself when fitted."""
+
+    def __init__(self) -> None:
+        self.pairs = PairPredictions()
 
     def fit(self, table: pd.DataFrame, max_weight: float) -> CostModel:
         offered, x, weight = offered_rows(table, max_weight)
         self.model = HistGradientBoostingRegressor(**GB_PARAMS).fit(
             x, offered["discount"].to_numpy(float), sample_weight=weight
         )
-        self._last: tuple[np.ndarray, pd.DataFrame, np.ndarray] | None = None
+        self.pairs.add("cost", lambda _, pairs: np.maximum(self.model.predict(pairs), 0.0))
         return self
 
     def predict(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        """(users, arms) expected costs, 0 for "no coupon". Every baseline prices the same
-        users with this one model in turn, so the answer for the last (users, arms) objects
-        is kept, read-only, and given again: predicting it once per baseline was most of
-        evaluation's time at scale."""
-        if self._last is not None and self._last[0] is users and self._last[1] is arms:
-            return self._last[2]
-        cost = coupon_pairs(users, arms, lambda _, pairs: self.model.predict(pairs))
-        cost = np.maximum(cost, 0.0)
-        cost.setflags(write=False)
-        self._last = (users, arms, cost)
-        return cost
+        """(users, arms) expected costs, 0 for "no coupon", read-only. Every baseline prices
+        the same users with this one model in turn, so the answer for the last (users, arms)
+        objects is kept and given again (`PairPredictions`): predicting it once per
+        baseline was most of evaluation's time at scale."""
+        return self.pairs.get("cost", users, arms)
 
 
 class NoCoupon(Baseline):
@@ -163,11 +229,12 @@ class ResponseModel(Baseline):
         self.model = HistGradientBoostingClassifier(**GB_PARAMS).fit(
             x, offered["redeemed"].astype(int), sample_weight=weight
         )
+        self.cost_model.pairs.add(self.name, lambda _, pairs: self.model.predict_proba(pairs)[:, 1])
         return self
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        """P(redeem) of every coupon, 0 for "no coupon"."""
-        return coupon_pairs(users, arms, lambda _, pairs: self.model.predict_proba(pairs)[:, 1])
+        """P(redeem) of every coupon, 0 for "no coupon" (read-only)."""
+        return self.cost_model.pairs.get(self.name, users, arms)
 
 
 class TwoModelUplift(Baseline):
@@ -188,11 +255,12 @@ class TwoModelUplift(Baseline):
         self.control = HistGradientBoostingRegressor(**GB_PARAMS).fit(
             x[~treated, :n_user], reward[~treated], sample_weight=weight[~treated]
         )
+        self.cost_model.pairs.add(self.name, self.uplift)
         return self
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
-        """The uplift of every coupon, 0 for "no coupon"."""
-        return coupon_pairs(users, arms, self.uplift)
+        """The uplift of every coupon, 0 for "no coupon" (read-only)."""
+        return self.cost_model.pairs.get(self.name, users, arms)
 
     def uplift(self, users: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         """Predicted profit with each coupon less without one, (users, coupons), from the

@@ -20,6 +20,8 @@ plots); training/report.py turns them into the run report. Run from the workspac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from couponflow.config import EvaluationParams, Workspace
 from couponflow.contract import ALL_CATEGORIES, COUPON_KINDS, RANDOMISED_SLICES
@@ -70,6 +73,33 @@ from training.train import split_days
 SEGMENTS = ("region", "age_band", "new")
 ORACLE_BOOTSTRAP = 400  # resamples of users behind the true leads' intervals
 POPULATION_SEED = 0  # which users `evaluation.population_sample` draws, the same every run
+
+
+class Steps:
+    """The stage's long steps on one progress line (tqdm on stderr, cleared when done, as
+    the train and budget stages' bars are): fitting the baselines, pricing each judged day,
+    the DR reward model's folds, the population. `show` off (the default) is silent."""
+
+    def __init__(self, total: int = 0, show: bool = False) -> None:
+        self.bar = tqdm(total=total, desc="evaluate", unit="step", leave=False, disable=not show)
+
+    @classmethod
+    def for_stage(cls, days: list[EvalDay], folds: int) -> Steps:
+        """The stage's steps, shown only when the judged log is more than one chunk of
+        users (`user_chunks`): at the scale of the tests and tiny worlds the stage takes
+        seconds and stays quiet."""
+        decisions = sum(len(d.rows) for d in days)
+        return cls(1 + len(days) + folds + 1, show=len(user_chunks(decisions)) > 1)
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        """One step: named on the line while it runs, counted when it ends."""
+        self.bar.set_postfix_str(what)
+        yield
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class Policy(Protocol):
@@ -322,8 +352,11 @@ class RewardModel:
         hashed = pd.util.hash_pandas_object(user_ids.astype(str), index=False).to_numpy()
         return (hashed % np.uint64(self.folds)).astype(int)
 
-    def predict(self, train: pd.DataFrame, days: list[EvalDay]) -> list[np.ndarray]:
+    def predict(
+        self, train: pd.DataFrame, days: list[EvalDay], steps: Steps | None = None
+    ) -> list[np.ndarray]:
         """(n, m) expected reward of every arm for every evaluation row of each day."""
+        steps = steps or Steps()
 
         def inputs(users: np.ndarray, arm_block: np.ndarray) -> np.ndarray:
             return np.column_stack([users, arm_block])
@@ -335,22 +368,27 @@ class RewardModel:
         folds = [self.fold_of(d.rows["user_id"]) for d in days]
         out = [np.zeros((len(d.rows), len(d.arms))) for d in days]
         for k in range(self.folds):
-            x = np.concatenate([train_x, *[r[f != k] for r, f in zip(rows_x, folds, strict=True)]])
-            y = np.concatenate([train_y, *[r[f != k] for r, f in zip(rows_y, folds, strict=True)]])
-            model = HistGradientBoostingRegressor(**{**REWARD_GB, "random_state": self.seed})
-            with threadpool_limits(1):  # OpenMP over busy cores was 10x slower than one
-                model.fit(x, y)
-            for d, f, o in zip(days, folds, out, strict=True):
-                users = d.users[f == k]
-                if not len(users):
-                    continue
-                block = arm_features(d.arms)
-                m = len(block)
-                pairs = np.column_stack(
-                    [np.repeat(users, m, axis=0), np.tile(block, (len(users), 1))]
+            with steps.step(f"DR reward model, fold {k + 1} of {self.folds}"):
+                x = np.concatenate(
+                    [train_x, *[r[f != k] for r, f in zip(rows_x, folds, strict=True)]]
                 )
-                with threadpool_limits(1):
-                    o[f == k] = model.predict(pairs).reshape(len(users), m)
+                y = np.concatenate(
+                    [train_y, *[r[f != k] for r, f in zip(rows_y, folds, strict=True)]]
+                )
+                model = HistGradientBoostingRegressor(**{**REWARD_GB, "random_state": self.seed})
+                with threadpool_limits(1):  # OpenMP over busy cores was 10x slower than one
+                    model.fit(x, y)
+                for d, f, o in zip(days, folds, out, strict=True):
+                    users = d.users[f == k]
+                    if not len(users):
+                        continue
+                    block = arm_features(d.arms)
+                    m = len(block)
+                    pairs = np.column_stack(
+                        [np.repeat(users, m, axis=0), np.tile(block, (len(users), 1))]
+                    )
+                    with threadpool_limits(1):
+                        o[f == k] = model.predict(pairs).reshape(len(users), m)
         return out
 
 
@@ -795,12 +833,15 @@ def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
     challenger = models["challenger"]
     max_weight = float(params["model"]["max_inverse_propensity"])
     before = table[table["day"] < first]
-    baselines = fit_baselines(before, max_weight)
+    steps = Steps.for_stage(days, int(cfg["reward_model_folds"]))
+    with steps.step(f"fitting the baselines on {len(before):,} rows"):
+        baselines = fit_baselines(before, max_weight)
     policies: dict[str, Policy] = {**models, **{b.name: b for b in baselines}}
-    report, plots = judged_on_the_log(days, before, models, policies, cfg, cap, level)
+    report, plots = judged_on_the_log(days, before, models, policies, cfg, cap, level, steps)
     plots["budget"] = on_the_population(
-        ws, report, days[-1], policies, challenger, cfg, cap, budget_per_user, level
+        ws, report, days[-1], policies, challenger, cfg, cap, budget_per_user, level, steps
     )
+    steps.close()
     return report, plots
 
 
@@ -812,15 +853,20 @@ def judged_on_the_log(
     cfg: EvaluationParams,
     cap: int,
     level: float,
+    steps: Steps | None = None,
 ) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
     """The report of every policy valued off-policy on the held-out days' log, with the
     models' prediction quality, the uplift of those that rank, and the A/B readout; and the
     Qini and calibration curves. What the log can tell without the world's truth."""
+    steps = steps or Steps()
     # a day at a time, every policy in turn: the baselines' shared cost model keeps its last
     # prediction, so each day's costs are predicted once (policy by policy, once per baseline)
-    by_day = [{name: price(p, d.users, d.arms, cap) for name, p in policies.items()} for d in days]
+    by_day = []
+    for d in days:
+        with steps.step(f"pricing {d.day}'s {len(d.rows):,} decisions"):
+            by_day.append({name: price(p, d.users, d.arms, cap) for name, p in policies.items()})
     priced = {name: [prices[name] for prices in by_day] for name in policies}
-    q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days)
+    q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days, steps)
     judged = judge(days, priced, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
     pooled = pd.concat([d.rows for d in days], ignore_index=True)
@@ -873,38 +919,43 @@ def on_the_population(
     cap: int,
     budget_per_user: float,
     level: float,
+    steps: Steps | None = None,
 ) -> pd.DataFrame:
     """Whole-population figures on the last evaluation day, into `report`: its users, the
     challenger's segments and, on simulated data, every policy's true value against the
     oracle's. Returns the budget curve. The log only shows the users a policy was logged
     on; a skewed allocation shows on everyone."""
     sample = cfg.get("population_sample")
-    segments, everyone = population(
-        ws,
-        pd.Timestamp(last.day),
-        last.arms,
-        budget_per_user,
-        int(cfg["new_user_days"]),
-        None if sample is None else int(sample),
-    )
-    on_pop = {name: price(p, everyone.users, last.arms, cap) for name, p in policies.items()}
-    on_everyone = {name: p.decide(everyone.budget) for name, p in on_pop.items()}
-    truth = (
-        simulated_truth(ws, pd.Timestamp(last.day), segments, last.arms) if cfg["oracle"] else None
-    )
-    report.population = {"users": len(segments), "known_users": len(everyone.users)}
-    report.segments = segment_report(
-        segments, on_everyone["challenger"], truth.gain if truth else None
-    )
-    if truth is not None:
-        report.oracle = oracle_report(truth, on_everyone, everyone.budget, level)
-    return budget_curve(
-        on_pop,
-        everyone.budget,
-        list(cfg["budget_multiples"]),
-        truth,
-        challenger.expected_reward(everyone.users, last.arms),
-    )
+    steps = steps or Steps()
+    with steps.step("the population"):
+        segments, everyone = population(
+            ws,
+            pd.Timestamp(last.day),
+            last.arms,
+            budget_per_user,
+            int(cfg["new_user_days"]),
+            None if sample is None else int(sample),
+        )
+        on_pop = {name: price(p, everyone.users, last.arms, cap) for name, p in policies.items()}
+        on_everyone = {name: p.decide(everyone.budget) for name, p in on_pop.items()}
+        truth = (
+            simulated_truth(ws, pd.Timestamp(last.day), segments, last.arms)
+            if cfg["oracle"]
+            else None
+        )
+        report.population = {"users": len(segments), "known_users": len(everyone.users)}
+        report.segments = segment_report(
+            segments, on_everyone["challenger"], truth.gain if truth else None
+        )
+        if truth is not None:
+            report.oracle = oracle_report(truth, on_everyone, everyone.budget, level)
+        return budget_curve(
+            on_pop,
+            everyone.budget,
+            list(cfg["budget_multiples"]),
+            truth,
+            challenger.expected_reward(everyone.users, last.arms),
+        )
 
 
 def main() -> None:
