@@ -108,6 +108,20 @@ def test_same_data_and_seed_give_the_same_model() -> None:
     assert log["device"] in {"cpu", "cuda"} and log["samples_per_second"] > 0
 
 
+def test_matrix_products_take_the_branch_every_cpu_runs_alike() -> None:
+    """Importing the project (as every stage and server does before torch computes) puts
+    torch's MKL on its COMPATIBLE branch (couponflow/__init__.py), not the CPU's own."""
+    import ctypes
+
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        branch_of = ctypes.CDLL(str(library)).mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        pytest.skip("this torch has no MKL")
+    branch_of.restype = ctypes.c_int
+    assert branch_of(1) == 3  # MKL_CBWR_BRANCH: MKL_CBWR_COMPATIBLE
+
+
 @pytest.mark.integration  # a process group of trainers
 def test_data_parallel_training_shares_the_work_and_learns() -> None:
     """The multi-GPU path (DistributedDataParallel, one process per device) run on the CPU
