@@ -4,4 +4,16 @@ The core owns every fact two rooms must agree on (the data contract, the feature
 the model's inputs, the policy's maths). It never imports Airflow, Feast, GX or BentoML.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# One rounding for the network's matrix products on every machine. Torch's CPU products run
+# in MKL, which picks its kernels by the CPU (AVX-512, AVX2, another vendor's) unless told
+# otherwise: the same data and seed then trained a different network on another machine, a
+# few last bits apart per step and more with every epoch, and the same demo day's challenger
+# truly earned -54 on one clone and -347 on another. MKL reads this before its first call,
+# so it is set here, in the package every process of the project imports before it trains
+# or scores, and its children (DVC's stages, Airflow's tasks, the servers) inherit it.
+# COMPATIBLE is the branch every x86-64 CPU runs alike (docs/runbook.md, "Reproducible runs").
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")

@@ -12,6 +12,8 @@ predictions; and a network that has learned nothing about a coupon predicts no e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import cast
@@ -259,10 +261,33 @@ def _heads(out: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+# Threads of a scoring pass. MKL's reproducible branch (couponflow/__init__.py) rounds the
+# same product differently with another number of threads (30,000 users scored with 3 threads
+# differed from 1 and 2), and a stage's default is the machine's core count: scores, and with
+# them the budget's multiplier and every decision, would follow the machine. One, as the
+# service scores (serving.runtime.recommender); OpenMP over busy cores was slower anyway.
+SCORING_THREADS = 1
+
+
+@contextmanager
+def scoring_threads() -> Iterator[None]:
+    """Run the block with SCORING_THREADS torch threads, then give the caller back its own
+    setting (nothing changes where it is already so: the service's request threads)."""
+    previous = torch.get_num_threads()
+    if previous != SCORING_THREADS:
+        torch.set_num_threads(SCORING_THREADS)
+    try:
+        yield
+    finally:
+        if previous != SCORING_THREADS:
+            torch.set_num_threads(previous)
+
+
 def predict(net: Recommender, inputs: np.ndarray, per_user: int = 1) -> dict[str, np.ndarray]:
     """P(purchase), expected amount given purchase, and P(redeem), on the CPU, of input
-    rows (`per_user`: see CouponNet.forward); an ensemble's mean outputs."""
-    with torch.inference_mode():
+    rows (`per_user`: see CouponNet.forward); an ensemble's mean outputs. The same on every
+    machine: see `scoring_threads`."""
+    with scoring_threads(), torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
         return _heads(net(x, per_user).numpy())
 
@@ -271,7 +296,7 @@ def predict_members(
     net: Recommender, inputs: np.ndarray, per_user: int = 1
 ) -> dict[str, np.ndarray]:
     """As `predict`, each head (members, rows): one member for a single network."""
-    with torch.inference_mode():
+    with scoring_threads(), torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
         if isinstance(net, CouponEnsemble):
             return _heads(net.member_outputs(x, per_user).numpy())

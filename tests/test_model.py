@@ -108,6 +108,83 @@ def test_same_data_and_seed_give_the_same_model() -> None:
     assert log["device"] in {"cpu", "cuda"} and log["samples_per_second"] > 0
 
 
+def test_matrix_products_take_the_branch_every_cpu_runs_alike() -> None:
+    """Importing the project (as every stage and server does before torch computes) puts
+    torch's MKL on its COMPATIBLE branch (couponflow/__init__.py), not the CPU's own."""
+    import ctypes
+
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        branch_of = ctypes.CDLL(str(library)).mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        pytest.skip("this torch has no MKL")
+    branch_of.restype = ctypes.c_int
+    assert branch_of(1) == 3  # MKL_CBWR_BRANCH: MKL_CBWR_COMPATIBLE
+
+
+def test_scores_do_not_depend_on_the_callers_thread_count() -> None:
+    """A stage scores with the machine's core count unless told otherwise; MKL's
+    reproducible branch rounds a product differently with another thread count, so scoring
+    pins its own (`scoring_threads`) and hands the caller's setting back."""
+    train = TrainingArrays.from_table(known_effect_log(2_000, seed=3), 20.0)
+    net, _ = fit(train, train, {**CFG, "hidden": 64, "epochs": 1})
+    # 20,000 rows: split over 3 threads, MKL rounded some of them another way
+    rows = TrainingArrays.from_table(known_effect_log(20_000, seed=5), 20.0).x
+    previous = torch.get_num_threads()
+    try:
+        outputs = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            outputs.append(predict(net, rows))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(previous)
+    for head in outputs[0]:
+        assert np.array_equal(outputs[0][head], outputs[1][head]), head
+
+
+# Trains and scores a small network in a child process; prints its version and a hash of
+# its scores. The child imports the project before torch computes anything, as a stage does.
+_TRAIN_AND_SCORE = """
+import hashlib, sys
+import numpy as np, torch
+from tests.helpers.known_effect import known_effect_log
+from training.train import TrainingArrays, fit, model_version
+from couponflow.model import predict
+train = TrainingArrays.from_table(known_effect_log(6_000, seed=1), 10.0)
+valid = TrainingArrays.from_table(known_effect_log(20_000, seed=2), 10.0)
+cfg = {"seed": 1, "hidden": 64, "epochs": 4, "batch_size": 512, "lr": 0.003, "patience": 5}
+net, _ = fit(train, valid, cfg)
+torch.set_num_threads(int(sys.argv[1]))  # the stage's own default: the machine's cores
+out = predict(net, valid.x)
+print(model_version(net, "2026-01-04"), hashlib.sha256(out["p_purchase"].tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.integration  # child processes, each its own MKL
+def test_the_same_data_trains_and_scores_the_same_network_on_another_cpu() -> None:
+    """MKL picks its kernels by the CPU unless told otherwise: a machine it sees as AVX2
+    only (another generation, another vendor) trained a different network from the same
+    data and seed, and the demo's challenger truly earned another figure. MKL is told to
+    see it as AVX2-only in one child, which also scores with another thread count."""
+    import os
+    import subprocess
+    import sys
+
+    from couponflow.config import PROJECT_ROOT
+
+    def child(threads: int, **env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MKL_")}
+        done = subprocess.run(
+            [sys.executable, "-c", _TRAIN_AND_SCORE, str(threads)],
+            env={**base, "PYTHONPATH": str(PROJECT_ROOT), **env},
+            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout.strip().splitlines()[-1]
+
+    assert child(1) == child(3, MKL_ENABLE_INSTRUCTIONS="AVX2")
+
+
 @pytest.mark.integration  # a process group of trainers
 def test_data_parallel_training_shares_the_work_and_learns() -> None:
     """The multi-GPU path (DistributedDataParallel, one process per device) run on the CPU
