@@ -9,6 +9,7 @@ weights and early stopping.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_same_data_and_seed_give_the_same_model() -> None:
 
 def test_matrix_products_take_the_branch_every_cpu_runs_alike() -> None:
     """Importing the project (as every stage and server does before torch computes) puts
-    torch's MKL on its COMPATIBLE branch (couponflow/__init__.py), not the CPU's own."""
+    torch's MKL on its AVX2 branch (couponflow/__init__.py), not the CPU's own."""
     import ctypes
 
     library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
@@ -119,7 +120,12 @@ def test_matrix_products_take_the_branch_every_cpu_runs_alike() -> None:
     except (OSError, AttributeError):
         pytest.skip("this torch has no MKL")
     branch_of.restype = ctypes.c_int
-    assert branch_of(1) == 3  # MKL_CBWR_BRANCH: MKL_CBWR_COMPATIBLE
+    if os.environ.get("MKL_CBWR", "AVX2") != "AVX2":
+        pytest.skip("MKL_CBWR is set otherwise in this environment")
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "GenuineIntel" not in cpu or " avx2" not in cpu:
+        pytest.skip("MKL's AVX2 branch runs on Intel CPUs with AVX2 only")
+    assert branch_of(1) == 10  # MKL_CBWR_BRANCH: MKL_CBWR_AVX2 (AUTO is 2, COMPATIBLE 3)
 
 
 def test_scores_do_not_depend_on_the_callers_thread_count() -> None:

@@ -297,8 +297,8 @@ def fit(
 
     cfg: seed, hidden, epochs, batch_size, lr, patience; optional device, threads (CPU) and
     processes (data-parallel; default every GPU). The same data and seed give the same
-    weights on the same device, thread and process count, on any x86-64 CPU (MKL's
-    COMPATIBLE branch, couponflow/__init__.py). Returns the best network (on
+    weights on the same device, thread and process count, on any Intel CPU with AVX2 (MKL's
+    AVX2 branch, couponflow/__init__.py). Returns the best network (on
     the CPU, in eval mode) and its FitLog (samples_per_second: training rows x epochs over
     the whole call).
     """
