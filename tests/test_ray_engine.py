@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -24,36 +23,16 @@ from couponflow.config import HOME_ENV, Workspace, load_params, set_param
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, day_end
 from couponflow.landing import read_offline
 from feature_repo.store import (
-    COUPON_REFS,
-    USER_REFS,
-    apply_definitions,
     coupon_stats_at,
     historical_features,
     is_ray,
     materialise_day,
     open_store,
 )
+from tests.helpers.engines import DAYS, entity_rows, materialised, online_values, with_engine
 from tests.helpers.workspaces import N_USERS, simulated_workspace
 
 pytestmark = pytest.mark.integration  # Ray, Feast's stores
-
-DAYS = 3
-
-
-def with_engine(root: Path, engine: str) -> Workspace:
-    params = load_params(root / "params.yaml")
-    set_param(params, "features.engine", engine)
-    set_param(params, "features.ray_cpus", 2)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return Workspace(root)
-
-
-def materialised(ws: Workspace, days: list[str]) -> None:
-    os.environ[HOME_ENV] = str(ws.root)
-    store = open_store(ws)
-    apply_definitions(store)
-    for day in days:
-        assert materialise_day(store, day) == ["user_activity", "coupon_stats"]
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +61,6 @@ def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace
             shutdown_ray()
 
 
-def entity_rows(ws: Workspace, days: list[str]) -> pd.DataFrame:
-    """Rows as the dataset stage builds them (each day's logged offers at their times, a
-    null coupon for "no coupon"), and rows at the edges of the views' ttl (7 days): at the
-    moment the last day's rows are exactly 7 days old (still seen) and half an hour later
-    (gone: no row), where a join that ignored the ttl would find the last day's values."""
-    offers = read_offline(ws, "offers", days).rename(columns={"ts": "event_timestamp"})
-    coupons = read_offline(ws, "coupons", [days[-1]])
-    offers = offers.merge(coupons[["coupon_id", "kind", "value"]], on="coupon_id", how="left")
-    edge = day_end(days[-1]) + pd.Timedelta(days=7)
-    late = pd.DataFrame({"user_id": np.arange(0, N_USERS, 11)})
-    late = late.assign(coupon_id=coupons["coupon_id"].iloc[0], kind="percent", value=10.0)
-    rows = [offers, late.assign(event_timestamp=edge)]
-    rows.append(late.assign(event_timestamp=edge + pd.Timedelta(minutes=30)))
-    rows.append(late.assign(event_timestamp=day_end(days[1])))  # a midnight: a new day's rows
-    frame = pd.concat(rows, ignore_index=True)
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_localize("UTC")
-    return frame[["user_id", "coupon_id", "event_timestamp", "kind", "value"]]
-
-
 def test_the_point_in_time_join_on_ray_finds_the_file_stores_rows(worlds) -> None:
     local, on_ray, days = worlds
     rows = entity_rows(local, days)
@@ -125,16 +85,6 @@ def test_the_point_in_time_join_on_ray_finds_the_file_stores_rows(worlds) -> Non
     pd.testing.assert_frame_equal(
         coupon_stats_at(store, coupons, at), coupon_stats_at(open_store(local), coupons, at)
     )
-
-
-def online_values(ws: Workspace, days: list[str]) -> dict[str, list]:
-    os.environ[HOME_ENV] = str(ws.root)
-    store = open_store(ws)
-    users = [{"user_id": u} for u in range(N_USERS + 5)]  # and a few nobody has seen
-    coupons = read_offline(ws, "coupons", days)["coupon_id"].drop_duplicates()
-    values = store.get_online_features(features=USER_REFS, entity_rows=users).to_dict()
-    rows = [{"coupon_id": str(c)} for c in coupons]
-    return values | store.get_online_features(features=COUPON_REFS, entity_rows=rows).to_dict()
 
 
 def test_materialising_on_ray_writes_what_the_local_engine_writes(worlds) -> None:

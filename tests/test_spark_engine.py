@@ -6,7 +6,7 @@ the online store reading back what the local engine's materialisation leaves.
 Spark is no `features.engine` (docs/scaling.md, "Spark, measured"): this checks that the
 benchmark measured a join that gives the project's answer. Optional: skipped without
 pyspark, which the project does not install (the benchmark's docstring says how to).
-The world and the entity rows are tests/test_ray_engine.py's.
+The world and the entity rows are the Ray test's (tests/helpers/engines.py).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from feature_repo.store import (
     materialise_day,
     open_store,
 )
+from tests.helpers.engines import DAYS, entity_rows, materialised, online_values, with_engine
 from tests.helpers.workspaces import N_USERS, simulated_workspace
-from tests.test_ray_engine import DAYS, entity_rows, materialised, online_values, with_engine
 
-pytest.importorskip("pyspark", reason="pyspark is not installed (benchmarks/bench_engine.py)")
+pyspark = pytest.importorskip(
+    "pyspark.sql", reason="pyspark is not installed (benchmarks/bench_engine.py)"
+)
 
 pytestmark = pytest.mark.integration  # Spark's JVM, Feast's stores
 
@@ -46,8 +48,6 @@ def worlds(
     featurised once, copied (the copy's partitions rewritten in microseconds, which Spark
     reads); the Spark session started once and stopped after. The Spark store is used
     inside `spark_sources` (its views and windows SparkSources), the local one outside."""
-    from pyspark.sql import SparkSession
-
     base = tmp_path_factory.mktemp("spark")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(HOME_ENV, str(base / "local"))
@@ -64,7 +64,7 @@ def worlds(
             os.environ[HOME_ENV] = str(on_spark.root)
             yield local, on_spark, days, spark_store(on_spark, cpus=2)
         finally:
-            if session := SparkSession.getActiveSession():
+            if session := pyspark.SparkSession.getActiveSession():
                 session.stop()
 
 
