@@ -31,9 +31,9 @@ import torch
 
 from couponflow.config import PROJECT_ROOT, load_params
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
-from couponflow.model import CouponNet
+from couponflow.model import CouponNet, torch_threads
 from training.dataset import label_offers
-from training.train import TrainingArrays, fit, loss_fn, torch_threads
+from training.train import TrainingArrays, fit, loss_fn
 
 DAYS = ("2026-01-05", "2026-01-06", "2026-01-07")
 

@@ -270,24 +270,24 @@ SCORING_THREADS = 1
 
 
 @contextmanager
-def scoring_threads() -> Iterator[None]:
-    """Run the block with SCORING_THREADS torch threads, then give the caller back its own
-    setting (nothing changes where it is already so: the service's request threads)."""
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads, then give the caller back its own setting
+    (nothing changes where it is already so: the service's request threads score on one)."""
     previous = torch.get_num_threads()
-    if previous != SCORING_THREADS:
-        torch.set_num_threads(SCORING_THREADS)
+    if previous != n:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        if previous != SCORING_THREADS:
+        if previous != n:
             torch.set_num_threads(previous)
 
 
 def predict(net: Recommender, inputs: np.ndarray, per_user: int = 1) -> dict[str, np.ndarray]:
     """P(purchase), expected amount given purchase, and P(redeem), on the CPU, of input
     rows (`per_user`: see CouponNet.forward); an ensemble's mean outputs. The same on every
-    machine: see `scoring_threads`."""
-    with scoring_threads(), torch.inference_mode():
+    machine: see `SCORING_THREADS`."""
+    with torch_threads(SCORING_THREADS), torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
         return _heads(net(x, per_user).numpy())
 
@@ -296,7 +296,7 @@ def predict_members(
     net: Recommender, inputs: np.ndarray, per_user: int = 1
 ) -> dict[str, np.ndarray]:
     """As `predict`, each head (members, rows): one member for a single network."""
-    with scoring_threads(), torch.inference_mode():
+    with torch_threads(SCORING_THREADS), torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
         if isinstance(net, CouponEnsemble):
             return _heads(net.member_outputs(x, per_user).numpy())

@@ -131,7 +131,7 @@ def test_matrix_products_take_the_branch_every_cpu_runs_alike() -> None:
 def test_scores_do_not_depend_on_the_callers_thread_count() -> None:
     """A stage scores with the machine's core count unless told otherwise; MKL's
     reproducible branch rounds a product differently with another thread count, so scoring
-    pins its own (`scoring_threads`) and hands the caller's setting back."""
+    pins its own (`SCORING_THREADS`) and hands the caller's setting back."""
     train = TrainingArrays.from_table(known_effect_log(2_000, seed=3), 20.0)
     net, _ = fit(train, train, {**CFG, "hidden": 64, "epochs": 1})
     # 20,000 rows: split over 3 threads, MKL rounded some of them another way

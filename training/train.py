@@ -20,8 +20,6 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import cast
@@ -46,6 +44,7 @@ from couponflow.model import (
     CouponNet,
     encode,
     save_model,
+    torch_threads,
 )
 from couponflow.processes import free_port  # the process group's rendezvous
 from couponflow.records import EnsembleLog, EpochLoss, FitLog, ModelRecord
@@ -253,17 +252,6 @@ def cpu_threads(cfg: ModelParams) -> int:
     machine with one other busy process, 2 threads trained at ~50k samples/s, 1 at ~450k.
     """
     return int(cfg.get("threads") or 1)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with `n` torch threads, then give the caller back its own setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _valid_loss(net: CouponNet, valid: torch.Tensor, d: int) -> float:
