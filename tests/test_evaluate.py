@@ -6,16 +6,19 @@ and the population sample is the same users every run with its share of the budg
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 
 import couponflow.metrics
 import couponflow.model
 from couponflow.config import PROJECT_ROOT, Workspace, load_params, set_param
+from couponflow.cpu import load_aware_threads
 from couponflow.features import USER_FEATURES
 from couponflow.model import CouponNet, encode_pairs
 from couponflow.policy import eligible, with_control
@@ -362,3 +365,34 @@ def test_the_stage_shows_its_steps_beyond_one_chunk_of_decisions(
         assert "the population" in capsys.readouterr().err
     assert big.bar.n == 2
     big.close()
+
+
+@pytest.mark.parametrize(("load", "threads"), [(0.5, os.cpu_count()), (40.0, 1)])
+def test_the_learners_take_every_core_only_while_one_is_idle(
+    load: float, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    with load_aware_threads() as chosen:
+        used = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"}
+    assert chosen == threads
+    assert used == {threads}  # scikit-learn's OpenMP runtime is loaded by the imports above
+
+
+def test_the_baselines_answer_the_same_on_any_thread_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The load picks the learners' threads (couponflow.cpu): it may change how long the
+    evaluate stage takes, never what it finds."""
+    log = known_effect_log(1_000, seed=3)
+    log["reward"] = MARGIN * log["amount"] - log["discount"]
+    users = known_effect_log(200, seed=4)[USER_FEATURES].to_numpy(np.float32)
+    monkeypatch.setitem(GB_PARAMS, "max_iter", 20)
+    answers = []
+    for load in (0.0, 40.0):  # every core, then one
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        answers.append(
+            {b.name: b.value_and_cost(users, ARMS) for b in fit_baselines(log, MAX_WEIGHT)}
+        )
+    for name, (value, cost) in answers[0].items():
+        np.testing.assert_array_equal(value, answers[1][name][0], err_msg=name)
+        np.testing.assert_array_equal(cost, answers[1][name][1], err_msg=name)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
+from couponflow.cpu import load_aware_threads
 from couponflow.features import USER_FEATURES
 from couponflow.model import ArmTable, encode, encode_pairs, user_chunks
 
@@ -58,8 +59,9 @@ def coupon_pairs(
         chunk = users[rows]
         if len(chunk):
             pairs = encode_pairs(chunk, coupons).astype(np.float64)
-            for name, learner in learners.items():
-                out[name][rows, 1:] = learner(chunk, pairs).reshape(len(chunk), -1)
+            with load_aware_threads():
+                for name, learner in learners.items():
+                    out[name][rows, 1:] = learner(chunk, pairs).reshape(len(chunk), -1)
     return out
 
 
@@ -274,6 +276,7 @@ class TwoModelUplift(Baseline):
 
 def fit_baselines(table: pd.DataFrame, max_weight: float, seed: int = 0) -> list[Baseline]:
     """Every baseline, fitted on `table` (the training days' labelled offers)."""
-    cost = CostModel().fit(table, max_weight)
     kinds = (NoCoupon, RandomCoupon, MostRedeemed, ResponseModel, TwoModelUplift)
-    return [kind(cost, seed).fit(table, max_weight) for kind in kinds]
+    with load_aware_threads():
+        cost = CostModel().fit(table, max_weight)
+        return [kind(cost, seed).fit(table, max_weight) for kind in kinds]

@@ -29,11 +29,11 @@ from typing import Any, Protocol, TypedDict
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from couponflow.config import EvaluationParams, Workspace
 from couponflow.contract import ALL_CATEGORIES, COUPON_KINDS, RANDOMISED_SLICES
+from couponflow.cpu import load_aware_threads
 from couponflow.evaluation import (
     LOGGING,
     NO_COUPON,
@@ -376,7 +376,7 @@ class RewardModel:
                     [train_y, *[r[f != k] for r, f in zip(rows_y, folds, strict=True)]]
                 )
                 model = HistGradientBoostingRegressor(**{**REWARD_GB, "random_state": self.seed})
-                with threadpool_limits(1):  # OpenMP over busy cores was 10x slower than one
+                with load_aware_threads():  # one thread on a busy machine (couponflow.cpu)
                     model.fit(x, y)
                 for d, f, o in zip(days, folds, out, strict=True):
                     users = d.users[f == k]
@@ -387,7 +387,7 @@ class RewardModel:
                     pairs = np.column_stack(
                         [np.repeat(users, m, axis=0), np.tile(block, (len(users), 1))]
                     )
-                    with threadpool_limits(1):
+                    with load_aware_threads():
                         o[f == k] = model.predict(pairs).reshape(len(users), m)
         return out
 

@@ -41,9 +41,9 @@ from typing import NotRequired, TypedDict, cast
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from threadpoolctl import threadpool_limits
 
 from couponflow.config import PROJECT_ROOT, ModelParams, load_params
+from couponflow.cpu import load_aware_threads
 from couponflow.metrics import Bootstrapped, TargetTerms, off_policy_bootstrap
 from couponflow.model import Recommender, predict
 from couponflow.records import LiftInterval
@@ -249,8 +249,7 @@ def per_arm_regression(
             early_stopping=True,
             random_state=seed,
         )
-        # one OpenMP thread: on the shared 2-core machine more threads spin, not work
-        with threadpool_limits(1):
+        with load_aware_threads():  # one OpenMP thread on a busy machine (couponflow.cpu)
             values[:, arm] = model.fit(train.user[rows], target[rows]).predict(test.user)
     return values
 
