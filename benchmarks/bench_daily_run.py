@@ -142,13 +142,16 @@ def run_step(
     cmd += ["--out", str(out), "--upstream", str(passed)]
     bar.set_postfix_str(task)
     started, sampled_mb, failed = time.time(), 0.0, None
+    # the elapsed time ticks each second on a terminal; in a log file each tick is a line
+    tick_every = 1 if sys.stderr.isatty() else 60
     with open(log, "w") as fh:
         process = subprocess.Popen(
             cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
         while process.poll() is None:
             time.sleep(1)
-            bar.refresh()
+            if int(time.time() - started) % tick_every == 0:
+                bar.refresh()
             with suppress(psutil.NoSuchProcess):
                 tree = psutil.Process(process.pid)
                 rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
