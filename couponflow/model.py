@@ -49,8 +49,12 @@ _WINDOW = np.array(list(WINDOWED_COUNTS.values()), dtype=np.float32)
 
 
 def _codes(values: pd.Series, labels: tuple[str, ...]) -> np.ndarray:
-    """Each value's position in `labels`, -1 for a missing or other value (vectorised)."""
-    return pd.Categorical(values, categories=list(labels)).codes.astype(np.int64)
+    """Each value's position in `labels`, -1 for a missing or other value (vectorised).
+    The few distinct values are looked up, not every row: on pandas' string dtype, looking
+    up 315,000 rows took 100-170 ms, factorising them first 26-33 ms."""
+    rows, distinct = pd.factorize(values)
+    lookup = pd.Index(list(labels)).get_indexer(pd.Index(distinct, dtype=object))
+    return np.append(lookup, -1)[rows].astype(np.int64)  # a missing value's row is -1
 
 
 def _squash(counts: np.ndarray, out: np.ndarray) -> None:
@@ -118,8 +122,8 @@ def _encode(user_features: np.ndarray, arms: ArmTable, per_user: int = 1) -> np.
     arms). Each user is squashed once, however many arms it is paired with."""
     users = np.asarray(user_features, dtype=np.float32)
     out = np.zeros((len(arms.control), N_INPUTS), dtype=np.float32)
-    squashed = np.empty_like(users)
-    _squash(_per_full_window(users), squashed)
+    squashed = _per_full_window(users)
+    _squash(squashed, squashed)
     out.reshape(len(users), per_user, N_INPUTS)[:, :, :N_USER_INPUTS] = squashed[:, None, :]
     paired = users if per_user == 1 else np.repeat(users, per_user, axis=0)
     _arm_features(paired, arms, out[:, N_USER_INPUTS : N_USER_INPUTS + len(ARM_FEATURES)])
