@@ -68,7 +68,7 @@ def bare_rate(data: torch.Tensor, cfg: dict[str, Any], device: torch.device) -> 
     """Samples/s of forward + loss + backward + Adam step alone, one pass over `data`."""
     torch.manual_seed(0)
     net = CouponNet(hidden=int(cfg["hidden"])).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]), foreach=True)
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]), fused=True)
     d, bs = net.n_user + net.n_arm, int(cfg["batch_size"])
     batches = [data[i : i + bs] for i in range(0, len(data), bs)]
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None

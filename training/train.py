@@ -432,7 +432,7 @@ def _fit(
     if world > 1:
         model = DistributedDataParallel(net, device_ids=[rank] if device.type == "cuda" else None)
     data, held_out = train.packed().to(device), valid.packed().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), foreach=True)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))  # same order, every rank
     resample, n = (None, len(data)) if sample is None else (torch.as_tensor(sample), len(sample))
