@@ -143,15 +143,16 @@ def run_step(
     bar.set_postfix_str(task)
     started, sampled_mb, failed = time.time(), 0.0, None
     # the elapsed time ticks each second on a terminal; in a log file each tick is a line
-    tick_every = 1 if sys.stderr.isatty() else 60
+    tick_every, ticked = (1 if sys.stderr.isatty() else 60), started
     with open(log, "w") as fh:
         process = subprocess.Popen(
             cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
         while process.poll() is None:
             time.sleep(1)
-            if int(time.time() - started) % tick_every == 0:
+            if time.time() - ticked >= tick_every:  # a slow sample must not skip the tick
                 bar.refresh()
+                ticked = time.time()
             with suppress(psutil.NoSuchProcess):
                 tree = psutil.Process(process.pid)
                 rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
