@@ -8,7 +8,8 @@ code path (training.evaluate's cross-fitted reward model, `judge`, `build_report
 training.gate's `decide` on the typed report, as a first model against "no coupon"):
 
 - `oracle`: the oracle policy at the same budget (the best any policy can do);
-- `trained`: the network trained by `training.train.fit` on the training days;
+- `trained`: the ensemble the train stage would fit on the training days
+  (`training.train.fit_ensemble`, the trainer's stabilised weights and `model.members`);
 - `shuffled`: the trained network's scores given to the wrong users;
 - `biggest`: everyone gets the biggest coupon (no budget);
 - `buy_anyway`: coupons for the shoppers most likely to buy without one.
@@ -36,6 +37,7 @@ from benchmarks.simulated import SimulatedLog, population, simulate, training_ta
 from couponflow.evaluation import NO_COUPON
 from couponflow.features import USER_FEATURES
 from couponflow.logs import quiet_libraries
+from couponflow.model import Recommender
 from couponflow.oracle import Oracle
 from training.evaluate import (
     Decisions,
@@ -50,7 +52,7 @@ from training.evaluate import (
     price,
 )
 from training.gate import decide
-from training.train import TrainingArrays, fit, split_days
+from training.train import TrainingArrays, fit_ensemble, split_days
 
 CANDIDATES = ("oracle", "trained", "shuffled", "biggest", "buy_anyway")
 
@@ -100,7 +102,7 @@ def eval_days(log: SimulatedLog, table: pd.DataFrame, days: list, oracle: Oracle
     return out
 
 
-def candidates(days: list[EvalDay], net, margin: float, cap: int, seed: int) -> dict:
+def candidates(days: list[EvalDay], net: Recommender, margin: float, cap: int, seed: int) -> dict:
     """Every candidate priced on every judged day, and no coupon."""
     rng = np.random.default_rng(seed)
     model = ModelPolicy("trained", net, "trained", margin)
@@ -130,10 +132,14 @@ def run_case(seed: int, args: argparse.Namespace, gate: dict) -> list[Outcome]:
         table = training_table(log)
         params = log.ws.params
         train_days, stop_day, judged_days = split_days(table, args.eval_days)
-        weight = float(params["model"]["max_inverse_propensity"])
-        net, _ = fit(
-            TrainingArrays.from_table(table[table["day"].isin(train_days)], weight),
+        # As the train stage trains its challenger: stabilised weights at the trainer's
+        # clip, `model.members` networks on bootstrap resamples of the shoppers.
+        weight = float(params["model"]["max_stabilised_weight"])
+        fitting = table[table["day"].isin(train_days)]
+        net, _ = fit_ensemble(
+            TrainingArrays.from_table(fitting, weight),
             TrainingArrays.from_table(table[table["day"] == stop_day], weight),
+            fitting["user_id"].to_numpy(),
             params["model"],
         )
         days = eval_days(log, table, judged_days, Oracle(log.world))
