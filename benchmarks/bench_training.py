@@ -116,7 +116,7 @@ def main() -> None:
             cfg = {**params, "epochs": args.epochs, "patience": args.epochs, "batch_size": bs}
             cfg.update(device=device, threads=threads)
             tick = time.perf_counter()
-            max_weight = float(cfg["max_inverse_propensity"])
+            max_weight = float(cfg["max_stabilised_weight"])
             train = TrainingArrays.from_table(train_table, max_weight)
             valid = TrainingArrays.from_table(valid_table, max_weight)
             encode_s = time.perf_counter() - tick

@@ -220,7 +220,7 @@ def test_a_challenger_trained_on_shuffled_labels_is_refused(pipeline) -> None:
     order = np.random.default_rng(0).permutation(len(table))
     shuffled[labels] = table[labels].iloc[order].to_numpy()
     cfg = ws.params["model"]
-    weight = float(cfg["max_inverse_propensity"])
+    weight = float(cfg["max_stabilised_weight"])
     net, _ = fit(
         TrainingArrays.from_table(shuffled[shuffled["day"].isin(train_days)], weight),
         TrainingArrays.from_table(shuffled[shuffled["day"] == stop_day], weight),
