@@ -25,6 +25,7 @@ error and the minimum detectable effect of the oracle's lead, to read how power 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from benchmarks.simulated import SimulatedLog, population, simulate, training_table
 from couponflow.evaluation import NO_COUPON
@@ -199,9 +201,19 @@ def main() -> None:
 def bench(args: argparse.Namespace, gate: dict) -> pd.DataFrame:
     """Run the cases and print the figures; returns every case's outcome."""
     started = time.perf_counter()
-    rows = []
-    for seed in range(args.first_seed, args.first_seed + args.cases):
-        rows += run_case(seed, args, gate)
+    rows: list[Outcome] = []
+    seeds = range(args.first_seed, args.first_seed + args.cases)
+    # A case is a minute or more: a line a case, or one a minute into a log.
+    interval = 0.5 if sys.stderr.isatty() else 60.0
+    with tqdm(seeds, desc="bench_gate", unit="case", mininterval=interval) as progress:
+        for seed in progress:
+            rows += run_case(seed, args, gate)
+            losing = [o for o in rows if o.true_lead <= 0]
+            progress.set_postfix(
+                false_passes=f"{sum(o.promote for o in losing)}/{len(losing)}",
+                oracle_passes=sum(o.promote for o in rows if o.candidate == "oracle"),
+                refresh=False,
+            )
     frame = pd.DataFrame([o.__dict__ for o in rows])
     wall = time.perf_counter() - started
     print(
