@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_info
 
 import couponflow.metrics
@@ -24,7 +25,15 @@ from couponflow.model import CouponNet, encode_pairs
 from couponflow.policy import eligible, with_control
 from tests.helpers.known_effect import ARMS, MARGIN, known_effect_log
 from training.baselines import GB_PARAMS, ResponseModel, TwoModelUplift, fit_baselines
-from training.evaluate import ModelPolicy, Policy, population, price, true_leads
+from training.evaluate import (
+    ModelPolicy,
+    Policy,
+    RewardModel,
+    arm_features,
+    population,
+    price,
+    true_leads,
+)
 
 MAX_WEIGHT = 20.0
 
@@ -67,6 +76,23 @@ def test_pricing_in_user_chunks_gives_the_one_pass_prices(
         else:
             np.testing.assert_array_equal(chunked[name].value, p.value, err_msg=name)
             np.testing.assert_array_equal(chunked[name].cost, p.cost, err_msg=name)
+
+
+def test_the_reward_model_predicts_every_arm_in_chunks_as_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = known_effect_log(1_000, seed=3)
+    log["reward"] = MARGIN * log["amount"] - log["discount"]
+    x = np.column_stack([log[USER_FEATURES].to_numpy(np.float32), arm_features(log)])
+    model = HistGradientBoostingRegressor(max_iter=20, random_state=0).fit(x, log["reward"])
+    users = known_effect_log(200, seed=4)[USER_FEATURES].to_numpy(np.float32)
+    block = arm_features(ARMS)
+    m = len(block)
+    one_pass = model.predict(
+        np.column_stack([np.repeat(users, m, axis=0), np.tile(block, (len(users), 1))])
+    ).reshape(len(users), m)
+    monkeypatch.setattr(couponflow.model, "USERS_PER_CHUNK", 7)  # 29 chunks, the last of 4
+    np.testing.assert_array_equal(RewardModel._every_arm(model, users, block), one_pass)
 
 
 def test_the_baselines_share_one_cost_prediction(policies: dict[str, Policy]) -> None:
