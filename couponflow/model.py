@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from couponflow.contract import ALL_CATEGORIES, CATEGORIES, COUPON_KINDS
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, WINDOWED_COUNTS, relative_value
@@ -184,22 +185,39 @@ def user_chunks(n_users: int) -> list[slice]:
     return [slice(lo, lo + step) for lo in range(0, max(n_users, 1), step)]
 
 
-def _mlp(n_inputs: int, hidden: int) -> nn.Sequential:
+def _mlp(n_inputs: int, hidden: int, n_outputs: int = 3) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(n_inputs, hidden),
         nn.ReLU(),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
-        nn.Linear(hidden, 3),
+        nn.Linear(hidden, n_outputs),
     )
+
+
+# How the coupon's effect on the purchase logit is built; saved with the weights, so a
+# model of another build is refused rather than read against the wrong modules.
+EFFECT = "sensitivity x appeal - aversion + delta"
+APPEAL_HIDDEN = 16  # the arm block is a dozen inputs: a narrow network is enough
+_SENSITIVITY_START = -2.0  # softplus: ~0.13, a small response to begin with
 
 
 class CouponNet(nn.Module):
     """(purchase logit, log amount, redeem logit) = base(user) + (1 - is_control) *
-    delta(user, arm).
+    effect(user, arm).
 
-    `base` reads the user block only; `delta` reads the whole row. Its last layer starts
-    at zero, so before training every coupon is predicted to change nothing.
+    The coupon's effect on the purchase logit is built as a response is in marketing:
+    how much this shopper moves for a saving, `sensitivity(user) >= 0`, times how much this
+    offer appeals to them, `appeal(arm) >= 0` (the arm block holds the coupon's terms, its
+    value against the shopper's basket and their affinity for its category), less how much
+    being sent a coupon puts them off, `aversion(user)`; plus `delta(user, arm)`, a
+    free-form term for what that form misses (a coupon that helps some shoppers and not
+    others of the same sensitivity). The two user terms are two more outputs of `base`,
+    so each is learned from every coupon shoppers like this one received, not from each
+    (user, coupon) cell apart: with `delta` alone the network put the same small term on
+    every hidden segment (docs/world.md). `delta` also gives the amount and redemption
+    heads' effects. Before training no coupon changes anything: `delta` starts at zero and
+    the aversion at exactly the sensitivity times the appeal.
     """
 
     def __init__(
@@ -207,24 +225,36 @@ class CouponNet(nn.Module):
     ) -> None:
         super().__init__()
         self.n_user, self.n_arm, self.hidden = n_user, n_arm, hidden
-        self.base = _mlp(n_user, hidden)
-        self.delta = _mlp(n_user + n_arm, hidden)
-        last = cast(nn.Linear, self.delta[-1])  # _mlp ends in a Linear layer
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self.base = _mlp(n_user, hidden, n_outputs=5)  # the 3 heads, sensitivity, aversion
+        self.appeal = _mlp(n_arm, APPEAL_HIDDEN, n_outputs=1)
+        self.delta = _mlp(n_user + n_arm, hidden, n_outputs=3)
+        base, appeal, delta = (cast(nn.Linear, m[-1]) for m in (self.base, self.appeal, self.delta))
+        with torch.no_grad():
+            for last in (appeal, delta):
+                last.weight.zero_()
+                last.bias.zero_()
+            base.weight[3:].zero_()
+            start = F.softplus(torch.tensor(_SENSITIVITY_START)) * F.softplus(torch.tensor(0.0))
+            base.bias[3:] = torch.stack([torch.tensor(_SENSITIVITY_START), start])
 
     def layout(self) -> Layout:
         """What it takes to rebuild this network: input block sizes and width."""
-        return {"n_user": self.n_user, "n_arm": self.n_arm, "hidden": self.hidden}
+        return {"n_user": self.n_user, "n_arm": self.n_arm, "hidden": self.hidden,
+                "effect": EFFECT}  # fmt: skip
 
     def forward(self, x: torch.Tensor, per_user: int = 1) -> torch.Tensor:
         """Outputs of input rows; with `per_user`, rows come in blocks of that many arms
         of one user (`encode_pairs`), and `base`, which reads only the user, runs once a
         block rather than once a row (scoring a catalogue: half the network's work)."""
-        treated = 1.0 - x[:, self.n_user : self.n_user + 1]
-        effect = (treated * self.delta(x)).view(-1, per_user, 3)
-        base = self.base(x[::per_user, : self.n_user])
-        return (base[:, None, :] + effect).view(-1, 3)
+        n = self.n_user
+        user = self.base(x[::per_user, :n])
+        sensitivity, aversion = F.softplus(user[:, 3:4]), user[:, 4:5]
+        appeal = F.softplus(self.appeal(x[:, n:])).view(-1, per_user)
+        delta = self.delta(x)
+        purchase = (sensitivity * appeal - aversion).view(-1, 1) + delta[:, :1]
+        treated = 1.0 - x[:, n : n + 1]
+        effect = treated * torch.cat([purchase, delta[:, 1:]], dim=1)
+        return (user[:, None, :3] + effect.view(-1, per_user, 3)).view(-1, 3)
 
 
 class CouponEnsemble(nn.Module):
@@ -327,11 +357,17 @@ def save_model(net: Recommender, path: Path, record: ModelRecord) -> None:
 
 def load_model(path: Path) -> tuple[Recommender, SavedModelMeta]:
     """Load a saved model for inference; refuses one built on another feature list or
-    input layout (an older model's weights would be read against the wrong columns)."""
+    input layout (an older model's weights would be read against the wrong columns) or
+    with another coupon-effect build (its weights would not fit these modules)."""
     blob = torch.load(path, map_location="cpu", weights_only=False)
     meta: SavedModelMeta = blob["meta"]
     if {k: meta.get(k) for k in _inputs()} != _inputs():
         raise ValueError(f"{path} was trained on a different feature list")
+    if meta.get("effect") != EFFECT:
+        raise ValueError(
+            f"{path} builds the coupon effect as {meta.get('effect', 'a free-form network')!r}"
+            f", this code as {EFFECT!r}: retrain it"
+        )
     members = [
         CouponNet(meta["n_user"], meta["n_arm"], int(meta["hidden"]))
         for _ in range(int(meta.get("members", 1)))

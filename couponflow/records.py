@@ -237,6 +237,7 @@ class Layout(TypedDict):
     n_user: int
     n_arm: int
     hidden: int
+    effect: str  # how the purchase effect is built (couponflow.model.EFFECT)
     members: NotRequired[int]  # an ensemble's
     credibility: NotRequired[float]
 
@@ -259,6 +260,7 @@ class ModelRecord(TypedDict):
     n_user: int
     n_arm: int
     hidden: int
+    effect: str  # how the purchase effect is built (couponflow.model.EFFECT)
     members: NotRequired[int]  # an ensemble's (always, since training fits ensembles)
     credibility: NotRequired[float]
     data_days: list[str]

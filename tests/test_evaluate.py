@@ -50,7 +50,8 @@ def policies() -> dict[str, Policy]:
         baselines = fit_baselines(log, MAX_WEIGHT)
     torch.manual_seed(0)
     net = CouponNet(hidden=16)
-    torch.nn.init.normal_(net.delta[-1].weight, std=0.1)
+    for m in (net.base, net.appeal, net.delta):
+        torch.nn.init.normal_(m[-1].weight, std=0.1)
     net.eval()
     model = ModelPolicy("challenger", net, "test", MARGIN)
     return {"challenger": model, **{b.name: b for b in baselines}}

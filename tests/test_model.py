@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.nn import functional as F
 
 from couponflow.contract import CATEGORIES
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
 from couponflow.model import (
     ARM_FEATURES,
+    EFFECT,
     N_ARM_INPUTS,
     N_USER_INPUTS,
     CouponNet,
@@ -232,16 +234,41 @@ def test_inputs_are_a_user_block_then_an_arm_block() -> None:
 def test_the_coupon_effect_is_gated_by_is_control() -> None:
     torch.manual_seed(0)
     net = CouponNet(n_user=3, n_arm=2, hidden=8)
-    assert torch.all(net.delta[-1].weight == 0)  # untrained: no coupon changes anything
-    torch.nn.init.normal_(net.delta[-1].weight)
     control = torch.tensor([[0.1, 0.2, 0.3, 1.0, 0.0], [0.1, 0.2, 0.3, 1.0, 5.0]])
     coupon = control.clone()
     coupon[:, 3] = 0.0
     with torch.no_grad():
+        assert torch.equal(net(coupon), net(control))  # untrained: no coupon changes anything
+        for m in (net.base, net.appeal, net.delta):
+            torch.nn.init.normal_(m[-1].weight)
         assert torch.equal(net(control)[0], net(control)[1])  # the arm block is ignored
-        base = net.base(control[:, :3])
-        torch.testing.assert_close(net(control), base)
-        torch.testing.assert_close(net(coupon), base + net.delta(coupon))
+        user = net.base(control[:, :3])
+        torch.testing.assert_close(net(control), user[:, :3])
+        sensitivity, aversion = F.softplus(user[:, 3]), user[:, 4]
+        delta = net.delta(coupon)
+        purchase = sensitivity * F.softplus(net.appeal(coupon[:, 3:]))[:, 0] - aversion
+        effect = torch.cat([purchase[:, None] + delta[:, :1], delta[:, 1:]], dim=1)
+        torch.testing.assert_close(net(coupon), user[:, :3] + effect)
+        assert not torch.allclose(net(coupon), net(control))
+
+
+def test_the_purchase_effect_is_the_users_sensitivity_times_the_offers_appeal() -> None:
+    """Beside the free-form term, two offers' purchase effects differ for a shopper in
+    proportion to how much that shopper responds: a more sensitive shopper moves more
+    between a weak and a strong offer."""
+    torch.manual_seed(2)
+    net = CouponNet(n_user=3, n_arm=2, hidden=8)
+    with torch.no_grad():
+        for m in (net.base, net.appeal):
+            torch.nn.init.normal_(m[-1].weight)
+        users = torch.tensor([[0.1, 0.2, 0.3], [0.9, 0.1, 0.5]])
+        arms = torch.tensor([[0.0, 0.0], [0.0, 3.0]])  # two coupons, is_control 0
+        x = torch.cat([users.repeat_interleave(2, 0), arms.repeat(2, 1)], dim=1)
+        purchase = net(x, per_user=2)[:, 0].view(2, 2)
+        user = net.base(users)
+        appeal = F.softplus(net.appeal(arms))[:, 0]
+        spread = purchase[:, 1] - purchase[:, 0]
+        torch.testing.assert_close(spread, F.softplus(user[:, 3]) * (appeal[1] - appeal[0]))
 
 
 def test_predict_returns_probabilities_and_amounts() -> None:
@@ -272,6 +299,11 @@ def test_saved_model_round_trips_and_refuses_another_layout(tmp_path: Path) -> N
     del blob["meta"]["n_arm"]  # a model from before the user/arm split
     torch.save(blob, path)
     with pytest.raises(ValueError, match="different feature list"):
+        load_model(path)
+    blob["meta"]["n_arm"] = N_ARM_INPUTS
+    del blob["meta"]["effect"]  # a model from before the factorised effect
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="free-form network.*retrain it"):
         load_model(path)
 
 
@@ -311,7 +343,7 @@ def test_fit_trains_any_layout_and_stops_early() -> None:
 
     cfg = {**CFG, "epochs": 50, "patience": 2, "lr": 0.05}
     net, log = fit(noise(3_000), noise(1_000), cfg, n_user=4, n_arm=2)
-    assert net.layout() == {"n_user": 4, "n_arm": 2, "hidden": CFG["hidden"]}
+    assert net.layout() == {"n_user": 4, "n_arm": 2, "hidden": CFG["hidden"], "effect": EFFECT}
     assert log["epochs_run"] < 50
     assert log["epochs_run"] == log["best_epoch"] + 1 + cfg["patience"]
     losses = [h["valid_loss"] for h in log["history"]]
@@ -354,7 +386,8 @@ def test_scoring_pairs_runs_base_once_per_user_with_the_same_outputs() -> None:
     equal the row-by-row forward pass."""
     torch.manual_seed(1)
     net = CouponNet(hidden=16)
-    torch.nn.init.normal_(net.delta[-1].weight)  # a coupon effect, so delta counts too
+    for m in (net.base, net.appeal, net.delta):  # a coupon effect, so every part counts
+        torch.nn.init.normal_(m[-1].weight)
     users, m = 4, 6
     x = torch.rand(users * m, N_USER_INPUTS + N_ARM_INPUTS)
     x[:, :N_USER_INPUTS] = x[::m, :N_USER_INPUTS].repeat_interleave(m, dim=0)  # user-major

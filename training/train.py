@@ -379,9 +379,8 @@ def _initial_net(
         torch.manual_seed(int(cfg["seed"]))
         net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
     with torch.no_grad():
-        cast(nn.Linear, net.base[-1]).bias.copy_(  # _mlp ends in a Linear layer
-            torch.from_numpy(output_prior(prior))
-        )
+        # _mlp ends in a Linear layer; its first three outputs are the heads'
+        cast(nn.Linear, net.base[-1]).bias[:3].copy_(torch.from_numpy(output_prior(prior)))
     return net
 
 
