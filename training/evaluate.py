@@ -20,7 +20,7 @@ plots); training/report.py turns them into the run report. Run from the workspac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -197,6 +197,33 @@ def price(policy: Policy, users: np.ndarray, arms: pd.DataFrame, cap: int) -> Pr
 
 
 @dataclass
+class Decided:
+    """One policy's decisions on a judged day and what the report reads of its values,
+    without the (decisions, arms) value and cost matrices: at a million users those are
+    ~80 MB each per policy and day, some 3 GB for eight policies over four days."""
+
+    arms: np.ndarray  # (n,) arm index, 0 = no coupon
+    chosen_cost: np.ndarray  # (n,) expected cost of the chosen arm
+    ranks: bool  # whether the policy ranks coupons at all (`ranks`)
+    best_coupon: np.ndarray  # (n,) each user's best coupon by its values (Qini)
+    best_value: np.ndarray  # (n,) and that value
+    randomised_value: np.ndarray  # (randomised rows, coupons) values (gain calibration)
+
+    @classmethod
+    def of(cls, d: Decisions, randomised: np.ndarray) -> Decided:
+        coupons = d.value[:, 1:]
+        best = 1 + coupons.argmax(axis=1) if coupons.shape[1] else np.zeros(len(d.arms), int)
+        return cls(
+            arms=d.arms,
+            chosen_cost=d.chosen(d.cost),
+            ranks=ranks(d),
+            best_coupon=best,
+            best_value=d.value[np.arange(len(best)), best],
+            randomised_value=coupons[randomised],
+        )
+
+
+@dataclass
 class Day:
     """Who is decided for on the evaluation day, the arms open, and their budget."""
 
@@ -264,17 +291,16 @@ class UpliftReport(TypedDict):
     curve: QiniPoints
 
 
-def uplift_report(days: list[EvalDay], decided: list[Decisions]) -> UpliftReport:
+def uplift_report(days: list[EvalDay], decided: list[Decided]) -> UpliftReport:
     """Qini and AUUC of each user's best coupon by the policy's own values, against "no
     coupon", on the pooled days: rows the log gave that coupon are treated, rows logged
     without one are the controls, each weighted by its inverse propensity so the
     comparison is randomised."""
     parts = []
     for day, d in zip(days, decided, strict=True):
-        best = 1 + d.value[:, 1:].argmax(axis=1)
-        treated, weight = best_arm_view(day.logged, best, day.rows["propensity"].to_numpy(float))
-        value = d.value[np.arange(len(best)), best]
-        parts.append((value, treated, day.rows["reward"].to_numpy(float), weight))
+        propensity = day.rows["propensity"].to_numpy(float)
+        treated, weight = best_arm_view(day.logged, d.best_coupon, propensity)
+        parts.append((d.best_value, treated, day.rows["reward"].to_numpy(float), weight))
     score, treated, reward, weight = (np.concatenate(x) for x in zip(*parts, strict=True))
     args = (np.where(np.isfinite(score), score, -1e12), treated, reward, weight)
     curve = qini_curve(*args)
@@ -410,7 +436,7 @@ class Judged:
     any of them can be read as the challenger against the others."""
 
     days: list[EvalDay]
-    decided: dict[str, list[Decisions]]
+    decided: dict[str, list[Decided]]
     boot: dict[str, dict[str, Bootstrapped]]
     q: list[np.ndarray]
     rows: np.ndarray  # which pooled rows the estimates use
@@ -458,7 +484,7 @@ class Judged:
         return PolicyResult(
             name, kind, version, est["dr"], est["ips"], est["snips"],
             offer_rate=float((arms > 0).mean()),
-            planned_cost=float(np.concatenate([d.chosen(d.cost) for d in ds]).mean()),
+            planned_cost=float(np.concatenate([d.chosen_cost for d in ds]).mean()),
             coupon_evidence=effective_sample_size(backed / propensity),
             true_value=self.true_value(name),
         )  # fmt: skip
@@ -486,7 +512,7 @@ class Judged:
             r = d.randomised
             if not r.any():
                 continue
-            value = self.decided[name][k].value[r, 1:]
+            value = self.decided[name][k].randomised_value
             y = gain_pseudo_outcomes(
                 d.logged[r], d.rows["reward"].to_numpy(float)[r], d.arm_prob()[r], self.q[k][r]
             )
@@ -514,19 +540,22 @@ ESTIMATORS = {
 
 def judge(
     days: list[EvalDay],
-    priced: dict[str, list[Priced]],
+    priced: Mapping[str, Sequence[Priced | Decided]],
     q: list[np.ndarray],
     level: float,
     n_boot: int,
     rows: str = "all",
 ) -> Judged:
-    """Every priced policy decided on each day at its budget and valued off-policy on the
-    pooled logged decisions (IPS, SNIPS, DR with the reward model `q`), with the logging
+    """Every priced policy decided on each day at its budget (a day already `Decided` is
+    taken as it is) and valued off-policy on the pooled logged decisions (IPS, SNIPS, DR with the reward model `q`), with the logging
     policy's own realised value, all on the same bootstrap resamples so leads are paired.
     `rows`: "all" uses every logged decision with its logged propensity; "randomised"
     only the randomised slices with their in-slice propensities."""
     decided = {
-        name: [p.decide(d.budget) for p, d in zip(ps, days, strict=True)]
+        name: [
+            p if isinstance(p, Decided) else Decided.of(p.decide(d.budget), d.randomised)
+            for p, d in zip(ps, days, strict=True)
+        ]
         for name, ps in priced.items()
     }
     use = np.concatenate(
@@ -873,20 +902,26 @@ def judged_on_the_log(
     steps = steps or Steps()
     # a day at a time, every policy in turn: the baselines' shared cost model keeps its last
     # prediction, so each day's costs are predicted once (policy by policy, once per baseline)
+    # and decided there, so only the decisions are kept, not every day's value matrices
     by_day = []
     for d in days:
         with steps.step(f"pricing {d.day}'s {len(d.rows):,} decisions"):
-            by_day.append({name: price(p, d.users, d.arms, cap) for name, p in policies.items()})
-    priced = {name: [prices[name] for prices in by_day] for name in policies}
+            by_day.append(
+                {
+                    name: Decided.of(price(p, d.users, d.arms, cap).decide(d.budget), d.randomised)
+                    for name, p in policies.items()
+                }
+            )
+    decided = {name: [day[name] for day in by_day] for name in policies}
     q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days, steps)
-    judged = judge(days, priced, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
+    judged = judge(days, decided, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
     pooled = pd.concat([d.rows for d in days], ignore_index=True)
     predictions, calibration = model_predictions(models, days, pooled)
     uplift = {
         name: uplift_report(days, ds)
         for name, ds in judged.decided.items()
-        if all(ranks(x) for x in ds)
+        if all(x.ranks for x in ds)
     }
     report = build_report(
         judged,
