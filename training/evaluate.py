@@ -547,8 +547,9 @@ def judge(
     rows: str = "all",
 ) -> Judged:
     """Every priced policy decided on each day at its budget (a day already `Decided` is
-    taken as it is) and valued off-policy on the pooled logged decisions (IPS, SNIPS, DR with the reward model `q`), with the logging
-    policy's own realised value, all on the same bootstrap resamples so leads are paired.
+    taken as it is) and valued off-policy on the pooled logged decisions (IPS, SNIPS, DR
+    with the reward model `q`), with the logging policy's own realised value, all on the
+    same bootstrap resamples so leads are paired.
     `rows`: "all" uses every logged decision with its logged propensity; "randomised"
     only the randomised slices with their in-slice propensities."""
     decided = {
