@@ -48,6 +48,7 @@ from training.evaluate import (
     Priced,
     RewardModel,
     build_report,
+    decide_days,
     judge,
     logged_arm_index,
     prediction_report,
@@ -149,7 +150,8 @@ def run_case(seed: int, args: argparse.Namespace, gate: dict) -> list[Outcome]:
         priced = candidates(days, net, margin, int(params["policy"]["max_offers_7d"]), seed)
         before = table[table["day"] < judged_days[0]]
         q = RewardModel(int(params["evaluation"]["reward_model_folds"])).predict(before, days)
-        judged = judge(days, priced, q, args.confidence, args.bootstrap, args.rows)
+        decided = decide_days(days, priced)
+        judged = judge(days, decided, q, args.confidence, args.bootstrap, args.rows)
         pooled = pd.concat([d.rows for d in days], ignore_index=True)
         users = np.concatenate([d.users for d in days])
         out = []

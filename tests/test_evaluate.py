@@ -273,7 +273,7 @@ def gate_on(days: list, values: dict[str, list[np.ndarray]]) -> dict[str, dict]:
     """Each candidate (value matrices per day) judged as a first model by the real gate."""
     from couponflow.config import PROJECT_ROOT, load_params
     from couponflow.evaluation import NO_COUPON
-    from training.evaluate import Priced, build_report, judge
+    from training.evaluate import Priced, build_report, decide_days, judge
     from training.gate import decide
 
     gate = load_params(PROJECT_ROOT / "params.yaml")["gate"]
@@ -284,7 +284,7 @@ def gate_on(days: list, values: dict[str, list[np.ndarray]]) -> dict[str, dict]:
         for name, vs in {**values, NO_COUPON: none}.items()
     }
     q = [np.zeros((len(d.rows), 3)) for d in days]  # DR with no model: IPS, still unbiased
-    judged = judge(days, priced, q, 0.9, 200)
+    judged = judge(days, decide_days(days, priced), q, 0.9, 200)
     kinds = {name: "candidate" for name in priced}
     return {name: decide(build_report(judged, name, {}, kinds, None), gate) for name in values}
 
@@ -309,7 +309,7 @@ def test_the_gate_passes_the_oracle_and_refuses_harmful_policies_on_a_big_sample
 
 def test_pooling_days_shrinks_the_standard_error_of_the_lead() -> None:
     from couponflow.evaluation import NO_COUPON
-    from training.evaluate import Priced, judge
+    from training.evaluate import Priced, decide_days, judge
 
     days = known_gain_days(1_000, 4, seed=6)
     se = []
@@ -321,7 +321,8 @@ def test_pooling_days_shrinks_the_standard_error_of_the_lead() -> None:
             "oracle": [Priced(d.true_gain, c) for d, c in zip(part, cost, strict=True)],
             NO_COUPON: [Priced(v, c) for v, c in zip(none, cost, strict=True)],
         }
-        judged = judge(part, priced, [np.zeros((1_000, 3)) for _ in part], 0.9, 300)
+        q = [np.zeros((1_000, 3)) for _ in part]
+        judged = judge(part, decide_days(part, priced), q, 0.9, 300)
         se.append(judged.lead("oracle", NO_COUPON).se)
     assert se[1] == pytest.approx(se[0] / 2, rel=0.25)  # 1 / sqrt(4 days)
 

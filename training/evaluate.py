@@ -538,27 +538,32 @@ ESTIMATORS = {
 }
 
 
+def decide_days(
+    days: list[EvalDay], priced: Mapping[str, Sequence[Priced]]
+) -> dict[str, list[Decided]]:
+    """Every priced policy decided on each day at the day's budget."""
+    randomised = [d.randomised for d in days]
+    return {
+        name: [
+            Decided.of(p.decide(d.budget), r) for p, d, r in zip(ps, days, randomised, strict=True)
+        ]
+        for name, ps in priced.items()
+    }
+
+
 def judge(
     days: list[EvalDay],
-    priced: Mapping[str, Sequence[Priced | Decided]],
+    decided: Mapping[str, list[Decided]],
     q: list[np.ndarray],
     level: float,
     n_boot: int,
     rows: str = "all",
 ) -> Judged:
-    """Every priced policy decided on each day at its budget (a day already `Decided` is
-    taken as it is) and valued off-policy on the pooled logged decisions (IPS, SNIPS, DR
-    with the reward model `q`), with the logging policy's own realised value, all on the
-    same bootstrap resamples so leads are paired.
+    """Every policy's decisions on each day (`decide_days`) valued off-policy on the
+    pooled logged decisions (IPS, SNIPS, DR with the reward model `q`), with the logging
+    policy's own realised value, all on the same bootstrap resamples so leads are paired.
     `rows`: "all" uses every logged decision with its logged propensity; "randomised"
     only the randomised slices with their in-slice propensities."""
-    decided = {
-        name: [
-            p if isinstance(p, Decided) else Decided.of(p.decide(d.budget), d.randomised)
-            for p, d in zip(ps, days, strict=True)
-        ]
-        for name, ps in priced.items()
-    }
     use = np.concatenate(
         [d.randomised if rows == "randomised" else np.ones(len(d.rows), bool) for d in days]
     )
@@ -582,7 +587,7 @@ def judge(
     # randomised rows reweighted from their randomisation to its propensities
     targets[LOGGING] = TargetTerms(logged_propensity[use], zeros, zeros)
     boot = off_policy_bootstrap(reward[use], propensity[use], targets, n_boot, seed=0)
-    return Judged(days, decided, boot, q, use, level, n_boot, ESTIMATORS[rows])
+    return Judged(days, dict(decided), boot, q, use, level, n_boot, ESTIMATORS[rows])
 
 
 TERM_FIELDS = ("prob", "q_logged", "q_expected")
@@ -907,13 +912,9 @@ def judged_on_the_log(
     by_day = []
     for d in days:
         with steps.step(f"pricing {d.day}'s {len(d.rows):,} decisions"):
-            by_day.append(
-                {
-                    name: Decided.of(price(p, d.users, d.arms, cap).decide(d.budget), d.randomised)
-                    for name, p in policies.items()
-                }
-            )
-    decided = {name: [day[name] for day in by_day] for name in policies}
+            priced = {name: [price(p, d.users, d.arms, cap)] for name, p in policies.items()}
+            by_day.append(decide_days([d], priced))
+    decided = {name: [day[name][0] for day in by_day] for name in policies}
     q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days, steps)
     judged = judge(days, decided, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
