@@ -538,17 +538,22 @@ ESTIMATORS = {
 }
 
 
+def decide_day(day: EvalDay, priced: Mapping[str, Priced]) -> dict[str, Decided]:
+    """Every priced policy decided on `day` at the day's budget."""
+    randomised = day.randomised
+    return {name: Decided.of(p.decide(day.budget), randomised) for name, p in priced.items()}
+
+
 def decide_days(
     days: list[EvalDay], priced: Mapping[str, Sequence[Priced]]
 ) -> dict[str, list[Decided]]:
-    """Every priced policy decided on each day at the day's budget."""
-    randomised = [d.randomised for d in days]
-    return {
-        name: [
-            Decided.of(p.decide(d.budget), r) for p, d, r in zip(ps, days, randomised, strict=True)
-        ]
-        for name, ps in priced.items()
-    }
+    """`decide_day` on each day, as each policy's list of days."""
+    if any(len(ps) != len(days) for ps in priced.values()):
+        raise ValueError(f"every policy needs its prices on each of the {len(days)} days")
+    by_day = [
+        decide_day(d, {name: ps[k] for name, ps in priced.items()}) for k, d in enumerate(days)
+    ]
+    return {name: [day[name] for day in by_day] for name in priced}
 
 
 def judge(
@@ -912,9 +917,12 @@ def judged_on_the_log(
     by_day = []
     for d in days:
         with steps.step(f"pricing {d.day}'s {len(d.rows):,} decisions"):
-            priced = {name: [price(p, d.users, d.arms, cap)] for name, p in policies.items()}
-            by_day.append(decide_days([d], priced))
-    decided = {name: [day[name][0] for day in by_day] for name in policies}
+            by_day.append(
+                decide_day(
+                    d, {name: price(p, d.users, d.arms, cap) for name, p in policies.items()}
+                )
+            )
+    decided = {name: [day[name] for day in by_day] for name in policies}
     q = RewardModel(int(cfg["reward_model_folds"])).predict(before, days, steps)
     judged = judge(days, decided, q, level, int(cfg["bootstrap"]), str(cfg["rows"]))
 
