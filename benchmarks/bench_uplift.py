@@ -25,6 +25,11 @@ offers made; with `--tradeoff`, the ensemble's true profit and offers at several
 credibility levels (profit against the risk of a wrong offer).
 
     python -m benchmarks.bench_uplift [--users 20000] [--days 15] [--seeds 1 2 3]
+        [--gap 5] [--train-days 15]
+
+`--gap` and `--train-days` separate the two ways the real stages' model sees less than
+the harness's: it stops training `evaluation.days` + 1 days before the day it is judged
+on (a staler model), and so trains on fewer days.
 """
 
 from __future__ import annotations
@@ -150,11 +155,19 @@ def judge(net: CouponEnsemble, credibility: float, world: dict) -> dict[str, flo
     }  # fmt: skip
 
 
+def trained_days(days: list[str], gap: int = 0, train_days: int | None = None) -> list[str]:
+    """The days the designs learn from, early stopping on the last: every simulated day
+    but the first (no features yet) and the judged last, less the `gap` days before the
+    judged one; only the newest `train_days` of them when given."""
+    trained = days[1 : len(days) - 1 - gap]
+    return trained[-train_days:] if train_days else trained
+
+
 def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Namespace) -> dict:
     """Every design on one seeded world."""
     started = time.perf_counter()
     log = simulate(root / f"seed-{seed}", {"world.n_users": users, "world.seed": seed}, days)
-    table = training_table(log, log.days[1:-1])
+    table = training_table(log, trained_days(log.days, args.gap, args.train_days))
     day = log.days[-1]
     ids, users_x, arms = population(log, day)
     oracle = Oracle(log.world)
@@ -207,6 +220,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         default=float(params["model"]["credibility"]))  # fmt: skip
     parser.add_argument("--tradeoff", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--gap", type=int, default=0,
+                        help="days between the last trained day and the judged one, not "
+                        "trained on (the real stages hold out evaluation.days + 1)")  # fmt: skip
+    parser.add_argument("--train-days", type=int, default=None,
+                        help="train on only this many newest days before the gap "
+                        "(early stopping on the last; default: all)")  # fmt: skip
     args = parser.parse_args(argv)
     quiet_libraries()
     root = Path(tempfile.mkdtemp(prefix="bench-uplift-"))
@@ -214,7 +233,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for seed in args.seeds:
         results.append(one_world(root, args.users, args.days, seed, args))
         print(json.dumps(results[-1]), flush=True)
-    print(f"\n{args.users} users, {args.days} days; true profit (share of oracle) per seed")
+    print(
+        f"\n{args.users} users, {args.days} days (gap {args.gap}, trained on "
+        f"{args.train_days or 'every'} days); true profit (share of oracle) per seed"
+    )
     cells = "  ".join(f"{r['oracle']:+8.1f} ({r['ceiling_share']:+.0%})" for r in results)
     print(f"  {'oracle':<11} {cells}   (observable ceiling's share in brackets)")
     for design in args.designs:

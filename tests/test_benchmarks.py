@@ -94,6 +94,18 @@ def test_bench_uplift_judges_every_design_on_the_truth() -> None:
     assert set(result["observable_lift_pt"]) == set(result["true_lift_pt"])
 
 
+def test_bench_uplift_can_hold_out_days_as_the_real_stages_do() -> None:
+    """`--gap` leaves out the days before the judged one (the real stages hold out the
+    evaluation days), `--train-days` keeps only the newest of the rest."""
+    from benchmarks.bench_uplift import trained_days
+
+    days = [f"d{i}" for i in range(10)]
+    assert trained_days(days) == days[1:9]
+    assert trained_days(days, gap=3) == days[1:6]
+    assert trained_days(days, gap=3, train_days=2) == ["d4", "d5"]
+    assert trained_days(days, train_days=3) == ["d6", "d7", "d8"]
+
+
 def test_observable_lift_pools_the_segments_the_inputs_cannot_tell_apart() -> None:
     """Segment 0 shows in the inputs; 1 and 2 look alike, so the best any learner can
     predict for either is their pooled lift, and segment 2's negative sign is lost."""
