@@ -71,6 +71,7 @@ class EvaluationParams(TypedDict):
     new_user_days: int
     budget_multiples: list[float]
     population_sample: NotRequired[int | None]  # None: every user
+    decision_sample: NotRequired[int | None]  # None: every logged decision judged
     baseline_rows: NotRequired[int | None]  # None: every row before the judged days
 
 
@@ -287,6 +288,7 @@ NULLABLE: dict[str, type] = {
     "world.drift.price_shock_date": dt.date,
     "model.processes": int,
     "evaluation.population_sample": int,
+    "evaluation.decision_sample": int,
     "evaluation.baseline_rows": int,
     "validation.reference_from": dt.date,
     "features.ray_address": str,
@@ -342,6 +344,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "evaluation.bootstrap": _POSITIVE,
     "evaluation.new_user_days": _POSITIVE,
     "evaluation.population_sample": _POSITIVE,
+    "evaluation.decision_sample": _POSITIVE,
     "evaluation.baseline_rows": _POSITIVE,
     "evaluation.budget_multiples": (0, None),
     "gate.min_auc": _SHARE,

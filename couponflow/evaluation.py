@@ -114,6 +114,8 @@ class EvaluationReport:
     oracle: OracleTruth | None = None
     segments: list[SegmentRow] = field(default_factory=list)
     population: dict[str, int] = field(default_factory=dict)
+    logged_decisions: int | None = None  # on the judged days; more than `decisions` when
+    # they are a sample of users (`evaluation.decision_sample`); None: before it existed
 
     @property
     def first_model(self) -> bool:
@@ -235,8 +237,15 @@ def render_lines(report: EvaluationReport, gate: GateDecision | None = None) -> 
         if report.first_model
         else report.champion
     )
+    logged = report.logged_decisions
+    judged = (
+        f"{report.decisions} of {logged} logged decisions, those of a fixed sample of users "
+        "(`evaluation.decision_sample`)"
+        if logged is not None and logged > report.decisions
+        else f"{report.decisions} logged decisions"
+    )
     out = [
-        f"Evaluated on {', '.join(report.days)}: {report.decisions} logged decisions "
+        f"Evaluated on {', '.join(report.days)}: {judged} "
         f"({report.randomised_decisions} randomised), {report.estimator}, "
         f"{report.confidence:.0%} intervals. Champion: {champion}.",
         "",

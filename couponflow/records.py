@@ -380,6 +380,7 @@ class EvaluationRecord(TypedDict):
     oracle: NotRequired[OracleRecord | None]
     segments: NotRequired[list[SegmentRow]]
     population: NotRequired[dict[str, int]]  # users, known_users
+    logged_decisions: NotRequired[int | None]
 
 
 class BudgetPlanRecord(TypedDict):

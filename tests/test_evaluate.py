@@ -366,6 +366,47 @@ def test_the_baselines_read_the_newest_days_within_their_rows(tmp_path: Path) ->
     pd.testing.assert_frame_equal(read_judged_and_fitted(path, table["day"], first, None), table)
 
 
+def test_the_decision_sample_keeps_whole_users_the_same_every_run() -> None:
+    """Above `evaluation.decision_sample` the judged days keep about that many decisions:
+    all of a sampled user's, on every judged day, the same users every run; the days the
+    baselines fit on are untouched, and at or under the sample nothing is cut."""
+    from training.evaluate import judged_sample
+
+    rng = np.random.default_rng(0)
+    days = pd.date_range("2026-01-01", periods=4, freq="D", tz="UTC")
+    table = pd.DataFrame(
+        {"day": days.repeat(6_000), "user_id": rng.integers(0, 5_000, 24_000).astype(str)}
+    )
+    first = days[2]
+    judged = table[table["day"] >= first]
+
+    whole, logged = judged_sample(table, first, None)
+    assert whole is table and logged == len(judged) == 12_000
+    assert judged_sample(table, first, 12_000)[0] is table
+
+    cut, logged = judged_sample(table, first, 3_000)
+    assert logged == 12_000
+    pd.testing.assert_frame_equal(cut[cut["day"] < first], table[table["day"] < first])
+    kept = cut[cut["day"] >= first]
+    assert 2_500 < len(kept) < 3_500
+    sampled = set(kept["user_id"])
+    assert kept.equals(judged[judged["user_id"].isin(sampled)])  # whole users, every day
+    pd.testing.assert_frame_equal(judged_sample(table, first, 3_000)[0], cut)
+
+
+def test_a_sampled_report_says_how_many_decisions_were_logged() -> None:
+    from couponflow.evaluation import render_lines
+    from tests.helpers.evaluation import evaluation, model
+
+    report = evaluation(model("c"))
+    report.logged_decisions = report.decisions
+    assert f": {report.decisions} logged decisions (" in render_lines(report)[0]
+    report.logged_decisions = report.decisions * 9
+    line = render_lines(report)[0]
+    assert f"{report.decisions} of {report.decisions * 9} logged decisions" in line
+    assert "evaluation.decision_sample" in line
+
+
 def test_the_stage_shows_its_steps_beyond_one_chunk_of_decisions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

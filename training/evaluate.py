@@ -11,6 +11,8 @@ held-out day, each policy budgeted by the same allocation.
 - Segments: offer rate, planned spend and uplift by region, age band and new vs returning.
   These population figures take a fixed-seed sample of `evaluation.population_sample`
   users when more are known.
+- At scale the off-policy figures judge the decisions of a fixed share of users
+  (`evaluation.decision_sample`, `judged_sample`): the same estimates, wider intervals.
 - The A/B readout: the served policy's realised lift over its random holdout slice.
 
 Writes metrics/evaluation.json (a DVC metric) and the curves under metrics/plots/ (DVC
@@ -787,6 +789,26 @@ def read_judged_and_fitted(
     return pd.read_parquet(path, filters=[("day", "in", keep)])
 
 
+def judged_sample(
+    table: pd.DataFrame, first: pd.Timestamp, sample: int | None
+) -> tuple[pd.DataFrame, int]:
+    """The table with the judged days' rows (from `first`) cut to about `sample`, and how
+    many they were. A fixed share of users keeps every decision on every judged day (by a
+    hash of the id, apart from the reward model's folds), the same users every run: an
+    off-policy estimate on a random sample of users means what it means on all of them,
+    with an interval wider by about sqrt(logged / judged). Each day's budget is prorated
+    to its decisions (`evaluation_days`), so the sample gets its share."""
+    judged = (table["day"] >= first).to_numpy()
+    logged = int(judged.sum())
+    if sample is None or logged <= sample:
+        return table, logged
+    ids = table.loc[judged, "user_id"].astype(str)
+    hashed = pd.util.hash_pandas_object("decision-sample:" + ids, index=False).to_numpy()
+    keep = ~judged
+    keep[judged] = (hashed >> np.uint64(11)).astype(np.float64) / 2.0**53 < sample / logged
+    return table[keep], logged
+
+
 def evaluation_days(ws: Workspace, table: pd.DataFrame, days: list) -> list[EvalDay]:
     """The logged decisions of each evaluation day with its open arms (coupon stats as the
     day began, from Feast), users' features, and its budget prorated to them."""
@@ -877,6 +899,7 @@ def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
     train_days, stop_day, eval_days = split_days(logged_days, int(cfg["days"]))
     first = pd.Timestamp(eval_days[0])
     table = read_judged_and_fitted(path, logged_days["day"], first, cfg.get("baseline_rows"))
+    table, logged = judged_sample(table, first, cfg.get("decision_sample"))
     days = evaluation_days(ws, table, eval_days)
     if cfg["oracle"]:
         with_truth(ws, days)
@@ -890,6 +913,7 @@ def evaluate(ws: Workspace) -> tuple[EvaluationReport, dict[str, pd.DataFrame]]:
         baselines = fit_baselines(before, max_weight)
     policies: dict[str, Policy] = {**models, **{b.name: b for b in baselines}}
     report, plots = judged_on_the_log(days, before, models, policies, cfg, cap, level, steps)
+    report.logged_decisions = logged
     plots["budget"] = on_the_population(
         ws, report, days[-1], policies, challenger, cfg, cap, budget_per_user, level, steps
     )
