@@ -5,7 +5,7 @@ with the project's own feature code, without Airflow, GX or Feast.
 The features are `couponflow.features`' computations as of the end of each day, joined to
 the next day's offers exactly as Feast's point-in-time join does (rows stamped at the end
 of day D serve the offers of D + 1), so a table from here has the columns and values of
-`training.dataset.build` (tests/test_simulated.py checks that against the real stage).
+`training.dataset.build` (tests/test_feature_store.py checks that against the real stage).
 The real pipeline stays the judge in `bench_policy.py`; this is how a benchmark affords
 forty seeded worlds on two cores.
 """

@@ -313,6 +313,26 @@ def test_a_training_window_reads_and_covers_only_its_days(
     pd.testing.assert_frame_equal(table.reset_index(drop=True), expected)
 
 
+def test_the_benchmarks_simulated_table_is_the_dataset_stage_table(sqlite_store) -> None:
+    """benchmarks/simulated.py computes the features with the project's code, without Feast,
+    so bench_uplift can afford many seeded worlds: its training table must be the one the
+    dataset stage builds through Feast's point-in-time join, offer for offer and column
+    for column, or the harness would measure a learner the stages never train. Only the
+    catalogue's `budget_share`, read by neither (the stage takes each coupon's newest
+    catalogue row, the harness its row of the offer's day), may differ."""
+    import training.dataset as dataset
+    from benchmarks.simulated import SimulatedLog, training_table
+    from couponflow.world import World
+
+    ws, days = sqlite_store
+    real = dataset.build(ws)
+    harness = training_table(SimulatedLog(ws, World(ws.params["world"]), days), days[1:])
+    assert len(real) > 100 and set(real.columns) == set(harness.columns)
+    real, harness = (t.sort_values("offer_id").reset_index(drop=True) for t in (real, harness))
+    columns = [c for c in real.columns if c != "budget_share"]
+    pd.testing.assert_frame_equal(harness[columns], real[columns], check_dtype=False, rtol=1e-5)
+
+
 def test_a_join_in_chunks_of_a_day_gives_the_whole_join(
     sqlite_store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
