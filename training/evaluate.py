@@ -534,7 +534,7 @@ class Judged:
 
 
 ESTIMATORS = {
-    "all": "DR on every logged decision with its exact logging propensity",
+    "all": "DR on each judged decision with its exact logging propensity",
     "randomised": "DR on the randomised slices (explore + holdout) with their in-slice "
     "propensities",
 }
