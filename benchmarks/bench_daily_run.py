@@ -254,7 +254,7 @@ def scale(
                     promote = upstream is not None and bool(upstream["gate"]["promote"])
                     bar.update(1 if promote else 1 + len(RELEASE_TASKS))
                     decision = "PROMOTE" if promote else "REFUSE" if upstream else "none"
-                    print(f"{day}: gate decision {decision}", flush=True)
+                    print(f"{day}: gate decision {decision}{judged(upstream)}", flush=True)
                     if not promote:
                         break
                     continue
@@ -273,6 +273,16 @@ def scale(
 
             stop_deployment(ws)  # whatever the release path started
     print_rows(rows)
+
+
+def judged(result: dict[str, Any] | None) -> str:
+    """What the evaluate stage judged, " on N of M logged decisions", from the train task's
+    result (N < M above `evaluation.decision_sample`); "" without one."""
+    evaluation = (result or {}).get("evaluation") or {}
+    if "decisions" not in evaluation:
+        return ""
+    logged = evaluation.get("logged_decisions") or evaluation["decisions"]
+    return f" on {evaluation['decisions']:,} of {logged:,} logged decisions"
 
 
 def print_materialised(done: dict[str, dict[str, Any]]) -> None:

@@ -5,6 +5,7 @@ and print their tables is."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,7 @@ def test_bench_daily_run_times_every_task_of_a_day() -> None:
     for stage in STAGES:
         assert f"stage {stage} " in table, table
     assert "\ndaily run " in table, table  # not "daily run, cut short": no task failed
+    assert re.search(r"gate decision REFUSE on ([\d,]+) of \1 logged decisions", done.stdout)
     # its progress line, in a log rather than on a terminal: a few updates a task, not one
     # a second (the run takes ~100 s)
     assert done.stderr.count("3,000/day:") <= 4 * len(TASKS), done.stderr[-2000:]
