@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(results[-1]), flush=True)
     print(
         f"\n{args.users} users, {args.days} days (gap {args.gap}, trained on "
-        f"{args.train_days or 'every'} days); true profit (share of oracle) per seed"
+        f"{args.train_days or 'all'} days); true profit (share of oracle) per seed"
     )
     cells = "  ".join(f"{r['oracle']:+8.1f} ({r['ceiling_share']:+.0%})" for r in results)
     print(f"  {'oracle':<11} {cells}   (observable ceiling's share in brackets)")
