@@ -44,7 +44,7 @@ screenshots: install
 		|| { echo "screenshots need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"; exit 1; }
 	COUPONFLOW_SCREENSHOTS=$(SCREENSHOTS) $(BIN)/pytest -q -m browser tests/test_browser.py tests/test_pipeline_e2e.py
 
-lint: install  ## ruff, mypy over couponflow/ and training/ ([tool.mypy]), no committed secrets
+lint: install  ## ruff, mypy over the code and benchmarks ([tool.mypy]), no committed secrets
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

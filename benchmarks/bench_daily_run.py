@@ -87,9 +87,10 @@ def dag_task(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(
         "coupon_pipeline", PROJECT_ROOT / "dags" / "coupon_pipeline.py"
     )
+    assert spec is not None and spec.loader is not None  # the file is in the checkout
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module._announce = lambda asset, day: None
+    module.__dict__["_announce"] = lambda asset, day: None
     for dag_id in DAGS:
         dag = getattr(module, dag_id)()
         if name in dag.task_ids:
@@ -197,7 +198,8 @@ def train_parts(processes: list[dict[str, Any]]) -> list[Row]:
     repro = [part[1] for part in parts if part[0] == "  dvc repro"]
     if repro:
         stages = sum(part[1] for part in parts if part[0].startswith("  stage"))
-        parts.append(("  dvc outside stages", repro[0] - stages, *[math.nan] * 4, ""))
+        nan = math.nan
+        parts.append(("  dvc outside stages", repro[0] - stages, nan, nan, nan, nan, ""))
     return parts
 
 

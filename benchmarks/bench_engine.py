@@ -89,7 +89,7 @@ def build(root: Path, users: int, coupons: int, days: int, offers: float) -> pd.
                     "user_id": rng.integers(0, users, n),
                     "coupon_id": coupon,
                     "event_timestamp": at.tz_localize("UTC"),
-                    "kind": np.where(pd.isna(coupon), None, "percent"),
+                    "kind": np.where(pd.isna(coupon), np.full(n, None, dtype=object), "percent"),
                     "value": 10.0,
                 }
             )

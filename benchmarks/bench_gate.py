@@ -28,7 +28,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from benchmarks.simulated import SimulatedLog, population, simulate, training_table
+from couponflow.config import GateParams
 from couponflow.evaluation import NO_COUPON
 from couponflow.features import USER_FEATURES
 from couponflow.logs import quiet_libraries
@@ -64,10 +65,19 @@ CANDIDATES = ("oracle", "trained", "shuffled", "biggest", "buy_anyway")
 class Fixed(Priced):
     """A policy whose choices ignore the budget (e.g. everyone gets the biggest coupon)."""
 
-    arms: np.ndarray | None = None
+    arms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
 
     def decide(self, budget: float) -> Decisions:
         return Decisions(self.arms, 0.0, self.value, self.cost)
+
+
+@dataclass
+class TruthDay(EvalDay):
+    """A judged day with the truth the candidates are built from: the true cost of every
+    arm and P(purchase) without a coupon (set by `eval_days`)."""
+
+    true_cost: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    p0: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -83,7 +93,7 @@ class Outcome:
     failed: str
 
 
-def eval_days(log: SimulatedLog, table: pd.DataFrame, days: list, oracle: Oracle) -> list:
+def eval_days(log: SimulatedLog, table: pd.DataFrame, days: list, oracle: Oracle) -> list[TruthDay]:
     """The judged days: logged rows, arms, prorated budget and the truth of every arm, with
     the true cost and P(purchase) without a coupon kept for the candidates built from it."""
     per_user = float(log.ws.params["policy"]["budget_per_user"])
@@ -95,22 +105,26 @@ def eval_days(log: SimulatedLog, table: pd.DataFrame, days: list, oracle: Oracle
         logged = logged_arm_index(rows["coupon_id"], arms)
         rows, logged = rows[logged >= 0].reset_index(drop=True), logged[logged >= 0]
         budget = per_user * len(ids) * len(rows) / max((table["day"] == day).sum(), 1)
-        d = EvalDay(date, rows, rows[USER_FEATURES].to_numpy(np.float32), arms, logged, budget)
         truth = oracle.truth(pd.Timestamp(date), rows["user_id"].to_numpy())
         column = truth.arm_index(list(arms["coupon_id"]))
-        d.true_gain = truth.incremental_profit[:, column]
-        d.true_cost = truth.cost[:, column]  # type: ignore[attr-defined]
-        d.p0 = truth.p_purchase[:, 0]  # type: ignore[attr-defined]
-        out.append(d)
+        users = rows[USER_FEATURES].to_numpy(np.float32)
+        out.append(
+            TruthDay(date, rows, users, arms, logged, budget,
+                     true_gain=truth.incremental_profit[:, column],
+                     true_cost=truth.cost[:, column], p0=truth.p_purchase[:, 0])
+        )  # fmt: skip
     return out
 
 
-def candidates(days: list[EvalDay], net: Recommender, margin: float, cap: int, seed: int) -> dict:
+def candidates(
+    days: list[TruthDay], net: Recommender, margin: float, cap: int, seed: int
+) -> dict[str, list[Priced]]:
     """Every candidate priced on every judged day, and no coupon."""
     rng = np.random.default_rng(seed)
     model = ModelPolicy("trained", net, "trained", margin)
     priced: dict[str, list[Priced]] = {k: [] for k in (*CANDIDATES, NO_COUPON)}
     for d in days:
+        assert d.true_gain is not None  # eval_days sets it
         n, m = d.true_gain.shape
         trained = price(model, d.users, d.arms, cap)
         priced["trained"].append(trained)
@@ -128,7 +142,7 @@ def candidates(days: list[EvalDay], net: Recommender, margin: float, cap: int, s
     return priced
 
 
-def run_case(seed: int, args: argparse.Namespace, gate: dict) -> list[Outcome]:
+def run_case(seed: int, args: argparse.Namespace, gate: GateParams) -> list[Outcome]:
     n_days = 1 + args.train_days + 1 + args.eval_days  # the first day only warms features up
     with tempfile.TemporaryDirectory() as tmp:
         log = simulate(Path(tmp), {"world.seed": seed, "world.n_users": args.users}, n_days)
@@ -145,9 +159,11 @@ def run_case(seed: int, args: argparse.Namespace, gate: dict) -> list[Outcome]:
             fitting["user_id"].to_numpy(),
             params["model"],
         )
-        days = eval_days(log, table, judged_days, Oracle(log.world))
+        truth_days = eval_days(log, table, judged_days, Oracle(log.world))
+        days: list[EvalDay] = list(truth_days)
         margin = float(params["world"]["margin"])
-        priced = candidates(days, net, margin, int(params["policy"]["max_offers_7d"]), seed)
+        cap = int(params["policy"]["max_offers_7d"])
+        priced = candidates(truth_days, net, margin, cap, seed)
         before = table[table["day"] < judged_days[0]]
         q = RewardModel(int(params["evaluation"]["reward_model_folds"])).predict(before, days)
         decided = decide_days(days, priced)
@@ -162,6 +178,7 @@ def run_case(seed: int, args: argparse.Namespace, gate: dict) -> list[Outcome]:
             report = build_report(judged, name, {}, kinds, None, predictions)
             verdict = decide(report, gate)
             lead = report.leads[NO_COUPON]
+            assert lead.true is not None  # the judged days carry the truth (eval_days)
             failed = "; ".join(c["check"] for c in verdict["checks"] if not c["passed"])
             out.append(
                 Outcome(
@@ -200,7 +217,7 @@ def main() -> None:
         outcomes.to_csv(args.csv, index=False)
 
 
-def bench(args: argparse.Namespace, gate: dict) -> pd.DataFrame:
+def bench(args: argparse.Namespace, gate: GateParams) -> pd.DataFrame:
     """Run the cases and print the figures; returns every case's outcome."""
     started = time.perf_counter()
     rows: list[Outcome] = []

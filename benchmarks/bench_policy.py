@@ -79,10 +79,12 @@ def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
         lifts[name] = (100 * float(predicted.mean()), 100 * float(true.mean()))
     budget = float(ws.params["policy"]["budget_per_user"])
     x = encode_pairs(users, arms).reshape(len(ids), len(arms), -1)
-    policies = evaluation["oracle"]["policies"]
+    judged = evaluation["oracle"]
+    assert judged is not None, "the evaluation judges simulated data by the oracle"
+    policies = judged["policies"]
     return SeedResult(
         seed=seed,
-        oracle=float(evaluation["oracle"]["oracle_policy"]),
+        oracle=float(judged["oracle_policy"]),
         ceiling_share=observable_ceiling(gain, cost, x, budget),
         profits={name: float(p["incremental_profit"]) for name, p in policies.items()},
         spearman=float(spearmanr(scores.expected_gain[:, 1:].ravel(), gain[:, 1:].ravel())[0]),
@@ -116,7 +118,7 @@ def report(results: list[SeedResult]) -> dict[str, object]:
     ch = np.array([r.profits["challenger"] for r in results])
     oracle = np.array([r.oracle for r in results])
     ceiling = np.array([r.ceiling_share for r in results]) * oracle
-    medians = {
+    medians: dict[str, object] = {
         "challenger_profit": float(np.median(ch)),
         "challenger_positive_days": int((ch > 0).sum()),
         "share_of_oracle": float(np.median(ch / oracle)),

@@ -34,12 +34,12 @@ from __future__ import annotations
 import argparse
 import time
 import tracemalloc
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.config import PROJECT_ROOT, ModelParams, load_params
 from couponflow.metrics import (
     Bootstrapped,
     TargetTerms,
@@ -135,7 +135,7 @@ def net_spend(
     net, _ = fit(
         training_arrays(train, "spend"),
         training_arrays(valid, "spend"),
-        cfg,
+        cast(ModelParams, cfg),
         n_user=train.user.shape[1],
         n_arm=test.n_arms,
     )

@@ -34,7 +34,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httpx
 import numpy as np
@@ -62,6 +62,7 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     budget plan in ws.models."""
     from couponflow.artefacts import POLICY_FILE
     from couponflow.model import CouponNet, save_model
+    from couponflow.records import ModelRecord
     from couponflow.seeding import seed_history
     from couponflow.workspace import init_workspace
     from training.budget import make_plan
@@ -79,7 +80,8 @@ def build_workspace(root: Path, coupons: int, online_store: str) -> Workspace:
     )
     seed_history(ws)
     version = f"bench-{coupons}-{online_store}"
-    save_model(CouponNet(), ws.models / "model.pt", {"version": version})
+    # an untrained network: its record needs only the version the service reports
+    save_model(CouponNet(), ws.models / "model.pt", cast(ModelRecord, {"version": version}))
     (ws.models / "model.json").write_text(json.dumps({"version": version}))
     make_plan(ws).write(ws.models / POLICY_FILE)
     return ws
@@ -160,6 +162,7 @@ def bare_cost_ms(ws: Workspace, samples: int = 300, warm_up: int = 30) -> dict[s
             t0 = time.perf_counter()
             features = user_features(user)
             t1 = time.perf_counter()
+            assert features is not None, f"user {user} has no online features"
             score(net, features[None, :], arms, 0.3)
             t2 = time.perf_counter()
             lookups.append(t1 - t0)

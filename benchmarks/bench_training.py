@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import cast
 
 import numpy as np
 import pandas as pd
 import torch
 
-from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.config import PROJECT_ROOT, ModelParams, load_params
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.model import CouponNet, torch_threads
 from training.dataset import label_offers
@@ -64,7 +64,7 @@ def training_table(rows: int, seed: int = 0) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def bare_rate(data: torch.Tensor, cfg: dict[str, Any], device: torch.device) -> float:
+def bare_rate(data: torch.Tensor, cfg: ModelParams, device: torch.device) -> float:
     """Samples/s of forward + loss + backward + Adam step alone, one pass over `data`."""
     torch.manual_seed(0)
     net = CouponNet(hidden=int(cfg["hidden"])).to(device)
@@ -108,13 +108,16 @@ def main() -> None:
         f"{'end to end/s':>12} {'fit/s':>9} {'fwd+bwd/s':>9}"
     )
     small = TrainingArrays.from_table(valid_table.head(10_000), 20.0)
-    fit(small, small, {**params, "epochs": 1, "device": "cpu"})  # warm-up, not timed
+    fit(small, small, cast(ModelParams, {**params, "epochs": 1, "device": "cpu"}))  # warm-up
     devices = [("cpu", t) for t in args.threads]
     devices += [("cuda", 1)] if torch.cuda.is_available() else []
     for device, threads in devices:
         for bs in args.batch_size or [int(params["batch_size"])]:
-            cfg = {**params, "epochs": args.epochs, "patience": args.epochs, "batch_size": bs}
-            cfg.update(device=device, threads=threads)
+            cfg = cast(
+                ModelParams,
+                {**params, "epochs": args.epochs, "patience": args.epochs, "batch_size": bs,
+                 "device": device, "threads": threads},
+            )  # fmt: skip
             tick = time.perf_counter()
             max_weight = float(cfg["max_stabilised_weight"])
             train = TrainingArrays.from_table(train_table, max_weight)

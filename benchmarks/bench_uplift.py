@@ -40,6 +40,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.ceiling import observable_ceiling, observable_lift_by_segment
 from benchmarks.simulated import population, simulate, training_table
-from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.config import PROJECT_ROOT, ModelParams, load_params
 from couponflow.logs import quiet_libraries
 from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, CouponEnsemble, CouponNet, encode_pairs
 from couponflow.oracle import Oracle
@@ -98,7 +99,7 @@ def arrays(table: pd.DataFrame, design: str) -> TrainingArrays:
 
 
 def train(
-    table: pd.DataFrame, design: str, cfg: dict, credibility: float, segment: np.ndarray
+    table: pd.DataFrame, design: str, cfg: ModelParams, credibility: float, segment: np.ndarray
 ) -> CouponEnsemble:
     """One design's model on the table's days but the last (early stopping on the last);
     `segment` maps a user id to its hidden segment (read by `revealed` only)."""
@@ -116,13 +117,14 @@ def train(
         )
         net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(), cfg,
                               N_USER_INPUTS + len(SEGMENTS), N_ARM_INPUTS)  # fmt: skip
-        return Revealed(list(net.members), np.empty(0, dtype=np.int64))
+        members = [cast(CouponNet, member) for member in net.members]
+        return Revealed(members, np.empty(0, dtype=np.int64))
     if design == "ensemble":
         net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(),
                               {**cfg, "credibility": credibility})  # fmt: skip
         return net
-    net, _ = fit(train_arrays, valid_arrays, cfg)
-    return CouponEnsemble([net])
+    single, _ = fit(train_arrays, valid_arrays, cfg)
+    return CouponEnsemble([single])
 
 
 def lift_by_segment(p_purchase: np.ndarray, segment: np.ndarray) -> dict[str, float]:
@@ -183,7 +185,7 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
         "segment": log.world.population_on(day).segment[ids],
     }  # fmt: skip
     p = truth.p_purchase[:, columns]
-    cfg = {**params["model"], "epochs": args.epochs}
+    cfg = cast(ModelParams, {**params["model"], "epochs": args.epochs})
     pairs = encode_pairs(users_x, arms).reshape(len(ids), len(arms), -1)
     ceiling = observable_ceiling(world["gain"], truth.cost[:, columns], pairs,
                                  float(params["policy"]["budget_per_user"]))  # fmt: skip
