@@ -228,6 +228,17 @@ def expected_earnings(report: EvaluationReport) -> str:
     )
 
 
+def judged_decisions(report: EvaluationReport) -> str:
+    """How many logged decisions the figures judge, and of how many when a sample."""
+    logged = report.logged_decisions
+    if logged is not None and logged > report.decisions:
+        return (
+            f"{report.decisions} of {logged} logged decisions, those of a fixed sample of users "
+            "(`evaluation.decision_sample`)"
+        )
+    return f"{report.decisions} logged decisions"
+
+
 def render_lines(report: EvaluationReport, gate: GateDecision | None = None) -> list[str]:
     """The evaluation (and the gate's verdict when given) as Markdown lines: the one
     rendering the run report, the run summary and the CLI share."""
@@ -237,15 +248,8 @@ def render_lines(report: EvaluationReport, gate: GateDecision | None = None) -> 
         if report.first_model
         else report.champion
     )
-    logged = report.logged_decisions
-    judged = (
-        f"{report.decisions} of {logged} logged decisions, those of a fixed sample of users "
-        "(`evaluation.decision_sample`)"
-        if logged is not None and logged > report.decisions
-        else f"{report.decisions} logged decisions"
-    )
     out = [
-        f"Evaluated on {', '.join(report.days)}: {judged} "
+        f"Evaluated on {', '.join(report.days)}: {judged_decisions(report)} "
         f"({report.randomised_decisions} randomised), {report.estimator}, "
         f"{report.confidence:.0%} intervals. Champion: {champion}.",
         "",
