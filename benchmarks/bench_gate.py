@@ -65,7 +65,7 @@ CANDIDATES = ("oracle", "trained", "shuffled", "biggest", "buy_anyway")
 class Fixed(Priced):
     """A policy whose choices ignore the budget (e.g. everyone gets the biggest coupon)."""
 
-    arms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    arms: np.ndarray
 
     def decide(self, budget: float) -> Decisions:
         return Decisions(self.arms, 0.0, self.value, self.cost)
