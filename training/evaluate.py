@@ -365,6 +365,12 @@ def arm_features(frame: pd.DataFrame) -> np.ndarray:
 REWARD_GB = {**GB_PARAMS, "max_iter": 100, "min_samples_leaf": 50}
 
 
+def user_hash(user_ids: pd.Series, salt: str = "") -> np.ndarray:
+    """A fixed 64-bit hash of each user id (uint64): the same user, the same value on every
+    day and run. A `salt` gives another draw, independent of the unsalted one."""
+    return pd.util.hash_pandas_object(salt + user_ids.astype(str), index=False).to_numpy()
+
+
 class RewardModel:
     """The doubly robust estimate's reward model, fitted apart from the challenger:
     gradient boosting of the logged profit on the user's features and the arm, cross-fitted
@@ -377,8 +383,7 @@ class RewardModel:
 
     def fold_of(self, user_ids: pd.Series) -> np.ndarray:
         """A user's fold, fixed by their id (a user is in one fold on every day)."""
-        hashed = pd.util.hash_pandas_object(user_ids.astype(str), index=False).to_numpy()
-        return (hashed % np.uint64(self.folds)).astype(int)
+        return (user_hash(user_ids) % np.uint64(self.folds)).astype(int)
 
     def predict(
         self, train: pd.DataFrame, days: list[EvalDay], steps: Steps | None = None
@@ -802,8 +807,7 @@ def judged_sample(
     logged = int(judged.sum())
     if sample is None or logged <= sample:
         return table, logged
-    ids = table.loc[judged, "user_id"].astype(str)
-    hashed = pd.util.hash_pandas_object("decision-sample:" + ids, index=False).to_numpy()
+    hashed = user_hash(table.loc[judged, "user_id"], salt="decision-sample:")
     keep = ~judged
     keep[judged] = (hashed >> np.uint64(11)).astype(np.float64) / 2.0**53 < sample / logged
     return table[keep], logged
