@@ -9,6 +9,11 @@ challenger's estimated gain with the true gain over every (user, coupon) pair, a
 predicted against the true purchase lift per hidden segment (what the network believes a
 coupon does to a sure thing, a persuadable, a lost cause and a sleeping dog).
 
+With `model.refit` (the default) the model that ships has been fitted on the judged days;
+every figure above is of its held-out twin, the weights the evaluation judges. The shipped
+refit is judged on the day after the log, new to both, beside its twin on the same users:
+the "tomorrow" columns (what shipping the refit instead of the twin earns, in truth).
+
 The observable ceiling is what any learner faces: a gradient-boosting model fitted on the
 *true* incremental profit and cost of every (user, coupon) from the observable inputs
 alone, on half of the users, then budgeted on the other half. What the oracle earns beyond
@@ -25,16 +30,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+import pandas as pd
 from scipy.stats import spearmanr
 
+from benchmarks.bench_uplift import judge, judged_day
 from benchmarks.ceiling import observable_ceiling
 from benchmarks.simulated import SimulatedLog, population
+from couponflow.artefacts import MODEL_WEIGHTS
 from couponflow.config import Workspace
-from couponflow.landing import offline_days
+from couponflow.landing import load_offline, offline_days
 from couponflow.logs import quiet_libraries
-from couponflow.model import encode_pairs, load_model
+from couponflow.model import CouponEnsemble, encode_pairs, load_model
 from couponflow.oracle import Oracle
 from couponflow.policy import score
 from couponflow.seeding import seed_history
@@ -54,6 +63,7 @@ class SeedResult:
     spearman: float  # estimated vs true gain over (user, coupon) pairs
     lifts: dict[str, tuple[float, float]]  # segment -> (predicted, true) purchase lift, points
     promoted: bool
+    tomorrow: dict[str, float]  # the day after the log: "oracle", "shipped", "judged twin"
     seconds: float
 
 
@@ -68,7 +78,7 @@ def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
     columns = truth.arm_index(list(arms["coupon_id"]))
     gain, cost = truth.incremental_profit[:, columns], truth.cost[:, columns]
     p_true = truth.p_purchase[:, columns]
-    net, _ = load_model(ws.models / "model.pt")
+    net, _ = load_model(ws.models / MODEL_WEIGHTS, judged=True)
     scores = score(net, users, arms, float(world.margin))
     segment = world.population_on(day).segment[ids]
     lifts = {}
@@ -90,8 +100,23 @@ def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
         spearman=float(spearmanr(scores.expected_gain[:, 1:].ravel(), gain[:, 1:].ravel())[0]),
         lifts=lifts,
         promoted=bool(result["gate"]["promote"]),
+        tomorrow=judge_tomorrow(ws, world),
         seconds=time.perf_counter() - started,
     )
+
+
+def judge_tomorrow(ws: Workspace, world: World) -> dict[str, float]:
+    """The shipped model and its held-out twin on the day after the log (simulated into the
+    offline store, after the stages), at the day's budget: true profits and the oracle's."""
+    tomorrow = str((pd.Timestamp(offline_days(ws)[-1]) + pd.Timedelta(days=1)).date())
+    load_offline(ws, tomorrow, world.simulate_day(tomorrow))
+    day = judged_day(SimulatedLog(ws, world, offline_days(ws)), tomorrow, ws.params)
+    credibility = float(ws.params["model"].get("credibility") or 0.0)
+    out = {"oracle": float(day["oracle"])}
+    for name, judged in (("shipped", False), ("judged twin", True)):
+        net, _ = load_model(ws.models / MODEL_WEIGHTS, judged=judged)
+        out[name] = judge(cast(CouponEnsemble, net), credibility, day)["true_profit"]
+    return out
 
 
 def run_seed(root: Path, users: int, history_days: int, seed: int) -> SeedResult:
@@ -135,6 +160,17 @@ def report(results: list[SeedResult]) -> dict[str, object]:
             )  # fmt: skip
         ),
     }
+    print("\ntomorrow (the day after the log), true profit (share of the oracle)")
+    for name in ("shipped", "judged twin"):
+        shown = "  ".join(
+            f"{r.tomorrow[name]:+9.1f} ({r.tomorrow[name] / r.tomorrow['oracle']:+.0%})"
+            for r in results
+        )
+        print(f"  {name:<13} {shown}")
+    for name in ("shipped", "judged twin"):
+        medians[f"tomorrow_{name.replace(' ', '_')}_share"] = float(
+            np.median([r.tomorrow[name] / r.tomorrow["oracle"] for r in results])
+        )
     print("\npredicted vs true purchase lift by hidden segment (points, mean over coupons)")
     for name in SEGMENTS:
         pairs = [r.lifts[name] for r in results]

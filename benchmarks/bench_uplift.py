@@ -48,8 +48,8 @@ import torch
 from scipy.stats import spearmanr
 
 from benchmarks.ceiling import observable_ceiling, observable_lift_by_segment
-from benchmarks.simulated import population, simulate, training_table
-from couponflow.config import PROJECT_ROOT, ModelParams, load_params
+from benchmarks.simulated import SimulatedLog, population, simulate, training_table
+from couponflow.config import PROJECT_ROOT, ModelParams, Params, load_params
 from couponflow.logs import quiet_libraries
 from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, CouponEnsemble, CouponNet, encode_pairs
 from couponflow.oracle import Oracle
@@ -165,40 +165,48 @@ def trained_days(days: list[str], gap: int = 0, train_days: int | None = None) -
     return trained[-train_days:] if train_days else trained
 
 
+def judged_day(log: SimulatedLog, day: str, params: Params) -> dict:
+    """What `judge` reads about `day`: everyone known on it (ids, features, the day's arms),
+    the budget and cap, each (user, arm)'s true gain and the oracle policy's profit; with the
+    day's `truth` and the arms' `columns` in it for the other figures."""
+    ids, users_x, arms = population(log, day)
+    oracle = Oracle(log.world)
+    truth = oracle.truth(day, ids)
+    columns = truth.arm_index(list(arms["coupon_id"]))
+    budget = float(params["policy"]["budget_per_user"]) * len(ids)
+    best, _ = oracle.policy_value(truth, budget)
+    return {
+        "users": users_x, "arms": arms, "margin": float(log.world.margin),
+        "cap": int(params["policy"]["max_offers_7d"]), "budget": budget,
+        "gain": truth.incremental_profit[:, columns], "oracle": best.incremental_profit,
+        "segment": log.world.population_on(day).segment[ids],
+        "truth": truth, "columns": columns,
+    }  # fmt: skip
+
+
 def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Namespace) -> dict:
     """Every design on one seeded world."""
     started = time.perf_counter()
     log = simulate(root / f"seed-{seed}", {"world.n_users": users, "world.seed": seed}, days)
     table = training_table(log, trained_days(log.days, args.gap, args.train_days))
-    day = log.days[-1]
-    ids, users_x, arms = population(log, day)
-    oracle = Oracle(log.world)
-    truth = oracle.truth(day, ids)
-    columns = truth.arm_index(list(arms["coupon_id"]))
-    params = load_params(log.ws.params_file)
-    budget = float(params["policy"]["budget_per_user"]) * len(ids)
-    best, _ = oracle.policy_value(truth, budget)
-    world = {
-        "users": users_x, "arms": arms, "margin": float(log.world.margin),
-        "cap": int(params["policy"]["max_offers_7d"]), "budget": budget,
-        "gain": truth.incremental_profit[:, columns], "oracle": best.incremental_profit,
-        "segment": log.world.population_on(day).segment[ids],
-    }  # fmt: skip
+    params = log.ws.params
+    world = judged_day(log, log.days[-1], params)
+    truth, columns, users_x = world["truth"], world["columns"], world["users"]
     p = truth.p_purchase[:, columns]
     cfg = cast(ModelParams, {**params["model"], "epochs": args.epochs})
-    pairs = encode_pairs(users_x, arms).reshape(len(ids), len(arms), -1)
+    pairs = encode_pairs(users_x, world["arms"]).reshape(len(users_x), len(columns), -1)
     ceiling = observable_ceiling(world["gain"], truth.cost[:, columns], pairs,
                                  float(params["policy"]["budget_per_user"]))  # fmt: skip
     out: dict = {
         "seed": seed,
-        "oracle": round(best.incremental_profit, 1),
+        "oracle": round(world["oracle"], 1),
         "ceiling_share": round(ceiling, 3),
         "true_lift_pt": lift_by_segment(p, world["segment"]),
         "observable_lift_pt": observable_lift_by_segment(
             p[:, 1:] - p[:, :1], pairs[:, 1:], world["segment"], SEGMENTS
         ),
     }
-    segment = log.world.population_on(day).segment
+    segment = log.world.population_on(log.days[-1]).segment
     for design in args.designs:
         net = train(table, design, cfg, args.credibility, segment)
         credibility = args.credibility if design in ("ensemble", "revealed") else 0.0

@@ -55,6 +55,7 @@ class ModelParams(TypedDict):
     credibility: NotRequired[float]  # default 0.0
     threads: NotRequired[int]  # default 1
     processes: NotRequired[int | None]  # None: one per GPU on CUDA, else 1
+    refit: NotRequired[bool]  # ship the judged recipe refitted up to yesterday; default off
     device: NotRequired[str]  # not a params.yaml key: the benchmarks' and tests' choice
     amount_by_arm: NotRequired[bool]  # not a params.yaml key: a trial spec's `network` only
 

@@ -348,17 +348,27 @@ def _inputs() -> ModelInputs:
     }
 
 
-def save_model(net: Recommender, path: Path, record: ModelRecord) -> None:
-    """Save weights with what is needed to rebuild and trust them."""
+def save_model(
+    net: Recommender, path: Path, record: ModelRecord, judged: Recommender | None = None
+) -> None:
+    """Save weights with what is needed to rebuild and trust them; `judged`, when `net` is
+    a refit (training.train), is the held-out twin the evaluation judged, kept beside it so
+    a champion is judged next time by weights that never saw the days it is judged on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     meta: SavedModelMeta = {**record, **_inputs(), **net.layout()}
-    torch.save({"state_dict": net.state_dict(), "meta": meta}, path)
+    blob = {"state_dict": net.state_dict(), "meta": meta}
+    if judged is not None:
+        if judged.layout() != net.layout():
+            raise ValueError("the held-out twin must have the refit's layout")
+        blob["judged_state_dict"] = judged.state_dict()
+    torch.save(blob, path)
 
 
-def load_model(path: Path) -> tuple[Recommender, SavedModelMeta]:
-    """Load a saved model for inference; refuses one built on another feature list or
-    input layout (an older model's weights would be read against the wrong columns) or
-    with another coupon-effect build (its weights would not fit these modules)."""
+def load_model(path: Path, judged: bool = False) -> tuple[Recommender, SavedModelMeta]:
+    """Load a saved model for inference (with `judged`, the held-out twin the evaluation
+    judges, which is the model itself when it was not refitted); refuses one built on
+    another feature list or input layout (an older model's weights would be read against
+    the wrong columns) or with another coupon-effect build (its weights would not fit)."""
     blob = torch.load(path, map_location="cpu", weights_only=False)
     meta: SavedModelMeta = blob["meta"]
     if {k: meta.get(k) for k in _inputs()} != _inputs():
@@ -375,6 +385,7 @@ def load_model(path: Path) -> tuple[Recommender, SavedModelMeta]:
     net: Recommender = members[0]
     if "members" in meta:
         net = CouponEnsemble(members, float(meta["credibility"]))
-    net.load_state_dict(blob["state_dict"])
+    state = blob.get("judged_state_dict", blob["state_dict"]) if judged else blob["state_dict"]
+    net.load_state_dict(state)
     net.eval()
     return net, meta

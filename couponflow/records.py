@@ -17,7 +17,7 @@ work unchanged; the checker now knows every key and its type. Where a record is 
 - `Forgotten`: serving.runtime.feedback.forget_old_feedback.
 - `GateCheck`, `GateDecision`: training.gate (metrics/gate.json); read by the renderers.
 - `EpochLoss`, `FitLog`, `EnsembleLog`: training.train.fit and fit_ensemble's training log;
-  read by training.trial, the benchmarks, and into the model record.
+  read by training.trial, the benchmarks, and into the model record (with `RefitRecord`).
 - `Layout`, `ModelInputs`, `ModelRecord`, `SavedModelMeta`: the model record training.train
   writes (models/model.json; model.pt's meta, couponflow.model.save_model); read back by
   couponflow.model.load_model, serving, the run report, and the train task's XCom.
@@ -231,6 +231,20 @@ class EnsembleLog(TypedDict):
     members: int
 
 
+class RefitRecord(TypedDict):
+    """The refit training.train ships: the judged recipe fitted again on every day but the
+    newest (early stopping on the newest), once the held-out twin has been judged."""
+
+    judged_version: str  # the held-out twin's: the weights the evaluation and the gate judged
+    train_rows: int
+    early_stopping_day: str  # the newest day: judged by neither model
+    newest_day_loss: float  # the refit's validation loss on it (selected on it: a floor)
+    judged_newest_day_loss: float  # the twin's on the same day, which it never saw
+    shipped: bool  # False: the refit fitted the newest day worse, so the twin ships
+    epochs_run: list[int]  # per member
+    seconds: float
+
+
 class Layout(TypedDict):
     """couponflow.model's `layout()`: what it takes to rebuild the network."""
 
@@ -253,8 +267,9 @@ class ModelInputs(TypedDict):
 
 
 class ModelRecord(TypedDict):
-    """models/model.json (training.train.main), keys in the file's order: the version, the
-    layout, what it learned from, the params, then the EnsembleLog."""
+    """models/model.json (training.train.main), keys in the file's order: the version (of
+    the weights that ship), the layout, what the held-out twin learned from, the params, the
+    twin's EnsembleLog, then the refit (RefitRecord) that ships when model.refit is on."""
 
     version: str
     n_user: int
@@ -280,6 +295,7 @@ class ModelRecord(TypedDict):
     history: list[EpochLoss]
     seconds: float
     samples_per_second: int
+    refit: NotRequired[RefitRecord | None]  # None: model.refit off, the judged model ships
 
 
 class SavedModelMeta(ModelRecord):

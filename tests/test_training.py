@@ -65,9 +65,9 @@ def test_time_split_needs_three_days() -> None:
         split_days(pd.DataFrame({"day": pd.to_datetime(["2026-01-02", "2026-01-03"])}))
 
 
-def test_train_stage_writes_a_reproducible_model_and_its_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _three_day_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **model: object) -> None:
+    """A workspace whose training table holds three days of 2,000 offers of a known coupon
+    effect, with a small fast network (`model` over params.yaml's), as the working folder."""
     from tests.helpers.known_effect import known_effect_log
 
     days = pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"])
@@ -78,10 +78,15 @@ def test_train_stage_writes_a_reproducible_model_and_its_record(
     (tmp_path / "data" / "training").mkdir(parents=True)
     table.to_parquet(tmp_path / "data" / "training" / "offers.parquet", index=False)
     params = load_params(PROJECT_ROOT / "params.yaml")
-    params["model"] = {**params["model"], "epochs": 2, "hidden": 16}
+    params["model"] = {**params["model"], "epochs": 2, "hidden": 16, **model}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
 
+
+def test_train_stage_writes_a_reproducible_model_and_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _three_day_workspace(tmp_path, monkeypatch, refit=False)
     train.main()
     record = json.loads((tmp_path / "models" / "model.json").read_text())
     net, meta = load_model(tmp_path / "models" / "model.pt")
@@ -95,15 +100,67 @@ def test_train_stage_writes_a_reproducible_model_and_its_record(
     assert record["early_stopping_day"] == "2026-01-03"
     assert record["evaluation_day"] == "2026-01-04"
     assert record["device"] in {"cpu", "cuda"} and record["samples_per_second"] > 0
-    assert record["members"] == params["model"]["members"] == len(record["epochs_run"])
+    assert record["members"] == len(record["epochs_run"])
     assert record["epochs_run"][0] == len(record["history"]) <= 2
     assert {"code_commit", "params", "data_days", "data_version"} <= record.keys()
     assert len(record["data_version"]["training_set"]) == 16
+    assert record["refit"] is None  # no refit: the judged model is the one that ships
+    twin, _ = load_model(tmp_path / "models" / "model.pt", judged=True)
+    assert train.model_version(twin, "2026-01-04") == record["version"]
 
     train.main()  # same data, same seed: the same model version
     assert (
         json.loads((tmp_path / "models" / "model.json").read_text())["version"] == meta["version"]
     )
+
+
+def test_the_refit_ships_and_keeps_the_judged_twin_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With model.refit the model trained up to the day before the newest (early stopping on
+    the newest) ships under its own version; the held-out twin the evaluation judges is in
+    the same file, `load_model(judged=True)`, and the record names it."""
+    _three_day_workspace(tmp_path, monkeypatch, refit=True)
+    train.main()
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    refit = record["refit"]
+    assert refit["train_rows"] == 4_000 and refit["early_stopping_day"] == "2026-01-04"
+    assert record["train_rows"] == 2_000 and record["early_stopping_day"] == "2026-01-03"
+    assert refit["shipped"] == (refit["newest_day_loss"] <= refit["judged_newest_day_loss"])
+    shipped, _ = load_model(tmp_path / "models" / "model.pt")
+    twin, _ = load_model(tmp_path / "models" / "model.pt", judged=True)
+    assert train.model_version(twin, "2026-01-04") == refit["judged_version"]
+    assert train.model_version(shipped, "2026-01-04") == record["version"]
+    assert (record["version"] != refit["judged_version"]) == refit["shipped"]
+
+
+def test_a_refit_that_fits_the_newest_day_worse_does_not_ship(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refit gone wrong (injected: untrained networks) fits the newest day, new to both
+    models, worse than the held-out twin: the twin ships, and the record says why."""
+    from couponflow.model import CouponEnsemble, CouponNet
+
+    _three_day_workspace(tmp_path, monkeypatch, refit=True)
+    real_fit, calls = train.fit_ensemble, []
+
+    def twin_then_broken(*args, **kwargs):
+        calls.append(1)
+        net, log = real_fit(*args, **kwargs)
+        if len(calls) == 1:
+            return net, log
+        broken = [CouponNet(N_USER_INPUTS, N_ARM_INPUTS, 16) for _ in net.members]
+        return CouponEnsemble(broken, net.credibility), log
+
+    monkeypatch.setattr(train, "fit_ensemble", twin_then_broken)
+    train.main()
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    refit = record["refit"]
+    assert len(calls) == 2 and not refit["shipped"]
+    assert refit["newest_day_loss"] > refit["judged_newest_day_loss"]
+    assert record["version"] == refit["judged_version"]
+    shipped, _ = load_model(tmp_path / "models" / "model.pt")
+    assert train.model_version(shipped, "2026-01-04") == refit["judged_version"]
 
 
 def test_the_stage_builds_its_arrays_from_the_file_a_batch_at_a_time(tmp_path: Path) -> None:

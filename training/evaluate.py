@@ -33,6 +33,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 from tqdm import tqdm
 
+from couponflow.artefacts import MODEL_WEIGHTS
 from couponflow.config import EvaluationParams, Workspace
 from couponflow.contract import ALL_CATEGORIES, COUPON_KINDS, RANDOMISED_SLICES
 from couponflow.cpu import load_aware_threads
@@ -770,11 +771,13 @@ def budget_curve(
 
 # -- the stage ------------------------------------------------------------------------------
 def load_policies(ws: Workspace, margin: float) -> dict[str, ModelPolicy]:
-    """The challenger (models/) and, when there is one, the champion (releases/champion)."""
+    """The challenger (models/) and, when there is one, the champion (releases/champion),
+    each named by the version that ships and judged by its held-out twin (model.refit): the
+    refit has seen the judged days, its twin none of them, as the champion's twin has not."""
     policies = {}
     for name, path in (("challenger", ws.models), ("champion", ws.champion)):
-        if (path / "model.pt").exists():
-            net, meta = load_model(path / "model.pt")
+        if (path / MODEL_WEIGHTS).exists():
+            net, meta = load_model(path / MODEL_WEIGHTS, judged=True)
             policies[name] = ModelPolicy(name, net, meta["version"], margin)
     return policies
 

@@ -194,6 +194,24 @@ def _segments_section(evaluation: EvaluationReport) -> list[str]:
     ]
 
 
+def _refit_lines(model: ModelRecord) -> list[str]:
+    """What ships when model.refit is on, and which weights the figures below judge."""
+    refit = model.get("refit")
+    if not refit:
+        return []
+    losses = (
+        f"loss on {refit['early_stopping_day']} {refit['newest_day_loss']:.4f}, the held-out "
+        f"twin's {refit['judged_newest_day_loss']:.4f}"
+    )
+    if not refit["shipped"]:
+        return [f"The refit fitted the newest day worse ({losses}): the judged twin ships."]
+    return [
+        f"Ships the refit: the same recipe on {refit['train_rows']} offers up to the day "
+        f"before {refit['early_stopping_day']}, early stopping on it ({losses}). The "
+        f"figures below judge its held-out twin {refit['judged_version']}."
+    ]
+
+
 def render(
     evaluation: EvaluationReport,
     gate: GateDecision,
@@ -210,6 +228,7 @@ def render(
         f"Trained on {model.get('train_rows', '?')} offers of {model['data_days'][0]} .. "
         f"{model.get('early_stopping_day', model['data_days'][-1])} (early stopping on the "
         f"last), code {model.get('code_commit')}, device {model.get('device')}.",
+        *_refit_lines(model),
         "## Evaluation and the gate",
         "\n".join(render_lines(evaluation, gate)),
         "## Every estimator",

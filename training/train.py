@@ -1,6 +1,9 @@
 """DVC stage `train`: fit the CouponNet on logged offers, weighting each by its inverse
 logging propensity so the heuristic's choices and the randomised slice both count without
-bias. Early-stops on the last training day; the newest day is kept for evaluation.
+bias. Early-stops on the last training day; the newest `evaluation.days` are kept for
+evaluation. With `model.refit` the same recipe then trains again on every day but the newest
+(early stopping on it): that refit ships, and the held-out twin the evaluation judges is
+saved beside it in model.pt.
 
 On a machine with several GPUs it trains data-parallel on all of them (one process per
 GPU, DistributedDataParallel over NCCL); `model.processes` sets the count (on the CPU too,
@@ -42,12 +45,13 @@ from couponflow.model import (
     N_USER_INPUTS,
     CouponEnsemble,
     CouponNet,
+    Recommender,
     encode,
     save_model,
     torch_threads,
 )
 from couponflow.processes import free_port  # the process group's rendezvous
-from couponflow.records import EnsembleLog, EpochLoss, FitLog, ModelRecord
+from couponflow.records import EnsembleLog, EpochLoss, FitLog, ModelRecord, RefitRecord
 
 EVAL_CHUNK = 65_536  # rows per forward pass when scoring the validation day
 TARGETS = ("purchased", "log_amount", "redeemed", "offered", "weight")  # packed in this order
@@ -517,6 +521,42 @@ def fit_ensemble(
     return CouponEnsemble(members, float(cfg.get("credibility") or 0.0)), summary
 
 
+def ensemble_loss(net: Recommender, data: TrainingArrays) -> float:
+    """The members' mean validation loss on `data` (a single network's own)."""
+    members = list(net.members) if isinstance(net, CouponEnsemble) else [net]
+    packed, d = data.packed(), data.x.shape[1]
+    return float(np.mean([_valid_loss(cast(CouponNet, m), packed, d) for m in members]))
+
+
+def refit(
+    path: Path, users: pd.DataFrame, judged: CouponEnsemble, judged_version: str, cfg: ModelParams
+) -> tuple[CouponEnsemble, RefitRecord]:
+    """The recipe of `judged` fitted again on the table at `path` (`users`: its day and
+    user_id columns) up to the day before the newest, early stopping on the newest: the model that
+    ships, one day staler than the data instead of `evaluation.days` + 1 (the harness
+    earned about twice the true profit so, docs/world.md). The newest day is new to both
+    models, so it also checks the refit: one that fits it worse than the held-out `judged`
+    twin does is not shipped, the twin is."""
+    days = sorted(users["day"].unique())
+    max_weight = float(cfg["max_stabilised_weight"])
+    train = TrainingArrays.from_parquet(path, days[:-1], max_weight)
+    valid = TrainingArrays.from_parquet(path, days[-1:], max_weight)
+    fitting_users = users.loc[users["day"].isin(days[:-1]), "user_id"].to_numpy()
+    net, log = fit_ensemble(train, valid, fitting_users, cfg)
+    loss, judged_loss = ensemble_loss(net, valid), ensemble_loss(judged, valid)
+    record: RefitRecord = {
+        "judged_version": judged_version,
+        "train_rows": len(train),
+        "early_stopping_day": str(pd.Timestamp(days[-1]).date()),
+        "newest_day_loss": round(loss, 6),
+        "judged_newest_day_loss": round(judged_loss, 6),
+        "shipped": loss <= judged_loss,
+        "epochs_run": log["epochs_run"],
+        "seconds": log["seconds"],
+    }
+    return (net if record["shipped"] else judged), record
+
+
 def code_commit() -> str:
     """The project's git commit, or "unknown" outside a git checkout."""
     try:
@@ -565,15 +605,20 @@ def main() -> None:
     train = TrainingArrays.from_parquet(path, train_days, max_weight)
     valid = TrainingArrays.from_parquet(path, [stop_day], max_weight)
     train_users = table.loc[table["day"].isin(train_days), "user_id"].to_numpy()
-    net, log = fit_ensemble(train, valid, train_users, cfg)
+    judged, log = fit_ensemble(train, valid, train_users, cfg)
+    train_rows, valid_rows = len(train), len(valid)
+    del train, valid  # the refit builds its own arrays: never two sets in memory
     data_days = sorted(str(pd.Timestamp(d).date()) for d in table["day"].unique())
+    net, refitted = judged, None
+    if cfg.get("refit"):
+        net, refitted = refit(path, table, judged, model_version(judged, data_days[-1]), cfg)
     version = model_version(net, data_days[-1])
     meta: ModelRecord = {
         "version": version,
         **net.layout(),
         "data_days": data_days,
-        "train_rows": len(train),
-        "valid_rows": len(valid),
+        "train_rows": train_rows,
+        "valid_rows": valid_rows,
         "early_stopping_day": str(pd.Timestamp(stop_day).date()),
         "evaluation_day": str(pd.Timestamp(eval_days[-1]).date()),
         "evaluation_days": [str(pd.Timestamp(d).date()) for d in eval_days],
@@ -581,13 +626,21 @@ def main() -> None:
         "data_version": data_version(ws),
         "code_commit": code_commit(),
         **log,
+        "refit": refitted,
     }
-    save_model(net, ws.models / "model.pt", meta)
+    save_model(net, ws.models / "model.pt", meta, judged=None if net is judged else judged)
     (ws.models / "model.json").write_text(json.dumps(meta, indent=2))
     print(
         f"model {version}: {log['members']} members, {log['epochs_run']} epochs on "
         f"{log['device']}, {log['samples_per_second']:,} samples/s"
     )
+    if refitted:
+        kept = "ships" if refitted["shipped"] else "fitted it worse: the judged twin ships"
+        print(
+            f"refit to {refitted['early_stopping_day']} (twin {refitted['judged_version']}): "
+            f"newest day's loss {refitted['newest_day_loss']:.4f} against the twin's "
+            f"{refitted['judged_newest_day_loss']:.4f}, {kept}"
+        )
 
 
 if __name__ == "__main__":
