@@ -22,6 +22,7 @@ from couponflow.records import (
     ABReadout,
     EvaluationRecord,
     GateDecision,
+    ModelRecord,
     SegmentRow,
     ServedReadout,
 )
@@ -293,6 +294,25 @@ def render_lines(report: EvaluationReport, gate: GateDecision | None = None) -> 
             f"- [{'x' if c['passed'] else ' '}] {c['check']}: {c['detail']}" for c in gate["checks"]
         ]
     return out
+
+
+def refit_line(model: ModelRecord) -> str | None:
+    """What ships when `model.refit` is on, and which weights the evaluation judged (None:
+    no refit, the judged model ships)."""
+    refit = model.get("refit")
+    if not refit:
+        return None
+    losses = (
+        f"loss on {refit['early_stopping_day']} {refit['newest_day_loss']:.4f}, the held-out "
+        f"twin's {refit['judged_newest_day_loss']:.4f}"
+    )
+    if not refit["shipped"]:
+        return f"The refit fitted the newest day worse ({losses}): the judged twin ships."
+    return (
+        f"Ships the refit {model['version']}: the same recipe on {refit['train_rows']} offers "
+        f"up to the day before {refit['early_stopping_day']}, early stopping on it ({losses}). "
+        f"The evaluation judged its held-out twin {refit['judged_version']}."
+    )
 
 
 def ab_line(readout: ABReadout | ServedReadout) -> str:

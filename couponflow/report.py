@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from couponflow.config import Workspace
-from couponflow.evaluation import ab_line, render_summary
+from couponflow.evaluation import ab_line, refit_line, render_summary
 from couponflow.records import (
     LatencyCheck,
     Refusal,
@@ -188,5 +188,7 @@ def _training_markdown(trained: TrainedRun) -> list[str]:
     """The evaluation and the gate's verdict, by the one renderer (couponflow.evaluation)."""
     out = ["", "## Challenger against champion", ""]
     out += render_summary(trained["evaluation"], trained["gate"])
+    if shipped := refit_line(trained["model"]):
+        out += ["", shipped]
     out += ["", f"Run report: {trained['report']}"]
     return out

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from couponflow.config import PROJECT_ROOT, load_params
+from couponflow.evaluation import refit_line
 from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, load_model
 from training import train
 from training.dataset import label_offers
@@ -104,7 +105,7 @@ def test_train_stage_writes_a_reproducible_model_and_its_record(
     assert record["epochs_run"][0] == len(record["history"]) <= 2
     assert {"code_commit", "params", "data_days", "data_version"} <= record.keys()
     assert len(record["data_version"]["training_set"]) == 16
-    assert record["refit"] is None  # no refit: the judged model is the one that ships
+    assert record["refit"] is None and refit_line(record) is None  # the judged model ships
     twin, _ = load_model(tmp_path / "models" / "model.pt", judged=True)
     assert train.model_version(twin, "2026-01-04") == record["version"]
 
@@ -132,6 +133,9 @@ def test_the_refit_ships_and_keeps_the_judged_twin_beside_it(
     assert train.model_version(twin, "2026-01-04") == refit["judged_version"]
     assert train.model_version(shipped, "2026-01-04") == record["version"]
     assert (record["version"] != refit["judged_version"]) == refit["shipped"]
+    line = refit_line(record)  # what the run report and the run summary say
+    assert line is not None and refit["judged_version"] in line
+    assert line.startswith("Ships the refit") == refit["shipped"]
 
 
 def test_a_refit_that_fits_the_newest_day_worse_does_not_ship(
@@ -161,6 +165,7 @@ def test_a_refit_that_fits_the_newest_day_worse_does_not_ship(
     assert record["version"] == refit["judged_version"]
     shipped, _ = load_model(tmp_path / "models" / "model.pt")
     assert train.model_version(shipped, "2026-01-04") == refit["judged_version"]
+    assert "the judged twin ships" in str(refit_line(record))
 
 
 def test_the_stage_builds_its_arrays_from_the_file_a_batch_at_a_time(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from couponflow.config import Workspace  # noqa: E402
-from couponflow.evaluation import EvaluationReport, render_lines  # noqa: E402
+from couponflow.evaluation import EvaluationReport, refit_line, render_lines  # noqa: E402
 from couponflow.policy import BudgetPlan  # noqa: E402
 from couponflow.records import GateDecision, ModelRecord  # noqa: E402
 
@@ -194,24 +194,6 @@ def _segments_section(evaluation: EvaluationReport) -> list[str]:
     ]
 
 
-def _refit_lines(model: ModelRecord) -> list[str]:
-    """What ships when model.refit is on, and which weights the figures below judge."""
-    refit = model.get("refit")
-    if not refit:
-        return []
-    losses = (
-        f"loss on {refit['early_stopping_day']} {refit['newest_day_loss']:.4f}, the held-out "
-        f"twin's {refit['judged_newest_day_loss']:.4f}"
-    )
-    if not refit["shipped"]:
-        return [f"The refit fitted the newest day worse ({losses}): the judged twin ships."]
-    return [
-        f"Ships the refit: the same recipe on {refit['train_rows']} offers up to the day "
-        f"before {refit['early_stopping_day']}, early stopping on it ({losses}). The "
-        f"figures below judge its held-out twin {refit['judged_version']}."
-    ]
-
-
 def render(
     evaluation: EvaluationReport,
     gate: GateDecision,
@@ -228,7 +210,7 @@ def render(
         f"Trained on {model.get('train_rows', '?')} offers of {model['data_days'][0]} .. "
         f"{model.get('early_stopping_day', model['data_days'][-1])} (early stopping on the "
         f"last), code {model.get('code_commit')}, device {model.get('device')}.",
-        *_refit_lines(model),
+        *filter(None, [refit_line(model)]),
         "## Evaluation and the gate",
         "\n".join(render_lines(evaluation, gate)),
         "## Every estimator",
