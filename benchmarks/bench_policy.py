@@ -63,7 +63,9 @@ class SeedResult:
     spearman: float  # estimated vs true gain over (user, coupon) pairs
     lifts: dict[str, tuple[float, float]]  # segment -> (predicted, true) purchase lift, points
     promoted: bool
-    tomorrow: dict[str, float]  # the day after the log: "oracle", "shipped", "judged twin"
+    tomorrow: dict[
+        str, float
+    ]  # the day after the log: "oracle", "ceiling", "shipped", "judged twin"
     seconds: float
 
 
@@ -107,12 +109,17 @@ def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
 
 def judge_tomorrow(ws: Workspace, world: World) -> dict[str, float]:
     """The shipped model and its held-out twin on the day after the log (simulated into the
-    offline store, after the stages), at the day's budget: true profits and the oracle's."""
+    offline store, after the stages), at the day's budget: true profits, the oracle's and
+    the observable ceiling's (its share of the oracle's times the oracle's)."""
     tomorrow = str((pd.Timestamp(offline_days(ws)[-1]) + pd.Timedelta(days=1)).date())
     load_offline(ws, tomorrow, world.simulate_day(tomorrow))
     day = judged_day(SimulatedLog(ws, world, offline_days(ws)), tomorrow, ws.params)
     credibility = float(ws.params["model"].get("credibility") or 0.0)
-    out = {"oracle": float(day["oracle"])}
+    columns, n = day["columns"], len(day["users"])
+    x = encode_pairs(day["users"], day["arms"]).reshape(n, len(columns), -1)
+    budget = float(ws.params["policy"]["budget_per_user"])
+    share = observable_ceiling(day["gain"], day["truth"].cost[:, columns], x, budget)
+    out = {"oracle": float(day["oracle"]), "ceiling": share * float(day["oracle"])}
     for name, judged in (("shipped", False), ("judged twin", True)):
         net, _ = load_model(ws.models / MODEL_WEIGHTS, judged=judged)
         out[name] = judge(cast(CouponEnsemble, net), credibility, day)["true_profit"]
@@ -160,17 +167,20 @@ def report(results: list[SeedResult]) -> dict[str, object]:
             )  # fmt: skip
         ),
     }
-    print("\ntomorrow (the day after the log), true profit (share of the oracle)")
-    for name in ("shipped", "judged twin"):
+    print("\ntomorrow (the day after the log), true profit (share of the oracle, of the ceiling)")
+    for name in ("oracle", "ceiling", "shipped", "judged twin"):
         shown = "  ".join(
-            f"{r.tomorrow[name]:+9.1f} ({r.tomorrow[name] / r.tomorrow['oracle']:+.0%})"
+            f"{r.tomorrow[name]:+9.1f} ({r.tomorrow[name] / r.tomorrow['oracle']:+4.0%}, "
+            f"{r.tomorrow[name] / r.tomorrow['ceiling']:+4.0%})"
             for r in results
         )
         print(f"  {name:<13} {shown}")
     for name in ("shipped", "judged twin"):
-        medians[f"tomorrow_{name.replace(' ', '_')}_share"] = float(
-            np.median([r.tomorrow[name] / r.tomorrow["oracle"] for r in results])
-        )
+        key = f"tomorrow_{name.replace(' ', '_')}"
+        for base in ("oracle", "ceiling"):
+            medians[f"{key}_share_of_{base}"] = float(
+                np.median([r.tomorrow[name] / r.tomorrow[base] for r in results])
+            )
     print("\npredicted vs true purchase lift by hidden segment (points, mean over coupons)")
     for name in SEGMENTS:
         pairs = [r.lifts[name] for r in results]

@@ -165,3 +165,7 @@ def test_bench_policy_runs_the_real_stages_over_seeds(tmp_path) -> None:
     medians = main(["--users", "400", "--history-days", "5", "--seeds", "1",
                     "--workspace", str(tmp_path)])  # fmt: skip
     assert {"challenger_profit", "share_of_oracle", "share_of_ceiling", "spearman"} <= set(medians)
+    # the shipped refit and its held-out twin, judged on the day after the log
+    assert {"tomorrow_shipped_share_of_ceiling", "tomorrow_judged_twin_share_of_oracle"} <= set(
+        medians
+    )
