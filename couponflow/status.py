@@ -84,10 +84,12 @@ def print_release(ws: Workspace, live: bool) -> None:
 def print_training(trained: TrainedRun, root: Path) -> None:
     """The challenger against the champion and the baselines, the truth where the data is
     simulated, and every check of the gate: the evaluation's one renderer, indented."""
-    from couponflow.evaluation import render_summary
+    from couponflow.evaluation import refit_line, render_summary
 
     for line in render_summary(trained["evaluation"], trained["gate"]):
         print(f"   {line}" if line else "")
+    if shipped := refit_line(trained["model"]):
+        print(f"   {shipped}")
     plan = trained["budget_plan"]
     print(
         f"   budget plan: multiplier {plan['multiplier']:.3f}, "

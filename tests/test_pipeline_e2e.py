@@ -24,6 +24,7 @@ import pytest
 from couponflow.airflow_local import run_days
 from couponflow.config import HOME_ENV, load_params, set_param
 from couponflow.contract import TABLES
+from couponflow.evaluation import refit_line
 from couponflow.landing import next_days, offline_days, read_offline, write_batch
 from couponflow.processes import free_port
 from couponflow.seeding import seed_history
@@ -129,7 +130,15 @@ def test_the_release_is_recorded(pipeline) -> None:
     assert release["bento_tag"] == summary["steps"]["build_bento"]["bento_tag"]
     answer = httpx.post(f"{summary['steps']['release']['url']}/recommend", json={"user_id": 0})
     assert answer.json()["model_version"] == release["model_version"]  # through the front door
-    assert (ws.champion / "model.pt").exists()
+    # the release serves the refit and keeps the held-out twin the next evaluation judges
+    from couponflow.model import load_model
+    from training.train import model_version
+
+    shipped, meta = load_model(ws.champion / "model.pt")
+    twin, _ = load_model(ws.champion / "model.pt", judged=True)
+    refit = meta.get("refit")
+    assert refit is not None and model_version(shipped, meta["data_days"][-1]) == meta["version"]
+    assert model_version(twin, meta["data_days"][-1]) == refit["judged_version"]
 
 
 def test_the_summary_is_markdown_an_engineer_reads(pipeline) -> None:
@@ -139,6 +148,7 @@ def test_the_summary_is_markdown_an_engineer_reads(pipeline) -> None:
     for section in ("## Rows in", "## Features materialised", "## Challenger against champion"):
         assert section in page
     assert "Decision: PROMOTE" in page and "## Release" in page
+    assert str(refit_line(summary["steps"]["train"]["model"])) in page  # what shipped, and why
     assert "run summary" in (ws.root / "logs" / f"coupon_retrain-{day}.log").read_text()
 
 
