@@ -297,8 +297,8 @@ def render_lines(report: EvaluationReport, gate: GateDecision | None = None) -> 
 
 
 def refit_line(model: ModelRecord) -> str | None:
-    """What ships when `model.refit` is on, and which weights the evaluation judged (None:
-    no refit, the judged model ships)."""
+    """Which weights are the candidate (what ships if the gate promotes) when `model.refit`
+    is on, and which the evaluation judged (None: no refit, the judged model is both)."""
     refit = model.get("refit")
     if not refit:
         return None
@@ -307,11 +307,12 @@ def refit_line(model: ModelRecord) -> str | None:
         f"twin's {refit['judged_newest_day_loss']:.4f}"
     )
     if not refit["shipped"]:
-        return f"The refit fitted the newest day worse ({losses}): the judged twin ships."
+        return f"The refit fitted the newest day worse ({losses}): the candidate is the twin."
     return (
-        f"Ships the refit {model['version']}: the same recipe on {refit['train_rows']} offers "
-        f"up to the day before {refit['early_stopping_day']}, early stopping on it ({losses}). "
-        f"The evaluation judged its held-out twin {refit['judged_version']}."
+        f"The candidate is the refit {model['version']}: the same recipe on "
+        f"{refit['train_rows']} offers up to the day before {refit['early_stopping_day']}, "
+        f"early stopping on it ({losses}). The evaluation judged its held-out twin "
+        f"{refit['judged_version']}."
     )
 
 

@@ -240,7 +240,7 @@ class RefitRecord(TypedDict):
     early_stopping_day: str  # the newest day: judged by neither model
     newest_day_loss: float  # the refit's validation loss on it (selected on it: a floor)
     judged_newest_day_loss: float  # the twin's on the same day, which it never saw
-    shipped: bool  # False: the refit fitted the newest day worse, so the twin ships
+    shipped: bool  # the refit is the candidate; False: it fitted the newest day worse, the twin is
     epochs_run: list[int]  # per member
     seconds: float
 

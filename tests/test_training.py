@@ -135,7 +135,7 @@ def test_the_refit_ships_and_keeps_the_judged_twin_beside_it(
     assert (record["version"] != refit["judged_version"]) == refit["shipped"]
     line = refit_line(record)  # what the run report and the run summary say
     assert line is not None and refit["judged_version"] in line
-    assert line.startswith("Ships the refit") == refit["shipped"]
+    assert line.startswith("The candidate is the refit") == refit["shipped"]
 
 
 def test_a_refit_that_fits_the_newest_day_worse_does_not_ship(
@@ -165,7 +165,7 @@ def test_a_refit_that_fits_the_newest_day_worse_does_not_ship(
     assert record["version"] == refit["judged_version"]
     shipped, _ = load_model(tmp_path / "models" / "model.pt")
     assert train.model_version(shipped, "2026-01-04") == refit["judged_version"]
-    assert "the judged twin ships" in str(refit_line(record))
+    assert "the candidate is the twin" in str(refit_line(record))
 
 
 def test_the_stage_builds_its_arrays_from_the_file_a_batch_at_a_time(tmp_path: Path) -> None:

@@ -635,7 +635,7 @@ def main() -> None:
         f"{log['device']}, {log['samples_per_second']:,} samples/s"
     )
     if refitted:
-        kept = "ships" if refitted["shipped"] else "fitted it worse: the judged twin ships"
+        kept = "the candidate" if refitted["shipped"] else "worse: the twin is the candidate"
         print(
             f"refit to {refitted['early_stopping_day']} (twin {refitted['judged_version']}): "
             f"newest day's loss {refitted['newest_day_loss']:.4f} against the twin's "
