@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from benchmarks.bench_uplift import judge, judged_day
+from benchmarks.bench_uplift import ceiling_share, judge, judged_day
 from benchmarks.ceiling import observable_ceiling
 from benchmarks.simulated import SimulatedLog, population
 from couponflow.artefacts import MODEL_WEIGHTS
@@ -63,9 +63,8 @@ class SeedResult:
     spearman: float  # estimated vs true gain over (user, coupon) pairs
     lifts: dict[str, tuple[float, float]]  # segment -> (predicted, true) purchase lift, points
     promoted: bool
-    tomorrow: dict[
-        str, float
-    ]  # the day after the log: "oracle", "ceiling", "shipped", "judged twin"
+    # the day after the log's true profits: "oracle", "ceiling", "shipped", "judged twin"
+    tomorrow: dict[str, float]
     seconds: float
 
 
@@ -115,10 +114,7 @@ def judge_tomorrow(ws: Workspace, world: World) -> dict[str, float]:
     load_offline(ws, tomorrow, world.simulate_day(tomorrow))
     day = judged_day(SimulatedLog(ws, world, offline_days(ws)), tomorrow, ws.params)
     credibility = float(ws.params["model"].get("credibility") or 0.0)
-    columns, n = day["columns"], len(day["users"])
-    x = encode_pairs(day["users"], day["arms"]).reshape(n, len(columns), -1)
-    budget = float(ws.params["policy"]["budget_per_user"])
-    share = observable_ceiling(day["gain"], day["truth"].cost[:, columns], x, budget)
+    share = ceiling_share(day, ws.params)
     out = {"oracle": float(day["oracle"]), "ceiling": share * float(day["oracle"])}
     for name, judged in (("shipped", False), ("judged twin", True)):
         net, _ = load_model(ws.models / MODEL_WEIGHTS, judged=judged)

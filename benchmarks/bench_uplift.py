@@ -168,7 +168,8 @@ def trained_days(days: list[str], gap: int = 0, train_days: int | None = None) -
 def judged_day(log: SimulatedLog, day: str, params: Params) -> dict:
     """What `judge` reads about `day`: everyone known on it (ids, features, the day's arms),
     the budget and cap, each (user, arm)'s true gain and the oracle policy's profit; with the
-    day's `truth` and the arms' `columns` in it for the other figures."""
+    day's `truth`, the arms' `columns` and the pairs' model inputs (users, arms, inputs) in
+    it for the other figures."""
     ids, users_x, arms = population(log, day)
     oracle = Oracle(log.world)
     truth = oracle.truth(day, ids)
@@ -181,7 +182,15 @@ def judged_day(log: SimulatedLog, day: str, params: Params) -> dict:
         "gain": truth.incremental_profit[:, columns], "oracle": best.incremental_profit,
         "segment": log.world.population_on(day).segment[ids],
         "truth": truth, "columns": columns,
+        "pairs": encode_pairs(users_x, arms).reshape(len(ids), len(arms), -1),
     }  # fmt: skip
+
+
+def ceiling_share(day: dict, params: Params) -> float:
+    """The observable ceiling's share of the oracle's true profit on a `judged_day`."""
+    cost = day["truth"].cost[:, day["columns"]]
+    budget = float(params["policy"]["budget_per_user"])
+    return observable_ceiling(day["gain"], cost, day["pairs"], budget)
 
 
 def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Namespace) -> dict:
@@ -191,12 +200,9 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
     table = training_table(log, trained_days(log.days, args.gap, args.train_days))
     params = log.ws.params
     world = judged_day(log, log.days[-1], params)
-    truth, columns, users_x = world["truth"], world["columns"], world["users"]
-    p = truth.p_purchase[:, columns]
+    p, pairs = world["truth"].p_purchase[:, world["columns"]], world["pairs"]
     cfg = cast(ModelParams, {**params["model"], "epochs": args.epochs})
-    pairs = encode_pairs(users_x, world["arms"]).reshape(len(users_x), len(columns), -1)
-    ceiling = observable_ceiling(world["gain"], truth.cost[:, columns], pairs,
-                                 float(params["policy"]["budget_per_user"]))  # fmt: skip
+    ceiling = ceiling_share(world, params)
     out: dict = {
         "seed": seed,
         "oracle": round(world["oracle"], 1),

@@ -38,7 +38,9 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from couponflow.artefacts import MODEL_RECORD, MODEL_WEIGHTS
 from couponflow.config import PROJECT_ROOT, ModelParams, Workspace
+from couponflow.evaluation import refit_line
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.model import (
     N_ARM_INPUTS,
@@ -536,7 +538,7 @@ def refit(
     ships, one day staler than the data instead of `evaluation.days` + 1 (the harness
     earned about twice the true profit so, docs/world.md). The newest day is new to both
     models, so it also checks the refit: one that fits it worse than the held-out `judged`
-    twin does is not shipped, the twin is."""
+    twin does is not the candidate, the twin is."""
     days = sorted(users["day"].unique())
     max_weight = float(cfg["max_stabilised_weight"])
     train = TrainingArrays.from_parquet(path, days[:-1], max_weight)
@@ -628,19 +630,14 @@ def main() -> None:
         **log,
         "refit": refitted,
     }
-    save_model(net, ws.models / "model.pt", meta, judged=None if net is judged else judged)
-    (ws.models / "model.json").write_text(json.dumps(meta, indent=2))
+    save_model(net, ws.models / MODEL_WEIGHTS, meta, judged=None if net is judged else judged)
+    (ws.models / MODEL_RECORD).write_text(json.dumps(meta, indent=2))
     print(
         f"model {version}: {log['members']} members, {log['epochs_run']} epochs on "
         f"{log['device']}, {log['samples_per_second']:,} samples/s"
     )
-    if refitted:
-        kept = "the candidate" if refitted["shipped"] else "worse: the twin is the candidate"
-        print(
-            f"refit to {refitted['early_stopping_day']} (twin {refitted['judged_version']}): "
-            f"newest day's loss {refitted['newest_day_loss']:.4f} against the twin's "
-            f"{refitted['judged_newest_day_loss']:.4f}, {kept}"
-        )
+    if candidate := refit_line(meta):  # the run report's and the run summary's words
+        print(candidate)
 
 
 if __name__ == "__main__":
