@@ -55,6 +55,7 @@ class ModelParams(TypedDict):
     credibility: NotRequired[float]  # default 0.0
     threads: NotRequired[int]  # default 1
     processes: NotRequired[int | None]  # None: one per GPU on CUDA, else 1
+    member_processes: NotRequired[int | None]  # None: one per idle core (CPU only)
     refit: NotRequired[bool]  # ship the judged recipe refitted up to yesterday; default off
     device: NotRequired[str]  # not a params.yaml key: the benchmarks' and tests' choice
     amount_by_arm: NotRequired[bool]  # not a params.yaml key: a trial spec's `network` only
@@ -288,6 +289,7 @@ def _template() -> dict[str, Any]:
 NULLABLE: dict[str, type] = {
     "world.drift.price_shock_date": dt.date,
     "model.processes": int,
+    "model.member_processes": int,
     "evaluation.population_sample": int,
     "evaluation.decision_sample": int,
     "evaluation.baseline_rows": int,
@@ -341,6 +343,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.max_inverse_propensity": (1, None),
     "model.threads": _POSITIVE,
     "model.processes": _POSITIVE,
+    "model.member_processes": _POSITIVE,
     "evaluation.confidence": (0.01, 0.999),
     "evaluation.bootstrap": _POSITIVE,
     "evaluation.new_user_days": _POSITIVE,

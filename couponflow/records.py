@@ -218,7 +218,8 @@ class FitLog(TypedDict):
 
 class EnsembleLog(TypedDict):
     """training.train.fit_ensemble's log: the first member's, with each member's epochs and
-    the seconds and rows summed over the members (keys in model.json's order)."""
+    the seconds and rows summed over the members, then how many trained at once and the
+    wall time (keys in model.json's order)."""
 
     device: str
     threads: int
@@ -227,8 +228,10 @@ class EnsembleLog(TypedDict):
     best_epoch: list[int]  # per member
     history: list[EpochLoss]  # the first member's
     seconds: float
-    samples_per_second: int
+    samples_per_second: int  # per process: rows over the members' summed seconds
     members: int
+    member_processes: NotRequired[int]  # members trained at once (absent before 2026-12-07)
+    wall_seconds: NotRequired[float]  # the whole ensemble's time, start to end
 
 
 class RefitRecord(TypedDict):
@@ -295,6 +298,8 @@ class ModelRecord(TypedDict):
     history: list[EpochLoss]
     seconds: float
     samples_per_second: int
+    member_processes: NotRequired[int]
+    wall_seconds: NotRequired[float]
     refit: NotRequired[RefitRecord | None]  # None: model.refit off, the judged model ships
 
 

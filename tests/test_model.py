@@ -33,7 +33,14 @@ from couponflow.model import (
 )
 from couponflow.policy import score, with_control
 from tests.helpers.known_effect import ARMS, MARGIN, known_effect_log
-from training.train import TrainingArrays, fit, inverse_propensity_weights, model_version
+from training.train import (
+    TrainingArrays,
+    fit,
+    fit_ensemble,
+    inverse_propensity_weights,
+    member_processes,
+    model_version,
+)
 
 CFG = {
     "seed": 0,
@@ -210,6 +217,34 @@ def test_data_parallel_training_shares_the_work_and_learns() -> None:
     single_best = min(h["valid_loss"] for h in single_log["history"])
     assert last < single_best * 1.05  # half the steps per epoch, about the same fit
     assert model_version(parallel, "2026-01-09") != model_version(single, "2026-01-09")
+
+
+@pytest.mark.integration  # forked trainers
+def test_members_trained_side_by_side_are_the_members_trained_one_by_one() -> None:
+    """`model.member_processes`: the ensemble's members fitted in forked processes at once
+    hold, bit for bit, the weights fitted one after another in this process."""
+    train = TrainingArrays.from_table(known_effect_log(4_000, seed=5), 20.0)
+    valid = TrainingArrays.from_table(known_effect_log(1_000, seed=6), 20.0)
+    users = np.arange(len(train)) % 700
+    cfg = {**CFG, "epochs": 3, "device": "cpu", "members": 3}
+    alone, alone_log = fit_ensemble(train, valid, users, {**cfg, "member_processes": 1})
+    together, log = fit_ensemble(train, valid, users, {**cfg, "member_processes": 2})
+    assert (alone_log["member_processes"], log["member_processes"]) == (1, 2)
+    assert len(together.members) == 3 and log["epochs_run"] == alone_log["epochs_run"]
+    for one, other in zip(alone.members, together.members, strict=True):
+        for (name, a), b in zip(one.state_dict().items(), other.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+    assert not together.members[0].training  # returned ready to score, as fit's are
+
+
+def test_member_processes_follow_the_config_the_device_and_the_members() -> None:
+    cfg = {**CFG, "device": "cpu", "members": 5}
+    assert member_processes({**cfg, "member_processes": 3}) == 3
+    assert member_processes({**cfg, "member_processes": 9}) == 5  # no more than the members
+    assert member_processes({**cfg, "members": 1, "member_processes": 3}) == 1
+    assert member_processes({**cfg, "processes": 2, "member_processes": 3}) == 1  # ranks instead
+    assert member_processes({**cfg, "device": "cuda", "member_processes": 3}) == 1
+    assert 1 <= member_processes(cfg) <= min(os.cpu_count() or 1, 5)  # by the load
 
 
 # -- the inputs and the network -----------------------------------------------------------

@@ -7,7 +7,10 @@ saved beside it in model.pt.
 
 On a machine with several GPUs it trains data-parallel on all of them (one process per
 GPU, DistributedDataParallel over NCCL); `model.processes` sets the count (on the CPU too,
-over gloo: how the tests exercise the same path without a GPU).
+over gloo: how the tests exercise the same path without a GPU). On the CPU the ensemble's
+members train side by side instead, one forked process per idle core
+(`model.member_processes`): each member is one thread's work, so a second core otherwise
+waits.
 
 The trainer works on arrays (`TrainingArrays`), not on the coupon table, so any data set
 encoded as [user block | arm block] trains the same way (the Hillstrom check does).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import subprocess
 import tempfile
@@ -40,6 +44,7 @@ from tqdm import tqdm
 
 from couponflow.artefacts import MODEL_RECORD, MODEL_WEIGHTS
 from couponflow.config import PROJECT_ROOT, ModelParams, Workspace
+from couponflow.cpu import learner_threads
 from couponflow.evaluation import refit_line
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.model import (
@@ -284,6 +289,7 @@ def fit(
     n_user: int = N_USER_INPUTS,
     n_arm: int = N_ARM_INPUTS,
     sample: np.ndarray | None = None,
+    progress: bool = True,
 ) -> tuple[CouponNet, FitLog]:
     """Train a CouponNet(n_user, n_arm, cfg hidden) with Adam, early-stopping on `valid`,
     on `train`'s rows at `sample` when given (a bootstrap resample: the same as fitting
@@ -294,12 +300,12 @@ def fit(
     weights on the same device, thread and process count, on any Intel CPU with AVX2 (MKL's
     AVX2 branch, couponflow/__init__.py). Returns the best network (on
     the CPU, in eval mode) and its FitLog (samples_per_second: training rows x epochs over
-    the whole call).
+    the whole call). `progress`: show the per-epoch bar.
     """
     world = data_parallel_processes(cfg)
     if world == 1:
         with torch_threads(cpu_threads(cfg)):
-            return _fit(train, valid, cfg, n_user, n_arm, sample=sample)
+            return _fit(train, valid, cfg, n_user, n_arm, sample=sample, progress=progress)
     if sample is not None:
         train = train.take(sample)
     started = time.perf_counter()
@@ -421,11 +427,11 @@ def _fit(
     rank: int = 0,
     world: int = 1,
     sample: np.ndarray | None = None,
+    progress: bool = True,
 ) -> tuple[CouponNet, FitLog]:
-    """The training loop of one process: with `world` > 1 the network is wrapped in
-    DistributedDataParallel and this `rank` takes its slice of each epoch's permutation
-    (every rank the same number of batches, or the gradient all-reduce would wait); with
-    `sample`, of `train`'s rows at `sample`: `train.take(sample)`'s batches, no copy."""
+    """One process's training loop: with `world` > 1 the network is wrapped in DDP and this
+    `rank` takes its slice of each epoch's permutation (as many batches as every rank, or
+    the all-reduce would wait); with `sample`, `train.take(sample)`'s batches, no copy."""
     d = n_user + n_arm
     if train.x.shape[1] != d or valid.x.shape[1] != d:
         raise ValueError(f"inputs have {train.x.shape[1]} columns, layout says {n_user}+{n_arm}")
@@ -443,7 +449,7 @@ def _fit(
     resample, n = (None, len(data)) if sample is None else (torch.as_tensor(sample), len(sample))
     best, best_epoch, best_state, history = float("inf"), -1, None, list[EpochLoss]()
     bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False,
-               disable=rank > 0)  # fmt: skip
+               disable=rank > 0 or not progress)  # fmt: skip
     for epoch in bar:
         model.train()
         order = _epoch_order(gen, n, resample, rank, world)
@@ -487,6 +493,39 @@ def bootstrap_users(users: np.ndarray, seed: int) -> np.ndarray:
     return np.repeat(np.arange(len(users)), draws[inverse])
 
 
+def member_processes(cfg: ModelParams) -> int:
+    """How many of the ensemble's members train at once, each in its own process: on the
+    CPU without data-parallel ranks, `member_processes` from cfg, else one per core while the
+    load leaves one idle (couponflow.cpu), each of `threads` threads; never more than the
+    members. A member's answer does not depend on it (tests/test_model.py)."""
+    members = int(cfg.get("members") or 1)
+    if members == 1 or pick_device(cfg).type != "cpu" or data_parallel_processes(cfg) > 1:
+        return 1
+    wanted = cfg.get("member_processes") or learner_threads() // cpu_threads(cfg)
+    return max(1, min(int(wanted), members))
+
+
+# What a forked member process trains on: set in the parent just before the fork and read
+# there, so the training arrays are shared (copy on write), never pickled or copied.
+_MEMBER_INPUTS: tuple[TrainingArrays, TrainingArrays, np.ndarray, ModelParams, int, int]
+
+
+def _fit_member(i: int, progress: bool = True) -> tuple[CouponNet, FitLog]:
+    """Member `i` of the ensemble `_MEMBER_INPUTS` describes: the first on the training rows
+    as they are, each other on a bootstrap resample of the shoppers with its own seed."""
+    train, valid, users, cfg, n_user, n_arm = _MEMBER_INPUTS
+    sample = None if i == 0 else bootstrap_users(users, seed=i)  # gathered, not copied
+    seeded: ModelParams = {**cfg, "seed": int(cfg["seed"]) + i}
+    return fit(train, valid, seeded, n_user, n_arm, sample, progress=progress)
+
+
+def _fit_member_weights(i: int) -> tuple[dict[str, np.ndarray], FitLog]:
+    """`_fit_member` in a forked process: the weights as arrays (a plain pickle, no
+    shared-memory handles) and the log; no progress bar, as two would share the terminal."""
+    net, log = _fit_member(i, progress=False)
+    return {k: v.numpy() for k, v in net.state_dict().items()}, log
+
+
 def fit_ensemble(
     train: TrainingArrays,
     valid: TrainingArrays,
@@ -498,18 +537,29 @@ def fit_ensemble(
     """`cfg["members"]` networks (default 1) of the input layout `n_user` + `n_arm`, the
     first on the training rows as they are, each other on a bootstrap resample of the
     shoppers with its own seed; the ensemble discounts gains by `cfg["credibility"]`
-    standard deviations across them. The log sums seconds and rows over the members."""
-    members, logs = [], []
-    n = int(cfg.get("members") or 1)
-    for i in tqdm(range(n), desc="ensemble", unit="member", leave=False, disable=n == 1):
-        sample = None if i == 0 else bootstrap_users(train_users, seed=i)  # gathered, not copied
-        net, log = fit(train, valid, {**cfg, "seed": int(cfg["seed"]) + i}, n_user, n_arm, sample)
-        members.append(net)
-        logs.append(log)
+    standard deviations across them. `member_processes(cfg)` of them train at once, the
+    same weights as one after another. The log sums seconds and rows over the members;
+    `wall_seconds` is the whole call."""
+    global _MEMBER_INPUTS
+    started = time.perf_counter()
+    n, at_once = int(cfg.get("members") or 1), member_processes(cfg)
+    _MEMBER_INPUTS = (train, valid, train_users, cfg, n_user, n_arm)
+    bar = {"desc": "ensemble", "unit": "member", "total": n, "leave": False, "disable": n == 1}
+    try:
+        if at_once == 1:
+            fitted = list(tqdm(map(_fit_member, range(n)), **bar))
+        else:
+            # fork: the children inherit the arrays; each trains on `threads` threads
+            with multiprocessing.get_context("fork").Pool(at_once) as pool:
+                weights = list(tqdm(pool.imap(_fit_member_weights, range(n)), **bar))
+            fitted = [(_network(state, n_user, n_arm, cfg), log) for state, log in weights]
+    finally:
+        del _MEMBER_INPUTS  # the parent's reference to the arrays
+    members, logs = [net for net, _ in fitted], [log for _, log in fitted]
     seconds = sum(log["seconds"] for log in logs)
     rows = sum(log["samples_per_second"] * log["seconds"] for log in logs)
     first = logs[0]
-    summary: EnsembleLog = {  # the first member's keys in their order, then `members`
+    summary: EnsembleLog = {  # the first member's keys in their order, then the ensemble's
         "device": first["device"],
         "threads": first["threads"],
         "processes": first["processes"],
@@ -519,8 +569,17 @@ def fit_ensemble(
         "seconds": round(seconds, 3),
         "samples_per_second": round(rows / max(seconds, 1e-9)),
         "members": n,
+        "member_processes": at_once,
+        "wall_seconds": round(time.perf_counter() - started, 3),
     }
     return CouponEnsemble(members, float(cfg.get("credibility") or 0.0)), summary
+
+
+def _network(state: dict[str, np.ndarray], n_user: int, n_arm: int, cfg: ModelParams) -> CouponNet:
+    """A CouponNet holding `state`'s weights, in eval mode."""
+    net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return net.eval()
 
 
 def ensemble_loss(net: Recommender, data: TrainingArrays) -> float:
