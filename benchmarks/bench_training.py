@@ -14,14 +14,22 @@ training run) is not spread over the first configuration.
 - forward + backward: the same steps on contiguous slices of one packed tensor, no
   shuffling, gathering or validation: the ceiling the data path is measured against.
 
+With `--members N`, the ensemble the train stage fits (training.train.fit_ensemble, N
+members on bootstrap resamples of the shoppers) is then timed on the CPU with its members
+one by one and side by side (`model.member_processes` 1 and each count of `--processes`),
+alternated over `--rounds` rounds: the wall time, its median, and whether the weights
+were the same.
+
 Figures print; nothing is asserted.
 
     .venv/bin/python -m benchmarks.bench_training --rows 1000000 --epochs 3 --threads 1 2
+    .venv/bin/python -m benchmarks.bench_training --rows 400000 --members 5 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import cast
 
@@ -33,7 +41,7 @@ from couponflow.config import PROJECT_ROOT, ModelParams, load_params
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.model import CouponNet, torch_threads
 from training.dataset import label_offers
-from training.train import TrainingArrays, fit, loss_fn
+from training.train import TrainingArrays, fit, fit_ensemble, loss_fn
 
 DAYS = ("2026-01-05", "2026-01-06", "2026-01-07")
 
@@ -85,12 +93,51 @@ def bare_rate(data: torch.Tensor, cfg: ModelParams, device: torch.device) -> flo
     return len(data) / (time.perf_counter() - started)
 
 
+def ensemble_rounds(
+    train: TrainingArrays,
+    valid: TrainingArrays,
+    users: np.ndarray,
+    cfg: ModelParams,
+    processes: list[int],
+    rounds: int,
+) -> None:
+    """Print the wall time of fitting `cfg`'s ensemble with each count of member processes
+    (1 first), alternated round by round, their medians, and whether every count gave the
+    first's weights."""
+    walls: dict[int, list[float]] = {n: [] for n in processes}
+    reference, same = None, True
+    for _ in range(rounds):
+        for n in processes:
+            net, log = fit_ensemble(train, valid, users, {**cfg, "member_processes": n})
+            walls[n].append(log["wall_seconds"])
+            weights = [v for m in net.members for v in m.state_dict().values()]
+            reference = reference or weights
+            same = same and all(torch.equal(a, b) for a, b in zip(reference, weights, strict=True))
+            print(f"  {n} member process(es): {log['wall_seconds']:.1f} s")
+    members = int(cfg.get("members") or 1)
+    for n in processes:
+        print(
+            f"ensemble of {members}, {n} at once: median {statistics.median(walls[n]):.1f} s "
+            f"wall over {rounds} round(s)"
+        )
+    print(f"same weights at every count: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="training rows, about")
     parser.add_argument("--epochs", type=int, default=3, help="epochs, no early stopping")
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="CPU threads")
     parser.add_argument("--batch-size", type=int, nargs="+", help="default: params.yaml's")
+    parser.add_argument("--members", type=int, help="also time an ensemble of this many")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="member processes set against one by one (default 2)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternated ensemble rounds")
     args = parser.parse_args()
     params = load_params(PROJECT_ROOT / "params.yaml")["model"]
 
@@ -132,6 +179,17 @@ def main() -> None:
                 f"{len(train) * log['epochs_run'] / total:>12,.0f} "
                 f"{log['samples_per_second']:>9,} {bare:>9,.0f}"
             )
+    if args.members:
+        cfg = cast(
+            ModelParams,
+            {**params, "epochs": args.epochs, "patience": args.epochs, "device": "cpu",
+             "members": args.members},
+        )  # fmt: skip
+        max_weight = float(cfg["max_stabilised_weight"])
+        train = TrainingArrays.from_table(train_table, max_weight)
+        valid = TrainingArrays.from_table(valid_table, max_weight)
+        users = train_table["user_id"].to_numpy()
+        ensemble_rounds(train, valid, users, cfg, [1, *args.processes], args.rounds)
 
 
 if __name__ == "__main__":

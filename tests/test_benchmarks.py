@@ -33,6 +33,11 @@ def run_benchmark(*args: str) -> subprocess.CompletedProcess[str]:
     [
         ("bench_world", ["--events", "3000"], "events"),
         ("bench_training", ["--rows", "4000", "--epochs", "1"], "fit/s"),
+        (
+            "bench_training",
+            ["--rows", "4000", "--epochs", "1", "--members", "2", "--rounds", "1"],
+            "same weights at every count: true",
+        ),
         ("bench_validation", ["--rows", "3000"], "rows"),
         (
             "bench_validation",
