@@ -497,9 +497,12 @@ def member_processes(cfg: ModelParams) -> int:
     """How many of the ensemble's members train at once, each in its own process: on the
     CPU without data-parallel ranks, `member_processes` from cfg, else one per core while the
     load leaves one idle (couponflow.cpu), each of `threads` threads; never more than the
-    members. A member's answer does not depend on it (tests/test_model.py)."""
+    members, and one in a daemonic process (which may not have children). A member's
+    answer does not depend on it (tests/test_model.py)."""
     members = int(cfg.get("members") or 1)
     if members == 1 or pick_device(cfg).type != "cpu" or data_parallel_processes(cfg) > 1:
+        return 1
+    if multiprocessing.current_process().daemon:
         return 1
     wanted = cfg.get("member_processes") or learner_threads() // cpu_threads(cfg)
     return max(1, min(int(wanted), members))
