@@ -94,16 +94,19 @@ def bare_rate(data: torch.Tensor, cfg: ModelParams, device: torch.device) -> flo
 
 
 def ensemble_rounds(
-    train: TrainingArrays,
-    valid: TrainingArrays,
-    users: np.ndarray,
+    train_table: pd.DataFrame,
+    valid_table: pd.DataFrame,
     cfg: ModelParams,
     processes: list[int],
     rounds: int,
 ) -> None:
-    """Print the wall time of fitting `cfg`'s ensemble with each count of member processes
-    (1 first), alternated round by round, their medians, and whether every count gave the
-    first's weights."""
+    """Print the wall time of fitting `cfg`'s ensemble on the CPU with each count of member
+    processes (1 first), alternated round by round, their medians, and whether every count
+    gave the first's weights."""
+    max_weight = float(cfg["max_stabilised_weight"])
+    train = TrainingArrays.from_table(train_table, max_weight)
+    valid = TrainingArrays.from_table(valid_table, max_weight)
+    users = train_table["user_id"].to_numpy()
     walls: dict[int, list[float]] = {n: [] for n in processes}
     reference, same = None, True
     for _ in range(rounds):
@@ -130,13 +133,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="CPU threads")
     parser.add_argument("--batch-size", type=int, nargs="+", help="default: params.yaml's")
     parser.add_argument("--members", type=int, help="also time an ensemble of this many")
-    parser.add_argument(
-        "--processes",
-        type=int,
-        nargs="+",
-        default=[2],
-        help="member processes set against one by one (default 2)",
-    )
+    parser.add_argument("--processes", type=int, nargs="+", default=[2],
+                        help="member processes set against one by one (default 2)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="alternated ensemble rounds")
     args = parser.parse_args()
     params = load_params(PROJECT_ROOT / "params.yaml")["model"]
@@ -180,16 +178,11 @@ def main() -> None:
                 f"{log['samples_per_second']:>9,} {bare:>9,.0f}"
             )
     if args.members:
-        cfg = cast(
-            ModelParams,
-            {**params, "epochs": args.epochs, "patience": args.epochs, "device": "cpu",
-             "members": args.members},
-        )  # fmt: skip
-        max_weight = float(cfg["max_stabilised_weight"])
-        train = TrainingArrays.from_table(train_table, max_weight)
-        valid = TrainingArrays.from_table(valid_table, max_weight)
-        users = train_table["user_id"].to_numpy()
-        ensemble_rounds(train, valid, users, cfg, [1, *args.processes], args.rounds)
+        cfg = {**params, "epochs": args.epochs, "patience": args.epochs, "device": "cpu",
+               "members": args.members}  # fmt: skip
+        ensemble_rounds(
+            train_table, valid_table, cast(ModelParams, cfg), [1, *args.processes], args.rounds
+        )
 
 
 if __name__ == "__main__":
