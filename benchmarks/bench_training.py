@@ -178,10 +178,11 @@ def main() -> None:
                 f"{log['samples_per_second']:>9,} {bare:>9,.0f}"
             )
     if args.members:
-        cfg = {**params, "epochs": args.epochs, "patience": args.epochs, "device": "cpu",
-               "members": args.members}  # fmt: skip
+        ensemble = {**params, "epochs": args.epochs, "patience": args.epochs, "device": "cpu",
+                    "members": args.members}  # fmt: skip
+        processes = [1, *args.processes]
         ensemble_rounds(
-            train_table, valid_table, cast(ModelParams, cfg), [1, *args.processes], args.rounds
+            train_table, valid_table, cast(ModelParams, ensemble), processes, args.rounds
         )
 
 
