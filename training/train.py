@@ -509,7 +509,9 @@ def member_processes(cfg: ModelParams) -> int:
 
 
 # What a forked member process trains on: set in the parent just before the fork and read
-# there, so the training arrays are shared (copy on write), never pickled or copied.
+# in the children, so the training arrays are shared (copy on write), never pickled or
+# copied. A forked child holds none of the parent's other threads: it runs torch on its
+# `threads` and nothing else that could wait on a lock one of them held.
 _MEMBER_INPUTS: tuple[TrainingArrays, TrainingArrays, np.ndarray, ModelParams, int, int]
 
 
