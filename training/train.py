@@ -319,9 +319,7 @@ def fit(
         state, log = cast(
             tuple[dict[str, torch.Tensor], FitLog], torch.load(result, weights_only=False)
         )
-    net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
-    net.load_state_dict(state)
-    net.eval()
+    net = _network(state, n_user, n_arm, cfg)
     seconds = time.perf_counter() - started
     rows = len(train) * log["epochs_run"]
     return net, {**log, "seconds": round(seconds, 3), "samples_per_second": round(rows / seconds)}
@@ -500,9 +498,12 @@ def member_processes(cfg: ModelParams) -> int:
     members, and one in a daemonic process (which may not have children). A member's
     answer does not depend on it (tests/test_model.py)."""
     members = int(cfg.get("members") or 1)
-    if members == 1 or pick_device(cfg).type != "cpu" or data_parallel_processes(cfg) > 1:
-        return 1
-    if multiprocessing.current_process().daemon:
+    if (
+        members == 1
+        or pick_device(cfg).type != "cpu"
+        or data_parallel_processes(cfg) > 1
+        or multiprocessing.current_process().daemon
+    ):
         return 1
     wanted = cfg.get("member_processes") or learner_threads() // cpu_threads(cfg)
     return max(1, min(int(wanted), members))
@@ -557,7 +558,10 @@ def fit_ensemble(
             # fork: the children inherit the arrays; each trains on `threads` threads
             with multiprocessing.get_context("fork").Pool(at_once) as pool:
                 weights = list(tqdm(pool.imap(_fit_member_weights, range(n)), **bar))
-            fitted = [(_network(state, n_user, n_arm, cfg), log) for state, log in weights]
+            fitted = []
+            for arrays, log in weights:
+                state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+                fitted.append((_network(state, n_user, n_arm, cfg), log))
     finally:
         del _MEMBER_INPUTS  # the parent's reference to the arrays
     members, logs = [net for net, _ in fitted], [log for _, log in fitted]
@@ -580,10 +584,12 @@ def fit_ensemble(
     return CouponEnsemble(members, float(cfg.get("credibility") or 0.0)), summary
 
 
-def _network(state: dict[str, np.ndarray], n_user: int, n_arm: int, cfg: ModelParams) -> CouponNet:
-    """A CouponNet holding `state`'s weights, in eval mode."""
+def _network(
+    state: dict[str, torch.Tensor], n_user: int, n_arm: int, cfg: ModelParams
+) -> CouponNet:
+    """A CouponNet holding `state`'s weights, in eval mode: what another process trained."""
     net = CouponNet(n_user, n_arm, int(cfg["hidden"]))
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    net.load_state_dict(state)
     return net.eval()
 
 
