@@ -150,9 +150,26 @@ def score(
     prepared `Arms`.
     """
     table = arms.table if isinstance(arms, Arms) else ArmTable.from_frame(arms)
-    n, m = len(user_features), len(table.control)
+    return scores_of_members(member_heads(net, user_features, table), table, margin, net)
+
+
+def member_heads(
+    net: Recommender, user_features: np.ndarray, table: ArmTable, members: range | None = None
+) -> dict[str, np.ndarray]:
+    """Every (or each of `members`') member's heads, (members, users * arms), user-major:
+    what `score` combines. Apart so an ensemble's members can answer in separate
+    processes (training.evaluate): a member's answer does not depend on the others."""
     pairs = encode_pairs(user_features, table)
-    pred = {k: v.reshape(-1, n, m) for k, v in predict_members(net, pairs, per_user=m).items()}
+    return predict_members(net, pairs, per_user=len(table.control), members=members)
+
+
+def scores_of_members(
+    heads: dict[str, np.ndarray], table: ArmTable, margin: float, net: Recommender
+) -> Scores:
+    """`Scores` from every member's heads (`member_heads`, all of `net`'s members)."""
+    m = len(table.control)
+    n = heads["p_purchase"].shape[1] // m
+    pred = {k: v.reshape(-1, n, m) for k, v in heads.items()}
     kind = np.broadcast_to(table.kind_name[None, None, 1:], (1, n, m - 1))
     value = np.broadcast_to(table.value.astype(float)[None, None, 1:], (1, n, m - 1))
     cost = np.zeros_like(pred["p_redeem"], dtype=float)
