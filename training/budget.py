@@ -15,24 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from couponflow.artefacts import MODEL_WEIGHTS, POLICY_FILE
 from couponflow.config import Workspace
 from couponflow.features import COUPON_FEATURES, USER_FEATURES
 from couponflow.landing import offline_days, read_offline
-from couponflow.model import Recommender, load_model, user_chunks
+from couponflow.model import Recommender, load_model
 from couponflow.policy import (
     INELIGIBLE,
     BudgetPlan,
     best_arms,
     eligible,
     exploration_cost,
-    score,
     solve_multiplier,
     user_cap_mask,
     with_control,
 )
+from training.scoring import score_users
 
 DECISION_DAYS = 7  # logged days the expected number of decisions is averaged over
 
@@ -46,13 +45,10 @@ def population_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(value, cost) of every user and arm: expected incremental profit, INELIGIBLE for the
     coupons of users at their 7-day offer cap, and expected cost."""
-    value = np.empty((len(users), len(arms)))
-    cost = np.empty((len(users), len(arms)))
-    for rows in tqdm(user_chunks(len(users)), desc="scoring users", unit="chunk", leave=False):
-        s = score(net, users[rows], arms, margin)
-        value[rows], cost[rows] = s.incremental_profit, s.expected_cost
+    scores = score_users(net, users, arms, margin, progress=True)
+    value = np.array(scores.incremental_profit)
     value[user_cap_mask(users, max_offers_7d), 1:] = INELIGIBLE
-    return value, cost
+    return value, scores.expected_cost
 
 
 def plan_budget(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
@@ -68,9 +68,10 @@ from couponflow.metrics import (
     qini_curve,
 )
 from couponflow.model import Recommender, encode, load_model, predict, user_chunks
-from couponflow.policy import Scores, allocate, eligible, score, user_cap_mask, with_control
+from couponflow.policy import Scores, allocate, eligible, user_cap_mask, with_control
 from couponflow.records import SegmentRow
 from training.baselines import GB_PARAMS, fit_baselines
+from training.scoring import score_users
 from training.train import split_days
 
 SEGMENTS = ("region", "age_band", "new")
@@ -124,21 +125,13 @@ class ModelPolicy:
         self._last: tuple[np.ndarray, pd.DataFrame, Scores] | None = None
 
     def scores(self, users: np.ndarray, arms: pd.DataFrame) -> Scores:
-        """The shared `score` of every user and arm, a chunk of users at a time (see
-        `user_chunks`): a whole population's pair inputs at once do not fit at scale. The
-        population is priced and then asked its expected reward: the scores of the last
-        (users, arms) objects are kept and given again (read-only) instead of running the
-        network twice."""
+        """The shared `score` of every user and arm, a chunk of users at a time, on every
+        core (`training.scoring`). The population is priced and then asked its expected
+        reward: the scores of the last (users, arms) objects are kept and given again
+        (read-only) instead of running the network twice."""
         if self._last is not None and self._last[0] is users and self._last[1] is arms:
             return self._last[2]
-        parts = [
-            score(self.net, users[rows], arms, self.margin) for rows in user_chunks(len(users))
-        ]
-        scores = Scores(
-            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Scores))
-        )
-        for f in fields(Scores):
-            getattr(scores, f.name).setflags(write=False)
+        scores = score_users(self.net, users, arms, self.margin)
         self._last = (users, arms, scores)
         return scores
 
