@@ -7,12 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.ensemble import HistGradientBoostingRegressor
 
 import couponflow.model as model
+import training.baselines as baselines
 from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.model import CouponEnsemble, CouponNet, encode_pairs, predict, predict_members
 from couponflow.policy import Scores, score
 from tests.helpers.known_effect import ARMS, MARGIN
+from training.baselines import in_pieces
 from training.scoring import member_groups, score_users, scoring_processes
 
 
@@ -96,3 +99,11 @@ def test_one_scoring_process_for_one_task_or_a_busy_machine(
     monkeypatch.setattr(scoring, "learner_threads", lambda: 1)
     assert scoring_processes(10) == 1
 
+
+def test_trees_in_pieces_answer_to_the_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(400, 6)), rng.normal(size=400)
+    trees = HistGradientBoostingRegressor(max_iter=20, random_state=0).fit(x, y)
+    whole = trees.predict(x)
+    monkeypatch.setattr(baselines, "PIECE_ROWS", 64)  # 6 pieces and a short one
+    assert np.array_equal(in_pieces(trees.predict, x), whole)

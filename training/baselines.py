@@ -28,7 +28,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 
 from couponflow.cpu import load_aware_threads
 from couponflow.features import USER_FEATURES
-from couponflow.model import ArmTable, encode, encode_pairs, user_chunks
+from couponflow.model import PIECE_ROWS, ArmTable, encode, encode_pairs, user_chunks
 
 GB_PARAMS = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "random_state": 0}
 
@@ -36,6 +36,17 @@ GB_PARAMS = {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "rand
 def sample_weight(table: pd.DataFrame, max_weight: float) -> np.ndarray:
     """Clipped inverse logging propensities, the weights every learner here trains with."""
     return np.minimum(1.0 / table["propensity"].to_numpy(dtype=float), max_weight)
+
+
+def in_pieces(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """`predict(x)`, `PIECE_ROWS` rows at a time. A gradient-boosting model walks its trees
+    one after another over every row it is given, so a chunk's pair inputs (~100 MB) came
+    from memory once a tree; a piece stays in the caches for all of them. Twice as fast
+    (240,000 rows, 200 trees: 3.7 s -> 1.6 s on one thread, 1.6 -> 0.9 s on two) and the
+    same bits: a row's answer is the sum of its own trees."""
+    if len(x) <= PIECE_ROWS:
+        return predict(x)
+    return np.concatenate([predict(x[i : i + PIECE_ROWS]) for i in range(0, len(x), PIECE_ROWS)])
 
 
 Learner = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -174,7 +185,9 @@ class CostModel:
         self.model = HistGradientBoostingRegressor(**GB_PARAMS).fit(
             x, offered["discount"].to_numpy(float), sample_weight=weight
         )
-        self.pairs.add("cost", lambda _, pairs: np.maximum(self.model.predict(pairs), 0.0))
+        self.pairs.add(
+            "cost", lambda _, pairs: np.maximum(in_pieces(self.model.predict, pairs), 0.0)
+        )
         return self
 
     def predict(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
@@ -231,7 +244,9 @@ class ResponseModel(Baseline):
         self.model = HistGradientBoostingClassifier(**GB_PARAMS).fit(
             x, offered["redeemed"].astype(int), sample_weight=weight
         )
-        self.cost_model.pairs.add(self.name, lambda _, pairs: self.model.predict_proba(pairs)[:, 1])
+        self.cost_model.pairs.add(
+            self.name, lambda _, pairs: in_pieces(self.model.predict_proba, pairs)[:, 1]
+        )
         return self
 
     def value(self, users: np.ndarray, arms: pd.DataFrame) -> np.ndarray:
@@ -268,9 +283,9 @@ class TwoModelUplift(Baseline):
         """Predicted profit with each coupon less without one, (users, coupons), from the
         users' (user, coupon) pairs' inputs (user-major)."""
         n = len(users)
-        with_coupon = self.treated.predict(pairs).reshape(n, -1)
+        with_coupon = in_pieces(self.treated.predict, pairs).reshape(n, -1)
         # every pair of a user has the same user block: the first of each user's rows
-        without = self.control.predict(pairs[:: len(pairs) // n, : len(USER_FEATURES)])
+        without = in_pieces(self.control.predict, pairs[:: len(pairs) // n, : len(USER_FEATURES)])
         return with_coupon - without[:, None]
 
 

@@ -70,7 +70,7 @@ from couponflow.metrics import (
 from couponflow.model import Recommender, encode, load_model, predict, user_chunks
 from couponflow.policy import Scores, allocate, eligible, user_cap_mask, with_control
 from couponflow.records import SegmentRow
-from training.baselines import GB_PARAMS, fit_baselines
+from training.baselines import GB_PARAMS, fit_baselines, in_pieces
 from training.scoring import score_users
 from training.train import split_days
 
@@ -427,7 +427,7 @@ class RewardModel:
             pairs[:, : chunk.shape[1]] = np.repeat(chunk, m, axis=0)
             pairs[:, chunk.shape[1] :] = np.tile(block, (len(chunk), 1))
             with load_aware_threads():
-                out[rows] = model.predict(pairs).reshape(len(chunk), m)
+                out[rows] = in_pieces(model.predict, pairs).reshape(len(chunk), m)
         return out
 
 
