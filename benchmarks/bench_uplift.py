@@ -44,16 +44,23 @@ from typing import cast
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import spearmanr
 
 from benchmarks.ceiling import observable_ceiling, observable_lift_by_segment
 from benchmarks.simulated import SimulatedLog, population, simulate, training_table
 from couponflow.config import PROJECT_ROOT, ModelParams, Params, load_params
 from couponflow.logs import quiet_libraries
-from couponflow.model import N_ARM_INPUTS, N_USER_INPUTS, CouponEnsemble, CouponNet, encode_pairs
+from couponflow.model import (
+    N_ARM_INPUTS,
+    N_USER_INPUTS,
+    ArmTable,
+    CouponEnsemble,
+    CouponNet,
+    encode_pairs,
+    predict_members,
+)
 from couponflow.oracle import Oracle
-from couponflow.policy import allocate, score, user_cap_mask
+from couponflow.policy import Scores, allocate, score, scores_of_members, user_cap_mask
 from couponflow.world import SEGMENTS
 from training.train import (
     TrainingArrays,
@@ -74,15 +81,18 @@ def with_segment(x: np.ndarray, segment: np.ndarray) -> np.ndarray:
 
 class Revealed(CouponEnsemble):
     """An ensemble whose members also read the hidden segment of the users being scored
-    (`segment`, one per user; rows come `per_user` arms a user, as `score` encodes them)."""
+    (`scores_of` inserts it into their pair inputs)."""
 
-    def __init__(self, members: list[CouponNet], segment: np.ndarray) -> None:
-        super().__init__(members)
-        self.segment = segment
 
-    def member_outputs(self, x: torch.Tensor, per_user: int = 1) -> torch.Tensor:
-        rows = np.repeat(self.segment, per_user)
-        return super().member_outputs(torch.from_numpy(with_segment(x.numpy(), rows)), per_user)
+def scores_of(net: CouponEnsemble, world: dict) -> Scores:
+    """The shared `score` of the judged day's users; a `Revealed` ensemble's members read
+    each user's hidden segment beside the user block (rows come a user's arms at a time)."""
+    if not isinstance(net, Revealed):
+        return score(net, world["users"], world["arms"], world["margin"])
+    table = ArmTable.from_frame(world["arms"])
+    m = len(table.control)
+    x = with_segment(encode_pairs(world["users"], table), np.repeat(world["segment"], m))
+    return scores_of_members(predict_members(net, x, per_user=m), table, world["margin"], net)
 
 
 def arrays(table: pd.DataFrame, design: str) -> TrainingArrays:
@@ -118,7 +128,7 @@ def train(
         net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(), cfg,
                               N_USER_INPUTS + len(SEGMENTS), N_ARM_INPUTS)  # fmt: skip
         members = [cast(CouponNet, member) for member in net.members]
-        return Revealed(members, np.empty(0, dtype=np.int64))
+        return Revealed(members)
     if design == "ensemble":
         net, _ = fit_ensemble(train_arrays, valid_arrays, fitting["user_id"].to_numpy(),
                               {**cfg, "credibility": credibility})  # fmt: skip
@@ -139,9 +149,7 @@ def lift_by_segment(p_purchase: np.ndarray, segment: np.ndarray) -> dict[str, fl
 def judge(net: CouponEnsemble, credibility: float, world: dict) -> dict[str, float]:
     """True profit, share of the oracle, rank correlation and offers of `net`'s policy."""
     net.credibility = credibility
-    if isinstance(net, Revealed):
-        net.segment = world["segment"]
-    s = score(net, world["users"], world["arms"], world["margin"])
+    s = scores_of(net, world)
     value = s.incremental_profit.copy()
     value[user_cap_mask(world["users"], world["cap"]), 1:] = -np.inf
     chosen, _ = allocate(value, s.expected_cost, world["budget"])
