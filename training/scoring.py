@@ -1,13 +1,13 @@
-"""A network's scores of a whole population, on every core: offline evaluation prices each
-judged day and the population with every model (~0.4 ms of one core a decision, the
-networks about a third of the evaluate stage at 100k; docs/scaling.md), and a network
-scores on one thread (`couponflow.model.SCORING_THREADS`, so its answers do not follow the
-machine). Here its work is cut into tasks, each a chunk of users (`user_chunks`) and a
-group of the ensemble's members, and the tasks run in forked processes. The answers are
-the same bits as `couponflow.policy.score` of each chunk: a member's outputs do not depend
-on the other members, and the chunks are the ones a single process scores (scores of a
-chunk cut otherwise can differ in the last bit: MKL's kernels follow the batch's size).
-"""
+"""A network's scores of a whole population, on every core. Offline evaluation prices each
+judged day and the population with every model, and the budget stage tomorrow's population;
+a network scores on one thread (`couponflow.model.SCORING_THREADS`, so its answers do not
+follow the machine), which left a core idle while the networks ran, a third of the 100k
+evaluate stage (docs/scaling.md). Here the work is cut into tasks, each a chunk of users
+(`user_chunks`) and a group of the ensemble's members, and the tasks run in forked
+processes. The answers are the same bits as `couponflow.policy.score` of each chunk: a
+member's outputs do not depend on the other members, and the chunks are the ones a single
+process scores (scores of a chunk cut otherwise can differ in the last bit: MKL's kernels
+follow the batch's size)."""
 
 from __future__ import annotations
 
