@@ -51,6 +51,7 @@ def run_benchmark(*args: str) -> subprocess.CompletedProcess[str]:
             "median round",
         ),
         ("bench_engine", ["--users", "200", "--days", "3", "--variants", "local"], "entity rows"),
+        ("bench_scoring", ["--users", "300", "--members", "3", "--rounds", "1"], "same bits: true"),
     ],
 )
 def test_benchmark_runs_at_a_tiny_scale(module: str, args: list[str], printed: str) -> None:
