@@ -64,6 +64,7 @@ def chunk_by_chunk(net: model.Recommender, users: np.ndarray) -> Scores:
     )
 
 
+@pytest.mark.integration  # forked scoring processes
 @pytest.mark.parametrize("processes", [1, 2, 3])
 def test_scores_on_several_processes_are_the_chunks_scores_to_the_bit(
     monkeypatch: pytest.MonkeyPatch, processes: int
@@ -75,6 +76,7 @@ def test_scores_on_several_processes_are_the_chunks_scores_to_the_bit(
     assert not got.incremental_profit.flags.writeable
 
 
+@pytest.mark.integration  # forked scoring processes
 def test_a_single_network_scores_on_several_processes_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model, "USERS_PER_CHUNK", 5)
     net, users = trained_looking_ensemble(1).members[0], varied_users(12)
@@ -88,16 +90,18 @@ def test_members_are_shared_out_evenly_and_each_once() -> None:
     assert member_groups(1, 2) == [range(0, 1)]
 
 
-def test_one_scoring_process_for_one_task_or_a_busy_machine(
+def test_one_scoring_process_for_one_task_a_small_population_or_a_busy_machine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import training.scoring as scoring
 
+    many = scoring.MIN_FORKED_PAIRS
     monkeypatch.setattr(scoring, "learner_threads", lambda: 2)
-    assert scoring_processes(1) == 1
-    assert scoring_processes(10) == 2
+    assert scoring_processes(1, many) == 1
+    assert scoring_processes(10, many) == 2
+    assert scoring_processes(10, many - 1) == 1
     monkeypatch.setattr(scoring, "learner_threads", lambda: 1)
-    assert scoring_processes(10) == 1
+    assert scoring_processes(10, many) == 1
 
 
 def test_trees_in_pieces_answer_to_the_bit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,11 +31,19 @@ _SCORING_INPUTS: tuple[Recommender, np.ndarray, ArmTable]
 Task = tuple[slice, range | None]  # a chunk of users, the members answering (None: all)
 
 
-def scoring_processes(tasks: int) -> int:
-    """How many processes score at once: one per core while the load leaves one idle
-    (couponflow.cpu), never more than the tasks, and one in a daemonic process (which may
-    not have children)."""
-    if tasks < 2 or multiprocessing.current_process().daemon:
+# Fewer (user, arm) pairs than this score in the stage's own process: a fork and its pool
+# cost ~0.05 s, in which one process scores ~20,000 pairs of a 5-member ensemble (300
+# users x 17 arms took 0.04 s in one process and 0.08 s on two, 55,000 users 2.14 and
+# 1.58 s; benchmarks/bench_scoring.py). The tests' small worlds stay in one process.
+MIN_FORKED_PAIRS = 200_000
+
+
+def scoring_processes(tasks: int, pairs: int) -> int:
+    """How many processes score `pairs` (user, arm) pairs cut into `tasks` tasks: one per
+    core while the load leaves one idle (couponflow.cpu), never more than the tasks; one
+    for fewer than MIN_FORKED_PAIRS pairs, and in a daemonic process (which may not have
+    children)."""
+    if tasks < 2 or pairs < MIN_FORKED_PAIRS or multiprocessing.current_process().daemon:
         return 1
     return max(1, min(learner_threads(), tasks))
 
@@ -68,7 +76,8 @@ def score_users(
     global _SCORING_INPUTS
     table = ArmTable.from_frame(arms)
     chunks = user_chunks(len(users))
-    at_once = processes or scoring_processes(len(chunks) * member_count(net))
+    pairs = len(users) * len(arms)
+    at_once = processes or scoring_processes(len(chunks) * member_count(net), pairs)
     groups: list[range | None] = (
         [*member_groups(member_count(net), at_once)] if at_once > 1 else [None]
     )
