@@ -331,15 +331,23 @@ def torch_threads(n: int) -> Iterator[None]:
 PIECE_ROWS = 8192
 
 
+def row_pieces(n_rows: int, per_user: int = 1) -> list[slice]:
+    """Consecutive slices of at most PIECE_ROWS rows (at least one user's block of
+    `per_user`, never split) covering `n_rows`: what a network or a tree model is given at
+    once (`_in_pieces`, `training.baselines.in_pieces`)."""
+    step = max(1, PIECE_ROWS // per_user) * per_user
+    return [slice(lo, lo + step) for lo in range(0, max(n_rows, 1), step)]
+
+
 def _in_pieces(
     forward: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, per_user: int
 ) -> torch.Tensor:
-    """`forward(x, per_user)` a piece of at most PIECE_ROWS rows (at least one user) at a
-    time, joined along the rows (the next-to-last dimension)."""
-    step = max(1, PIECE_ROWS // per_user) * per_user
-    if len(x) <= step:
+    """`forward(x, per_user)` a piece of rows at a time (`row_pieces`), joined along the
+    rows (the next-to-last dimension)."""
+    pieces = row_pieces(len(x), per_user)
+    if len(pieces) == 1:
         return forward(x, per_user)
-    return torch.cat([forward(x[i : i + step], per_user) for i in range(0, len(x), step)], -2)
+    return torch.cat([forward(x[rows], per_user) for rows in pieces], -2)
 
 
 def predict(net: Recommender, inputs: np.ndarray, per_user: int = 1) -> dict[str, np.ndarray]:

@@ -10,7 +10,6 @@ import torch
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 import couponflow.model as model
-import training.baselines as baselines
 from couponflow.features import USER_FEATURES, default_user_features
 from couponflow.model import CouponEnsemble, CouponNet, encode_pairs, predict, predict_members
 from couponflow.policy import Scores, score
@@ -109,5 +108,5 @@ def test_trees_in_pieces_answer_to_the_bit(monkeypatch: pytest.MonkeyPatch) -> N
     x, y = rng.normal(size=(400, 6)), rng.normal(size=400)
     trees = HistGradientBoostingRegressor(max_iter=20, random_state=0).fit(x, y)
     whole = trees.predict(x)
-    monkeypatch.setattr(baselines, "PIECE_ROWS", 64)  # 6 pieces and a short one
+    monkeypatch.setattr(model, "PIECE_ROWS", 64)  # 6 pieces and a short one
     assert np.array_equal(in_pieces(trees.predict, x), whole)
