@@ -36,15 +36,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from benchmarks.bench_uplift import ceiling_share, judge, judged_day
-from benchmarks.ceiling import observable_ceiling
-from benchmarks.simulated import SimulatedLog, population
+from benchmarks.bench_uplift import ceiling_share, judge, judged_day, lift_by_segment
+from benchmarks.simulated import SimulatedLog
 from couponflow.artefacts import MODEL_WEIGHTS
 from couponflow.config import Workspace
 from couponflow.landing import load_offline, offline_days
 from couponflow.logs import quiet_libraries
-from couponflow.model import CouponEnsemble, encode_pairs, load_model
-from couponflow.oracle import Oracle
+from couponflow.model import CouponEnsemble, load_model
 from couponflow.policy import score
 from couponflow.seeding import seed_history
 from couponflow.workspace import init_workspace
@@ -72,34 +70,23 @@ def judge_seed(ws: Workspace, seed: int, started: float) -> SeedResult:
     """Train on the seeded workspace and judge the result against the world's truth."""
     result = repro(ws, offline_days(ws)[-1])
     evaluation, world = result["evaluation"], World(ws.params["world"])
-    day = evaluation["days"][-1]  # the newest judged day: the rank and lift figures
-    ids, users, arms = population(SimulatedLog(ws, world, offline_days(ws)), day)
-    oracle = Oracle(world)
-    truth = oracle.truth(day, ids)
-    columns = truth.arm_index(list(arms["coupon_id"]))
-    gain, cost = truth.incremental_profit[:, columns], truth.cost[:, columns]
-    p_true = truth.p_purchase[:, columns]
-    net, _ = load_model(ws.models / MODEL_WEIGHTS, judged=True)
-    scores = score(net, users, arms, float(world.margin))
-    segment = world.population_on(day).segment[ids]
-    lifts = {}
-    for k, name in enumerate(SEGMENTS):
-        mine = segment == k
-        predicted = scores.p_purchase[mine, 1:] - scores.p_purchase[mine, :1]
-        true = p_true[mine, 1:] - p_true[mine, :1]
-        lifts[name] = (100 * float(predicted.mean()), 100 * float(true.mean()))
-    budget = float(ws.params["policy"]["budget_per_user"])
-    x = encode_pairs(users, arms).reshape(len(ids), len(arms), -1)
     judged = evaluation["oracle"]
     assert judged is not None, "the evaluation judges simulated data by the oracle"
-    policies = judged["policies"]
+    # the newest judged day: the rank, lift and ceiling figures
+    log = SimulatedLog(ws, world, offline_days(ws))
+    day = judged_day(log, evaluation["days"][-1], ws.params)
+    net, _ = load_model(ws.models / MODEL_WEIGHTS, judged=True)
+    scores = score(net, day["users"], day["arms"], day["margin"])
+    true_p = day["truth"].p_purchase[:, day["columns"]]
+    predicted, true = (lift_by_segment(p, day["segment"]) for p in (scores.p_purchase, true_p))
+    gain = day["gain"]
     return SeedResult(
         seed=seed,
         oracle=float(judged["oracle_policy"]),
-        ceiling_share=observable_ceiling(gain, cost, x, budget),
-        profits={name: float(p["incremental_profit"]) for name, p in policies.items()},
+        ceiling_share=ceiling_share(day, ws.params),
+        profits={name: float(p["incremental_profit"]) for name, p in judged["policies"].items()},
         spearman=float(spearmanr(scores.expected_gain[:, 1:].ravel(), gain[:, 1:].ravel())[0]),
-        lifts=lifts,
+        lifts={name: (predicted[name], true[name]) for name in SEGMENTS},
         promoted=bool(result["gate"]["promote"]),
         tomorrow=judge_tomorrow(ws, world),
         seconds=time.perf_counter() - started,
