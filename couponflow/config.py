@@ -47,7 +47,8 @@ class ModelParams(TypedDict):
     epochs: int
     batch_size: int
     lr: float
-    patience: NotRequired[int]  # default 3
+    patience: NotRequired[int]  # checks without improvement; default 3
+    check_rows: NotRequired[int | None]  # check at least every this many rows; None: per epoch
     training_days: NotRequired[int]  # absent: every logged day (training.dataset)
     max_stabilised_weight: float
     max_inverse_propensity: float
@@ -340,6 +341,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.batch_size": _POSITIVE,
     "model.lr": (1e-12, None),
     "model.patience": _POSITIVE,
+    "model.check_rows": _POSITIVE,
     "model.max_inverse_propensity": (1, None),
     "model.threads": _POSITIVE,
     "model.processes": _POSITIVE,

@@ -198,7 +198,11 @@ class Forgotten(TypedDict):
 
 # -- the model -----------------------------------------------------------------------------
 class EpochLoss(TypedDict):
+    """One check on the early-stopping day: once an epoch, or every `model.check_rows`
+    training rows when an epoch is longer (absent before 2026-12-07: once an epoch)."""
+
     epoch: int
+    rows: NotRequired[int]  # training rows seen before this check, every rank's
     valid_loss: float
 
 

@@ -387,6 +387,36 @@ def test_fit_trains_any_layout_and_stops_early() -> None:
         fit(noise(100), noise(100), cfg)  # 6 columns are not the coupon layout
 
 
+def test_a_long_epoch_is_checked_every_check_rows_and_trains_the_same_steps() -> None:
+    """`model.check_rows`: an epoch longer than it is checked on the early-stopping day
+    every check_rows rows (whole batches) and `patience` counts those checks; the steps are
+    the epoch's own, so at each epoch's end the weights are those of training it whole (the
+    same validation loss, bit for bit). An epoch that fits is one check, as before."""
+    train = TrainingArrays.from_table(known_effect_log(4_000, seed=5), 20.0)
+    valid = TrainingArrays.from_table(known_effect_log(1_000, seed=6), 20.0)
+    cfg = {**CFG, "epochs": 3, "batch_size": 512, "device": "cpu", "patience": 100}
+    _, whole = fit(train, valid, cfg)
+    _, fits = fit(train, valid, {**cfg, "check_rows": 10_000})
+    _, pieces = fit(train, valid, {**cfg, "check_rows": 1_500})
+    n = len(train)
+    assert whole["history"] == fits["history"] and len(whole["history"]) == 3
+    rows = [h["rows"] for h in pieces["history"]]
+    assert rows == [e * n + r for e in range(3) for r in (1_024, 2_048, 3_072, n)]
+    ends = [h for h in pieces["history"] if h["rows"] % n == 0]
+    assert [h["valid_loss"] for h in ends] == [h["valid_loss"] for h in whole["history"]]
+    assert pieces["epochs_run"] == 3
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4_000, N_USER_INPUTS + N_ARM_INPUTS)).astype(np.float32)
+    x[:, N_USER_INPUTS] = rng.random(4_000) < 0.5
+    outcomes = (rng.random(4_000) < 0.3, np.zeros(4_000), rng.random(4_000) < 0.1)
+    noise = TrainingArrays(x, *outcomes, 1 - x[:, N_USER_INPUTS], np.ones(4_000))
+    stop = {**cfg, "epochs": 50, "patience": 3, "lr": 0.05, "check_rows": 1_500}
+    _, log = fit(noise, valid, stop)
+    losses = [h["valid_loss"] for h in log["history"]]
+    assert len(losses) == int(np.argmin(losses)) + 1 + 3 < 50 * 4  # three checks, not epochs
+
+
 def test_pair_encoding_equals_encoding_each_pair() -> None:
     """Scoring a catalogue encodes every (user, arm) pair at once; it must give exactly the
     inputs of encoding each pair's own row, control and coupon stats included."""

@@ -27,7 +27,8 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import cast
 
@@ -321,7 +322,7 @@ def fit(
         )
     net = _network(state, n_user, n_arm, cfg)
     seconds = time.perf_counter() - started
-    rows = len(train) * log["epochs_run"]
+    rows = log["history"][-1]["rows"]
     return net, {**log, "seconds": round(seconds, 3), "samples_per_second": round(rows / seconds)}
 
 
@@ -360,6 +361,56 @@ def _epoch_order(
     per_rank = n // world
     order = torch.randperm(n, generator=gen)[rank * per_rank : (rank + 1) * per_rank]
     return order if resample is None else resample[order]
+
+
+def rows_per_check(cfg: ModelParams, rows_per_rank: int, world: int = 1) -> int:
+    """A rank's training rows between two checks on the early-stopping day: its whole epoch,
+    or `check_rows` (shared by the ranks) in whole batches when the epoch is longer, so the
+    steps are an epoch's steps whichever it is and only the checks come more often."""
+    every, whole = cfg.get("check_rows"), max(rows_per_rank, 1)
+    if not every or rows_per_rank <= int(every) // world:
+        return whole
+    batch = int(cfg["batch_size"])
+    return max(batch, int(every) // world // batch * batch)
+
+
+@dataclass
+class EarlyStopping:
+    """The best weights so far by the loss on the early-stopping day, and whether
+    `patience` checks have passed without beating it."""
+
+    patience: int
+    best: float = float("inf")
+    best_check: int = -1
+    best_epoch: int = -1
+    state: dict[str, torch.Tensor] | None = None
+    history: list[EpochLoss] = field(default_factory=list)
+
+    def stale(self, net: nn.Module, epoch: int, rows: int, loss: float) -> bool:
+        """Record a check of `net` after `rows` training rows; True once `patience`
+        checks have passed since the best."""
+        self.history.append({"epoch": epoch, "rows": rows, "valid_loss": loss})
+        if loss < self.best - 1e-5:
+            self.best, self.best_check, self.best_epoch = loss, len(self.history) - 1, epoch
+            self.state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            return False
+        return len(self.history) - 1 - self.best_check >= self.patience
+
+
+def _checks(
+    gen: torch.Generator,
+    n: int,
+    resample: torch.Tensor | None,
+    rank: int,
+    world: int,
+    epochs: int,
+    per_check: int,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(epoch, this rank's rows to train on before the next check): each epoch's order
+    (`_epoch_order`) in pieces of `per_check` rows, one piece when the epoch fits."""
+    for epoch in range(epochs):
+        for piece in _epoch_order(gen, n, resample, rank, world).split(per_check):
+            yield epoch, piece
 
 
 def _outcomes_at(train: TrainingArrays, rows: np.ndarray) -> TrainingArrays:
@@ -445,36 +496,36 @@ def _fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]))  # same order, every rank
     resample, n = (None, len(data)) if sample is None else (torch.as_tensor(sample), len(sample))
-    best, best_epoch, best_state, history = float("inf"), -1, None, list[EpochLoss]()
-    bar = tqdm(range(int(cfg["epochs"])), desc="train", unit="epoch", leave=False,
+    per_check = rows_per_check(cfg, n // world, world)
+    stopping, rows = EarlyStopping(int(cfg.get("patience", 3))), 0
+    bar = tqdm(total=int(cfg["epochs"]) * -(-(n // world) // per_check), desc="train",
+               unit="epoch" if per_check >= n // world else "check", leave=False,
                disable=rank > 0 or not progress)  # fmt: skip
-    for epoch in bar:
+    for epoch, piece in _checks(gen, n, resample, rank, world, int(cfg["epochs"]), per_check):
         model.train()
-        order = _epoch_order(gen, n, resample, rank, world)
-        _epoch(model, data, order.to(device), d, int(cfg["batch_size"]), opt, scaler, use_amp)
+        _epoch(model, data, piece.to(device), d, int(cfg["batch_size"]), opt, scaler, use_amp)
+        rows += len(piece) * world
         val_loss = _valid_loss(net, held_out, d)  # the same weights on every rank: one verdict
-        history.append({"epoch": epoch, "valid_loss": val_loss})
+        bar.update()
         bar.set_postfix(valid_loss=f"{val_loss:.4f}")
-        if val_loss < best - 1e-5:
-            best, best_epoch = val_loss, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        elif epoch - best_epoch >= int(cfg.get("patience", 3)):
+        if stopping.stale(net, epoch, rows, val_loss):
             break
-    if best_state is None:
+    bar.close()
+    if stopping.state is None:
         raise ValueError("the validation loss was never finite: check the inputs and weights")
     net = net.cpu()
-    net.load_state_dict(best_state)
+    net.load_state_dict(stopping.state)
     net.eval()
     seconds = time.perf_counter() - started
     return net, {
         "device": device.type,
         "threads": torch.get_num_threads(),
         "processes": world,
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "history": history,
+        "epochs_run": stopping.history[-1]["epoch"] + 1,
+        "best_epoch": stopping.best_epoch,
+        "history": stopping.history,
         "seconds": round(seconds, 3),
-        "samples_per_second": round(n * len(history) / seconds),
+        "samples_per_second": round(rows / seconds),
     }
 
 
