@@ -286,11 +286,13 @@ def _template() -> dict[str, Any]:
 
 
 # Keys whose value may be null, and what they hold otherwise (the template's value is null,
-# or null has a meaning: "everyone", "one per GPU", "no shock", "Ray in this process").
+# or null has a meaning: "everyone", "one per GPU", "no shock", "Ray in this process",
+# "check once an epoch").
 NULLABLE: dict[str, type] = {
     "world.drift.price_shock_date": dt.date,
     "model.processes": int,
     "model.member_processes": int,
+    "model.check_rows": int,
     "evaluation.population_sample": int,
     "evaluation.decision_sample": int,
     "evaluation.baseline_rows": int,

@@ -72,6 +72,7 @@ def test_nullable_keys_and_dates_as_yaml_dates_pass(params) -> None:
     params["world"]["drift"]["price_shock_date"] = dt.date(2026, 2, 1)
     params["model"]["processes"] = 2
     params["evaluation"]["population_sample"] = None
+    params["model"]["check_rows"] = None  # checks once an epoch
     params["validation"]["reference_from"] = "2026-01-10"
     params["gate"]["max_ece"] = 1  # an int where a float is expected
     assert check_params(params) == []
