@@ -150,7 +150,7 @@ def run_case(seed: int, args: argparse.Namespace, gate: GateParams) -> list[Outc
         params = log.ws.params
         train_days, stop_day, judged_days = split_days(table, args.eval_days)
         # As the train stage trains its challenger: stabilised weights at the trainer's
-        # clip, `model.members` networks on bootstrap resamples of the shoppers.
+        # clip, `model.members` networks as `model.bootstrap` says.
         weight = float(params["model"]["max_stabilised_weight"])
         fitting = table[table["day"].isin(train_days)]
         net, _ = fit_ensemble(

@@ -15,7 +15,7 @@ training run) is not spread over the first configuration.
   shuffling, gathering or validation: the ceiling the data path is measured against.
 
 With `--members N`, the ensemble the train stage fits (training.train.fit_ensemble, N
-members on bootstrap resamples of the shoppers) is then timed on the CPU with its members
+members, each from its own seed) is then timed on the CPU with its members
 one by one and side by side (`model.member_processes` 1 and each count of `--processes`),
 alternated over `--rounds` rounds: the wall time, its median, and whether the weights
 were the same.

@@ -10,7 +10,7 @@ Designs (all through training.train.fit and the shared policy maths):
   (the trainer's weighting);
 - `randomised`: only the exploration and holdout slices, unweighted (randomised, so
   unconfounded, but a third of the rows);
-- `ensemble`: `stabilised` as five members on bootstrap resamples of the shoppers, each
+- `ensemble`: `stabilised` as the trainer's ensemble (`model.members`, `model.bootstrap`), each
   coupon's gain discounted by `--credibility` standard deviations across them (the
   trainer's default);
 - `revealed`: `ensemble` with each shopper's hidden segment given as four more inputs, in
@@ -25,7 +25,7 @@ offers made; with `--tradeoff`, the ensemble's true profit and offers at several
 credibility levels (profit against the risk of a wrong offer).
 
     python -m benchmarks.bench_uplift [--users 20000] [--days 15] [--seeds 1 2 3]
-        [--gap 5] [--train-days 15]
+        [--gap 5] [--train-days 15] [--bootstrap]
 
 `--gap` and `--train-days` separate the two ways the real stages' model sees less than
 the harness's: it stops training `evaluation.days` + 1 days before the day it is judged
@@ -209,7 +209,8 @@ def one_world(root: Path, users: int, days: int, seed: int, args: argparse.Names
     params = log.ws.params
     world = judged_day(log, log.days[-1], params)
     p, pairs = world["truth"].p_purchase[:, world["columns"]], world["pairs"]
-    cfg = cast(ModelParams, {**params["model"], "epochs": args.epochs})
+    cfg = cast(ModelParams, {**params["model"], "epochs": args.epochs,
+                             "bootstrap": args.bootstrap})  # fmt: skip
     ceiling = ceiling_share(world, params)
     out: dict = {
         "seed": seed,
@@ -244,6 +245,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         default=float(params["model"]["credibility"]))  # fmt: skip
     parser.add_argument("--tradeoff", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--bootstrap", action=argparse.BooleanOptionalAction,
+                        default=bool(params["model"].get("bootstrap")),
+                        help="the ensemble's members on resamples of the shoppers "
+                        "(default: model.bootstrap)")  # fmt: skip
     parser.add_argument("--gap", type=int, default=0,
                         help="days between the last trained day and the judged one, not "
                         "trained on (the real stages hold out evaluation.days + 1)")  # fmt: skip

@@ -53,6 +53,7 @@ class ModelParams(TypedDict):
     max_stabilised_weight: float
     max_inverse_propensity: float
     members: NotRequired[int]  # default 1
+    bootstrap: NotRequired[bool]  # members but the first on resampled shoppers; default off
     credibility: NotRequired[float]  # default 0.0
     threads: NotRequired[int]  # default 1
     processes: NotRequired[int | None]  # None: one per GPU on CUDA, else 1

@@ -259,11 +259,11 @@ class CouponNet(nn.Module):
 
 
 class CouponEnsemble(nn.Module):
-    """Several CouponNets fitted on bootstrap resamples of the shoppers: their mean is the
-    estimate, their spread the uncertainty the policy discounts a coupon's gain by
+    """Several CouponNets, each from its own seed (training.train.fit_ensemble): their mean
+    is the estimate, their spread the uncertainty the policy discounts a coupon's gain by
     (`credibility` standard deviations; see couponflow.policy.score). A single network
     estimates with the same confidence where the log is rich and where it holds three
-    rows; the resamples disagree where it is thin."""
+    rows; the members agree where the log pins a gain down and disagree where it is thin."""
 
     def __init__(self, members: list[CouponNet], credibility: float = 0.0) -> None:
         super().__init__()

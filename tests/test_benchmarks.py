@@ -92,7 +92,7 @@ def test_bench_uplift_judges_every_design_on_the_truth() -> None:
     from benchmarks.bench_uplift import DESIGNS, main
 
     (result,) = main(["--users", "600", "--days", "5", "--seeds", "1", "--epochs", "2",
-                      "--tradeoff", "0", "1"])  # fmt: skip
+                      "--tradeoff", "0", "1", "--bootstrap"])  # fmt: skip
     assert result["oracle"] > 0
     for design in DESIGNS:
         assert {"true_profit", "share_of_oracle", "spearman", "offers"} <= result[design].keys()

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import training.train
 from couponflow.contract import CATEGORIES
 from couponflow.features import COUPON_FEATURES, USER_FEATURES, default_user_features
 from couponflow.model import (
@@ -35,6 +36,7 @@ from couponflow.policy import score, with_control
 from tests.helpers.known_effect import ARMS, MARGIN, known_effect_log
 from training.train import (
     TrainingArrays,
+    bootstrap_users,
     fit,
     fit_ensemble,
     inverse_propensity_weights,
@@ -219,14 +221,47 @@ def test_data_parallel_training_shares_the_work_and_learns() -> None:
     assert model_version(parallel, "2026-01-09") != model_version(single, "2026-01-09")
 
 
+def test_members_differ_by_seed_on_every_row_unless_bootstrapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`model.bootstrap`: off, every member trains on every row from its own seed; on, each
+    member but the first trains on its own resample of the shoppers."""
+    train = TrainingArrays.from_table(known_effect_log(2_000, seed=5), 20.0)
+    valid = TrainingArrays.from_table(known_effect_log(500, seed=6), 20.0)
+    users = np.arange(len(train)) % 300
+    seen: list[tuple[int, np.ndarray | None]] = []
+    real_fit = training.train.fit
+
+    def recording_fit(*args: object, **kwargs: object) -> tuple:
+        cfg, sample = args[2], args[5]
+        seen.append((cfg["seed"], None if sample is None else np.array(sample)))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training.train, "fit", recording_fit)
+    cfg = {**CFG, "epochs": 1, "device": "cpu", "members": 3, "member_processes": 1}
+    deep, _ = fit_ensemble(train, valid, users, cfg)
+    assert [(seed, sample) for seed, sample in seen] == [(0, None), (1, None), (2, None)]
+    first, second = (m.state_dict() for m in deep.members[:2])
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # their seeds differ
+
+    seen.clear()
+    fit_ensemble(train, valid, users, {**cfg, "bootstrap": True})
+    assert [seed for seed, _ in seen] == [0, 1, 2] and seen[0][1] is None
+    for i in (1, 2):
+        assert np.array_equal(seen[i][1], bootstrap_users(users, seed=i))
+
+
 @pytest.mark.integration  # forked trainers
-def test_members_trained_side_by_side_are_the_members_trained_one_by_one() -> None:
+@pytest.mark.parametrize("bootstrap", [False, True])
+def test_members_trained_side_by_side_are_the_members_trained_one_by_one(
+    bootstrap: bool,
+) -> None:
     """`model.member_processes`: the ensemble's members fitted in forked processes at once
     hold, bit for bit, the weights fitted one after another in this process."""
     train = TrainingArrays.from_table(known_effect_log(4_000, seed=5), 20.0)
     valid = TrainingArrays.from_table(known_effect_log(1_000, seed=6), 20.0)
     users = np.arange(len(train)) % 700
-    cfg = {**CFG, "epochs": 3, "device": "cpu", "members": 3}
+    cfg = {**CFG, "epochs": 3, "device": "cpu", "members": 3, "bootstrap": bootstrap}
     alone, alone_log = fit_ensemble(train, valid, users, {**cfg, "member_processes": 1})
     together, log = fit_ensemble(train, valid, users, {**cfg, "member_processes": 2})
     assert (alone_log["member_processes"], log["member_processes"]) == (1, 2)

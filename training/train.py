@@ -568,10 +568,12 @@ _MEMBER_INPUTS: tuple[TrainingArrays, TrainingArrays, np.ndarray, ModelParams, i
 
 
 def _fit_member(i: int, progress: bool = True) -> tuple[CouponNet, FitLog]:
-    """Member `i` of the ensemble `_MEMBER_INPUTS` describes: the first on the training rows
-    as they are, each other on a bootstrap resample of the shoppers with its own seed."""
+    """Member `i` of the ensemble `_MEMBER_INPUTS` describes, with its own seed: on every
+    training row, or with cfg `bootstrap` each member but the first on a bootstrap resample
+    of the shoppers."""
     train, valid, users, cfg, n_user, n_arm = _MEMBER_INPUTS
-    sample = None if i == 0 else bootstrap_users(users, seed=i)  # gathered, not copied
+    resample = i > 0 and bool(cfg.get("bootstrap"))
+    sample = bootstrap_users(users, seed=i) if resample else None  # gathered, not copied
     seeded: ModelParams = {**cfg, "seed": int(cfg["seed"]) + i}
     return fit(train, valid, seeded, n_user, n_arm, sample, progress=progress)
 
@@ -591,12 +593,12 @@ def fit_ensemble(
     n_user: int = N_USER_INPUTS,
     n_arm: int = N_ARM_INPUTS,
 ) -> tuple[CouponEnsemble, EnsembleLog]:
-    """`cfg["members"]` networks (default 1) of the input layout `n_user` + `n_arm`, the
-    first on the training rows as they are, each other on a bootstrap resample of the
-    shoppers with its own seed; the ensemble discounts gains by `cfg["credibility"]`
-    standard deviations across them. `member_processes(cfg)` of them train at once, the
-    same weights as one after another. The log sums seconds and rows over the members;
-    `wall_seconds` is the whole call."""
+    """`cfg["members"]` networks (default 1) of the input layout `n_user` + `n_arm`, each
+    from its own seed on every training row (a deep ensemble), or with `cfg["bootstrap"]`
+    each but the first on a bootstrap resample of the shoppers; the ensemble discounts
+    gains by `cfg["credibility"]` standard deviations across them. `member_processes(cfg)`
+    of them train at once, the same weights as one after another. The log sums seconds and
+    rows over the members; `wall_seconds` is the whole call."""
     global _MEMBER_INPUTS
     started = time.perf_counter()
     n, at_once = int(cfg.get("members") or 1), member_processes(cfg)
