@@ -240,7 +240,7 @@ def test_members_differ_by_seed_on_every_row_unless_bootstrapped(
     monkeypatch.setattr(training.train, "fit", recording_fit)
     cfg = {**CFG, "epochs": 1, "device": "cpu", "members": 3, "member_processes": 1}
     deep, _ = fit_ensemble(train, valid, users, cfg)
-    assert [(seed, sample) for seed, sample in seen] == [(0, None), (1, None), (2, None)]
+    assert [(seed, sample is None) for seed, sample in seen] == [(0, True), (1, True), (2, True)]
     first, second = (m.state_dict() for m in deep.members[:2])
     assert any(not torch.equal(first[k], second[k]) for k in first)  # their seeds differ
 
