@@ -615,3 +615,28 @@ def test_a_redis_with_a_password_is_reached_with_it_from_the_environment(
         open_spend(ws).read(days[-1])
     with pytest.raises(redis.RedisError, match="unauthenticated|NOAUTH|Authentication"):
         online_user_features(open_store(ws), 3)
+
+
+def test_feast_imported_through_the_repo_skips_typeguards_instrumentation() -> None:
+    """A process that opens the store imports Feast through `feature_repo`, which turns
+    typeguard's `@typechecked` into a no-op first (~3 s an import): Feast's decorated
+    classes then run their own code, not typeguard's recompiled copy. In a fresh
+    interpreter, since this one may have imported Feast before the package."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import {first}\n"
+        "import feast.data_source as d\n"
+        "print('TypeCheckMemo' in d.PushSource.__init__.__code__.co_names)"
+    )
+    seen = {
+        first: subprocess.run(
+            [sys.executable, "-c", probe.format(first=first)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for first in ("feast", "feature_repo.store")
+    }
+    assert seen == {"feast": "True", "feature_repo.store": "False"}
